@@ -1,0 +1,538 @@
+"""Number formats of 4-bit training and their numpy reference quantizers.
+
+Everything here is plain numpy and is the *ground truth*: every fast path in
+``q4core`` (Cython quantizers, integer GEMMs) is tested bit for bit against it.
+
+A format is a small explicit object (in the spirit of QPyTorch's ``number.py``)
+that knows its grid.  Each one offers
+
+``quantize(x, scale=1.0, rng=None)``
+    float -> float on the grid (same float dtype as ``x``; integers become float64);
+``encode(x, scale=1.0, rng=None)``
+    float -> integer codes;
+``decode(codes, scale=1.0)``
+    codes -> float64 values;
+``values``
+    every representable value at ``scale == 1``, sorted, as float64.
+
+Rounding modes and their tie rules (named, because an unnamed tie rule bites):
+
+* ``IntFormat``: ``"nearest"`` rounds half to even (``np.rint``);
+* ``RadixFP``: ``"nearest"`` rounds to the nearest grid value in the linear domain,
+  ties away from zero (to the larger magnitude); ``"log"`` rounds to the nearest in
+  the log domain (threshold at the geometric mean), ties away from zero;
+* ``MiniFloat``: ``"nearest"`` rounds half to even on the last mantissa bit, as IEEE 754;
+* everywhere, ``"stochastic"`` rounds up with probability equal to the distance from the
+  lower neighbour divided by the gap, so it is unbiased inside the range; it needs
+  ``rng`` (an ``int`` seed or a ``numpy.random.Generator``) and draws ``rng.random(x.shape)``.
+
+All arithmetic is done in float64: ``y = float64(x) / scale`` is compared with the grid,
+and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "NumberFormat", "IntFormat", "RadixFP", "MiniFloat",
+    "INT4", "UINT4", "INT8", "RADIX4_FP4", "RADIX4_FP4_ODD", "RADIX2_FP4", "LOG10_4BIT",
+    "E2M1", "FP8_E4M3", "FP8_E5M2", "FP16",
+    "pack_nibbles", "unpack_nibbles", "image_to_levels", "levels_to_image",
+]
+
+_ROUNDINGS = ("nearest", "stochastic")
+_NAN_POLICIES = ("raise", "propagate")
+
+
+# --------------------------------------------------------------------------- validation
+def _check_scale(scale, name="scale"):
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0.0:
+        raise ValueError(f"{name} must be a finite positive number, got {scale!r}")
+    return scale
+
+
+def _as_float_array(x, name="x"):
+    """Return ``x`` as a float16/32/64 array (integers -> float64); refuse the rest."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f":
+        if arr.dtype not in (np.float16, np.float32, np.float64):
+            arr = arr.astype(np.float64)
+        return arr
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.float64)
+    raise TypeError(f"{name} must hold real floating-point or integer numbers, got dtype {arr.dtype}")
+
+
+def _check_nan_policy(nan_policy):
+    if nan_policy not in _NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+
+
+def _check_finite(arr, name, nan_policy, allow_inf=False):
+    """Raise on NaN (and on Inf unless ``allow_inf``) when ``nan_policy == 'raise'``."""
+    if nan_policy == "raise" and arr.size:
+        bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
+        if bad.any():
+            what = "NaN" if allow_inf else "NaN or Inf"
+            raise ValueError(f"{name} contains {what}, which this format cannot hold "
+                             f"(pass nan_policy='propagate' to keep NaN and saturate Inf)")
+
+
+def _as_generator(rng, name="rng"):
+    if rng is None:
+        raise ValueError(f"stochastic rounding needs {name}: an int seed or a numpy.random.Generator")
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"{name} must be an int seed or a numpy.random.Generator, got {type(rng).__name__}")
+
+
+def _as_codes(codes, name="codes"):
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    return arr
+
+
+class NumberFormat:
+    """Common behaviour: validation, output dtype and ``q(q(x)) == q(x)``."""
+
+    rounding = "nearest"
+    bits = 0
+
+    def _prepare(self, x, scale, nan_policy, name="x", allow_inf=False):
+        _check_nan_policy(nan_policy)
+        arr = _as_float_array(x, name)
+        scale = _check_scale(scale)
+        _check_finite(arr, name, nan_policy, allow_inf=allow_inf)
+        return arr, scale
+
+    def _uniform(self, rng, shape):
+        return _as_generator(rng).random(shape)
+
+    @property
+    def max(self):
+        """Largest finite representable value at scale 1."""
+        v = self.values
+        return float(v[np.isfinite(v)].max())
+
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self):
+        return hash(repr(self))
+
+
+# --------------------------------------------------------------------------- integers
+class IntFormat(NumberFormat):
+    """Uniform integer grid: ``value = scale * q`` with ``q`` in ``[qmin, qmax]``.
+
+    ``IntFormat(4)`` is INT4 (-8..7); ``IntFormat(4, signed=False)`` is UINT4 (0..15).
+    ``"nearest"`` rounds half to even; values beyond the range saturate.
+    ``encode`` returns ``q`` itself as int8/uint8 (int16/uint16 above 8 bits).
+
+    >>> INT4.quantize([0.4, 0.5, 1.5, -9.0, 100.0])
+    array([ 0.,  0.,  2., -8.,  7.])
+    """
+
+    def __init__(self, bits, signed=True, rounding="nearest"):
+        if not isinstance(bits, (numbers.Integral, np.integer)) or not 2 <= bits <= 16:
+            raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        self.bits = int(bits)
+        self.signed = bool(signed)
+        self.rounding = rounding
+        self.qmin = -(1 << (self.bits - 1)) if self.signed else 0
+        self.qmax = (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    def __repr__(self):
+        return (f"IntFormat(bits={self.bits}, signed={self.signed}, rounding={self.rounding!r}"
+                f"{', ties=half-to-even' if self.rounding == 'nearest' else ''})")
+
+    @property
+    def code_dtype(self):
+        if self.bits <= 8:
+            return np.int8 if self.signed else np.uint8
+        return np.int16 if self.signed else np.uint16
+
+    @property
+    def values(self):
+        return np.arange(self.qmin, self.qmax + 1, dtype=np.float64)
+
+    def _levels(self, arr, scale, rng):
+        """Integer levels (float64) of ``arr / scale``; NaN stays NaN."""
+        y = arr.astype(np.float64) / scale
+        if self.rounding == "nearest":
+            q = np.rint(y)
+        else:
+            q = np.floor(y + self._uniform(rng, y.shape))
+        return np.clip(q, self.qmin, self.qmax)
+
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        arr, scale = self._prepare(x, scale, nan_policy)
+        return (self._levels(arr, scale, rng) * scale).astype(arr.dtype, copy=False)
+
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        arr, scale = self._prepare(x, scale, nan_policy)
+        if arr.size and np.isnan(arr).any():
+            raise ValueError("x contains NaN, which has no integer code")
+        return self._levels(arr, scale, rng).astype(self.code_dtype)
+
+    def decode(self, codes, scale=1.0):
+        codes = _as_codes(codes)
+        scale = _check_scale(scale)
+        if codes.size and (codes.min() < self.qmin or codes.max() > self.qmax):
+            raise ValueError(f"codes must lie in [{self.qmin}, {self.qmax}] for {self!r}")
+        return codes.astype(np.float64) * scale
+
+
+def image_to_levels(image, bits=4):
+    """Map a grey image in [0, 1] linearly onto the signed ``bits``-bit integers and round.
+
+    The article's picture: [0, 1] -> [-8, 7] for 4 bits, i.e. ``x * 15 - 8``, rounded
+    half to even.  Returns the integer levels as int16.
+
+    >>> image_to_levels(0.3)     # 0.3 * 15 - 8 = -3.5 -> -4 (half to even)
+    array(-4, dtype=int16)
+    >>> image_to_levels([0.0, 1.0, 0.5])
+    array([-8,  7,  0], dtype=int16)
+    """
+    arr = _as_float_array(image, "image").astype(np.float64)
+    if not isinstance(bits, (numbers.Integral, np.integer)) or not 1 <= bits <= 15:
+        raise ValueError(f"bits must be an integer in [1, 15], got {bits!r}")
+    _check_finite(arr, "image", "raise")
+    if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+        raise ValueError("image values must lie in [0, 1]")
+    if bits == 1:  # one bit: the two levels -1 and 0
+        lo, hi = -1, 0
+    else:
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return np.rint(arr * (hi - lo) + lo).astype(np.int16)
+
+
+def levels_to_image(levels, bits=4):
+    """Inverse of :func:`image_to_levels`: integer levels back to grey values in [0, 1]."""
+    levels = _as_codes(levels, "levels")
+    lo, hi = (-1, 0) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return (levels.astype(np.float64) - lo) / (hi - lo)
+
+
+# --------------------------------------------------------------------------- log formats
+class RadixFP(NumberFormat):
+    """Sign + exponent, no mantissa: magnitudes are powers of ``radix`` times a scale.
+
+    Code layout (``1 + exp_bits`` bits): bit ``exp_bits`` is the sign, the low ``exp_bits``
+    bits are the exponent field ``e``.  ``e == 0`` means zero; ``e = 1 .. 2**exp_bits - 1``
+    means the magnitude ``scale * f * radix**(e - bias)`` with ``bias = 2**exp_bits - 1``
+    by default, so the largest magnitude is ``f * scale``.  ``f`` is 1 for ``phase=0`` and
+    ``sqrt(radix)`` for ``phase=1`` (the odd grid of two-phase rounding: ``{2 * 4**n}`` for
+    radix 4).  ``RadixFP(4, 3)`` is the paper's radix-4 FP4: 7 magnitudes ``4**-6 .. 4**0``
+    (a ``4**6 = 2**12`` dynamic range).
+
+    Rounding: ``"nearest"`` in the linear domain - between neighbours ``m_lo < m_hi`` the
+    threshold is the arithmetic midpoint (``4**n / 1.6`` for radix 4), ties away from zero;
+    ``"log"`` - threshold at the geometric mean ``sqrt(m_lo * m_hi)``, ties away from zero;
+    ``"stochastic"`` - up with probability ``(|y| - m_lo) / (m_hi - m_lo)``.
+    Underflow: below the smallest magnitude ``m_1`` the lower neighbour is 0, so
+    ``"nearest"`` flushes ``|y| < m_1 / 2`` to zero, ``"log"`` flushes ``|y| < m_1 / sqrt(radix)``.
+    Overflow saturates at the largest magnitude (Inf too, with ``nan_policy='propagate'``).
+    Zero keeps the sign of its input: ``quantize(-1e-30) == -0.0`` and its code has the sign bit.
+
+    >>> RADIX4_FP4.quantize([0.3, 0.7, 5.0, -1e-9])
+    array([ 0.25,  1.  ,  1.  , -0.  ])
+    """
+
+    def __init__(self, radix=4, exp_bits=3, phase=0, rounding="nearest", bias=None):
+        if not isinstance(radix, (numbers.Integral, np.integer)) or radix < 2:
+            raise ValueError(f"radix must be an integer >= 2, got {radix!r}")
+        if not isinstance(exp_bits, (numbers.Integral, np.integer)) or not 1 <= exp_bits <= 6:
+            raise ValueError(f"exp_bits must be an integer in [1, 6], got {exp_bits!r}")
+        if rounding not in ("nearest", "log", "stochastic"):
+            raise ValueError(f"rounding must be 'nearest', 'log' or 'stochastic', got {rounding!r}")
+        if phase not in (0, 1):
+            raise ValueError(f"phase must be 0 or 1, got {phase!r}")
+        root = math.isqrt(int(radix))
+        if phase == 1 and root * root != radix:
+            raise ValueError(f"phase=1 needs a radix that is a perfect square (4, 16, ...), got {radix}")
+        self.radix = int(radix)
+        self.exp_bits = int(exp_bits)
+        self.bits = 1 + self.exp_bits
+        self.phase = int(phase)
+        self.rounding = rounding
+        self.emax = (1 << self.exp_bits) - 1
+        self.bias = self.emax if bias is None else int(bias)
+        self.factor = float(root) if phase == 1 else 1.0
+        e = np.arange(1, self.emax + 1, dtype=np.float64)
+        #: magnitudes m_1 < ... < m_emax at scale 1 (float64, exact for radix 2 and 4)
+        self.magnitudes = self.factor * np.power(float(self.radix), e - self.bias)
+        lower = np.concatenate(([0.0], self.magnitudes[:-1]))
+        if rounding == "log":
+            first = self.magnitudes[0] / math.sqrt(self.radix)
+            self.thresholds = np.concatenate(([first], np.sqrt(lower[1:] * self.magnitudes[1:])))
+        else:
+            #: |y| >= thresholds[k] means exponent field >= k + 1
+            self.thresholds = (lower + self.magnitudes) / 2.0
+
+    def __repr__(self):
+        ties = ", ties=away-from-zero" if self.rounding in ("nearest", "log") else ""
+        return (f"RadixFP(radix={self.radix}, exp_bits={self.exp_bits}, phase={self.phase}, "
+                f"bias={self.bias}, rounding={self.rounding!r}{ties})")
+
+    @property
+    def values(self):
+        m = self.magnitudes
+        return np.concatenate((-m[::-1], [0.0], m))
+
+    @property
+    def max(self):
+        return float(self.magnitudes[-1])
+
+    def _exponents(self, arr, scale, rng):
+        """Exponent field (int64, 0 = zero) of ``|arr| / scale``; NaN gives -1."""
+        a = np.abs(arr.astype(np.float64)) / scale
+        e = np.searchsorted(self.thresholds, a, side="right").astype(np.int64)
+        if self.rounding == "stochastic":
+            # e is now the nearest-by-midpoint field; recompute the bracketing pair instead
+            grid = np.concatenate(([0.0], self.magnitudes))
+            lo = np.searchsorted(grid, a, side="right") - 1          # grid[lo] <= a
+            lo = np.clip(lo, 0, self.emax)
+            hi = np.minimum(lo + 1, self.emax)
+            gap = grid[hi] - grid[lo]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p = np.where(gap > 0, (a - grid[lo]) / np.where(gap > 0, gap, 1.0), 0.0)
+            up = self._uniform(rng, a.shape) < p
+            e = np.where(up, hi, lo).astype(np.int64)
+        if arr.size:
+            e = np.where(np.isnan(a), -1, e)
+        return e
+
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        arr, scale = self._prepare(x, scale, nan_policy)
+        e = self._exponents(arr, scale, rng)
+        grid = np.concatenate(([0.0], self.magnitudes))
+        mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
+        return np.copysign(mag, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        """Codes as uint8: ``sign << exp_bits | e`` (sign from the sign bit of ``x``)."""
+        arr, scale = self._prepare(x, scale, nan_policy)
+        if arr.size and np.isnan(arr).any():
+            raise ValueError("x contains NaN, which has no code in this format")
+        e = self._exponents(arr, scale, rng)
+        sign = np.signbit(arr).astype(np.int64)
+        return ((sign << self.exp_bits) | e).astype(np.uint8)
+
+    def decode(self, codes, scale=1.0):
+        codes = _as_codes(codes)
+        scale = _check_scale(scale)
+        if codes.size and (codes.min() < 0 or codes.max() >= (1 << self.bits)):
+            raise ValueError(f"codes must lie in [0, {(1 << self.bits) - 1}] for {self!r}")
+        codes = codes.astype(np.int64)
+        e = codes & self.emax
+        grid = np.concatenate(([0.0], self.magnitudes))
+        mag = grid[e] * scale
+        return np.where((codes >> self.exp_bits) & 1, -mag, mag)
+
+    def with_phase(self, phase):
+        """The same format on the other grid of two-phase rounding."""
+        return RadixFP(self.radix, self.exp_bits, phase, self.rounding, self.bias)
+
+
+# --------------------------------------------------------------------------- minifloats
+class MiniFloat(NumberFormat):
+    """Binary floating point with ``exp_bits`` exponent and ``man_bits`` mantissa bits.
+
+    ``value = (-1)**s * 2**(E - bias) * (1 + M / 2**man_bits)`` for exponent field
+    ``E >= 1``, subnormals ``2**(1 - bias) * M / 2**man_bits`` for ``E == 0``.
+    With ``ieee=True`` the top exponent field is reserved for Inf/NaN (IEEE 754: FP16,
+    FP8 E5M2) and overflow goes to Inf; with ``ieee=False`` every field is a number
+    (E2M1; our FP8 E4M3 then reaches 480 - the OCP E4M3FN variant stops at 448 to keep a NaN)
+    and overflow saturates.  ``"nearest"`` rounds half to even, as IEEE 754, so
+    ``MiniFloat(5, 10)`` equals numpy's float64 -> float16 conversion bit for bit.
+
+    >>> E2M1.values[E2M1.values >= 0]
+    array([0. , 0.5, 1. , 1.5, 2. , 3. , 4. , 6. ])
+    """
+
+    def __init__(self, exp_bits, man_bits, bias=None, ieee=True, rounding="nearest"):
+        if not isinstance(exp_bits, (numbers.Integral, np.integer)) or not 1 <= exp_bits <= 8:
+            raise ValueError(f"exp_bits must be an integer in [1, 8], got {exp_bits!r}")
+        if not isinstance(man_bits, (numbers.Integral, np.integer)) or not 0 <= man_bits <= 23:
+            raise ValueError(f"man_bits must be an integer in [0, 23], got {man_bits!r}")
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        self.exp_bits, self.man_bits = int(exp_bits), int(man_bits)
+        self.bits = 1 + self.exp_bits + self.man_bits
+        self.bias = (1 << (self.exp_bits - 1)) - 1 if bias is None else int(bias)
+        self.ieee = bool(ieee)
+        self.rounding = rounding
+        top = (1 << self.exp_bits) - 1
+        self.max_field = top - 1 if self.ieee else top
+        if self.ieee and self.max_field < 1:
+            raise ValueError("an IEEE-style format needs at least 2 exponent bits")
+        self.emin = 1 - self.bias                      # exponent of the smallest normal
+        self._max = math.ldexp(2.0 - math.ldexp(1.0, -self.man_bits), self.max_field - self.bias)
+
+    def __repr__(self):
+        ties = ", ties=half-to-even" if self.rounding == "nearest" else ""
+        return (f"MiniFloat(exp_bits={self.exp_bits}, man_bits={self.man_bits}, bias={self.bias}, "
+                f"ieee={self.ieee}, rounding={self.rounding!r}{ties})")
+
+    @property
+    def max(self):
+        return self._max
+
+    @property
+    def code_dtype(self):
+        return np.uint8 if self.bits <= 8 else (np.uint16 if self.bits <= 16 else np.uint32)
+
+    @property
+    def values(self):
+        codes = np.arange(1 << self.bits, dtype=np.int64)
+        v = self.decode(codes)
+        v = v[~np.isnan(v)]
+        v = v[~((v == 0) & np.signbit(v))]              # one zero
+        return np.sort(v)
+
+    def _round_magnitude(self, a, rng):
+        """Round |x| (float64, finite or Inf, no NaN) onto the grid; overflow handled."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            _, ex = np.frexp(a)                          # a = m * 2**ex, m in [0.5, 1)
+        e = np.maximum(ex.astype(np.int64) - 1, self.emin)
+        quantum_exp = e - self.man_bits
+        y = np.ldexp(a, -quantum_exp)                    # exact: a power-of-two scaling
+        if self.rounding == "nearest":
+            q = np.rint(y)
+        else:
+            q = np.floor(y + self._uniform(rng, a.shape))
+        out = np.ldexp(q, quantum_exp)
+        out = np.where(np.isinf(a), np.inf, out)
+        over = out > self._max
+        if self.ieee:
+            return np.where(over, np.inf, out)
+        return np.where(over, self._max, out)
+
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        arr, scale = self._prepare(x, scale, nan_policy if not self.ieee else "propagate",
+                                   allow_inf=self.ieee)
+        a = np.abs(arr.astype(np.float64)) / scale
+        nan = np.isnan(a)
+        mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
+        out = np.where(nan, np.nan, mag) * scale
+        return np.copysign(out, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+        """Bit patterns ``s | E | M`` as unsigned integers (uint16 for FP16)."""
+        arr, scale = self._prepare(x, scale, nan_policy if not self.ieee else "propagate",
+                                   allow_inf=self.ieee)
+        a = np.abs(arr.astype(np.float64)) / scale
+        nan = np.isnan(a)
+        q = self._round_magnitude(np.where(nan, 0.0, a), rng)
+        m = self.man_bits
+        with np.errstate(divide="ignore", invalid="ignore"):
+            _, ex = np.frexp(q)
+        e = np.maximum(ex.astype(np.int64) - 1, self.emin)
+        normal = q >= math.ldexp(1.0, self.emin)
+        field = np.where(normal, e + self.bias, 0)
+        frac = np.ldexp(q, -(e - m))                     # integer: 2**m + M (normal) or M
+        man = np.where(normal, frac - (1 << m), frac)
+        inf_field = (1 << self.exp_bits) - 1
+        finite = np.isfinite(q)
+        man = np.where(finite, man, 0)
+        field = np.where(finite, field, inf_field)
+        if self.ieee:
+            field = np.where(nan, inf_field, field)
+            man = np.where(nan, 1 << (m - 1) if m else 0, man)
+        bits = (np.signbit(arr).astype(np.int64) << (self.exp_bits + m)) | (field.astype(np.int64) << m) \
+            | man.astype(np.int64)
+        return bits.astype(self.code_dtype)
+
+    def decode(self, codes, scale=1.0):
+        codes = _as_codes(codes)
+        scale = _check_scale(scale)
+        if codes.size and (codes.min() < 0 or codes.max() >= (1 << self.bits)):
+            raise ValueError(f"codes must lie in [0, {(1 << self.bits) - 1}] for {self!r}")
+        c = codes.astype(np.int64)
+        m = self.man_bits
+        man = c & ((1 << m) - 1)
+        field = (c >> m) & ((1 << self.exp_bits) - 1)
+        sign = (c >> (self.exp_bits + m)) & 1
+        normal = np.ldexp((1 << m) + man, field - self.bias - m)
+        sub = np.ldexp(man.astype(np.float64), self.emin - m)
+        mag = np.where(field == 0, sub, normal).astype(np.float64)
+        if self.ieee:
+            special = field == (1 << self.exp_bits) - 1
+            mag = np.where(special & (man == 0), np.inf, mag)
+            mag = np.where(special & (man != 0), np.nan, mag)
+        return np.where(sign == 1, -mag, mag) * scale
+
+
+# --------------------------------------------------------------------------- packing
+def pack_nibbles(codes):
+    """Pack 4-bit codes two per byte along the last axis.
+
+    Element ``2*i`` goes to the low nibble of byte ``i``, element ``2*i + 1`` to the high
+    nibble (the order of llama.cpp's Q4 and of our GEMM kernels).  Signed codes -8..7 are
+    stored as two's complement nibbles (``q & 0xF``); unsigned codes 0..15 as they are.
+    An odd last axis is padded with a zero nibble.  Returns uint8 of shape
+    ``codes.shape[:-1] + (ceil(n / 2),)``.
+
+    >>> pack_nibbles(np.array([1, -2, 3], dtype=np.int8))
+    array([225,   3], dtype=uint8)
+    """
+    arr = _as_codes(codes)
+    if arr.ndim == 0:
+        raise ValueError("codes must have at least one dimension")
+    if arr.size and (arr.min() < -8 or arr.max() > 15):
+        raise ValueError("codes must be 4-bit: in [-8, 7] (signed) or [0, 15] (unsigned)")
+    n = arr.shape[-1]
+    nib = (arr.astype(np.int64) & 0xF).astype(np.uint8)
+    if n % 2:
+        nib = np.concatenate([nib, np.zeros(arr.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed, n, signed=False):
+    """Inverse of :func:`pack_nibbles`: ``n`` codes along the last axis.
+
+    ``signed=True`` sign-extends each nibble (int8, -8..7); otherwise returns uint8 0..15.
+    """
+    arr = _as_codes(packed, "packed")
+    if arr.dtype != np.uint8:
+        raise TypeError(f"packed must be uint8, got {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError("packed must have at least one dimension")
+    if not isinstance(n, (numbers.Integral, np.integer)) or n < 0 or (n + 1) // 2 != arr.shape[-1]:
+        raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
+    out = np.empty(arr.shape[:-1] + (2 * arr.shape[-1],), np.uint8)
+    out[..., 0::2] = arr & 0xF
+    out[..., 1::2] = arr >> 4
+    out = out[..., :n]
+    if signed:
+        return ((out.astype(np.int16) ^ 8) - 8).astype(np.int8)
+    return out.copy()
+
+
+# --------------------------------------------------------------------------- named formats
+INT4 = IntFormat(4, signed=True)
+UINT4 = IntFormat(4, signed=False)
+INT8 = IntFormat(8, signed=True)
+RADIX4_FP4 = RadixFP(4, 3)                 #: the paper's gradient format, magnitudes 4**-6 .. 1
+RADIX4_FP4_ODD = RadixFP(4, 3, phase=1)    #: odd grid of two-phase rounding, 2 * 4**-6 .. 2
+RADIX2_FP4 = RadixFP(2, 3)                 #: radix-2 FP4 (1-3-0), magnitudes 2**-6 .. 1
+LOG10_4BIT = RadixFP(10, 3)                #: the article's base-10 picture, 10**-6 .. 1
+E2M1 = MiniFloat(2, 1, bias=1, ieee=False)  #: FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6
+FP8_E4M3 = MiniFloat(4, 3, ieee=False)     #: HFP8 forward (1-4-3), saturating, max 480
+FP8_E5M2 = MiniFloat(5, 2, ieee=True)      #: HFP8 backward (1-5-2), IEEE-style
+FP16 = MiniFloat(5, 10, ieee=True)         #: IEEE half precision
