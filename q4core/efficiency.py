@@ -1,0 +1,122 @@
+"""Transparent hardware-efficiency estimates for low-precision multiply-accumulate (MAC).
+
+The paper's ">7x over FP16 systems" is an estimate, not a measurement.  This module
+rebuilds estimates of that kind from published per-operation figures so every
+assumption is written out and can be changed by the reader:
+
+* energy per operation and silicon area per operator at 45 nm, from M. Horowitz,
+  "Computing's energy problem (and what we can do about it)", ISSCC 2014 (the table
+  most hardware papers quote; the energies are the ones in the project's design notes,
+  the areas are the companion column of the same widely reproduced table);
+* **assumption** for widths the table lacks: an integer multiplier's energy and area grow
+  with the square of its width (an array multiplier has ``n*n`` partial-product cells),
+  an integer adder's linearly with its width.  ``scale_int_multiplier`` / ``scale_int_adder``
+  do exactly that and nothing else.
+
+A MAC is one multiply plus one accumulate-add.  The paper accumulates 4-bit products in
+FP16, so its 4-bit MAC is "INT4 multiply + FP16 add"; we show that next to integer
+accumulation, because the accumulate adder then dominates and caps the gain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
+           "mac_cost", "MAC_RECIPES", "compare_macs", "bytes_per_value"]
+
+
+@dataclass(frozen=True)
+class OperatorCost:
+    """Energy (pJ) and area (square micrometres) of one operator at 45 nm."""
+    energy_pj: float
+    area_um2: float
+
+
+#: Horowitz, ISSCC 2014, 45 nm, 0.9 V: energy per operation and operator area.
+HOROWITZ_45NM = {
+    "int8_add": OperatorCost(0.03, 36.0),
+    "int16_add": OperatorCost(0.05, 67.0),
+    "int32_add": OperatorCost(0.1, 137.0),
+    "fp16_add": OperatorCost(0.4, 1360.0),
+    "fp32_add": OperatorCost(0.9, 4184.0),
+    "int8_mult": OperatorCost(0.2, 282.0),
+    "int32_mult": OperatorCost(3.1, 3495.0),
+    "fp16_mult": OperatorCost(1.1, 1640.0),
+    "fp32_mult": OperatorCost(3.7, 7700.0),
+}
+
+
+def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
+    """Integer multiplier of ``bits`` width, scaled quadratically from the 8-bit figure."""
+    if bits < 1:
+        raise ValueError(f"bits must be >= 1, got {bits}")
+    ref = HOROWITZ_45NM[reference]
+    ref_bits = int(reference.split("_")[0][3:])
+    f = (bits / ref_bits) ** 2
+    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+
+
+def scale_int_adder(bits: int, reference: str = "int8_add") -> OperatorCost:
+    """Integer adder of ``bits`` width, scaled linearly from the 8-bit figure."""
+    if bits < 1:
+        raise ValueError(f"bits must be >= 1, got {bits}")
+    ref = HOROWITZ_45NM[reference]
+    ref_bits = int(reference.split("_")[0][3:])
+    f = bits / ref_bits
+    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+
+
+def _operator(name: str) -> OperatorCost:
+    if name in HOROWITZ_45NM:
+        return HOROWITZ_45NM[name]
+    kind, op = name.split("_")
+    if kind.startswith("int") and op == "mult":
+        return scale_int_multiplier(int(kind[3:]))
+    if kind.startswith("int") and op == "add":
+        return scale_int_adder(int(kind[3:]))
+    raise KeyError(f"no cost known for operator {name!r}")
+
+
+def mac_cost(multiplier: str, adder: str) -> OperatorCost:
+    """Cost of one MAC: ``multiplier`` (e.g. ``"int4_mult"``) plus ``adder`` (e.g. ``"fp16_add"``)."""
+    m, a = _operator(multiplier), _operator(adder)
+    return OperatorCost(m.energy_pj + a.energy_pj, m.area_um2 + a.area_um2)
+
+
+#: The MACs compared in notebook 05: name -> (multiplier, accumulate adder).
+MAC_RECIPES = {
+    "FP32": ("fp32_mult", "fp32_add"),
+    "FP16": ("fp16_mult", "fp16_add"),
+    "FP16 mult, FP32 acc.": ("fp16_mult", "fp32_add"),
+    "INT8, INT32 acc.": ("int8_mult", "int32_add"),
+    "INT4, FP16 acc. (paper)": ("int4_mult", "fp16_add"),
+    "INT4, INT16 acc.": ("int4_mult", "int16_add"),
+}
+
+
+def compare_macs(baseline: str = "FP16", recipes=None):
+    """Energy and area of each MAC recipe and its advantage over ``baseline``.
+
+    Returns a list of dicts ``{name, energy_pj, area_um2, energy_gain, density_gain}`` where
+    ``density_gain`` is the baseline's area over the recipe's area: how many more MACs
+    fit in the same silicon (the kind of number behind ">7x over FP16").
+    """
+    recipes = MAC_RECIPES if recipes is None else recipes
+    if baseline not in recipes:
+        raise KeyError(f"baseline {baseline!r} is not one of {sorted(recipes)}")
+    base = mac_cost(*recipes[baseline])
+    rows = []
+    for name, (mult, add) in recipes.items():
+        c = mac_cost(mult, add)
+        rows.append({"name": name, "multiplier": mult, "adder": add,
+                     "energy_pj": c.energy_pj, "area_um2": c.area_um2,
+                     "energy_gain": base.energy_pj / c.energy_pj,
+                     "density_gain": base.area_um2 / c.area_um2})
+    return rows
+
+
+def bytes_per_value(bits: int) -> float:
+    """Storage of one value of a ``bits``-wide format when packed densely."""
+    if bits < 1:
+        raise ValueError(f"bits must be >= 1, got {bits}")
+    return bits / 8.0

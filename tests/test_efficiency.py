@@ -1,0 +1,37 @@
+import pytest
+
+from q4core import efficiency as eff
+
+
+def test_table_values_are_the_published_ones():
+    t = eff.HOROWITZ_45NM
+    assert t["int8_mult"].energy_pj == 0.2 and t["int32_mult"].energy_pj == 3.1
+    assert t["fp16_mult"].energy_pj == 1.1 and t["fp32_mult"].energy_pj == 3.7
+    assert t["int8_add"].energy_pj == 0.03 and t["fp16_add"].energy_pj == 0.4
+    assert t["fp32_add"].energy_pj == 0.9
+
+
+def test_scaling_rules():
+    # quadratic multiplier: 4 bits is a quarter of 8 bits; 32 bits from 8 bits is 16x
+    assert eff.scale_int_multiplier(4).energy_pj == pytest.approx(0.05)
+    assert eff.scale_int_multiplier(8).area_um2 == pytest.approx(282.0)
+    assert eff.scale_int_adder(16).energy_pj == pytest.approx(0.06)
+    with pytest.raises(ValueError, match="bits"):
+        eff.scale_int_multiplier(0)
+
+
+def test_mac_comparison_against_fp16():
+    rows = {r["name"]: r for r in eff.compare_macs("FP16")}
+    assert rows["FP16"]["energy_gain"] == pytest.approx(1.0)
+    paper = rows["INT4, FP16 acc. (paper)"]
+    # INT4 multiply (0.05 pJ) + FP16 add (0.4 pJ) against 1.1 + 0.4 pJ
+    assert paper["energy_pj"] == pytest.approx(0.45)
+    assert paper["energy_gain"] == pytest.approx(1.5 / 0.45)
+    assert rows["INT4, INT16 acc."]["energy_gain"] > paper["energy_gain"]
+    with pytest.raises(KeyError, match="baseline"):
+        eff.compare_macs("FP64")
+
+
+def test_unknown_operator():
+    with pytest.raises(KeyError, match="operator"):
+        eff.mac_cost("bf16_mult", "fp32_add")
