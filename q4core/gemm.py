@@ -263,7 +263,10 @@ def int4_matmul(a, b, *, threads=None, kernel=None):
         if packed is None:
             packed = PackedInt4(b_arr)
         a_table = _offset_table(a_signed)
-        c64 = _fast_product(a, a_table, 8 if a_signed else 0, 15, packed, 15, kernel, nthreads)
+        c = _fast_product(a, a_table, 8 if a_signed else 0, 15, packed, 15, kernel, nthreads)
+        if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
+            return c
+        c64 = c
     return _to_int32(c64, a.shape[1])
 
 
@@ -293,8 +296,7 @@ def fp4_int4_matmul(g_codes, b, *, threads=None, kernel=None):
     for group, shift, offset, umax in ((0, 0, 64, 128), (1, 8, 16, 32)):
         if present[group]:
             table = _fp4_left_table(group, offset)
-            part = _fast_product(g, table, offset, umax, packed, 15, kernel, nthreads)
-            out += part << shift if shift else part
+            _fast_product(g, table, offset, umax, packed, 15, kernel, nthreads, out, shift)
     return out
 
 
@@ -313,9 +315,8 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
     for group, shift in ((0, 0), (1, 8)):
         if present[group]:
             packed = _PackedFP4(g, group)
-            part = _fast_product(a, a_table, 8 if a_signed else 0, 15, packed,
-                                 64 if group == 0 else 16, kernel, nthreads)
-            out += part << shift if shift else part
+            _fast_product(a, a_table, 8 if a_signed else 0, 15, packed,
+                          64 if group == 0 else 16, kernel, nthreads, out, shift)
     return out
 
 
@@ -392,16 +393,21 @@ def _kernel_operand(packed):
     return cache["layout"]
 
 
-def _fast_product(a, a_table, a_offset, a_max, packed, b_absmax, kernel, nthreads):
-    """Exact int64 ``(table[a] - a_offset) @ B`` through a compiled kernel, K split for int32 safety."""
+def _fast_product(a, a_table, a_offset, a_max, packed, b_absmax, kernel, nthreads, out=None, shift=0):
+    """Exact ``(table[a] - a_offset) @ B`` through a compiled kernel.
+
+    Returns int32 when one K chunk suffices, else int64; with ``out`` (int64) adds
+    ``product << shift`` into it.  The K chunk (a multiple of 64) is the longest over which
+    ``a_max * b_absmax * K`` - a bound on every accumulator and on the offset correction -
+    stays inside int32.
+    """
     M, K = a.shape
     N = packed.shape[1]
     if M == 0 or N == 0 or K == 0:
-        return np.zeros((M, N), np.int64)
+        return np.zeros((M, N), np.int64) if out is None else out
     bpacked, Kp, Np = _kernel_operand(packed)
     a_buf = _gemm.prep_a(a.view(np.uint8), a_table, Kp)
-    # largest K chunk (a multiple of 64) over which |accumulator| <= a_max * b_absmax * K
-    # and |a_offset * column sum| stay inside int32
-    kchunk = (_INT32_MAX // (a_max * b_absmax)) // 64 * 64
-    return _gemm.gemm(a_buf, M, bpacked, N, Kp, Np, kchunk, a_offset,
-                      KERNEL_NAMES.index(kernel), nthreads)
+    max_product = a_max * b_absmax
+    kchunk = (_INT32_MAX // max_product) // 64 * 64
+    return _gemm.gemm(a_buf, M, bpacked, N, Kp, Np, kchunk, a_offset, max_product,
+                      KERNEL_NAMES.index(kernel), nthreads, out, shift)

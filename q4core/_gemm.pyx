@@ -1,0 +1,196 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled INT4 / FP4 x INT4 GEMM kernels (private; use :mod:`q4core.gemm`).
+
+The C kernels live in ``q4core/src/gemm_*.h``.  Every kernel computes the exact product of
+an unsigned byte matrix A (row-major, K padded to a multiple of 64) and a signed byte
+matrix B packed in 16-column panels; :mod:`q4core.gemm` maps INT4 and FP4 operands onto
+that (offsets, exponent groups) and validates everything before it gets here.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
+
+cnp.import_array()
+
+cdef extern from "gemm_driver.h" nogil:
+    ctypedef struct q4_cpu_features:
+        int x86
+        int sse2, avx, avx2, fma
+        int avx512f, avx512bw, avx512vl, avx512vnni
+        int avxvnni
+        int amx_tile, amx_int8, amx_bf16
+        int os_avx, os_avx512, os_amx
+        int amx_permission
+    const q4_cpu_features *q4_features()
+    int q4_kernel_compiled(int kernel)
+    int q4_kernel_supported(int kernel, const q4_cpu_features *f)
+    int q4_openmp_enabled()
+    int q4_default_threads()
+    int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
+                const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t k0, int64_t k1,
+                const int32_t *corr, int mode, int shift, void *out, int64_t ldo,
+                int nthreads, int64_t max_product)
+
+# same order as q4core.gemm.KERNEL_NAMES (without "reference")
+KERNELS = ("amx", "vnni", "avxvnni", "avx2", "portable")
+_REQUIRES = {
+    "amx": "CPUID AMX-TILE + AMX-INT8, OS tile state (XCR0 bits 17, 18) and Linux XTILEDATA permission",
+    "vnni": "CPUID AVX-512 F + BW + VNNI and OS zmm state (XCR0 bits 5-7)",
+    "avxvnni": "CPUID AVX2 + AVX-VNNI and OS ymm state",
+    "avx2": "CPUID AVX2 and OS ymm state",
+    "portable": "nothing",
+}
+
+q4_features()   # detect once at import, under the GIL
+
+
+def cpu_features():
+    """What CPUID / XGETBV / Linux report, as a dict of booleans (amx_permission may be None)."""
+    cdef const q4_cpu_features *f = q4_features()
+    perm = None if f.amx_permission < 0 else bool(f.amx_permission)
+    return {
+        "x86": bool(f.x86), "sse2": bool(f.sse2), "avx": bool(f.avx), "avx2": bool(f.avx2),
+        "fma": bool(f.fma), "avx512f": bool(f.avx512f), "avx512bw": bool(f.avx512bw),
+        "avx512vl": bool(f.avx512vl), "avx512_vnni": bool(f.avx512vnni),
+        "avx_vnni": bool(f.avxvnni), "amx_tile": bool(f.amx_tile), "amx_int8": bool(f.amx_int8),
+        "amx_bf16": bool(f.amx_bf16), "os_avx": bool(f.os_avx), "os_avx512": bool(f.os_avx512),
+        "os_amx": bool(f.os_amx), "amx_xtiledata_permission": perm,
+        "compiled_kernels": [k for i, k in enumerate(KERNELS) if q4_kernel_compiled(i)],
+    }
+
+
+def available_kernels():
+    """Compiled kernels that this CPU and OS can run, fastest first."""
+    return [k for i, k in enumerate(KERNELS)
+            if q4_kernel_compiled(i) and q4_kernel_supported(i, q4_features())]
+
+
+def unavailable_reason(name):
+    i = KERNELS.index(name)
+    if not q4_kernel_compiled(i):
+        return f"the {name} kernel was not compiled (compiler too old or not x86-64)"
+    if not q4_kernel_supported(i, q4_features()):
+        return f"this CPU/OS lacks what the {name} kernel needs ({_REQUIRES[name]})"
+    return "it is available"
+
+
+def openmp_enabled():
+    return bool(q4_openmp_enabled())
+
+
+def default_threads():
+    return q4_default_threads()
+
+
+def _round_up(n, m):
+    return (n + m - 1) // m * m
+
+
+def pack_b(const uint8_t[:, :] src, const int8_t[::1] table):
+    """Map B (K x N bytes, any strides) through ``table`` into 16-column panels, 4 k per lane.
+
+    Returns (packed int8 1-D array, Kp, Np) with Kp = K rounded up to 64 and Np = N rounded
+    up to 32; padding is zero so it adds nothing to any product.
+    """
+    cdef Py_ssize_t K = src.shape[0], N = src.shape[1]
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 32)
+    packed = np.zeros(Kp * Np, np.int8)
+    cdef int8_t[::1] p = packed
+    cdef Py_ssize_t k, j, base
+    with nogil:
+        for k in range(K):
+            base = (k >> 2) * 64 + (k & 3)
+            for j in range(N):
+                p[(j >> 4) * Kp * 16 + base + (j & 15) * 4] = table[src[k, j]]
+    return packed, Kp, Np
+
+
+def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp):
+    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded (Mp, Kp) buffer, Mp = M up to 32."""
+    cdef Py_ssize_t M = src.shape[0], K = src.shape[1]
+    cdef Py_ssize_t Mp = _round_up(max(M, 1), 32)
+    buf = np.zeros((Mp, Kp), np.uint8)
+    cdef uint8_t[:, ::1] b = buf
+    cdef Py_ssize_t i, k
+    with nogil:
+        for i in range(M):
+            for k in range(K):
+                b[i, k] = table[src[i, k]]
+    return buf
+
+
+cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np,
+                              Py_ssize_t k0, Py_ssize_t k1):
+    """int64 column sums of packed B over rows [k0, k1)."""
+    sums = np.zeros(Np, np.int64)
+    cdef int64_t[::1] s = sums
+    cdef Py_ssize_t j, g, q
+    cdef const int8_t *panel
+    cdef int64_t acc
+    with nogil:
+        for j in range(Np):
+            panel = &packed[(j >> 4) * Kp * 16 + (j & 15) * 4]
+            acc = 0
+            for g in range(k0 >> 2, k1 >> 2):
+                for q in range(4):
+                    acc += panel[g * 64 + q]
+            s[j] = acc
+    return sums
+
+
+def gemm(const uint8_t[:, ::1] a_buf, Py_ssize_t M, const int8_t[::1] packed, Py_ssize_t N,
+         Py_ssize_t Kp, Py_ssize_t Np, Py_ssize_t kchunk, int64_t a_offset, int64_t max_product,
+         int kernel, int nthreads, out=None, int shift=0):
+    """Exact ``(a_buf - a_offset) @ B`` for the first M rows and N columns.
+
+    K is processed in chunks of ``kchunk`` (a multiple of 64) so no int32 accumulator can
+    wrap.  With ``out`` (int64, C-contiguous M x N) adds ``product << shift`` into it and
+    returns it; otherwise returns int32 when one chunk covers K, else int64.
+    """
+    if kernel < 0 or kernel >= len(KERNELS):
+        raise ValueError(f"unknown kernel id {kernel}")
+    if a_buf.shape[1] != Kp or a_buf.shape[0] < M or packed.shape[0] != Kp * Np:
+        raise ValueError("internal error: operand buffers do not match the packed shapes")
+    if kchunk <= 0 or kchunk % 64:
+        raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of 64")
+    cdef Py_ssize_t nchunks = (Kp + kchunk - 1) // kchunk
+    cdef int mode
+    if out is None:
+        if nchunks == 1:
+            result = np.empty((M, N), np.int32)
+            mode = 0
+        else:
+            result = np.zeros((M, N), np.int64)
+            mode = 1
+    else:
+        result = out
+        if result.dtype != np.int64 or result.shape != (M, N) or not result.flags.c_contiguous:
+            raise ValueError("internal error: out must be a C-contiguous int64 (M, N) array")
+        mode = 1
+    if mode == 0 and shift != 0:
+        raise ValueError("internal error: shift needs an int64 output")
+    cdef void *out_ptr = cnp.PyArray_DATA(result)
+    cdef int32_t[::1] corr_view
+    cdef const int32_t *corr_ptr
+    cdef Py_ssize_t k0, k1
+    cdef int rc
+    cdef cnp.ndarray sums
+    for c in range(nchunks):
+        k0 = c * kchunk
+        k1 = min(Kp, k0 + kchunk)
+        corr_ptr = NULL
+        if a_offset != 0:
+            sums = _column_sums(packed, Kp, Np, k0, k1) * a_offset
+            # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's choice of kchunk
+            corr_view = sums.astype(np.int32)
+            corr_ptr = &corr_view[0]
+        with nogil:
+            rc = q4_gemm(kernel, &a_buf[0, 0], Kp, M, a_buf.shape[0], &packed[0], Kp, N, Np,
+                         k0, k1, corr_ptr, mode, shift, out_ptr, N, nthreads, max_product)
+        if rc == -1:
+            raise RuntimeError(f"kernel {KERNELS[kernel]!r} is not usable on this CPU/OS")
+        if rc == -2:
+            raise MemoryError("q4core GEMM could not allocate its per-thread scratch tile")
+        if rc == -3:
+            raise ValueError(f"internal error: product bound {max_product} too large for the AVX2 kernel")
+    return result

@@ -1,0 +1,90 @@
+/* AMX-INT8 tile kernel (tdpbusd: u8 x s8 -> int32).  UNTESTED on the development machine
+ * (AMD Zen 4 has no AMX); it is compiled everywhere the compiler knows AMX and dispatched
+ * only when CPUID reports AMX-TILE + AMX-INT8, XCR0 enables tile state and Linux granted
+ * the XTILEDATA permission (gemm_cpu.h).
+ *
+ * Tiles: tmm0..3 hold a 32 x 32 int32 block of C (2 x 2 tiles of 16 x 16), tmm4/5 two
+ * 16-row x 64-byte slices of A, tmm6/7 two B tiles of 16 k-groups x 64 bytes - which is
+ * exactly one 16-column panel of our packed B for 64 consecutive k (gemm_portable.h), so
+ * B tiles load with stride 64 straight from the packing.  Each thread must load the tile
+ * configuration before its first tile instruction (q4_amx_thread_begin) and release it
+ * after (q4_amx_thread_end). */
+#ifndef Q4_GEMM_AMX_H
+#define Q4_GEMM_AMX_H
+
+#include "gemm_cpu.h"
+#include "gemm_portable.h"
+
+#if Q4_HAVE_AMX_CC
+#define Q4_HAVE_AMX 1
+
+typedef struct {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) q4_tilecfg;
+
+__attribute__((target("amx-tile,amx-int8")))
+static void q4_amx_thread_begin(void) {
+    q4_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {   /* every tile is 16 rows x 64 bytes */
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile,amx-int8")))
+static void q4_amx_thread_end(void) {
+    _tile_release();
+}
+
+__attribute__((target("amx-tile,amx-int8")))
+static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                        int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                        int64_t mrows, int64_t ncols, int accumulate) {
+    const long cstride = (long)(ldc * (int64_t)sizeof(int32_t));
+    for (int64_t jp = 0; jp < ncols; jp += 32) {
+        const int8_t *p0 = B + (jp / 16) * Kp * 16;
+        const int8_t *p1 = p0 + Kp * 16;
+        for (int64_t i = 0; i < mrows; i += 32) {
+            int32_t *c = C + i * ldc + jp;
+            if (accumulate) {
+                _tile_loadd(0, c, cstride);
+                _tile_loadd(1, c + 16, cstride);
+                _tile_loadd(2, c + 16 * ldc, cstride);
+                _tile_loadd(3, c + 16 * ldc + 16, cstride);
+            } else {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            const uint8_t *a0 = A + i * lda;
+            const uint8_t *a1 = a0 + 16 * lda;
+            for (int64_t k = k0; k < k1; k += 64) {
+                _tile_loadd(4, a0 + k, (long)lda);
+                _tile_loadd(5, a1 + k, (long)lda);
+                _tile_loadd(6, p0 + k * 16, 64);   /* k-group k/4 starts at byte (k/4)*64 */
+                _tile_loadd(7, p1 + k * 16, 64);
+                _tile_dpbusd(0, 4, 6);
+                _tile_dpbusd(1, 4, 7);
+                _tile_dpbusd(2, 5, 6);
+                _tile_dpbusd(3, 5, 7);
+            }
+            _tile_stored(0, c, cstride);
+            _tile_stored(1, c + 16, cstride);
+            _tile_stored(2, c + 16 * ldc, cstride);
+            _tile_stored(3, c + 16 * ldc + 16, cstride);
+        }
+    }
+}
+#else
+#define Q4_HAVE_AMX 0
+#endif
+
+#endif /* Q4_GEMM_AMX_H */

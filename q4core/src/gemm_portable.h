@@ -1,0 +1,49 @@
+/* The portable u8 x s8 tile kernel: plain C over the packed layout, builds on any compiler
+ * and CPU (x86-64 without extensions, ARM, ...).  It is the scalar twin of the SIMD kernels.
+ *
+ * Shared layout (every kernel):
+ *   A  row-major uint8, row stride lda, K padded with zeros to a multiple of 64;
+ *   B  packed int8 in 16-column panels; panel p starts at B + p * Kp * 16, and inside it the
+ *      k-group g (k = 4g .. 4g+3) is 64 bytes: column j's four k-values at bytes 4j .. 4j+3.
+ *      This is the operand order of vpdpbusd / vpmaddubsw (4 consecutive k per 32-bit lane)
+ *      and exactly the AMX B-tile row layout (K/4 rows of N*4 bytes).
+ *   C  int32 tile, row stride ldc; rows [0, mrows) and columns [0, ncols) with mrows and
+ *      ncols multiples of 32; k-range [k0, k1) with k0, k1 multiples of 64.
+ * C (+)= A[:, k0:k1] @ B[k0:k1, :].  The caller guarantees that no int32 sum can wrap. */
+#ifndef Q4_GEMM_PORTABLE_H
+#define Q4_GEMM_PORTABLE_H
+
+#include <stdint.h>
+
+typedef void (*q4_tile_fn)(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                           int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                           int64_t mrows, int64_t ncols, int accumulate);
+
+static void q4_tile_portable(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                             int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                             int64_t mrows, int64_t ncols, int accumulate) {
+    for (int64_t jp = 0; jp < ncols; jp += 16) {
+        const int8_t *panel = B + (jp / 16) * Kp * 16;
+        for (int64_t i = 0; i < mrows; i += 4) {
+            int32_t acc[4][16];
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 16; j++)
+                    acc[r][j] = accumulate ? C[(i + r) * ldc + jp + j] : 0;
+            for (int64_t g = k0 / 4; g < k1 / 4; g++) {
+                const int8_t *bg = panel + g * 64;
+                for (int r = 0; r < 4; r++) {
+                    const uint8_t *a = A + (i + r) * lda + 4 * g;
+                    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+                    for (int j = 0; j < 16; j++)
+                        acc[r][j] += a0 * bg[4 * j] + a1 * bg[4 * j + 1]
+                                   + a2 * bg[4 * j + 2] + a3 * bg[4 * j + 3];
+                }
+            }
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 16; j++)
+                    C[(i + r) * ldc + jp + j] = acc[r][j];
+        }
+    }
+}
+
+#endif /* Q4_GEMM_PORTABLE_H */

@@ -1,0 +1,52 @@
+/* AVX-512 VNNI tile kernel: vpdpbusd zmm (u8 x s8, four products summed into each int32
+ * lane, no intermediate saturation).  Register block: 8 rows x 32 columns = 16 zmm
+ * accumulators; per k-group two B loads and eight 4-byte A broadcasts feed 16 vpdpbusd.
+ * Layout: see gemm_portable.h. */
+#ifndef Q4_GEMM_VNNI_H
+#define Q4_GEMM_VNNI_H
+
+#include "gemm_cpu.h"
+#include "gemm_portable.h"
+
+#if Q4_HAVE_AVX512VNNI_CC
+#define Q4_HAVE_VNNI 1
+
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void q4_tile_vnni(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                         int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                         int64_t mrows, int64_t ncols, int accumulate) {
+    for (int64_t jp = 0; jp < ncols; jp += 32) {
+        const int8_t *p0 = B + (jp / 16) * Kp * 16;
+        const int8_t *p1 = p0 + Kp * 16;
+        for (int64_t i = 0; i < mrows; i += 8) {
+            __m512i acc[8][2];
+            for (int r = 0; r < 8; r++) {
+                int32_t *c = C + (i + r) * ldc + jp;
+                acc[r][0] = accumulate ? _mm512_loadu_si512(c) : _mm512_setzero_si512();
+                acc[r][1] = accumulate ? _mm512_loadu_si512(c + 16) : _mm512_setzero_si512();
+            }
+            const uint8_t *a0 = A + i * lda;
+            for (int64_t g = k0 / 4; g < k1 / 4; g++) {
+                __m512i b0 = _mm512_loadu_si512(p0 + g * 64);
+                __m512i b1 = _mm512_loadu_si512(p1 + g * 64);
+                for (int r = 0; r < 8; r++) {
+                    int32_t word;
+                    memcpy(&word, a0 + r * lda + 4 * g, 4);
+                    __m512i av = _mm512_set1_epi32(word);
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0);
+                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                int32_t *c = C + (i + r) * ldc + jp;
+                _mm512_storeu_si512(c, acc[r][0]);
+                _mm512_storeu_si512(c + 16, acc[r][1]);
+            }
+        }
+    }
+}
+#else
+#define Q4_HAVE_VNNI 0
+#endif
+
+#endif /* Q4_GEMM_VNNI_H */
