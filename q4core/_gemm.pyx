@@ -119,6 +119,23 @@ def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp):
     return buf
 
 
+def present_codes(const uint8_t[:, :] src):
+    """Bool array of 256: which byte values occur in ``src`` (one pass, any strides)."""
+    seen = np.zeros(256, np.uint8)
+    cdef uint8_t[::1] s = seen
+    cdef Py_ssize_t i, k
+    with nogil:
+        for i in range(src.shape[0]):
+            for k in range(src.shape[1]):
+                s[src[i, k]] = 1
+    return seen.astype(bool)
+
+
+def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):
+    """int64 column sums of a packed B over all of K."""
+    return _column_sums(packed, Kp, Np, 0, Kp)
+
+
 cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np,
                               Py_ssize_t k0, Py_ssize_t k1):
     """int64 column sums of packed B over rows [k0, k1)."""
@@ -140,12 +157,13 @@ cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_
 
 def gemm(const uint8_t[:, ::1] a_buf, Py_ssize_t M, const int8_t[::1] packed, Py_ssize_t N,
          Py_ssize_t Kp, Py_ssize_t Np, Py_ssize_t kchunk, int64_t a_offset, int64_t max_product,
-         int kernel, int nthreads, out=None, int shift=0):
+         int kernel, int nthreads, out=None, int shift=0, colsums=None):
     """Exact ``(a_buf - a_offset) @ B`` for the first M rows and N columns.
 
     K is processed in chunks of ``kchunk`` (a multiple of 64) so no int32 accumulator can
     wrap.  With ``out`` (int64, C-contiguous M x N) adds ``product << shift`` into it and
     returns it; otherwise returns int32 when one chunk covers K, else int64.
+    ``colsums`` (int64, Np) are B's column sums over all of K if the caller cached them.
     """
     if kernel < 0 or kernel >= len(KERNELS):
         raise ValueError(f"unknown kernel id {kernel}")
@@ -180,7 +198,10 @@ def gemm(const uint8_t[:, ::1] a_buf, Py_ssize_t M, const int8_t[::1] packed, Py
         k1 = min(Kp, k0 + kchunk)
         corr_ptr = NULL
         if a_offset != 0:
-            sums = _column_sums(packed, Kp, Np, k0, k1) * a_offset
+            if nchunks == 1 and colsums is not None:
+                sums = colsums * a_offset
+            else:
+                sums = _column_sums(packed, Kp, Np, k0, k1) * a_offset
             # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's choice of kchunk
             corr_view = sums.astype(np.int32)
             corr_ptr = &corr_view[0]

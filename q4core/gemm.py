@@ -57,6 +57,9 @@ KERNEL_NAMES = ("amx", "vnni", "avxvnni", "avx2", "portable", "reference")
 _ENV = "Q4CORE_KERNEL"
 _INT32_MAX = np.iinfo(np.int32).max
 _INT32_MIN = np.iinfo(np.int32).min
+#: upper bound on the K chunk of the compiled kernels (a multiple of 64).  None: only the
+#: int32 safety bound applies.  Tests lower it to exercise the chunked path on small shapes.
+_KCHUNK_LIMIT = None
 
 # radix-4 FP4 code -> exact integer units sign * 4**(e-1) (e = code & 7, sign = bit 3)
 _CODES = np.arange(16)
@@ -194,7 +197,8 @@ class PackedInt4:
 
     def __init__(self, b):
         arr, signed = _check_int4(b, "b")
-        self.values = np.ascontiguousarray(arr.view(np.int8) if not signed else arr)
+        # always a private copy: later writes to ``b`` must not change the packed weights
+        self.values = np.array(arr.view(np.int8) if not signed else arr, order="C", copy=True)
         self.values.setflags(write=False)
         self.signed = signed
         self.shape = arr.shape
@@ -361,11 +365,10 @@ def _fp4_left_table(group, offset):
 
 
 def _present_groups(g):
-    counts = np.bincount(g.ravel(), minlength=16)[:16]
-    e_present = np.zeros(8, bool)
-    for code in np.nonzero(counts)[0]:
-        e_present[code & 7] = True
-    return bool(e_present[1:5].any()), bool(e_present[5:8].any())
+    """Whether any code has exponent 1..4 (group 0) and 5..7 (group 1): skip empty groups."""
+    seen = _gemm.present_codes(g.view(np.uint8))[:16]
+    e = _E[seen]
+    return bool(((e >= 1) & (e <= 4)).any()), bool((e >= 5).any())
 
 
 class _PackedFP4:
@@ -381,7 +384,7 @@ class _PackedFP4:
 
 
 def _kernel_operand(packed):
-    """(packed bytes, column sums int64, Kp, Np) of a right operand, built once per object."""
+    """(packed bytes, Kp, Np, column sums int64) of a right operand, built once per object."""
     cache = packed._kernel_cache
     if "layout" not in cache:
         if isinstance(packed, PackedInt4):
@@ -389,7 +392,8 @@ def _kernel_operand(packed):
             table = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)
         else:
             src, table = packed.source, packed.table
-        cache["layout"] = _gemm.pack_b(src, table)
+        bpacked, Kp, Np = _gemm.pack_b(src, table)
+        cache["layout"] = (bpacked, Kp, Np, _gemm.column_sums(bpacked, Kp, Np))
     return cache["layout"]
 
 
@@ -405,9 +409,11 @@ def _fast_product(a, a_table, a_offset, a_max, packed, b_absmax, kernel, nthread
     N = packed.shape[1]
     if M == 0 or N == 0 or K == 0:
         return np.zeros((M, N), np.int64) if out is None else out
-    bpacked, Kp, Np = _kernel_operand(packed)
+    bpacked, Kp, Np, colsums = _kernel_operand(packed)
     a_buf = _gemm.prep_a(a.view(np.uint8), a_table, Kp)
     max_product = a_max * b_absmax
     kchunk = (_INT32_MAX // max_product) // 64 * 64
+    if _KCHUNK_LIMIT is not None:
+        kchunk = min(kchunk, int(_KCHUNK_LIMIT))
     return _gemm.gemm(a_buf, M, bpacked, N, Kp, Np, kchunk, a_offset, max_product,
-                      KERNEL_NAMES.index(kernel), nthreads, out, shift)
+                      KERNEL_NAMES.index(kernel), nthreads, out, shift, colsums)

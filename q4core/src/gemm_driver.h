@@ -30,8 +30,8 @@
 /* kernel ids: the order of q4core.gemm.KERNEL_NAMES */
 enum { Q4_AMX = 0, Q4_VNNI = 1, Q4_AVXVNNI = 2, Q4_AVX2 = 3, Q4_PORTABLE = 4, Q4_NKERNELS = 5 };
 
-#define Q4_MC 64     /* output tile rows    (multiple of 32) */
-#define Q4_NC 128    /* output tile columns (multiple of 32) */
+#define Q4_MC 128    /* output tile rows    (multiple of 32) */
+#define Q4_NC 256   /* output tile columns (multiple of 32) */
 #define Q4_KC 512    /* K block             (multiple of 64) */
 
 static int q4_kernel_compiled(int kernel) {

@@ -1,0 +1,342 @@
+"""Exactness of every GEMM kernel path against an int64 numpy product computed here.
+
+The oracle in this file is written independently of q4core.gemm's own reference:
+``a.astype(int64) @ b.astype(int64)`` and, for FP4, units taken from the formats module's
+decoder (``RadixFP.decode(codes) * 4**6 / f``).
+"""
+import numpy as np
+import pytest
+
+import q4core.gemm as gemm
+from q4core.formats import RadixFP
+
+KERNELS = gemm.available_kernels()              # includes "reference"
+FAST = [k for k in KERNELS if k != "reference"]
+ALL_NAMES = list(gemm.KERNEL_NAMES)
+
+
+def units_from_formats(codes):
+    """Exact integer units of FP4 codes from the formats reference (phase 0, scale 1)."""
+    vals = RadixFP(4, 3, 0).decode(codes) * 4.0 ** 6
+    units = vals.astype(np.int64)
+    assert np.array_equal(units, vals)            # exact powers of four
+    return units
+
+
+def oracle(a, b):
+    return np.asarray(a).astype(np.int64) @ np.asarray(b).astype(np.int64)
+
+
+def rand_int4(rng, shape, signed):
+    if signed:
+        return rng.integers(-8, 8, shape).astype(np.int8)
+    return rng.integers(0, 16, shape).astype(np.uint8)
+
+
+def rand_fp4(rng, shape, zeros=0.2):
+    """Codes spread over every exponent (wide log-normal magnitudes) plus exact zeros."""
+    x = rng.normal(size=shape) * np.exp2(rng.uniform(-14, 2, size=shape))
+    x[rng.random(shape) < zeros] = 0.0
+    return RadixFP(4, 3, 0).encode(x)
+
+
+SHAPES = [(1, 1, 1), (17, 33, 129), (17, 129, 33), (3, 65, 5), (33, 63, 31), (40, 200, 70),
+          (64, 64, 64), (2, 1, 3), (5, 257, 1), (1, 300, 40)]
+
+
+# --------------------------------------------------------------------------- INT4 x INT4
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int4_random_shapes_all_sign_combos(kernel):
+    rng = np.random.default_rng(1)
+    for (m, k, n) in SHAPES:
+        for a_signed in (True, False):
+            for b_signed in (True, False):
+                a = rand_int4(rng, (m, k), a_signed)
+                b = rand_int4(rng, (k, n), b_signed)
+                c = gemm.int4_matmul(a, b, kernel=kernel)
+                assert c.dtype == np.int32 and c.shape == (m, n)
+                np.testing.assert_array_equal(c, oracle(a, b), err_msg=f"{kernel} {m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int4_strided_and_transposed_views(kernel):
+    rng = np.random.default_rng(2)
+    base_a = rand_int4(rng, (90, 150), True)
+    base_b = rand_int4(rng, (160, 100), False)
+    cases = [
+        (base_a[::3, ::2], base_b[:75, ::2]),          # step slices
+        (base_a[:40, :70], base_b.T[:70, :33]),         # transposed view on the right
+        (base_a.T[:50, :45], base_b[:90:2, 1::3]),      # transposed view on the left
+        (base_a[::-2, ::-1][:30, :150], base_b[::-1, :][:150, :20].T.T),  # negative strides
+        (np.asfortranarray(base_a[:20, :100]), np.asfortranarray(base_b[:100, :30])),
+    ]
+    for a, b in cases:
+        np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel), oracle(a, b))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int4_extreme_operands(kernel):
+    for k in (1, 64, 1000, 4097):
+        for a_val, b_val in ((-8, -8), (-8, 7), (7, 7), (15, 15), (15, -8), (0, 7)):
+            a_dt = np.int8 if a_val < 8 and a_val >= -8 else np.uint8
+            b_dt = np.int8 if -8 <= b_val < 8 else np.uint8
+            a = np.full((3, k), a_val, a_dt)
+            b = np.full((k, 5), b_val, b_dt)
+            c = gemm.int4_matmul(a, b, kernel=kernel)
+            assert (c == a_val * b_val * k).all(), (kernel, k, a_val, b_val)
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_int4_k_chunks_summed_exactly(kernel, monkeypatch):
+    # force 64-long K chunks so the chunk loop (int64 sum of int32 chunk results) runs
+    monkeypatch.setattr(gemm, "_KCHUNK_LIMIT", 64)
+    rng = np.random.default_rng(3)
+    for (m, k, n) in [(5, 300, 7), (33, 129, 40), (1, 64, 1), (2, 65, 3)]:
+        for a_signed in (True, False):
+            a = rand_int4(rng, (m, k), a_signed)
+            b = rand_int4(rng, (k, n), not a_signed)
+            c = gemm.int4_matmul(a, b, kernel=kernel)
+            assert c.dtype == np.int32
+            np.testing.assert_array_equal(c, oracle(a, b))
+    a = np.full((2, 640), 15, np.uint8)
+    g = np.full((2, 640), 0x7 | 8, np.uint8)         # -4096 units everywhere
+    np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, a.T, kernel=kernel),
+                                  np.full((2, 2), -4096 * 15 * 640))
+    np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, g.T, kernel=kernel),
+                                  np.full((2, 2), -4096 * 15 * 640))
+
+
+def test_int4_overflow_raises_instead_of_wrapping():
+    # 15 * 15 * K exceeds int32 once K > 9,544,371
+    k = 9_600_000
+    a = np.full((1, k), 15, np.uint8)
+    b = np.full((k, 1), 15, np.uint8)
+    packed = gemm.pack_int4(b)
+    for kernel in KERNELS:
+        with pytest.raises(OverflowError, match="int32"):
+            gemm.int4_matmul(a, packed, kernel=kernel)
+    # the same K with a result that fits int32: exact, through two K chunks
+    a2 = a.copy()
+    a2[0, 1::2] = 0
+    for kernel in KERNELS:
+        c = gemm.int4_matmul(a2, packed, kernel=kernel)
+        assert c.dtype == np.int32 and int(c[0, 0]) == 15 * 15 * (k // 2)
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_threads_give_identical_results(kernel):
+    rng = np.random.default_rng(4)
+    a = rand_int4(rng, (150, 300), True)
+    b = rand_int4(rng, (300, 270), True)
+    g = rand_fp4(rng, (150, 300))
+    ref = oracle(a, b)
+    outs = [gemm.int4_matmul(a, b, kernel=kernel, threads=t) for t in (1, 2, 3)]
+    for c in outs:
+        np.testing.assert_array_equal(c, ref)
+    f1 = gemm.fp4_int4_matmul(g, b, kernel=kernel, threads=1)
+    f2 = gemm.fp4_int4_matmul(g, b, kernel=kernel, threads=2)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(f1, oracle(units_from_formats(g), b))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_packed_b_reuse(kernel):
+    rng = np.random.default_rng(5)
+    b = rand_int4(rng, (70, 45), False)
+    packed = gemm.pack_int4(b)
+    b_copy = b.copy()
+    b[:] = 0                                    # the packed copy is independent of b
+    assert packed.shape == (70, 45) and not packed.signed
+    for trial in range(3):
+        a = rand_int4(rng, (10 + trial, 70), trial % 2 == 0)
+        np.testing.assert_array_equal(gemm.int4_matmul(a, packed, kernel=kernel), oracle(a, b_copy))
+        g = rand_fp4(rng, (9, 70))
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, packed, kernel=kernel),
+                                      oracle(units_from_formats(g), b_copy))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_empty_operands(kernel):
+    for (m, k, n) in [(0, 5, 3), (4, 0, 3), (4, 5, 0)]:
+        a = np.zeros((m, k), np.int8)
+        b = np.zeros((k, n), np.uint8)
+        c = gemm.int4_matmul(a, b, kernel=kernel)
+        assert c.shape == (m, n) and c.dtype == np.int32 and not c.any()
+        f = gemm.fp4_int4_matmul(np.zeros((m, k), np.uint8), b, kernel=kernel)
+        assert f.shape == (m, n) and f.dtype == np.int64 and not f.any()
+
+
+# --------------------------------------------------------------------------- FP4 x INT4
+def test_fp4_units_every_code():
+    codes = np.arange(16, dtype=np.uint8)
+    expected = [0, 1, 4, 16, 64, 256, 1024, 4096, 0, -1, -4, -16, -64, -256, -1024, -4096]
+    np.testing.assert_array_equal(gemm.fp4_units(codes), expected)
+    np.testing.assert_array_equal(gemm.fp4_units(codes), units_from_formats(codes))
+    for phase in (0, 1):
+        fmt = RadixFP(4, 3, phase)
+        f = 2.0 if phase else 1.0
+        np.testing.assert_array_equal(gemm.fp4_units(codes) * f * 4.0 ** -6, fmt.decode(codes))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fp4_both_sides_random(kernel):
+    rng = np.random.default_rng(6)
+    for (m, k, n) in SHAPES:
+        for signed in (True, False):
+            g_left = rand_fp4(rng, (m, k))
+            b = rand_int4(rng, (k, n), signed)
+            c = gemm.fp4_int4_matmul(g_left, b, kernel=kernel)
+            assert c.dtype == np.int64
+            np.testing.assert_array_equal(c, oracle(units_from_formats(g_left), b))
+            a = rand_int4(rng, (m, k), signed)
+            g_right = rand_fp4(rng, (k, n))
+            c = gemm.int4_fp4_matmul(a, g_right, kernel=kernel)
+            np.testing.assert_array_equal(c, oracle(a, units_from_formats(g_right)))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fp4_exponent_groups_and_extremes(kernel):
+    k = 777
+    b_min = np.full((k, 4), -8, np.int8)
+    b_max = np.full((k, 4), 15, np.uint8)
+    for code in range(16):                        # every code alone, against both extremes
+        g = np.full((3, k), code, np.uint8)
+        u = int(units_from_formats(np.uint8(code)))
+        for b in (b_min, b_max):
+            expect = u * int(b[0, 0]) * k
+            assert (gemm.fp4_int4_matmul(g, b, kernel=kernel) == expect).all(), (code, kernel)
+            assert (gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel) == expect).all(), (code, kernel)
+    rng = np.random.default_rng(7)
+    only_low = rng.choice([0, 1, 2, 3, 4, 9, 10, 11, 12], size=(6, 90)).astype(np.uint8)
+    only_high = rng.choice([0, 5, 6, 7, 13, 14, 15], size=(6, 90)).astype(np.uint8)
+    b = rand_int4(rng, (90, 11), True)
+    for g in (only_low, only_high):
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel),
+                                      oracle(units_from_formats(g), b))
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel),
+                                      oracle(b.T, units_from_formats(g.T)))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fp4_strided_views(kernel):
+    rng = np.random.default_rng(8)
+    g = rand_fp4(rng, (60, 140))
+    b = rand_int4(rng, (140, 90), True)
+    np.testing.assert_array_equal(gemm.fp4_int4_matmul(g[::2, :70], b[::2, ::3], kernel=kernel),
+                                  oracle(units_from_formats(g[::2, :70]), b[::2, ::3]))
+    np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T[:50, ::2], g.T[::2, :33], kernel=kernel),
+                                  oracle(b.T[:50, ::2], units_from_formats(g.T[::2, :33])))
+
+
+def test_fp4_long_k_real_chunks():
+    # fp4 x int4 with the FP4 operand on the left has the shortest int32-safe chunk
+    # (offset FP4 <= 128 times |int4| <= 15: about 1.1 million); cross it for real
+    k = 1_200_000
+    rng = np.random.default_rng(9)
+    g = np.full((1, k), 7, np.uint8)
+    g[0, rng.random(k) < 0.5] = 15
+    b = np.full((k, 1), 15, np.uint8)
+    ref = oracle(units_from_formats(g), b)
+    for kernel in KERNELS:
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel), ref)
+
+
+@pytest.mark.parametrize("phase", [0, 1])
+def test_scaled_variants(phase):
+    rng = np.random.default_rng(10)
+    a = rand_int4(rng, (12, 50), True)
+    b = rand_int4(rng, (50, 9), False)
+    c = gemm.int4_matmul_scaled(a, b, 0.37, 1.5e-3)
+    assert c.dtype == np.float32
+    np.testing.assert_array_equal(c, (oracle(a, b) * (0.37 * 1.5e-3)).astype(np.float32))
+    fmt = RadixFP(4, 3, phase)
+    grad = rng.normal(size=(12, 50)) * 0.01
+    codes = fmt.encode(grad, 0.02)
+    f = 2.0 if phase else 1.0
+    got = gemm.fp4_int4_matmul_scaled(codes, b, 0.02, 0.5, phase=phase)
+    exact = oracle(units_from_formats(codes), b) * (f * 4.0 ** -6 * 0.02 * 0.5)
+    np.testing.assert_array_equal(got, exact.astype(np.float32))
+    np.testing.assert_allclose(got, fmt.decode(codes, 0.02) @ (b * 0.5), rtol=1e-6, atol=1e-12)
+    codes_r = fmt.encode(rng.normal(size=(50, 9)), 1.0)
+    got = gemm.int4_fp4_matmul_scaled(a, codes_r, 0.25, 1.0, phase=phase)
+    np.testing.assert_allclose(got, (a * 0.25) @ fmt.decode(codes_r, 1.0), rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- dispatch
+def test_kernel_info_and_available():
+    info = gemm.kernel_info()
+    for key in ("cpu", "available_kernels", "chosen_kernel", "env_override", "openmp", "threads"):
+        assert key in info
+    assert info["available_kernels"] == KERNELS
+    assert KERNELS[-1] == "reference"
+    if info["compiled"]:
+        assert "portable" in KERNELS
+        for flag in ("avx2", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "os_amx"):
+            assert flag in info["cpu"]
+    assert info["threads"] >= 1
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_env_var_forces_kernel(name, monkeypatch):
+    monkeypatch.setenv("Q4CORE_KERNEL", name)
+    assert gemm.kernel_info()["chosen_kernel"] == name
+    rng = np.random.default_rng(11)
+    a = rand_int4(rng, (9, 70), True)
+    b = rand_int4(rng, (70, 13), True)
+    np.testing.assert_array_equal(gemm.int4_matmul(a, b), oracle(a, b))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if n not in KERNELS])
+def test_unavailable_kernel_raises(name, monkeypatch):
+    a = np.zeros((2, 3), np.int8)
+    b = np.zeros((3, 2), np.int8)
+    with pytest.raises(RuntimeError, match=f"'{name}' is not available"):
+        gemm.int4_matmul(a, b, kernel=name)
+    monkeypatch.setenv("Q4CORE_KERNEL", name)
+    with pytest.raises(RuntimeError, match="Q4CORE_KERNEL"):
+        gemm.int4_matmul(a, b)
+    assert "env_error" in gemm.kernel_info()
+
+
+def test_bad_inputs_raise_clear_errors(monkeypatch):
+    a = np.zeros((2, 3), np.int8)
+    b = np.zeros((3, 4), np.int8)
+    g = np.zeros((2, 3), np.uint8)
+    with pytest.raises(TypeError, match="a must be an int8"):
+        gemm.int4_matmul(a.astype(np.float32), b)
+    with pytest.raises(TypeError, match="b must be an int8"):
+        gemm.int4_matmul(a, b.astype(np.int16))
+    with pytest.raises(ValueError, match=r"a \(signed int8\) must hold 4-bit values in \[-8, 7\]"):
+        gemm.int4_matmul(np.full((2, 3), 8, np.int8), b)
+    with pytest.raises(ValueError, match=r"b \(unsigned uint8\) must hold 4-bit values in \[0, 15\]"):
+        gemm.int4_matmul(a, np.full((3, 4), 16, np.uint8))
+    with pytest.raises(ValueError, match="found values in"):
+        gemm.pack_int4(np.full((3, 4), -9, np.int8))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        gemm.int4_matmul(a, np.zeros((4, 4), np.int8))
+    with pytest.raises(ValueError, match="2-D"):
+        gemm.int4_matmul(np.zeros(3, np.int8), b)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        gemm.int4_matmul(a, b, kernel="avx9000")
+    monkeypatch.setenv("Q4CORE_KERNEL", "sse")
+    with pytest.raises(ValueError, match="Q4CORE_KERNEL must be one of"):
+        gemm.int4_matmul(a, b)
+    monkeypatch.delenv("Q4CORE_KERNEL")
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        gemm.int4_matmul(a, b, threads=0)
+    with pytest.raises(TypeError, match="threads must be a positive int"):
+        gemm.int4_matmul(a, b, threads=1.5)
+    with pytest.raises(TypeError, match="g_codes must be a uint8"):
+        gemm.fp4_int4_matmul(g.astype(np.int8), b)
+    with pytest.raises(ValueError, match=r"g_codes must hold 4-bit FP4 codes in \[0, 15\]"):
+        gemm.fp4_int4_matmul(np.full((2, 3), 16, np.uint8), b)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        gemm.int4_fp4_matmul(a, np.zeros((4, 4), np.uint8))
+    with pytest.raises(TypeError, match="only the right-hand INT4 operand may be packed"):
+        gemm.int4_matmul(gemm.pack_int4(a), b)
+    with pytest.raises(ValueError, match="phase must be 0 or 1"):
+        gemm.fp4_int4_matmul_scaled(g, b, 1.0, 1.0, phase=2)
+    with pytest.raises(ValueError, match="scale_a must be finite"):
+        gemm.int4_matmul_scaled(a, b, float("nan"), 1.0)
+    with pytest.raises(TypeError, match="g_scale must be a real number"):
+        gemm.fp4_int4_matmul_scaled(g, b, "1", 1.0)
