@@ -1,0 +1,148 @@
+"""GOP/s of every GEMM kernel path against numpy float32 matmul, measured in the same run.
+
+``python -m q4core.bench gemm [--sizes 512 1024 2048 4096] [--threads 1 2] [--repeat 5]
+[--kernels vnni avx2 ...] [--json out.json]``
+
+For every square size M = N = K and thread count it times (median wall time of
+``--repeat`` runs after one warm-up):
+
+* ``fp32``           numpy ``float32 @ float32`` with BLAS limited to the same thread count;
+* ``int4xint4``      :func:`q4core.gemm.int4_matmul`, weights packed once (``pack_int4``);
+* ``fp4xint4``       :func:`q4core.gemm.fp4_int4_matmul` (dL/dx = dL/dy @ W^T), weights packed once;
+* ``int4xfp4``       :func:`q4core.gemm.int4_fp4_matmul` (dL/dW = X^T @ dL/dy), FP4 packed per call;
+* ``fakequant_int4`` the simulation baseline: quantize both float32 operands to INT4 (to the
+  grid, i.e. quantize + dequantize) with the numpy reference, then float32 matmul;
+* ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid.
+
+Every time includes the wrapper's work (validation, operand mapping, packing of the
+per-call operand).  One "op" is a multiply or an add: 2 * M * N * K ops per GEMM.
+The machine may be shared: read medians as what they are, and compare ratios from one run.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+from ._timing import median_seconds, thread_limit
+
+DEFAULT_SIZES = (512, 1024, 2048, 4096)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m q4core.bench gemm", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
+                   help="square sizes M = N = K (default: %(default)s)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per median (default: %(default)s)")
+    p.add_argument("--kernels", nargs="+", default=None,
+                   help="kernel paths to time (default: every available one except 'reference')")
+    p.add_argument("--portable-max-size", type=int, default=1024,
+                   help="skip the slow portable C kernel above this size (default: %(default)s)")
+    p.add_argument("--no-fakequant", action="store_true", help="skip the fake-quantization baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random operands (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
+    args = p.parse_args(argv)
+    if any(s < 1 for s in args.sizes) or any(t < 1 for t in args.threads) or args.repeat < 1:
+        p.error("sizes, threads and repeat must be positive")
+    return args
+
+
+def _operands(n, rng):
+    from q4core.formats import INT4, RADIX4_FP4
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    w = rng.standard_normal((n, n), dtype=np.float32)
+    g = (rng.standard_normal((n, n)) * np.exp2(rng.uniform(-10, 0, (n, n)))).astype(np.float32)
+    sx, sw = float(np.abs(x).max() / 7.0), float(np.abs(w).max() / 7.0)
+    sg = float(np.abs(g).max())
+    return {
+        "x": x, "w": w, "g": g, "sx": sx, "sw": sw, "sg": sg,
+        "a": INT4.encode(x, sx).astype(np.int8),
+        "b": INT4.encode(w, sw).astype(np.int8),
+        "gc": RADIX4_FP4.encode(g, sg),
+    }
+
+
+def run(args, out=print):
+    from q4core import gemm
+    from q4core.formats import INT4, RADIX4_FP4
+
+    info = gemm.kernel_info()
+    kernels = args.kernels or [k for k in gemm.available_kernels() if k != "reference"]
+    for k in kernels:
+        if k not in gemm.available_kernels():
+            raise SystemExit(f"kernel {k!r} is not available here; available: {gemm.available_kernels()}")
+    out(f"q4core GEMM benchmark - {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    out(f"CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True))
+    out(f"kernels timed: {', '.join(kernels)}; default choice: {info['chosen_kernel']}; "
+        f"OpenMP: {info['openmp']}; repeat={args.repeat}; medians; shared machine, timings are noisy")
+    records = []
+    rng = np.random.default_rng(args.seed)
+    for n in args.sizes:
+        ops = 2.0 * n * n * n
+        d = _operands(n, rng)
+        packed = gemm.pack_int4(d["b"])
+        # the ground truth of this run's operands, once, to check every fast path's output
+        check_ref = None
+        for t in args.threads:
+            rows = []
+
+            def record(op, kernel, seconds):
+                rec = {"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": seconds,
+                       "gops": ops / seconds / 1e9}
+                records.append(rec)
+                rows.append(rec)
+                return rec
+
+            with thread_limit(t):
+                x, w = d["x"], d["w"]
+                fp32 = record("fp32", "numpy", median_seconds(lambda: x @ w, repeat=args.repeat))
+                if not args.no_fakequant:
+                    sx, sw, sg, g = d["sx"], d["sw"], d["sg"], d["g"]
+                    record("fakequant_int4", "numpy", median_seconds(
+                        lambda: INT4.quantize(x, sx) @ INT4.quantize(w, sw), repeat=args.repeat))
+                    record("fakequant_fp4", "numpy", median_seconds(
+                        lambda: RADIX4_FP4.quantize(g, sg) @ INT4.quantize(w, sw), repeat=args.repeat))
+            for k in kernels:
+                if k == "portable" and n > args.portable_max_size:
+                    continue
+                a, gc, bt = d["a"], d["gc"], d["b"]
+                c = gemm.int4_matmul(a, packed, threads=t, kernel=k)
+                if check_ref is None and n <= 1024:
+                    check_ref = gemm.int4_matmul(a, packed, kernel="reference")
+                if check_ref is not None and not np.array_equal(c, check_ref):
+                    raise SystemExit(f"kernel {k} disagrees with the reference at n={n}")
+                record("int4xint4", k, median_seconds(
+                    lambda: gemm.int4_matmul(a, packed, threads=t, kernel=k), repeat=args.repeat))
+                record("fp4xint4", k, median_seconds(
+                    lambda: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k), repeat=args.repeat))
+                record("int4xfp4", k, median_seconds(
+                    lambda: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k), repeat=args.repeat))
+            for rec in rows:
+                rec["ratio_vs_fp32"] = fp32["seconds"] / rec["seconds"]
+            out(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
+            out(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
+            for rec in rows:
+                out(f"  {rec['op']:16s} {rec['kernel']:9s} {rec['seconds'] * 1e3:10.2f} "
+                    f"{rec['gops']:9.1f} {rec['ratio_vs_fp32']:7.2f}")
+    return {"kernel_info": info, "numpy": np.__version__, "platform": platform.platform(),
+            "unix_time": time.time(), "repeat": args.repeat, "seed": args.seed,
+            "note": "median wall times; each ratio uses numpy float32 at the same size and "
+                    "thread count measured in the same run", "records": records}
+
+
+def main(argv=None):
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
