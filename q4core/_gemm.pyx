@@ -26,6 +26,7 @@ cdef extern from "gemm_driver.h" nogil:
     int q4_kernel_supported(int kernel, const q4_cpu_features *f)
     int q4_openmp_enabled()
     int q4_default_threads()
+    int q4_row_multiple(int kernel)
     int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
                 const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t k0, int64_t k1,
                 const int32_t *corr, int mode, int shift, void *out, int64_t ldo,
@@ -90,10 +91,10 @@ def pack_b(const uint8_t[:, :] src, const int8_t[::1] table):
     """Map B (K x N bytes, any strides) through ``table`` into 16-column panels, 4 k per lane.
 
     Returns (packed int8 1-D array, Kp, Np) with Kp = K rounded up to 64 and Np = N rounded
-    up to 32; padding is zero so it adds nothing to any product.
+    up to 16; padding is zero so it adds nothing to any product.
     """
     cdef Py_ssize_t K = src.shape[0], N = src.shape[1]
-    cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 32)
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 16)
     packed = np.zeros(Kp * Np, np.int8)
     cdef int8_t[::1] p = packed
     cdef Py_ssize_t k, j, base
@@ -105,10 +106,15 @@ def pack_b(const uint8_t[:, :] src, const int8_t[::1] table):
     return packed, Kp, Np
 
 
-def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp):
-    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded (Mp, Kp) buffer, Mp = M up to 32."""
+def row_multiple(int kernel):
+    """Rows the kernel steps over: prep_a must pad A to a multiple of this."""
+    return q4_row_multiple(kernel)
+
+
+def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_ssize_t rows=32):
+    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded (Mp, Kp) buffer, Mp = M up to ``rows``."""
     cdef Py_ssize_t M = src.shape[0], K = src.shape[1]
-    cdef Py_ssize_t Mp = _round_up(max(M, 1), 32)
+    cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
     buf = np.zeros((Mp, Kp), np.uint8)
     cdef uint8_t[:, ::1] b = buf
     cdef Py_ssize_t i, k
@@ -212,6 +218,8 @@ def gemm(const uint8_t[:, ::1] a_buf, Py_ssize_t M, const int8_t[::1] packed, Py
             raise RuntimeError(f"kernel {KERNELS[kernel]!r} is not usable on this CPU/OS")
         if rc == -2:
             raise MemoryError("q4core GEMM could not allocate its per-thread scratch tile")
+        if rc == -4:
+            raise ValueError("internal error: operand padding does not fit the kernel's blocking")
         if rc == -3:
             raise ValueError(f"internal error: product bound {max_product} too large for the AVX2 kernel")
     return result

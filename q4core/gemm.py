@@ -384,7 +384,10 @@ class _PackedFP4:
 
 
 def _kernel_operand(packed):
-    """(packed bytes, Kp, Np, column sums int64) of a right operand, built once per object."""
+    """(packed bytes, Kp, Np, column sums int64) of a right operand, built once per object.
+
+    K is padded to a multiple of 64 and N to one of 16 with zeros (gemm_portable.h).
+    """
     cache = packed._kernel_cache
     if "layout" not in cache:
         if isinstance(packed, PackedInt4):
@@ -410,10 +413,11 @@ def _fast_product(a, a_table, a_offset, a_max, packed, b_absmax, kernel, nthread
     if M == 0 or N == 0 or K == 0:
         return np.zeros((M, N), np.int64) if out is None else out
     bpacked, Kp, Np, colsums = _kernel_operand(packed)
-    a_buf = _gemm.prep_a(a.view(np.uint8), a_table, Kp)
+    kid = KERNEL_NAMES.index(kernel)
+    a_buf = _gemm.prep_a(a.view(np.uint8), a_table, Kp, _gemm.row_multiple(kid))
     max_product = a_max * b_absmax
     kchunk = (_INT32_MAX // max_product) // 64 * 64
     if _KCHUNK_LIMIT is not None:
         kchunk = min(kchunk, int(_KCHUNK_LIMIT))
     return _gemm.gemm(a_buf, M, bpacked, N, Kp, Np, kchunk, a_offset, max_product,
-                      KERNEL_NAMES.index(kernel), nthreads, out, shift, colsums)
+                      kid, nthreads, out, shift, colsums)

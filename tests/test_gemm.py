@@ -230,15 +230,17 @@ def test_fp4_strided_views(kernel):
 
 def test_fp4_long_k_real_chunks():
     # fp4 x int4 with the FP4 operand on the left has the shortest int32-safe chunk
-    # (offset FP4 <= 128 times |int4| <= 15: about 1.1 million); cross it for real
-    k = 1_200_000
+    # (offset FP4 <= 128 times |int4| <= 15: about 1.1 million); cross it for real with
+    # operands that push the raw accumulator past int32 if one chunk covered all of K
+    k = 1_500_000
     rng = np.random.default_rng(9)
-    g = np.full((1, k), 7, np.uint8)
-    g[0, rng.random(k) < 0.5] = 15
+    g = np.full((1, k), 4, np.uint8)              # +64 units: offset operand 128
+    g[0, rng.random(k) < 0.1] = 7                  # +4096: exercises the high group too
     b = np.full((k, 1), 15, np.uint8)
     ref = oracle(units_from_formats(g), b)
     for kernel in KERNELS:
         np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel), ref)
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel), ref.T)
 
 
 @pytest.mark.parametrize("phase", [0, 1])

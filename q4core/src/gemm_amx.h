@@ -47,17 +47,21 @@ __attribute__((target("amx-tile,amx-int8")))
 static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
                         int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
                         int64_t mrows, int64_t ncols, int accumulate) {
+    /* mrows is a multiple of 16 and ncols of 16: a last 16-row or 16-column strip uses
+     * only the first A / B tile (tile numbers must be constants, hence the branches) */
     const long cstride = (long)(ldc * (int64_t)sizeof(int32_t));
     for (int64_t jp = 0; jp < ncols; jp += 32) {
         const int8_t *p0 = B + (jp / 16) * Kp * 16;
         const int8_t *p1 = p0 + Kp * 16;
+        const int two_n = ncols - jp >= 32;
         for (int64_t i = 0; i < mrows; i += 32) {
+            const int two_m = mrows - i >= 32;
             int32_t *c = C + i * ldc + jp;
             if (accumulate) {
                 _tile_loadd(0, c, cstride);
-                _tile_loadd(1, c + 16, cstride);
-                _tile_loadd(2, c + 16 * ldc, cstride);
-                _tile_loadd(3, c + 16 * ldc + 16, cstride);
+                if (two_n) _tile_loadd(1, c + 16, cstride);
+                if (two_m) _tile_loadd(2, c + 16 * ldc, cstride);
+                if (two_m && two_n) _tile_loadd(3, c + 16 * ldc + 16, cstride);
             } else {
                 _tile_zero(0);
                 _tile_zero(1);
@@ -66,20 +70,36 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
             }
             const uint8_t *a0 = A + i * lda;
             const uint8_t *a1 = a0 + 16 * lda;
-            for (int64_t k = k0; k < k1; k += 64) {
-                _tile_loadd(4, a0 + k, (long)lda);
-                _tile_loadd(5, a1 + k, (long)lda);
-                _tile_loadd(6, p0 + k * 16, 64);   /* k-group k/4 starts at byte (k/4)*64 */
-                _tile_loadd(7, p1 + k * 16, 64);
-                _tile_dpbusd(0, 4, 6);
-                _tile_dpbusd(1, 4, 7);
-                _tile_dpbusd(2, 5, 6);
-                _tile_dpbusd(3, 5, 7);
+            if (two_m && two_n) {
+                for (int64_t k = k0; k < k1; k += 64) {
+                    _tile_loadd(4, a0 + k, (long)lda);
+                    _tile_loadd(5, a1 + k, (long)lda);
+                    _tile_loadd(6, p0 + k * 16, 64);   /* k-group k/4 starts at byte (k/4)*64 */
+                    _tile_loadd(7, p1 + k * 16, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
+                    _tile_dpbusd(2, 5, 6);
+                    _tile_dpbusd(3, 5, 7);
+                }
+            } else {
+                for (int64_t k = k0; k < k1; k += 64) {
+                    _tile_loadd(4, a0 + k, (long)lda);
+                    _tile_loadd(6, p0 + k * 16, 64);
+                    _tile_dpbusd(0, 4, 6);
+                    if (two_n) {
+                        _tile_loadd(7, p1 + k * 16, 64);
+                        _tile_dpbusd(1, 4, 7);
+                    }
+                    if (two_m) {
+                        _tile_loadd(5, a1 + k, (long)lda);
+                        _tile_dpbusd(2, 5, 6);
+                    }
+                }
             }
             _tile_stored(0, c, cstride);
-            _tile_stored(1, c + 16, cstride);
-            _tile_stored(2, c + 16 * ldc, cstride);
-            _tile_stored(3, c + 16 * ldc + 16, cstride);
+            if (two_n) _tile_stored(1, c + 16, cstride);
+            if (two_m) _tile_stored(2, c + 16 * ldc, cstride);
+            if (two_m && two_n) _tile_stored(3, c + 16 * ldc + 16, cstride);
         }
     }
 }

@@ -84,6 +84,15 @@ static q4_tile_fn q4_kernel_fn(int kernel) {
     }
 }
 
+/* rows of A (and of the output) each kernel steps over; A must be padded to a multiple */
+static int q4_row_multiple(int kernel) {
+    switch (kernel) {
+    case Q4_AMX: return 16;
+    case Q4_VNNI: return 8;
+    default: return 4;
+    }
+}
+
 static int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
 
 static int q4_default_threads(void) {
@@ -95,13 +104,17 @@ static int q4_default_threads(void) {
 }
 
 /* Returns 0 on success, -1 for an unusable kernel, -2 for out-of-memory,
- * -3 for a product bound the AVX2 kernel cannot take without int16 saturation. */
+ * -3 for a product bound the AVX2 kernel cannot take without int16 saturation,
+ * -4 for operand padding the kernel cannot step over. */
 static int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
                    const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t k0, int64_t k1,
                    const int32_t *corr, int mode, int shift, void *out, int64_t ldo,
                    int nthreads, int64_t max_product) {
     q4_tile_fn fn = q4_kernel_fn(kernel);
     if (fn == NULL || !q4_kernel_supported(kernel, q4_features())) return -1;
+    if (Mp % q4_row_multiple(kernel) != 0 || Np % 16 != 0 || Kp % 64 != 0 || k0 % 64 != 0
+        || (k1 % 64 != 0 && k1 != k0))
+        return -4;
 #if Q4_HAVE_AVX2
     if (kernel == Q4_AVX2 && max_product > Q4_AVX2_MAX_PRODUCT) return -3;
 #endif

@@ -7,8 +7,9 @@
  *      k-group g (k = 4g .. 4g+3) is 64 bytes: column j's four k-values at bytes 4j .. 4j+3.
  *      This is the operand order of vpdpbusd / vpmaddubsw (4 consecutive k per 32-bit lane)
  *      and exactly the AMX B-tile row layout (K/4 rows of N*4 bytes).
- *   C  int32 tile, row stride ldc; rows [0, mrows) and columns [0, ncols) with mrows and
- *      ncols multiples of 32; k-range [k0, k1) with k0, k1 multiples of 64.
+ *   C  int32 tile, row stride ldc; rows [0, mrows) with mrows a multiple of the kernel's
+ *      row step (4; AVX-512 VNNI 8; AMX 16), columns [0, ncols) with ncols a multiple of 16;
+ *      k-range [k0, k1) with k0, k1 multiples of 64.
  * C (+)= A[:, k0:k1] @ B[k0:k1, :].  The caller guarantees that no int32 sum can wrap. */
 #ifndef Q4_GEMM_PORTABLE_H
 #define Q4_GEMM_PORTABLE_H
