@@ -35,7 +35,10 @@ static void q4_amx_thread_begin(void) {
         cfg.rows[t] = 16;
         cfg.colsb[t] = 64;
     }
-    _tile_loadconfig(&cfg);
+    /* not _tile_loadconfig: GCC 12's version tells the compiler it reads only 8 bytes,
+     * which lets it drop our stores of rows/colsb (seen in the disassembly).  The "m"
+     * operand of the whole 64-byte struct keeps every store alive. */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
 }
 
 __attribute__((target("amx-tile,amx-int8")))
@@ -50,6 +53,9 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
     /* mrows is a multiple of 16 and ncols of 16: a last 16-row or 16-column strip uses
      * only the first A / B tile (tile numbers must be constants, hence the branches) */
     const long cstride = (long)(ldc * (int64_t)sizeof(int32_t));
+    /* the tile intrinsics are asm statements that do not declare the memory they touch:
+     * fence the compiler so no access to A, B or C moves across this function's edges */
+    __asm__ volatile("" : : : "memory");
     for (int64_t jp = 0; jp < ncols; jp += 32) {
         const int8_t *p0 = B + (jp / 16) * Kp * 16;
         const int8_t *p1 = p0 + Kp * 16;
@@ -102,6 +108,7 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
             if (two_m && two_n) _tile_stored(3, c + 16 * ldc + 16, cstride);
         }
     }
+    __asm__ volatile("" : : : "memory");
 }
 #else
 #define Q4_HAVE_AMX 0
