@@ -4,6 +4,13 @@ The oracle in this file is written independently of q4core.gemm's own reference:
 ``a.astype(int64) @ b.astype(int64)`` and, for FP4, units taken from the formats module's
 decoder (``RadixFP.decode(codes) * 4**6 / f``).
 """
+import ctypes
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -262,6 +269,60 @@ def test_scaled_variants(phase):
     codes_r = fmt.encode(rng.normal(size=(50, 9)), 1.0)
     got = gemm.int4_fp4_matmul_scaled(a, codes_r, 0.25, 1.0, phase=phase)
     np.testing.assert_allclose(got, (a * 0.25) @ fmt.decode(codes_r, 1.0), rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- AMX, emulated
+EMU_SHIM = """
+#define Q4CORE_OPENMP 0
+#define Q4_AMX_EMULATE 1
+#include "gemm_driver.h"
+int q4_emu_gemm(const uint8_t *A, int64_t M, int64_t Mp, const int8_t *B, int64_t Kp,
+                int64_t N, int64_t Np, const int32_t *corr, int32_t *out) {
+    return q4_gemm(Q4_AMX, A, Kp, M, Mp, B, Kp, N, Np, 0, Kp, corr, 0, 0, out, N, 1, 0);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def amx_emulated(tmp_path_factory):
+    """The real q4_tile_amx + driver compiled against scalar tile emulation (gemm_amx_emu.h)."""
+    if not gemm.kernel_info()["compiled"]:
+        pytest.skip("q4core._gemm is not built")
+    cc = shutil.which(os.environ.get("CC", "cc").split()[0])
+    if cc is None or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("needs a C compiler on x86-64 to build the AMX emulation")
+    work = tmp_path_factory.mktemp("amx_emu")
+    (work / "shim.c").write_text(EMU_SHIM)
+    lib_path = work / "libq4amxemu.so"
+    src_dir = Path(gemm.__file__).parent / "src"
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-I", str(src_dir), str(work / "shim.c"),
+                    "-o", str(lib_path)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(lib_path))
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.q4_emu_gemm.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, ptr, ptr]
+    lib.q4_emu_gemm.restype = ctypes.c_int
+    return lib
+
+
+def test_amx_kernel_logic_under_emulation(amx_emulated):
+    """AMX is absent on the development machine: check the kernel's tiling, strides, 16-row /
+    16-column remainders and K blocking with the tile instructions emulated in C."""
+    from q4core import _gemm
+    rng = np.random.default_rng(12)
+    identity = np.arange(256).astype(np.uint8).view(np.int8)
+    for (m, k, n) in [(1, 1, 1), (16, 64, 16), (17, 33, 129), (48, 700, 40), (32, 1100, 33)]:
+        for signed in (True, False):
+            a = rand_int4(rng, (m, k), signed)
+            b = rand_int4(rng, (k, n), not signed)
+            packed, kp, np_ = _gemm.pack_b(b.view(np.uint8), identity)
+            a_buf = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(signed), kp, 16)
+            offset = 8 if signed else 0
+            corr = (_gemm.column_sums(packed, kp, np_) * offset).astype(np.int32)
+            out = np.zeros((m, n), np.int32)
+            rc = amx_emulated.q4_emu_gemm(a_buf.ctypes.data, m, a_buf.shape[0], packed.ctypes.data,
+                                          kp, n, np_, corr.ctypes.data, out.ctypes.data)
+            assert rc == 0
+            np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n}")
 
 
 # --------------------------------------------------------------------------- dispatch

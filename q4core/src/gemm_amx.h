@@ -15,7 +15,7 @@
 #include "gemm_cpu.h"
 #include "gemm_portable.h"
 
-#if Q4_HAVE_AMX_CC
+#if Q4_HAVE_AMX_CC || defined(Q4_AMX_EMULATE)
 #define Q4_HAVE_AMX 1
 
 typedef struct {
@@ -26,7 +26,20 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((aligned(64))) q4_tilecfg;
 
-__attribute__((target("amx-tile,amx-int8")))
+#if defined(Q4_AMX_EMULATE)
+/* test-only build: scalar stand-ins for the tile instructions (gemm_amx_emu.h) */
+#include "gemm_amx_emu.h"
+#define Q4_AMX_TARGET
+#define Q4_LDTILECFG(cfg) q4_emu_ldtilecfg(&(cfg))
+#else
+#define Q4_AMX_TARGET __attribute__((target("amx-tile,amx-int8")))
+/* not _tile_loadconfig: GCC 12's version tells the compiler it reads only 8 bytes,
+ * which lets it drop our stores of rows/colsb (seen in the disassembly).  The "m"
+ * operand of the whole 64-byte struct keeps every store alive. */
+#define Q4_LDTILECFG(cfg) __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory")
+#endif
+
+Q4_AMX_TARGET
 static void q4_amx_thread_begin(void) {
     q4_tilecfg cfg;
     memset(&cfg, 0, sizeof(cfg));
@@ -35,18 +48,15 @@ static void q4_amx_thread_begin(void) {
         cfg.rows[t] = 16;
         cfg.colsb[t] = 64;
     }
-    /* not _tile_loadconfig: GCC 12's version tells the compiler it reads only 8 bytes,
-     * which lets it drop our stores of rows/colsb (seen in the disassembly).  The "m"
-     * operand of the whole 64-byte struct keeps every store alive. */
-    __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
+    Q4_LDTILECFG(cfg);
 }
 
-__attribute__((target("amx-tile,amx-int8")))
+Q4_AMX_TARGET
 static void q4_amx_thread_end(void) {
     _tile_release();
 }
 
-__attribute__((target("amx-tile,amx-int8")))
+Q4_AMX_TARGET
 static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
                         int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
                         int64_t mrows, int64_t ncols, int accumulate) {
