@@ -28,6 +28,15 @@ Rounding modes and their tie rules (named, because an unnamed tie rule bites):
 
 All arithmetic is done in float64: ``y = float64(x) / scale`` is compared with the grid,
 and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype.
+``quantize`` turns NaN (allowed only with ``nan_policy='propagate'``) into the canonical
+quiet NaN carrying the sign of the input, so results are defined bit for bit.
+
+Backends: ``quantize`` and ``encode`` take ``backend="auto"|"numpy"|"cython"``.  The
+numpy code in this module is the reference.  INT4/UINT4 (any ``IntFormat`` of at most
+4 bits) and ``RadixFP`` formats of at most 3 exponent bits with ``"nearest"`` or ``"log"``
+rounding have a compiled OpenMP path in :mod:`q4core.quant` that agrees bit for bit;
+``"auto"`` takes it for native float32/float64 input when the extension is built,
+``"cython"`` insists on it (error otherwise), ``"numpy"`` never takes it.
 """
 from __future__ import annotations
 
@@ -45,6 +54,12 @@ __all__ = [
 
 _ROUNDINGS = ("nearest", "stochastic")
 _NAN_POLICIES = ("raise", "propagate")
+_BACKENDS = ("auto", "numpy", "cython")
+
+#: messages shared with the compiled path in :mod:`q4core.quant`, so both raise the same error
+NONFINITE_MESSAGE = ("{name} contains NaN or Inf, which this format cannot hold "
+                     "(pass nan_policy='propagate' to keep NaN and saturate Inf)")
+NAN_CODE_MESSAGE = "{name} contains NaN, which has no code in this format"
 
 
 # --------------------------------------------------------------------------- validation
@@ -74,14 +89,39 @@ def _check_nan_policy(nan_policy):
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
 
 
-def _check_finite(arr, name, nan_policy, allow_inf=False):
-    """Raise on NaN (and on Inf unless ``allow_inf``) when ``nan_policy == 'raise'``."""
-    if nan_policy == "raise" and arr.size:
-        bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
-        if bad.any():
-            what = "NaN" if allow_inf else "NaN or Inf"
-            raise ValueError(f"{name} contains {what}, which this format cannot hold "
-                             f"(pass nan_policy='propagate' to keep NaN and saturate Inf)")
+def _check_finite(arr, name, nan_policy):
+    """Raise on NaN or Inf when ``nan_policy == 'raise'``."""
+    if nan_policy == "raise" and arr.size and not np.isfinite(arr).all():
+        raise ValueError(NONFINITE_MESSAGE.format(name=name))
+
+
+def _check_no_nan(arr, name="x"):
+    """``encode`` refuses NaN whatever the policy: no format here has a code for it
+    except the IEEE minifloats, which handle NaN themselves."""
+    if arr.size and np.isnan(arr).any():
+        raise ValueError(NAN_CODE_MESSAGE.format(name=name))
+
+
+def _canonical_nan(out, arr):
+    """Replace NaN in the float64 result ``out`` by the quiet NaN with the sign of ``arr``."""
+    nan = np.isnan(out)
+    if nan.any():
+        out = np.where(nan, np.copysign(np.nan, arr), out)
+    return out
+
+
+def _check_backend(backend):
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _compiled_module():
+    """``q4core.quant`` when its extension is built, else None (imported lazily: it imports us)."""
+    try:
+        from . import quant
+    except ImportError:  # pragma: no cover - only without a built extension
+        return None
+    return quant if quant.AVAILABLE else None
 
 
 def _as_generator(rng, name="rng"):
@@ -107,15 +147,39 @@ class NumberFormat:
     rounding = "nearest"
     bits = 0
 
-    def _prepare(self, x, scale, nan_policy, name="x", allow_inf=False):
+    def _prepare(self, x, scale, nan_policy, name="x"):
         _check_nan_policy(nan_policy)
         arr = _as_float_array(x, name)
         scale = _check_scale(scale)
-        _check_finite(arr, name, nan_policy, allow_inf=allow_inf)
+        _check_finite(arr, name, nan_policy)
         return arr, scale
 
     def _uniform(self, rng, shape):
         return _as_generator(rng).random(shape)
+
+    def _fast_path(self, x, backend):
+        """The compiled module when ``backend`` and the input ``x`` call for it, else None.
+
+        The compiled path validates its input itself (same errors as the reference)."""
+        _check_backend(backend)
+        if backend == "numpy":
+            return None
+        quant = _compiled_module()
+        if quant is None:
+            if backend == "cython":
+                raise ImportError("backend='cython' needs the compiled extension q4core._quant; "
+                                  "build it with `python setup.py build_ext --inplace`")
+            return None
+        if not quant.supports(self):
+            if backend == "cython":
+                raise ValueError(f"backend='cython' has no compiled path for {self!r}")
+            return None
+        dtype = x.dtype if isinstance(x, np.ndarray) else np.asarray(x).dtype
+        if dtype not in (np.float32, np.float64) or not dtype.isnative:
+            if backend == "cython":
+                raise TypeError(f"backend='cython' needs native float32 or float64 input, got {dtype}")
+            return None
+        return quant
 
     @property
     def max(self):
@@ -138,7 +202,9 @@ class IntFormat(NumberFormat):
     """Uniform integer grid: ``value = scale * q`` with ``q`` in ``[qmin, qmax]``.
 
     ``IntFormat(4)`` is INT4 (-8..7); ``IntFormat(4, signed=False)`` is UINT4 (0..15).
-    ``"nearest"`` rounds half to even; values beyond the range saturate.
+    ``"nearest"`` rounds half to even; values beyond the range saturate (Inf too, with
+    ``nan_policy='propagate'``).  A zero result is always ``+0.0``: the integer grid has one
+    zero, so ``quantize(x) == decode(encode(x))`` bit for bit.
     ``encode`` returns ``q`` itself as int8/uint8 (int16/uint16 above 8 bits).
 
     >>> INT4.quantize([0.4, 0.5, 1.5, -9.0, 100.0])
@@ -177,16 +243,24 @@ class IntFormat(NumberFormat):
             q = np.rint(y)
         else:
             q = np.floor(y + self._uniform(rng, y.shape))
-        return np.clip(q, self.qmin, self.qmax)
+        # + 0.0 turns -0.0 into +0.0 (one zero); explicit comparisons keep NaN and do not
+        # depend on how np.clip orders its min/max on signed zeros
+        q = q + 0.0
+        q = np.where(q < self.qmin, float(self.qmin), q)
+        return np.where(q > self.qmax, float(self.qmax), q)
 
-    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
+        if (quant := self._fast_path(x, backend)) is not None:
+            return quant.quantize(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
-        return (self._levels(arr, scale, rng) * scale).astype(arr.dtype, copy=False)
+        out = _canonical_nan(self._levels(arr, scale, rng) * scale, arr)
+        return out.astype(arr.dtype, copy=False)
 
-    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
+        if (quant := self._fast_path(x, backend)) is not None:
+            return quant.encode(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
-        if arr.size and np.isnan(arr).any():
-            raise ValueError("x contains NaN, which has no integer code")
+        _check_no_nan(arr)
         return self._levels(arr, scale, rng).astype(self.code_dtype)
 
     def decode(self, codes, scale=1.0):
@@ -317,18 +391,21 @@ class RadixFP(NumberFormat):
             e = np.where(np.isnan(a), -1, e)
         return e
 
-    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
+        if (quant := self._fast_path(x, backend)) is not None:
+            return quant.quantize(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
         e = self._exponents(arr, scale, rng)
         grid = np.concatenate(([0.0], self.magnitudes))
         mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
         return np.copysign(mag, arr.astype(np.float64)).astype(arr.dtype, copy=False)
 
-    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Codes as uint8: ``sign << exp_bits | e`` (sign from the sign bit of ``x``)."""
+        if (quant := self._fast_path(x, backend)) is not None:
+            return quant.encode(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
-        if arr.size and np.isnan(arr).any():
-            raise ValueError("x contains NaN, which has no code in this format")
+        _check_no_nan(arr)
         e = self._exponents(arr, scale, rng)
         sign = np.signbit(arr).astype(np.int64)
         return ((sign << self.exp_bits) | e).astype(np.uint8)
@@ -379,8 +456,9 @@ class MiniFloat(NumberFormat):
         self.rounding = rounding
         top = (1 << self.exp_bits) - 1
         self.max_field = top - 1 if self.ieee else top
-        if self.ieee and self.max_field < 1:
-            raise ValueError("an IEEE-style format needs at least 2 exponent bits")
+        if self.ieee and (self.max_field < 1 or self.man_bits < 1):
+            raise ValueError("an IEEE-style format needs at least 2 exponent bits and 1 mantissa bit "
+                             "(to tell NaN from Inf)")
         self.emin = 1 - self.bias                      # exponent of the smallest normal
         self._max = math.ldexp(2.0 - math.ldexp(1.0, -self.man_bits), self.max_field - self.bias)
 
@@ -423,19 +501,27 @@ class MiniFloat(NumberFormat):
             return np.where(over, np.inf, out)
         return np.where(over, self._max, out)
 
-    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise"):
-        arr, scale = self._prepare(x, scale, nan_policy if not self.ieee else "propagate",
-                                   allow_inf=self.ieee)
+    def _prepare_minifloat(self, x, scale, nan_policy, backend):
+        # IEEE formats hold NaN and Inf themselves, so nan_policy only matters without ieee
+        _check_nan_policy(nan_policy)
+        _check_backend(backend)
+        if backend == "cython":
+            raise ValueError(f"backend='cython' has no compiled path for {self!r}")
+        return self._prepare(x, scale, "propagate" if self.ieee else nan_policy)
+
+    def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
+        arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
         a = np.abs(arr.astype(np.float64)) / scale
         nan = np.isnan(a)
         mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
         out = np.where(nan, np.nan, mag) * scale
         return np.copysign(out, arr.astype(np.float64)).astype(arr.dtype, copy=False)
 
-    def encode(self, x, scale=1.0, rng=None, nan_policy="raise"):
+    def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Bit patterns ``s | E | M`` as unsigned integers (uint16 for FP16)."""
-        arr, scale = self._prepare(x, scale, nan_policy if not self.ieee else "propagate",
-                                   allow_inf=self.ieee)
+        arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
+        if not self.ieee:
+            _check_no_nan(arr)
         a = np.abs(arr.astype(np.float64)) / scale
         nan = np.isnan(a)
         q = self._round_magnitude(np.where(nan, 0.0, a), rng)

@@ -1,0 +1,197 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Compiled 4-bit quantize / encode / pack kernels (see q4core/src/quant_kernels.h).
+
+Private: call it through :mod:`q4core.quant`, which validates input.  The functions here
+still check what they rely on (dtype, contiguity, sizes), so a wrong call raises instead of
+reading or writing out of bounds.  Work is split into fixed chunks run by an OpenMP
+``prange``; every element's result depends only on that element, so any thread count gives
+the same bytes.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport uint8_t
+
+cnp.import_array()
+
+cdef extern from "quant_kernels.h" nogil:
+    ctypedef struct q4_plan:
+        int is_f64
+    int Q4CORE_OPENMP
+    const char *Q4_CLONES_NAME
+    int Q4_OP_QUANTIZE, Q4_OP_ENCODE, Q4_OP_ENCODE_PACK
+    unsigned Q4_FLAG_NAN, Q4_FLAG_INF
+    int q4_max_threads()
+    int q4_plan_level(q4_plan *p, int is_f64, double scale, int qmin, int qmax)
+    int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *thr,
+                        const double *grid, int nb, int sign_shift)
+    unsigned q4_run(const q4_plan *p, int op, const void *x, void *out, ptrdiff_t n)
+    void q4_unpack(const uint8_t *inp, uint8_t *out, ptrdiff_t n, int is_signed)
+
+OP_QUANTIZE = Q4_OP_QUANTIZE
+OP_ENCODE = Q4_OP_ENCODE
+OP_ENCODE_PACK = Q4_OP_ENCODE_PACK
+FLAG_NAN = Q4_FLAG_NAN
+FLAG_INF = Q4_FLAG_INF
+
+# elements per parallel work item (even, so a flat stream splits into whole pairs); large
+# enough that scheduling costs nothing, small enough that 2^24 values feed many threads
+cdef enum:
+    CHUNK = 1 << 16
+
+
+def openmp_info():
+    """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of this build."""
+    return {"openmp": bool(Q4CORE_OPENMP), "max_threads": int(q4_max_threads()),
+            "simd_clones": Q4_CLONES_NAME.decode()}
+
+
+cdef unsigned _run_flat(const q4_plan *p, int op, const char *x, char *out, ptrdiff_t n,
+                        ptrdiff_t in_size, ptrdiff_t out_size, int threads) noexcept nogil:
+    """``op`` over one contiguous stream of n elements cut into CHUNK-sized pieces."""
+    cdef ptrdiff_t nchunks = (n + CHUNK - 1) // CHUNK
+    cdef ptrdiff_t c, start, stop
+    cdef unsigned flags = 0
+    if nchunks <= 1 or threads <= 1:
+        return q4_run(p, op, x, out, n)
+    for c in prange(nchunks, num_threads=threads, schedule="static"):
+        start = c * CHUNK
+        stop = start + CHUNK
+        if stop > n:
+            stop = n
+        # packed output: element `start` (even) begins byte start / 2
+        flags |= q4_run(p, op, x + start * in_size,
+                        out + (start // 2 if op == Q4_OP_ENCODE_PACK else start * out_size),
+                        stop - start)
+    return flags
+
+
+cdef unsigned _run_rows(const q4_plan *p, const char *x, char *out, ptrdiff_t nrows,
+                        ptrdiff_t row, ptrdiff_t in_size, int threads) noexcept nogil:
+    """ENCODE_PACK row by row: an odd row length leaves each row's last high nibble zero."""
+    cdef ptrdiff_t out_row = (row + 1) // 2
+    cdef ptrdiff_t per_block = CHUNK // row if row < CHUNK else 1
+    cdef ptrdiff_t nblocks = (nrows + per_block - 1) // per_block
+    cdef ptrdiff_t blk, r, r0, r1
+    cdef unsigned flags = 0, f
+    if threads < 1 or nblocks <= 1:
+        threads = 1
+    for blk in prange(nblocks, num_threads=threads, schedule="static"):
+        r0 = blk * per_block
+        r1 = r0 + per_block
+        if r1 > nrows:
+            r1 = nrows
+        f = 0
+        for r in range(r0, r1):
+            f = f | q4_run(p, Q4_OP_ENCODE_PACK, x + r * row * in_size, out + r * out_row, row)
+        flags |= f
+    return flags
+
+
+def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, int threads):
+    """Apply ``op`` to the C-contiguous float32/float64 array ``x``, writing ``out``.
+
+    ``fmt_kind`` is ``"level"`` with ``params = (qmin, qmax)`` or ``"signmag"`` with
+    ``params = (thresholds, grid, sign_shift)`` (float64 arrays, ``len(grid) == len(thr) + 1``).
+    For ``OP_ENCODE_PACK`` the last axis of ``x`` is packed into ``out``'s last axis.
+    Returns the OR of ``FLAG_NAN`` / ``FLAG_INF`` seen in ``x``.
+    """
+    cdef q4_plan plan
+    cdef int is_f64, rc
+    cdef cnp.ndarray thr, grid
+    cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
+    if x.dtype == np.float64:
+        is_f64 = 1
+    elif x.dtype == np.float32:
+        is_f64 = 0
+    else:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if not x.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("x and out must be C-contiguous and out writeable")
+    if not x.dtype.isnative:
+        raise ValueError("x must be in native byte order")
+    if op == Q4_OP_QUANTIZE:
+        if out.dtype != x.dtype or out.size != n:
+            raise ValueError("out must match x in dtype and size")
+    elif op == Q4_OP_ENCODE:
+        if out.itemsize != 1 or out.size != n:
+            raise ValueError("out must be a byte array of x's size")
+    elif op == Q4_OP_ENCODE_PACK:
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension to pack")
+        row = x.shape[x.ndim - 1]
+        nrows = n // row if row else 0
+        expected = nrows * ((row + 1) // 2)
+        if out.itemsize != 1 or out.size != expected:
+            raise ValueError(f"out must hold {expected} bytes")
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    if fmt_kind == "level":
+        qmin, qmax = params
+        rc = q4_plan_level(&plan, is_f64, scale, qmin, qmax)
+    elif fmt_kind == "signmag":
+        thr = np.ascontiguousarray(params[0], dtype=np.float64)
+        grid = np.ascontiguousarray(params[1], dtype=np.float64)
+        if grid.size != thr.size + 1:
+            raise ValueError("grid must have one more entry than thresholds")
+        rc = q4_plan_signmag(&plan, is_f64, scale, <const double *>cnp.PyArray_DATA(thr),
+                             <const double *>cnp.PyArray_DATA(grid), <int>thr.size, params[2])
+    else:
+        raise ValueError(f"unknown format kind {fmt_kind!r}")
+    if rc != 0:
+        raise ValueError("format parameters outside the compiled kernels' range")
+    if n == 0:
+        return 0
+    cdef const char *xp = <const char *>cnp.PyArray_DATA(x)
+    cdef char *op_out = <char *>cnp.PyArray_DATA(out)
+    cdef ptrdiff_t in_size = x.itemsize, out_size = out.itemsize
+    cdef unsigned flags
+    with nogil:
+        if op == Q4_OP_ENCODE_PACK and row % 2 == 1:
+            flags = _run_rows(&plan, xp, op_out, nrows, row, in_size, threads)
+        else:
+            flags = _run_flat(&plan, op, xp, op_out, n, in_size, out_size, threads)
+    return flags
+
+
+def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
+    """Unpack the last axis of C-contiguous uint8 ``packed`` into ``out`` (n codes per row)."""
+    if packed.dtype != np.uint8 or out.itemsize != 1:
+        raise TypeError("packed must be uint8 and out a byte array")
+    if not packed.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("packed and out must be C-contiguous and out writeable")
+    if packed.ndim == 0 or out.ndim != packed.ndim:
+        raise ValueError("packed and out must have the same number of dimensions (>= 1)")
+    cdef ptrdiff_t row = out.shape[out.ndim - 1], prow = packed.shape[packed.ndim - 1]
+    cdef ptrdiff_t nrows = out.size // row if row else 0
+    if (row + 1) // 2 != prow or nrows * prow != packed.size:
+        raise ValueError("out's shape does not match packed")
+    if out.size == 0:
+        return
+    cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(packed)
+    cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
+    cdef ptrdiff_t n = out.size, nchunks, c, start, stop, r, r0, r1, per_block, nblocks
+    with nogil:
+        if row % 2 == 0:
+            nchunks = (n + CHUNK - 1) // CHUNK
+            if nchunks <= 1:
+                threads = 1
+            for c in prange(nchunks, num_threads=threads, schedule="static"):
+                start = c * CHUNK
+                stop = start + CHUNK
+                if stop > n:
+                    stop = n
+                q4_unpack(src + start // 2, dst + start, stop - start, is_signed)
+        else:
+            per_block = CHUNK // row if row < CHUNK else 1
+            nblocks = (nrows + per_block - 1) // per_block
+            if nblocks <= 1:
+                threads = 1
+            for c in prange(nblocks, num_threads=threads, schedule="static"):
+                r0 = c * per_block
+                r1 = r0 + per_block
+                if r1 > nrows:
+                    r1 = nrows
+                for r in range(r0, r1):
+                    q4_unpack(src + r * prow, dst + r * row, row, is_signed)

@@ -1,0 +1,165 @@
+"""Fast 4-bit quantize / encode / encode+pack, bit for bit equal to :mod:`q4core.formats`.
+
+Thin validating wrapper around the compiled :mod:`q4core._quant` (OpenMP, SIMD clones).
+Formats with a compiled path (:func:`supports`):
+
+* ``IntFormat`` of at most 4 bits with ``"nearest"`` rounding (INT4 -8..7, UINT4 0..15);
+* ``RadixFP`` of at most 3 exponent bits with ``"nearest"`` or ``"log"`` rounding (the
+  paper's radix-4 FP4 on either grid of two-phase rounding, radix-2 FP4, the base-10 scale).
+
+Inputs: any shape (0-d too), any strides (non-contiguous input is copied first), float32
+or float64 (integers become float64, as in the reference).  ``threads`` is the number of
+OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``); the
+result does not depend on it.  NaN / Inf follow ``nan_policy`` exactly as the reference:
+``'raise'`` refuses both; ``'propagate'`` keeps NaN when quantizing and saturates Inf;
+``encode`` refuses NaN either way.
+
+>>> from q4core.formats import INT4, RADIX4_FP4
+>>> encode_packed(INT4, np.array([1.0, -2.0, 3.0], dtype=np.float32))
+array([225,   3], dtype=uint8)
+>>> quantize(RADIX4_FP4, [0.3, 0.7, 5.0, -1e-9])
+array([ 0.25,  1.  ,  1.  , -0.  ])
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .formats import (
+    NAN_CODE_MESSAGE, NONFINITE_MESSAGE, IntFormat, RadixFP, _check_nan_policy, _check_scale,
+)
+
+try:
+    from . import _quant
+except ImportError:  # pragma: no cover - only without a built extension
+    _quant = None
+
+#: True when the compiled extension is importable
+AVAILABLE = _quant is not None
+
+__all__ = ["AVAILABLE", "supports", "quantize", "encode", "encode_packed", "unpack_nibbles",
+           "openmp_info"]
+
+
+def openmp_info():
+    """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of the compiled build.
+
+    ``openmp`` is False for a serial build (no OpenMP compiler support, or
+    ``Q4CORE_DISABLE_OPENMP`` set at build time); ``max_threads`` is then 1.
+    """
+    _require()
+    return _quant.openmp_info()
+
+
+def supports(fmt):
+    """Whether ``fmt`` has a compiled path here (see the module docstring)."""
+    if isinstance(fmt, IntFormat):
+        return fmt.bits <= 4 and fmt.rounding == "nearest"
+    if isinstance(fmt, RadixFP):
+        return fmt.exp_bits <= 3 and fmt.rounding in ("nearest", "log")
+    return False
+
+
+def _require():
+    if _quant is None:
+        raise ImportError("q4core._quant is not built; run `python setup.py build_ext --inplace`")
+
+
+def _kernel_params(fmt):
+    if not supports(fmt):
+        raise ValueError(f"fmt has no compiled path: {fmt!r} (see q4core.quant.supports)")
+    if isinstance(fmt, IntFormat):
+        return "level", (fmt.qmin, fmt.qmax)
+    grid = np.concatenate(([0.0], fmt.magnitudes))
+    return "signmag", (fmt.thresholds, grid, fmt.exp_bits)
+
+
+def _as_input(x, name="x"):
+    """C-contiguous native float32/float64 array (integers -> float64, as the reference)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)
+    elif arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be float32 or float64 (or integers) for the compiled path, "
+                        f"got dtype {arr.dtype}")
+    dtype = np.dtype(np.float32 if arr.dtype.itemsize == 4 else np.float64)
+    return np.asarray(arr, dtype=dtype, order="C")
+
+
+def _threads(threads):
+    if threads is None:
+        return max(1, _quant.openmp_info()["max_threads"])
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
+        raise TypeError(f"threads must be a positive int or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def _apply(what, fmt, x, scale, nan_policy, threads):
+    _require()
+    op = {"quantize": _quant.OP_QUANTIZE, "encode": _quant.OP_ENCODE,
+          "encode_packed": _quant.OP_ENCODE_PACK}[what]
+    kind, params = _kernel_params(fmt)
+    _check_nan_policy(nan_policy)
+    arr = _as_input(x)
+    scale = _check_scale(scale)
+    nthreads = _threads(threads)
+    if op == _quant.OP_QUANTIZE:
+        out = np.empty(arr.shape, arr.dtype)
+    elif op == _quant.OP_ENCODE:
+        out = np.empty(arr.shape, np.uint8)
+    else:
+        if arr.ndim == 0:
+            raise ValueError("x must have at least one dimension to pack")
+        out = np.empty(arr.shape[:-1] + ((arr.shape[-1] + 1) // 2,), np.uint8)
+    flags = _quant.run(kind, op, arr, out, scale, params, nthreads)
+    if nan_policy == "raise" and flags & (_quant.FLAG_NAN | _quant.FLAG_INF):
+        raise ValueError(NONFINITE_MESSAGE.format(name="x"))
+    if op != _quant.OP_QUANTIZE and flags & _quant.FLAG_NAN:
+        raise ValueError(NAN_CODE_MESSAGE.format(name="x"))
+    if op == _quant.OP_ENCODE and isinstance(fmt, IntFormat) and fmt.signed:
+        out = out.view(np.int8)
+    return out
+
+
+def quantize(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):
+    """``fmt.quantize(x, scale)`` (float -> float on the grid), compiled; same dtype as ``x``."""
+    return _apply("quantize", fmt, x, scale, nan_policy, threads)
+
+
+def encode(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):
+    """``fmt.encode(x, scale)``, compiled: int8 for signed ``IntFormat``, else uint8."""
+    return _apply("encode", fmt, x, scale, nan_policy, threads)
+
+
+def encode_packed(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):
+    """``pack_nibbles(fmt.encode(x, scale))`` in one pass: uint8, last axis halved (rounded up).
+
+    Element ``2*i`` of each row goes to the low nibble of byte ``i``, ``2*i + 1`` to the high
+    nibble; an odd row length leaves its last high nibble zero.  Needs ``fmt.bits <= 4``.
+    """
+    if getattr(fmt, "bits", 99) > 4:
+        raise ValueError(f"fmt must have at most 4 bits to pack two codes per byte, got {fmt!r}")
+    return _apply("encode_packed", fmt, x, scale, nan_policy, threads)
+
+
+def unpack_nibbles(packed, n, *, signed=False, threads=None):
+    """Compiled :func:`q4core.formats.unpack_nibbles`: ``n`` codes along the last axis.
+
+    ``signed=True`` sign-extends each nibble (int8, -8..7); otherwise uint8 0..15.
+    """
+    _require()
+    arr = np.asarray(packed)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"packed must be uint8, got {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError("packed must have at least one dimension")
+    if (isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer))
+            or n < 0 or (n + 1) // 2 != arr.shape[-1]):
+        raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
+    arr = np.asarray(arr, order="C")
+    out = np.empty(arr.shape[:-1] + (int(n),), np.uint8)
+    _quant.unpack(arr, out, bool(signed), _threads(threads))
+    return out.view(np.int8) if signed else out

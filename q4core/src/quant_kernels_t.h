@@ -1,0 +1,157 @@
+/* Element loops of quant_kernels.h for one input type; included once per type with
+ * Q4_T (float type), Q4_SUF (name suffix), Q4_U (same-width unsigned), Q4_I (same-width
+ * signed, so masks and counters share the vector lane width), Q4_BOUNDS / Q4_VALUES (plan
+ * fields), Q4_ABS and Q4_COPYSIGN defined.  Every loop body is branch-free straight-line code
+ * over a fixed number of comparisons so that it vectorizes. */
+
+#define Q4_CAT_(a, b) a##_##b
+#define Q4_CAT(a, b) Q4_CAT_(a, b)
+#define Q4_FN(name) Q4_CAT(name, Q4_SUF)
+#define Q4_SIGN_SHIFT_BITS (8 * (int)sizeof(Q4_T) - 1)
+
+/* level count of x: qmin + #{j : x >= b_j}  (NaN bounds never count) */
+static inline Q4_I Q4_FN(q4_level_of)(Q4_T xi, const Q4_T *b, Q4_I offset) {
+    Q4_I c = offset;
+#pragma GCC unroll 16
+    for (int j = 0; j < Q4_MAX_BOUNDS; j++) c += (Q4_I)(xi >= b[j]);
+    return c;
+}
+
+/* sign-magnitude code of x: signbit << shift | #{k : |x| >= b_k} */
+static inline Q4_I Q4_FN(q4_signmag_of)(Q4_T xi, const Q4_T *b, int shift) {
+    Q4_T a = Q4_ABS(xi);
+    Q4_U u;
+    memcpy(&u, &xi, sizeof u);
+    Q4_I c = (Q4_I)(u >> Q4_SIGN_SHIFT_BITS) << shift;
+#pragma GCC unroll 8
+    for (int k = 0; k < Q4_RADIX_BOUNDS; k++) c += (Q4_I)(a >= b[k]);
+    return c;
+}
+
+static inline unsigned Q4_FN(q4_flags)(Q4_I nan, Q4_I inf) {
+    return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_level_quantize)(const Q4_T *restrict x, Q4_T *restrict out,
+                                                   ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS], v[Q4_MAX_BOUNDS + 1];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    memcpy(v, Q4_VALUES(p), sizeof v);
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        Q4_T xi = x[i], r = v[0];
+#pragma GCC unroll 16
+        for (int j = 0; j < Q4_MAX_BOUNDS; j++) r = xi >= b[j] ? v[j + 1] : r;
+        out[i] = xi != xi ? Q4_COPYSIGN((Q4_T)NAN, xi) : r;
+        nan |= (Q4_I)(xi != xi);
+        inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_level_encode)(const Q4_T *restrict x, uint8_t *restrict out,
+                                                 ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    const Q4_I offset = p->offset;
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        Q4_T xi = x[i];
+        out[i] = (uint8_t)Q4_FN(q4_level_of)(xi, b, offset);
+        nan |= (Q4_I)(xi != xi);
+        inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_level_pack)(const Q4_T *restrict x, uint8_t *restrict out,
+                                               ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    const Q4_I offset = p->offset;
+    const ptrdiff_t pairs = n / 2;
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < pairs; i++) {
+        Q4_T x0 = x[2 * i], x1 = x[2 * i + 1];
+        Q4_I c0 = Q4_FN(q4_level_of)(x0, b, offset), c1 = Q4_FN(q4_level_of)(x1, b, offset);
+        out[i] = (uint8_t)((c0 & 15) | ((c1 & 15) << 4));
+        nan |= (Q4_I)(x0 != x0) | (Q4_I)(x1 != x1);
+        inf |= (Q4_I)(Q4_ABS(x0) == (Q4_T)INFINITY) | (Q4_I)(Q4_ABS(x1) == (Q4_T)INFINITY);
+    }
+    if (n & 1) {
+        Q4_T xl = x[n - 1];
+        out[pairs] = (uint8_t)(Q4_FN(q4_level_of)(xl, b, offset) & 15);
+        nan |= (Q4_I)(xl != xl);
+        inf |= (Q4_I)(Q4_ABS(xl) == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_signmag_quantize)(const Q4_T *restrict x, Q4_T *restrict out,
+                                                     ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS], v[Q4_MAX_BOUNDS + 1];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    memcpy(v, Q4_VALUES(p), sizeof v);
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        Q4_T xi = x[i], a = Q4_ABS(xi), r = v[0];
+#pragma GCC unroll 8
+        for (int k = 0; k < Q4_RADIX_BOUNDS; k++) r = a >= b[k] ? v[k + 1] : r;
+        r = a != a ? (Q4_T)NAN : r;
+        out[i] = Q4_COPYSIGN(r, xi);              /* zero and NaN keep the input's sign */
+        nan |= (Q4_I)(a != a);
+        inf |= (Q4_I)(a == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_signmag_encode)(const Q4_T *restrict x, uint8_t *restrict out,
+                                                   ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    const int shift = p->sign_shift;
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        Q4_T xi = x[i];
+        out[i] = (uint8_t)Q4_FN(q4_signmag_of)(xi, b, shift);
+        nan |= (Q4_I)(xi != xi);
+        inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+Q4_CLONES static unsigned Q4_FN(q4_signmag_pack)(const Q4_T *restrict x, uint8_t *restrict out,
+                                                 ptrdiff_t n, const q4_plan *restrict p) {
+    Q4_T b[Q4_MAX_BOUNDS];
+    memcpy(b, Q4_BOUNDS(p), sizeof b);
+    const int shift = p->sign_shift;
+    const ptrdiff_t pairs = n / 2;
+    Q4_I nan = 0, inf = 0;
+    for (ptrdiff_t i = 0; i < pairs; i++) {
+        Q4_T x0 = x[2 * i], x1 = x[2 * i + 1];
+        Q4_I c0 = Q4_FN(q4_signmag_of)(x0, b, shift), c1 = Q4_FN(q4_signmag_of)(x1, b, shift);
+        out[i] = (uint8_t)((c0 & 15) | ((c1 & 15) << 4));
+        nan |= (Q4_I)(x0 != x0) | (Q4_I)(x1 != x1);
+        inf |= (Q4_I)(Q4_ABS(x0) == (Q4_T)INFINITY) | (Q4_I)(Q4_ABS(x1) == (Q4_T)INFINITY);
+    }
+    if (n & 1) {
+        Q4_T xl = x[n - 1];
+        out[pairs] = (uint8_t)(Q4_FN(q4_signmag_of)(xl, b, shift) & 15);
+        nan |= (Q4_I)(xl != xl);
+        inf |= (Q4_I)(Q4_ABS(xl) == (Q4_T)INFINITY);
+    }
+    return Q4_FN(q4_flags)(nan, inf);
+}
+
+#undef Q4_SIGN_SHIFT_BITS
+#undef Q4_FN
+#undef Q4_CAT
+#undef Q4_CAT_
+#undef Q4_T
+#undef Q4_SUF
+#undef Q4_U
+#undef Q4_I
+#undef Q4_BOUNDS
+#undef Q4_VALUES
+#undef Q4_ABS
+#undef Q4_COPYSIGN
