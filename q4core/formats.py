@@ -292,7 +292,7 @@ def image_to_levels(image, bits=4):
         lo, hi = -1, 0
     else:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.rint(arr * (hi - lo) + lo).astype(np.int16)
+    return np.asarray(np.rint(arr * (hi - lo) + lo)).astype(np.int16)   # 0-d stays an array
 
 
 def levels_to_image(levels, bits=4):
