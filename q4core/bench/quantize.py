@@ -72,7 +72,7 @@ def main(argv=None):
     print(f"encode+pack of 2^{args.log2n} float32 values ({x.nbytes / 2**20:.0f} MiB), scale "
           f"{args.scale}; OpenMP {info['openmp']} (max {info['max_threads']} threads), "
           f"SIMD clones: {info['simd_clones']}")
-    print(f"{"path":38s} {'median ms':>10s} {'GB/s in':>8s} {'Melem/s':>8s} {'x numpy':>8s} {'copy/this':>9s}")
+    print(f"{'path':38s} {'median ms':>10s} {'GB/s in':>8s} {'Melem/s':>8s} {'x numpy':>8s} {'copy/this':>9s}")
 
     def row(label, seconds, numpy_s=None):
         speedup = f"{numpy_s / seconds:8.1f}" if numpy_s else f"{'':8s}"
