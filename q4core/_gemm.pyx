@@ -27,10 +27,11 @@ cdef extern from "gemm_driver.h" nogil:
     int q4_openmp_enabled()
     int q4_default_threads()
     int q4_row_multiple(int kernel)
-    int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
-                const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t k0, int64_t k1,
-                const int32_t *corr, int mode, int shift, void *out, int64_t ldo,
-                int nthreads, int64_t max_product)
+    int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int64_t lda,
+                       int64_t M, int64_t Mp, const int8_t *const *B, int64_t Kp,
+                       int64_t N, int64_t Np, int64_t k0, int64_t k1,
+                       const int32_t *const *corr, const int *shift, int mode,
+                       void *out, int64_t ldo, int nthreads, int64_t max_product)
 
 # same order as q4core.gemm.KERNEL_NAMES (without "reference")
 KERNELS = ("amx", "vnni", "avxvnni", "avx2", "portable")
@@ -112,10 +113,16 @@ def row_multiple(int kernel):
 
 
 def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_ssize_t rows=32):
-    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded (Mp, Kp) buffer, Mp = M up to ``rows``."""
+    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded buffer.
+
+    Shape (Mp, lda): Mp = M rounded up to ``rows``; the row stride lda is Kp plus 64 bytes
+    when Kp is a multiple of 512, so that the rows a micro-kernel reads together do not all
+    fall into the same L1 cache set (a power-of-two stride would alias them).
+    """
     cdef Py_ssize_t M = src.shape[0], K = src.shape[1]
     cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
-    buf = np.zeros((Mp, Kp), np.uint8)
+    cdef Py_ssize_t lda = Kp + 64 if Kp % 512 == 0 else Kp
+    buf = np.zeros((Mp, lda), np.uint8)
     cdef uint8_t[:, ::1] b = buf
     cdef Py_ssize_t i, k
     with nogil:
@@ -161,65 +168,74 @@ cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_
     return sums
 
 
-def gemm(const uint8_t[:, ::1] a_buf, Py_ssize_t M, const int8_t[::1] packed, Py_ssize_t N,
-         Py_ssize_t Kp, Py_ssize_t Np, Py_ssize_t kchunk, int64_t a_offset, int64_t max_product,
-         int kernel, int nthreads, out=None, int shift=0, colsums=None):
-    """Exact ``(a_buf - a_offset) @ B`` for the first M rows and N columns.
+def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
+         Py_ssize_t kchunk, tuple a_offsets, tuple shifts, int64_t max_product, int kernel,
+         int nthreads, tuple colsums=None):
+    """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
-    K is processed in chunks of ``kchunk`` (a multiple of 64) so no int32 accumulator can
-    wrap.  With ``out`` (int64, C-contiguous M x N) adds ``product << shift`` into it and
-    returns it; otherwise returns int32 when one chunk covers K, else int64.
-    ``colsums`` (int64, Np) are B's column sums over all of K if the caller cached them.
+    One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
+    (a multiple of 64) so that no int32 accumulator can wrap; the chunks are summed in
+    int64.  Returns int32 when there is one group, no shift and one chunk, else int64.
+    ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.
     """
+    cdef int ngroups = len(a_bufs)
     if kernel < 0 or kernel >= len(KERNELS):
         raise ValueError(f"unknown kernel id {kernel}")
-    if a_buf.shape[1] != Kp or a_buf.shape[0] < M or packed.shape[0] != Kp * Np:
-        raise ValueError("internal error: operand buffers do not match the packed shapes")
+    if ngroups not in (1, 2) or len(packs) != ngroups or len(a_offsets) != ngroups \
+            or len(shifts) != ngroups or (colsums is not None and len(colsums) != ngroups):
+        raise ValueError("internal error: one or two groups, with matching operand tuples")
     if kchunk <= 0 or kchunk % 64:
         raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of 64")
+    cdef const uint8_t *a_ptr[2]
+    cdef const int8_t *b_ptr[2]
+    cdef const int32_t *corr_ptr[2]
+    cdef int shift_arr[2]
+    cdef const uint8_t[:, ::1] av
+    cdef const int8_t[::1] bv
+    cdef int32_t[::1] cv
+    cdef Py_ssize_t lda = -1, Mp = -1
+    for g in range(ngroups):
+        av = a_bufs[g]
+        bv = packs[g]
+        if g == 0:
+            Mp, lda = av.shape[0], av.shape[1]
+        if av.shape[0] != Mp or av.shape[1] != lda or lda < Kp or lda % 64 or Mp < M \
+                or bv.shape[0] != Kp * Np:
+            raise ValueError("internal error: operand buffers do not match the packed shapes")
+        a_ptr[g] = &av[0, 0]
+        b_ptr[g] = &bv[0]
+        shift_arr[g] = shifts[g]
     cdef Py_ssize_t nchunks = (Kp + kchunk - 1) // kchunk
-    cdef int mode
-    if out is None:
-        if nchunks == 1:
-            result = np.empty((M, N), np.int32)
-            mode = 0
-        else:
-            result = np.zeros((M, N), np.int64)
-            mode = 1
-    else:
-        result = out
-        if result.dtype != np.int64 or result.shape != (M, N) or not result.flags.c_contiguous:
-            raise ValueError("internal error: out must be a C-contiguous int64 (M, N) array")
-        mode = 1
-    if mode == 0 and shift != 0:
-        raise ValueError("internal error: shift needs an int64 output")
+    single = ngroups == 1 and shifts[0] == 0 and nchunks == 1
+    result = np.empty((M, N), np.int32 if single else np.int64)
     cdef void *out_ptr = cnp.PyArray_DATA(result)
-    cdef int32_t[::1] corr_view
-    cdef const int32_t *corr_ptr
     cdef Py_ssize_t k0, k1
-    cdef int rc
-    cdef cnp.ndarray sums
+    cdef int rc, mode
+    corr_keep = [None, None]
     for c in range(nchunks):
         k0 = c * kchunk
         k1 = min(Kp, k0 + kchunk)
-        corr_ptr = NULL
-        if a_offset != 0:
-            if nchunks == 1 and colsums is not None:
-                sums = colsums * a_offset
-            else:
-                sums = _column_sums(packed, Kp, Np, k0, k1) * a_offset
-            # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's choice of kchunk
-            corr_view = sums.astype(np.int32)
-            corr_ptr = &corr_view[0]
+        mode = 0 if single else (2 if c == 0 else 1)
+        for g in range(ngroups):
+            corr_ptr[g] = NULL
+            if a_offsets[g] != 0:
+                if nchunks == 1 and colsums is not None and colsums[g] is not None:
+                    sums = colsums[g]
+                else:
+                    sums = _column_sums(packs[g], Kp, Np, k0, k1)
+                # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's kchunk
+                corr_keep[g] = (sums * a_offsets[g]).astype(np.int32)
+                cv = corr_keep[g]
+                corr_ptr[g] = &cv[0]
         with nogil:
-            rc = q4_gemm(kernel, &a_buf[0, 0], Kp, M, a_buf.shape[0], &packed[0], Kp, N, Np,
-                         k0, k1, corr_ptr, mode, shift, out_ptr, N, nthreads, max_product)
+            rc = q4_gemm_groups(kernel, ngroups, a_ptr, lda, M, Mp, b_ptr, Kp, N, Np, k0, k1,
+                                corr_ptr, shift_arr, mode, out_ptr, N, nthreads, max_product)
         if rc == -1:
             raise RuntimeError(f"kernel {KERNELS[kernel]!r} is not usable on this CPU/OS")
         if rc == -2:
             raise MemoryError("q4core GEMM could not allocate its per-thread scratch tile")
-        if rc == -4:
-            raise ValueError("internal error: operand padding does not fit the kernel's blocking")
         if rc == -3:
             raise ValueError(f"internal error: product bound {max_product} too large for the AVX2 kernel")
+        if rc == -4:
+            raise ValueError("internal error: operand padding does not fit the kernel's blocking")
     return result

@@ -266,8 +266,8 @@ def int4_matmul(a, b, *, threads=None, kernel=None):
     else:
         if packed is None:
             packed = PackedInt4(b_arr)
-        a_table = _offset_table(a_signed)
-        c = _fast_product(a, a_table, 8 if a_signed else 0, 15, packed, 15, kernel, nthreads)
+        left = (a, _offset_table(a_signed), 8 if a_signed else 0)
+        c = _run_kernel(kernel, nthreads, [left], [packed], [0], 15 * 15)
         if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
             return c
         c64 = c
@@ -292,16 +292,20 @@ def fp4_int4_matmul(g_codes, b, *, threads=None, kernel=None):
         return _ref_product(_FP4_UNITS[g.astype(np.intp)], b_arr.astype(np.int64))
     if packed is None:
         packed = PackedInt4(b_arr)
+    # exponents 1..4 (units +-1..64) and 5..7 (units / 256 = +-1..16) each fit int8; the
+    # FP4 operand gets +64 / +16 so it is unsigned for vpdpbusd / tdpbusd, and the kernel
+    # subtracts offset * column sums of B; the two int32 results combine as lo + (hi << 8)
+    lefts, shifts = [], []
     present = _present_groups(g)
-    out = np.zeros((g.shape[0], b_arr.shape[1]), np.int64)
-    # exponents 1..4 (units +-1..64) and 5..7 (units/256 = +-1..16) each fit int8; the left
-    # operand gets +64 / +16 so it is unsigned for vpdpbusd / tdpbusd, and the kernel
-    # subtracts offset * column sums of B
-    for group, shift, offset, umax in ((0, 0, 64, 128), (1, 8, 16, 32)):
+    for group, shift, offset in ((0, 0, 64), (1, 8, 16)):
         if present[group]:
-            table = _fp4_left_table(group, offset)
-            _fast_product(g, table, offset, umax, packed, 15, kernel, nthreads, out, shift)
-    return out
+            lefts.append((g, _fp4_left_table(group, offset), offset))
+            shifts.append(shift)
+    if not lefts:
+        return np.zeros((g.shape[0], b_arr.shape[1]), np.int64)
+    # offset FP4 operand <= 128 (low group) times |int4| <= 15
+    c = _run_kernel(kernel, nthreads, lefts, [packed] * len(lefts), shifts, 128 * 15)
+    return c.astype(np.int64, copy=False)
 
 
 def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
@@ -313,15 +317,18 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
     kernel = _resolve_kernel(kernel)
     if kernel == "reference":
         return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
+    left = (a, _offset_table(a_signed), 8 if a_signed else 0)
+    rights, shifts = [], []
     present = _present_groups(g)
-    out = np.zeros((a.shape[0], g.shape[1]), np.int64)
-    a_table = _offset_table(a_signed)
     for group, shift in ((0, 0), (1, 8)):
         if present[group]:
-            packed = _PackedFP4(g, group)
-            _fast_product(a, a_table, 8 if a_signed else 0, 15, packed,
-                          64 if group == 0 else 16, kernel, nthreads, out, shift)
-    return out
+            rights.append(_PackedFP4(g, group))
+            shifts.append(shift)
+    if not rights:
+        return np.zeros((a.shape[0], g.shape[1]), np.int64)
+    # offset INT4 operand <= 15 times |FP4 group units| <= 64
+    c = _run_kernel(kernel, nthreads, [left] * len(rights), rights, shifts, 15 * 64)
+    return c.astype(np.int64, copy=False)
 
 
 def fp4_int4_matmul_scaled(g_codes, b, g_scale, b_scale, phase=0, **kw):
@@ -400,24 +407,32 @@ def _kernel_operand(packed):
     return cache["layout"]
 
 
-def _fast_product(a, a_table, a_offset, a_max, packed, b_absmax, kernel, nthreads, out=None, shift=0):
-    """Exact ``(table[a] - a_offset) @ B`` through a compiled kernel.
+def _run_kernel(kernel, nthreads, lefts, rights, shifts, max_product):
+    """Exact int ``sum_g ((table_g[a_g] - offset_g) @ B_g) << shift_g`` through a compiled kernel.
 
-    Returns int32 when one K chunk suffices, else int64; with ``out`` (int64) adds
-    ``product << shift`` into it.  The K chunk (a multiple of 64) is the longest over which
-    ``a_max * b_absmax * K`` - a bound on every accumulator and on the offset correction -
-    stays inside int32.
+    ``lefts``: one or two (array, byte table, offset) - the same tuple twice is mapped once;
+    ``rights``: as many right operands (PackedInt4 / _PackedFP4), all of one shape.
+    Returns int32 for one unshifted group that needs one K chunk, else int64.  The K chunk
+    (a multiple of 64) is the longest over which ``max_product * K`` - a bound on every
+    int32 accumulator and on every offset correction - stays inside int32.
     """
-    M, K = a.shape
-    N = packed.shape[1]
+    M, K = lefts[0][0].shape
+    N = rights[0].shape[1]
     if M == 0 or N == 0 or K == 0:
-        return np.zeros((M, N), np.int64) if out is None else out
-    bpacked, Kp, Np, colsums = _kernel_operand(packed)
+        return np.zeros((M, N), np.int64 if len(lefts) > 1 or shifts[0] else np.int32)
     kid = KERNEL_NAMES.index(kernel)
-    a_buf = _gemm.prep_a(a.view(np.uint8), a_table, Kp, _gemm.row_multiple(kid))
-    max_product = a_max * b_absmax
+    layouts = [_kernel_operand(r) for r in rights]
+    Kp, Np = layouts[0][1], layouts[0][2]
+    rows = _gemm.row_multiple(kid)
+    a_bufs = []
+    for i, (arr, table, _) in enumerate(lefts):
+        if i and lefts[i] is lefts[0]:
+            a_bufs.append(a_bufs[0])
+        else:
+            a_bufs.append(_gemm.prep_a(arr.view(np.uint8), table, Kp, rows))
     kchunk = (_INT32_MAX // max_product) // 64 * 64
     if _KCHUNK_LIMIT is not None:
         kchunk = min(kchunk, int(_KCHUNK_LIMIT))
-    return _gemm.gemm(a_buf, M, bpacked, N, Kp, Np, kchunk, a_offset, max_product,
-                      kid, nthreads, out, shift, colsums)
+    return _gemm.gemm(tuple(a_bufs), M, tuple(lay[0] for lay in layouts), N, Kp, Np, kchunk,
+                      tuple(off for _, _, off in lefts), tuple(shifts), max_product, kid,
+                      nthreads, tuple(lay[3] for lay in layouts))
