@@ -1,0 +1,263 @@
+"""The compiled quantizers (q4core.quant / q4core._quant) against the numpy reference, bit for bit."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from q4core import _quant  # noqa: F401  - the suite needs the built extension, never skips it
+from q4core import quant
+from q4core.formats import (
+    FP16, INT4, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4, RADIX4_FP4_ODD, UINT4, IntFormat,
+    RadixFP, pack_nibbles, unpack_nibbles,
+)
+
+FORMATS = [INT4, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,
+           RadixFP(4, 3, rounding="log"), RadixFP(4, 2), IntFormat(2), IntFormat(3, signed=False)]
+SCALES = [1.0, 0.37, 2.0 ** -7, 3.0, 1e-30, 1e30]
+
+
+def bits(a):
+    a = np.asarray(a)
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def reference(fmt, x, scale, nan_policy="propagate"):
+    """(quantize, encode, encode+pack) of the numpy reference."""
+    with np.errstate(over="ignore"):
+        qv = fmt.quantize(x, scale, nan_policy=nan_policy, backend="numpy")
+    xe = np.where(np.isnan(x), 0.0, x).astype(np.asarray(x).dtype)  # encode refuses NaN
+    codes = fmt.encode(xe, scale, nan_policy=nan_policy, backend="numpy")
+    packed = pack_nibbles(codes) if codes.ndim else None
+    return qv, xe, codes, packed
+
+
+def assert_same(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def check_all_ops(fmt, x, scale, threads=None):
+    qv, xe, codes, packed = reference(fmt, x, scale)
+    with np.errstate(over="ignore"):
+        assert_same(quant.quantize(fmt, x, scale, nan_policy="propagate", threads=threads), qv)
+    assert_same(quant.encode(fmt, xe, scale, nan_policy="propagate", threads=threads), codes)
+    if packed is not None:
+        assert_same(quant.encode_packed(fmt, xe, scale, nan_policy="propagate", threads=threads), packed)
+
+
+def random_values(rng, n, dtype):
+    """Values over many binades plus the specials, in random order."""
+    x = rng.standard_normal(n) * np.exp2(rng.integers(-40, 40, n))
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e300, -1e-300, 5e-324])
+    take = rng.random(n) < 0.05
+    x[take] = rng.choice(specials, take.sum())
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)
+
+
+def boundary_values(fmt, scale, dtype):
+    """Inputs at, just below and just above every rounding boundary of fmt at this scale."""
+    if isinstance(fmt, IntFormat):
+        edges = (np.arange(fmt.qmin, fmt.qmax + 1) + 0.5) * scale
+        edges = np.concatenate([edges, -edges])
+    else:
+        edges = np.concatenate([fmt.thresholds * scale, -fmt.thresholds * scale,
+                                fmt.magnitudes * scale, -fmt.magnitudes * scale])
+    with np.errstate(over="ignore", under="ignore"):
+        e = edges.astype(dtype)
+        out = [e, np.nextafter(e, dtype(np.inf)), np.nextafter(e, dtype(-np.inf)),
+               np.nextafter(np.nextafter(e, dtype(np.inf)), dtype(np.inf))]
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------- corners, written out
+@pytest.mark.parametrize("fmt", FORMATS, ids=repr)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", SCALES)
+def test_boundaries_codes_and_specials(fmt, dtype, scale):
+    x = boundary_values(fmt, scale, dtype)
+    with np.errstate(over="ignore"):
+        codes_back = fmt.decode(np.arange(1 << fmt.bits) if not isinstance(fmt, IntFormat)
+                                else np.arange(fmt.qmin, fmt.qmax + 1), scale).astype(dtype)
+    x = np.concatenate([x, codes_back, np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan], dtype)])
+    check_all_ops(fmt, x, scale)
+
+
+def test_written_out_int4_and_radix4_cases():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 7.5, -8.5, 100, -100, -0.0, 0.0, 1e-45], np.float32)
+    assert_same(quant.encode(INT4, x), np.array([0, 2, 2, 0, -2, 7, -8, 7, -8, 0, 0, 0], np.int8))
+    assert_same(quant.quantize(UINT4, x), np.array([0, 2, 2, 0, 0, 8, 0, 15, 0, 0, 0, 0], np.float32))
+    zeros = quant.quantize(INT4, x) == 0
+    assert zeros.sum() == 5 and not np.signbit(quant.quantize(INT4, x)[zeros]).any()   # one zero: +0
+    r = np.array([0.625, np.nextafter(0.625, 0), 5.0, -1e-9, -0.0, 4.0 ** -6 / 2], np.float64)
+    assert_same(quant.quantize(RADIX4_FP4, r), np.array([1, 0.25, 1, -0.0, -0.0, 4.0 ** -6]))
+    assert_same(quant.encode(RADIX4_FP4, r), np.array([7, 6, 7, 8, 8, 1], np.uint8))
+    assert_same(quant.quantize(RADIX4_FP4_ODD, np.array([1.25, 3.0])), np.array([2.0, 2.0]))
+    # pack order: element 2i low nibble, 2i+1 high nibble; odd rows end in a zero high nibble
+    assert_same(quant.encode_packed(INT4, np.array([[1.0, -2.0, 3.0]])), np.array([[0xE1, 0x03]], np.uint8))
+    assert_same(quant.encode_packed(RADIX4_FP4, np.array([1.0, -1.0], np.float32)), np.array([0xF7], np.uint8))
+
+
+@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4], ids=repr)
+def test_nan_and_inf_policy_matches_reference(fmt):
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.array([1.0, bad, 2.0], np.float32)
+        for fn in (quant.quantize, quant.encode, quant.encode_packed):
+            with pytest.raises(ValueError, match="x contains NaN or Inf"):
+                fn(fmt, x)
+    x = np.array([np.nan, -np.nan, np.inf, -np.inf, 1.0])
+    assert_same(quant.quantize(fmt, x, nan_policy="propagate"),
+                fmt.quantize(x, nan_policy="propagate", backend="numpy"))
+    for fn in (quant.encode, quant.encode_packed):
+        with pytest.raises(ValueError, match="x contains NaN, which has no code"):
+            fn(fmt, x, nan_policy="propagate")
+    assert_same(quant.encode(fmt, x[2:], nan_policy="propagate"),
+                fmt.encode(x[2:], nan_policy="propagate", backend="numpy"))
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (2,), (0, 3), (3, 0), (1, 1), (5, 1), (4, 7), (2, 3, 5), ()])
+@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4], ids=repr)
+def test_shapes_incl_empty_single_and_scalar(shape, fmt):
+    rng = np.random.default_rng(sum(shape) + 7)
+    x = rng.standard_normal(shape) * 3
+    check_all_ops(fmt, x, 0.5)
+    assert quant.quantize(fmt, x).shape == np.shape(x)
+    if shape == ():
+        with pytest.raises(ValueError, match="dimension"):
+            quant.encode_packed(fmt, x)
+
+
+# ---------------------------------------------------------------------------- sweeps
+def strided_view(rng, base):
+    """A random non-contiguous view of base: transposes, steps, negative strides."""
+    v = base
+    if v.ndim >= 2 and rng.random() < 0.5:
+        v = np.swapaxes(v, 0, -1)
+    index = tuple(slice(None, None, int(rng.choice([1, 2, -1, -2, 3]))) for _ in range(v.ndim))
+    return v[index]
+
+
+def test_seeded_sweep_shapes_strides_dtypes_scales():
+    rng = np.random.default_rng(20260101)
+    for trial in range(120):
+        fmt = FORMATS[trial % len(FORMATS)]
+        dtype = (np.float32, np.float64)[trial % 2]
+        ndim = int(rng.integers(1, 4))
+        shape = tuple(int(s) for s in rng.integers(0, 9, ndim))
+        base = random_values(rng, int(np.prod(shape)), dtype).reshape(shape)
+        x = strided_view(rng, base)
+        scale = float(rng.choice(SCALES)) * float(rng.uniform(0.5, 2))
+        check_all_ops(fmt, x, scale, threads=int(rng.integers(1, 3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), fmt=st.sampled_from(FORMATS), dtype=st.sampled_from([np.float32, np.float64]),
+       scale=st.floats(1e-6, 1e6), threads=st.integers(1, 2))
+def test_hypothesis_arrays(data, fmt, dtype, scale, threads):
+    x = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6),
+                             elements=st.floats(width=np.dtype(dtype).itemsize * 8, allow_nan=True)))
+    flip = data.draw(st.booleans())
+    check_all_ops(fmt, x[..., ::-1] if flip else x, scale, threads)
+
+
+@pytest.mark.parametrize("shape", [(3 * (1 << 16) + 11,), (1001, 333), (700, 300)])
+@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4_ODD], ids=repr)
+def test_threads_one_and_two_agree_on_large_arrays(shape, fmt):
+    rng = np.random.default_rng(5)
+    x = random_values(rng, int(np.prod(shape)), np.float32).reshape(shape)
+    x[np.isnan(x)] = 1.0
+    for fn in (quant.quantize, quant.encode, quant.encode_packed):
+        one = fn(fmt, x, 0.25, nan_policy="propagate", threads=1)
+        two = fn(fmt, x, 0.25, nan_policy="propagate", threads=2)
+        assert_same(one, two)
+    check_all_ops(fmt, x, 0.25, threads=2)
+
+
+# ---------------------------------------------------------------------------- unpack
+@pytest.mark.parametrize("shape", [(0,), (1,), (6,), (5, 7), (3, 4), (2, 0), (2, 1, 3), (300, 1001)])
+def test_unpack_matches_reference(shape):
+    rng = np.random.default_rng(9)
+    n = shape[-1]
+    packed = rng.integers(0, 256, shape[:-1] + ((n + 1) // 2,)).astype(np.uint8)
+    if n % 2:
+        packed[..., -1] &= 0x0F
+    for signed in (False, True):
+        for threads in (1, 2):
+            assert_same(quant.unpack_nibbles(packed, n, signed=signed, threads=threads),
+                        unpack_nibbles(packed, n, signed=signed))
+    if packed.ndim >= 2 and packed.shape[-1] > 1:
+        view = packed[::-1, ::-1]
+        assert_same(quant.unpack_nibbles(view, n), unpack_nibbles(np.ascontiguousarray(view), n))
+
+
+# ---------------------------------------------------------------------------- dispatch and errors
+def test_format_methods_dispatch_to_the_compiled_path():
+    x = random_values(np.random.default_rng(11), 1000, np.float32)
+    x = x[np.isfinite(x)]
+    for fmt in FORMATS:
+        for backend in ("auto", "cython"):
+            assert_same(fmt.quantize(x, 0.3, backend=backend), fmt.quantize(x, 0.3, backend="numpy"))
+            assert_same(fmt.encode(x, 0.3, backend=backend), fmt.encode(x, 0.3, backend="numpy"))
+    assert quant.supports(INT4) and quant.supports(RADIX4_FP4_ODD)
+    assert not quant.supports(INT8) and not quant.supports(FP16)
+    assert not quant.supports(IntFormat(4, rounding="stochastic"))
+    assert not quant.supports(RadixFP(4, 3, rounding="stochastic")) and not quant.supports(RadixFP(2, 4))
+
+
+def test_bad_input_raises_precise_errors():
+    x = np.ones(4, np.float32)
+    for fmt in (INT8, FP16, RadixFP(2, 4), IntFormat(4, rounding="stochastic")):
+        with pytest.raises(ValueError, match="fmt"):
+            quant.quantize(fmt, x)
+    for bad in (np.ones(3, np.float16), np.ones(3, np.complex64), np.array(["a"]), np.ones(2, bool)):
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            quant.encode(INT4, bad)
+    for scale in (0.0, -1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="scale"):
+            quant.encode_packed(INT4, x, scale)
+    with pytest.raises(TypeError, match="scale"):
+        quant.quantize(INT4, x, "2")
+    with pytest.raises(ValueError, match="nan_policy"):
+        quant.quantize(INT4, x, nan_policy="omit")
+    with pytest.raises(ValueError, match="threads"):
+        quant.quantize(INT4, x, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        quant.quantize(INT4, x, threads=1.5)
+    with pytest.raises(TypeError, match="uint8"):
+        quant.unpack_nibbles(np.ones(2, np.int8), 4)
+    with pytest.raises(ValueError, match="n="):
+        quant.unpack_nibbles(np.ones(2, np.uint8), 5)
+    with pytest.raises(ValueError, match="dimension"):
+        quant.unpack_nibbles(np.uint8(3), 1)
+    # the private kernel entry point checks what it relies on, too
+    with pytest.raises(ValueError, match="out"):
+        _quant.run("level", _quant.OP_ENCODE, x, np.empty(3, np.uint8), 1.0, (-8, 7), 1)
+    with pytest.raises(ValueError, match="contiguous"):
+        _quant.run("level", _quant.OP_QUANTIZE, np.ones(8)[::2], np.empty(4), 1.0, (-8, 7), 1)
+    with pytest.raises(ValueError, match="range"):
+        _quant.run("level", _quant.OP_ENCODE, x, np.empty(4, np.uint8), 1.0, (-128, 127), 1)
+
+
+def test_big_endian_and_integer_inputs():
+    x = np.array([0.4, 1.5, -3.2, 9.0], dtype=">f4")
+    assert_same(quant.quantize(INT4, x), INT4.quantize(x.astype(np.float32), backend="numpy"))
+    assert_same(quant.encode(INT4, [1, -2, 30]), INT4.encode([1, -2, 30], backend="numpy"))
+
+
+def test_openmp_info_and_thread_default():
+    info = quant.openmp_info()
+    assert set(info) == {"openmp", "max_threads", "simd_clones"}
+    assert info["max_threads"] >= 1
+    if not info["openmp"]:
+        assert info["max_threads"] == 1
+        return
+    code = "from q4core import quant; print(quant.openmp_info()['max_threads'])"
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
