@@ -12,6 +12,14 @@ from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
 
 cnp.import_array()
 
+cdef extern from "gemm_pack.h" nogil:
+    int Q4_MAX_TABLES
+    void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
+                   const int8_t *tables, int T, int8_t *out, int64_t out_stride,
+                   int64_t *sums, int64_t Kp, int64_t Np, int nthreads)
+    void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
+                   const uint8_t *table, uint8_t *out, int64_t lda, int nthreads)
+
 cdef extern from "gemm_driver.h" nogil:
     ctypedef struct q4_cpu_features:
         int x86
@@ -88,23 +96,27 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
-def pack_b(const uint8_t[:, :] src, const int8_t[::1] table):
-    """Map B (K x N bytes, any strides) through ``table`` into 16-column panels, 4 k per lane.
+def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0):
+    """Map B (K x N bytes, any strides) through each row of ``tables`` (T x 256) into the
+    kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
 
-    Returns (packed int8 1-D array, Kp, Np) with Kp = K rounded up to 64 and Np = N rounded
-    up to 16; padding is zero so it adds nothing to any product.
+    Returns (packed int8 (T, Kp * Np), Kp, Np, column sums int64 (T, Np)) with Kp = K rounded
+    up to 64 and Np = N rounded up to 16; padding is zero so it adds nothing to any product.
+    Column panels are spread over ``nthreads`` OpenMP threads (0: the default count).
     """
-    cdef Py_ssize_t K = src.shape[0], N = src.shape[1]
+    cdef Py_ssize_t K = src.shape[0], N = src.shape[1], T = tables.shape[0]
     cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 16)
-    packed = np.zeros(Kp * Np, np.int8)
-    cdef int8_t[::1] p = packed
-    cdef Py_ssize_t k, j, base
-    with nogil:
-        for k in range(K):
-            base = (k >> 2) * 64 + (k & 3)
-            for j in range(N):
-                p[(j >> 4) * Kp * 16 + base + (j & 15) * 4] = table[src[k, j]]
-    return packed, Kp, Np
+    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
+        raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
+    packed = np.zeros((T, Kp * Np), np.int8)
+    sums = np.zeros((T, Np), np.int64)
+    cdef int8_t[:, ::1] p = packed
+    cdef int64_t[:, ::1] cs = sums
+    if K and N:
+        with nogil:
+            q4_pack_b(&src[0, 0], src.strides[0], src.strides[1], K, N, &tables[0, 0], T,
+                      &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, nthreads)
+    return packed, Kp, Np, sums
 
 
 def row_multiple(int kernel):
@@ -112,7 +124,8 @@ def row_multiple(int kernel):
     return q4_row_multiple(kernel)
 
 
-def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_ssize_t rows=32):
+def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_ssize_t rows=32,
+           int nthreads=0):
     """Map A (M x K bytes, any strides) through ``table`` into a zero-padded buffer.
 
     Shape (Mp, lda): Mp = M rounded up to ``rows``; the row stride lda is Kp plus 64 bytes
@@ -124,11 +137,10 @@ def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_
     cdef Py_ssize_t lda = Kp + 64 if Kp % 512 == 0 else Kp
     buf = np.zeros((Mp, lda), np.uint8)
     cdef uint8_t[:, ::1] b = buf
-    cdef Py_ssize_t i, k
-    with nogil:
-        for i in range(M):
-            for k in range(K):
-                b[i, k] = table[src[i, k]]
+    if M and K:
+        with nogil:
+            q4_prep_a(&src[0, 0], src.strides[0], src.strides[1], M, K, &table[0], &b[0, 0],
+                      lda, nthreads)
     return buf
 
 

@@ -318,12 +318,10 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
     if kernel == "reference":
         return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
     left = (a, _offset_table(a_signed), 8 if a_signed else 0)
-    rights, shifts = [], []
     present = _present_groups(g)
-    for group, shift in ((0, 0), (1, 8)):
-        if present[group]:
-            rights.append(_PackedFP4(g, group))
-            shifts.append(shift)
+    groups = [group for group in (0, 1) if present[group]]
+    shifts = [8 * group for group in groups]
+    rights = _pack_fp4_groups(g, groups, nthreads) if groups else []
     if not rights:
         return np.zeros((a.shape[0], g.shape[1]), np.int64)
     # offset INT4 operand <= 15 times |FP4 group units| <= 64
@@ -379,18 +377,23 @@ def _present_groups(g):
 
 
 class _PackedFP4:
-    """A right-hand FP4 operand (one exponent group, int8 units) in the kernel layout."""
+    """A right-hand FP4 operand's exponent group (int8 units) already in the kernel layout."""
 
-    def __init__(self, g, group):
-        table = np.zeros(256, np.int64)
-        table[:16] = _fp4_group_units(group)
-        self.table = table.astype(np.int8)
-        self.source = g
-        self.shape = g.shape
-        self._kernel_cache = {}
+    def __init__(self, shape, layout):
+        self.shape = shape
+        self._kernel_cache = {"layout": layout}
 
 
-def _kernel_operand(packed):
+def _pack_fp4_groups(g, groups, nthreads):
+    """Pack the int8 units of each FP4 exponent group of ``g`` in one pass over ``g``."""
+    tables = np.zeros((len(groups), 256), np.int8)
+    for i, group in enumerate(groups):
+        tables[i, :16] = _fp4_group_units(group)
+    bpacked, Kp, Np, sums = _gemm.pack_b(g.view(np.uint8), tables, nthreads)
+    return [_PackedFP4(g.shape, (bpacked[i], Kp, Np, sums[i])) for i in range(len(groups))]
+
+
+def _kernel_operand(packed, nthreads=0):
     """(packed bytes, Kp, Np, column sums int64) of a right operand, built once per object.
 
     K is padded to a multiple of 64 and N to one of 16 with zeros (gemm_portable.h).
@@ -401,9 +404,9 @@ def _kernel_operand(packed):
             src = packed.values.view(np.uint8)
             table = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)
         else:
-            src, table = packed.source, packed.table
-        bpacked, Kp, Np = _gemm.pack_b(src, table)
-        cache["layout"] = (bpacked, Kp, Np, _gemm.column_sums(bpacked, Kp, Np))
+            raise TypeError(f"no kernel layout for {type(packed).__name__}")
+        bpacked, Kp, Np, sums = _gemm.pack_b(src, table[None, :], nthreads)
+        cache["layout"] = (bpacked[0], Kp, Np, sums[0])
     return cache["layout"]
 
 
@@ -421,7 +424,7 @@ def _run_kernel(kernel, nthreads, lefts, rights, shifts, max_product):
     if M == 0 or N == 0 or K == 0:
         return np.zeros((M, N), np.int64 if len(lefts) > 1 or shifts[0] else np.int32)
     kid = KERNEL_NAMES.index(kernel)
-    layouts = [_kernel_operand(r) for r in rights]
+    layouts = [_kernel_operand(r, nthreads) for r in rights]
     Kp, Np = layouts[0][1], layouts[0][2]
     rows = _gemm.row_multiple(kid)
     a_bufs = []
@@ -429,7 +432,7 @@ def _run_kernel(kernel, nthreads, lefts, rights, shifts, max_product):
         if i and lefts[i] is lefts[0]:
             a_bufs.append(a_bufs[0])
         else:
-            a_bufs.append(_gemm.prep_a(arr.view(np.uint8), table, Kp, rows))
+            a_bufs.append(_gemm.prep_a(arr.view(np.uint8), table, Kp, rows, nthreads))
     kchunk = (_INT32_MAX // max_product) // 64 * 64
     if _KCHUNK_LIMIT is not None:
         kchunk = min(kchunk, int(_KCHUNK_LIMIT))

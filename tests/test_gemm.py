@@ -314,10 +314,12 @@ def test_amx_kernel_logic_under_emulation(amx_emulated):
         for signed in (True, False):
             a = rand_int4(rng, (m, k), signed)
             b = rand_int4(rng, (k, n), not signed)
-            packed, kp, np_ = _gemm.pack_b(b.view(np.uint8), identity)
+            packed, kp, np_, sums = _gemm.pack_b(b.view(np.uint8), identity[None, :])
+            packed, sums = packed[0], sums[0]
             a_buf = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(signed), kp, 16)
             offset = 8 if signed else 0
-            corr = (_gemm.column_sums(packed, kp, np_) * offset).astype(np.int32)
+            assert np.array_equal(sums, _gemm.column_sums(packed, kp, np_))
+            corr = (sums * offset).astype(np.int32)
             out = np.zeros((m, n), np.int32)
             rc = amx_emulated.q4_emu_gemm(a_buf.ctypes.data, m, a_buf.shape[0], packed.ctypes.data,
                                           kp, n, np_, corr.ctypes.data, out.ctypes.data)
