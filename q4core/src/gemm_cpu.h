@@ -19,6 +19,9 @@
 #if Q4_X86 && defined(__linux__) && defined(__x86_64__)
 #include <sys/syscall.h>
 #include <unistd.h>
+/* glibc declares syscall() only under _DEFAULT_SOURCE; declare it ourselves so a strict
+ * -std=c11 build sees the prototype too (same signature as glibc's) */
+extern long syscall(long number, ...);
 #define Q4_LINUX_X86_64 1
 #else
 #define Q4_LINUX_X86_64 0

@@ -33,7 +33,7 @@ enum { Q4_AMX = 0, Q4_VNNI = 1, Q4_AVXVNNI = 2, Q4_AVX2 = 3, Q4_PORTABLE = 4, Q4
 #define Q4_NC 256   /* output tile columns (multiple of 32) */
 #define Q4_KC 512    /* K block             (multiple of 64) */
 
-static int q4_kernel_compiled(int kernel) {
+static inline int q4_kernel_compiled(int kernel) {
     switch (kernel) {
     case Q4_AMX: return Q4_HAVE_AMX;
     case Q4_VNNI: return Q4_HAVE_VNNI;
@@ -45,7 +45,7 @@ static int q4_kernel_compiled(int kernel) {
 }
 
 /* Whether CPU + OS allow the kernel (ignores whether it was compiled). */
-static int q4_kernel_supported(int kernel, const q4_cpu_features *f) {
+static inline int q4_kernel_supported(int kernel, const q4_cpu_features *f) {
     switch (kernel) {
 #if defined(Q4_AMX_EMULATE)
     case Q4_AMX: (void)f; return 1;      /* test-only build with scalar tile emulation */
@@ -61,14 +61,14 @@ static int q4_kernel_supported(int kernel, const q4_cpu_features *f) {
 }
 
 /* Features detected once (the first call comes from the module import, under the GIL). */
-static const q4_cpu_features *q4_features(void) {
+static inline const q4_cpu_features *q4_features(void) {
     static q4_cpu_features f;
     static int done = 0;
     if (!done) { q4_detect_cpu(&f); done = 1; }
     return &f;
 }
 
-static q4_tile_fn q4_kernel_fn(int kernel) {
+static inline q4_tile_fn q4_kernel_fn(int kernel) {
     switch (kernel) {
 #if Q4_HAVE_AMX
     case Q4_AMX: return q4_tile_amx;
@@ -88,7 +88,7 @@ static q4_tile_fn q4_kernel_fn(int kernel) {
 }
 
 /* rows of A (and of the output) each kernel steps over; A must be padded to a multiple */
-static int q4_row_multiple(int kernel) {
+static inline int q4_row_multiple(int kernel) {
     switch (kernel) {
     case Q4_AMX: return 16;
     case Q4_VNNI: return 8;
@@ -96,9 +96,9 @@ static int q4_row_multiple(int kernel) {
     }
 }
 
-static int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
+static inline int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
 
-static int q4_default_threads(void) {
+static inline int q4_default_threads(void) {
 #if Q4CORE_OPENMP
     return omp_get_max_threads();
 #else
@@ -199,7 +199,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 }
 
 /* The single-group form (INT4 x INT4). */
-static int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
+static inline int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
                    const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t k0, int64_t k1,
                    const int32_t *corr, int mode, int shift, void *out, int64_t ldo,
                    int nthreads, int64_t max_product) {

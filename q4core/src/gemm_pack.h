@@ -17,7 +17,7 @@
 
 #define Q4_MAX_TABLES 2
 
-static void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
+static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                       const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                       int64_t *sums, int64_t Kp, int64_t Np, int nthreads) {
     const int64_t npanels = Np / 16;
@@ -48,7 +48,7 @@ static void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int
     }
 }
 
-static void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
+static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
                       const uint8_t *table, uint8_t *out, int64_t lda, int nthreads) {
     (void)nthreads;
 #if Q4CORE_OPENMP
