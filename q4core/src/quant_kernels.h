@@ -63,9 +63,10 @@ typedef struct {
     int nb;                            /* number of real boundaries */
     int offset;                        /* LEVEL: qmin (code = qmin + count) */
     int sign_shift;                    /* SIGNMAG: code = sign << sign_shift | count */
+    double scale;                      /* LEVEL: value of level q is (T)((double)q * scale) */
     float b32[Q4_MAX_BOUNDS];
     double b64[Q4_MAX_BOUNDS];
-    float v32[Q4_MAX_BOUNDS + 1];      /* value of count c at this scale (non-negative for SIGNMAG) */
+    float v32[Q4_MAX_BOUNDS + 1];      /* SIGNMAG: magnitude of count c at this scale */
     double v64[Q4_MAX_BOUNDS + 1];
 } q4_plan;
 
@@ -145,10 +146,7 @@ static int q4_plan_level(q4_plan *p, int is_f64, double scale, int qmin, int qma
     q4_plan_clear(p, Q4_KIND_LEVEL, is_f64);
     p->nb = qmax - qmin;
     p->offset = qmin;
-    for (int c = 0; c <= p->nb; c++) {
-        double v = (double)(qmin + c) * scale;
-        p->v64[c] = v; p->v32[c] = (float)v;
-    }
+    p->scale = scale;
     for (int j = 0; j < p->nb; j++) {
         q4_pred pred = { Q4_KIND_LEVEL, scale, (double)(qmin + 1 + j) };
         q4_plan_bound(p, j, &pred, 1);
@@ -184,6 +182,7 @@ static int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *t
 #define Q4_VALUES(p) ((p)->v32)
 #define Q4_ABS(x) __builtin_fabsf(x)
 #define Q4_COPYSIGN(x, y) __builtin_copysignf((x), (y))
+#define Q4_QNAN_BITS 0x7fc00000u
 #include "quant_kernels_t.h"
 
 #define Q4_T double
@@ -194,6 +193,7 @@ static int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *t
 #define Q4_VALUES(p) ((p)->v64)
 #define Q4_ABS(x) __builtin_fabs(x)
 #define Q4_COPYSIGN(x, y) __builtin_copysign((x), (y))
+#define Q4_QNAN_BITS 0x7ff8000000000000ull
 #include "quant_kernels_t.h"
 
 /* Run `op` over n contiguous elements at x; out receives n values (QUANTIZE, input dtype),

@@ -28,21 +28,36 @@ static inline Q4_I Q4_FN(q4_signmag_of)(Q4_T xi, const Q4_T *b, int shift) {
     return c;
 }
 
+/* r, or the canonical quiet NaN with x's sign when x is NaN - in integer bit operations,
+ * because a floating select here stops GCC's if-conversion (and so vectorization) */
+static inline Q4_T Q4_FN(q4_nan_fix)(Q4_T r, Q4_T xi) {
+    Q4_U rb, xb;
+    memcpy(&rb, &r, sizeof rb);
+    memcpy(&xb, &xi, sizeof xb);
+    const Q4_U sign = (Q4_U)1 << Q4_SIGN_SHIFT_BITS;
+    const Q4_U mask = (Q4_U)0 - (Q4_U)(xi != xi);
+    rb = (rb & ~mask) | ((Q4_QNAN_BITS | (xb & sign)) & mask);
+    memcpy(&r, &rb, sizeof r);
+    return r;
+}
+
 static inline unsigned Q4_FN(q4_flags)(Q4_I nan, Q4_I inf) {
     return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
 }
 
+/* The value of a level is computed as the plan computes it, (T)((double)q * scale), not looked
+ * up: the arithmetic vectorizes where a chain of selects does not. */
 Q4_CLONES static unsigned Q4_FN(q4_level_quantize)(const Q4_T *restrict x, Q4_T *restrict out,
                                                    ptrdiff_t n, const q4_plan *restrict p) {
-    Q4_T b[Q4_MAX_BOUNDS], v[Q4_MAX_BOUNDS + 1];
+    Q4_T b[Q4_MAX_BOUNDS];
     memcpy(b, Q4_BOUNDS(p), sizeof b);
-    memcpy(v, Q4_VALUES(p), sizeof v);
+    const Q4_I offset = p->offset;
+    const double scale = p->scale;
     Q4_I nan = 0, inf = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        Q4_T xi = x[i], r = v[0];
-#pragma GCC unroll 16
-        for (int j = 0; j < Q4_MAX_BOUNDS; j++) r = xi >= b[j] ? v[j + 1] : r;
-        out[i] = xi != xi ? Q4_COPYSIGN((Q4_T)NAN, xi) : r;
+        Q4_T xi = x[i];
+        Q4_T r = (Q4_T)((double)Q4_FN(q4_level_of)(xi, b, offset) * scale);
+        out[i] = Q4_FN(q4_nan_fix)(r, xi);
         nan |= (Q4_I)(xi != xi);
         inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
     }
@@ -87,6 +102,7 @@ Q4_CLONES static unsigned Q4_FN(q4_level_pack)(const Q4_T *restrict x, uint8_t *
     return Q4_FN(q4_flags)(nan, inf);
 }
 
+/* magnitude looked up by its count (a gather), sign copied from the input */
 Q4_CLONES static unsigned Q4_FN(q4_signmag_quantize)(const Q4_T *restrict x, Q4_T *restrict out,
                                                      ptrdiff_t n, const q4_plan *restrict p) {
     Q4_T b[Q4_MAX_BOUNDS], v[Q4_MAX_BOUNDS + 1];
@@ -94,11 +110,11 @@ Q4_CLONES static unsigned Q4_FN(q4_signmag_quantize)(const Q4_T *restrict x, Q4_
     memcpy(v, Q4_VALUES(p), sizeof v);
     Q4_I nan = 0, inf = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        Q4_T xi = x[i], a = Q4_ABS(xi), r = v[0];
+        Q4_T xi = x[i], a = Q4_ABS(xi);
+        Q4_I c = 0;
 #pragma GCC unroll 8
-        for (int k = 0; k < Q4_RADIX_BOUNDS; k++) r = a >= b[k] ? v[k + 1] : r;
-        r = a != a ? (Q4_T)NAN : r;
-        out[i] = Q4_COPYSIGN(r, xi);              /* zero and NaN keep the input's sign */
+        for (int k = 0; k < Q4_RADIX_BOUNDS; k++) c += (Q4_I)(a >= b[k]);
+        out[i] = Q4_FN(q4_nan_fix)(Q4_COPYSIGN(v[c], xi), xi);   /* zero keeps x's sign */
         nan |= (Q4_I)(a != a);
         inf |= (Q4_I)(a == (Q4_T)INFINITY);
     }
@@ -155,3 +171,4 @@ Q4_CLONES static unsigned Q4_FN(q4_signmag_pack)(const Q4_T *restrict x, uint8_t
 #undef Q4_VALUES
 #undef Q4_ABS
 #undef Q4_COPYSIGN
+#undef Q4_QNAN_BITS
