@@ -214,8 +214,15 @@ class PackedInt4:
 
 
 def pack_int4(b):
-    """Pack the right-hand INT4 operand ``b`` (K x N) once for reuse across GEMM calls."""
-    return PackedInt4(b)
+    """Pack the right-hand INT4 operand ``b`` (K x N) once for reuse across GEMM calls.
+
+    With the compiled kernels present the kernel layout is built here, so the first GEMM
+    call costs the same as every later one.
+    """
+    packed = PackedInt4(b)
+    if _gemm is not None and packed.shape[0] and packed.shape[1]:
+        _kernel_operand(packed)
+    return packed
 
 
 def _right_int4(b, name="b"):

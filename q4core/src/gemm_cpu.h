@@ -65,7 +65,7 @@ static uint64_t q4_xgetbv0(void) {
 #endif
 
 /* Ask Linux once per process for permission to use AMX tile data; returns 1 if granted. */
-static int q4_amx_request_permission(void) {
+static inline int q4_amx_request_permission(void) {
 #if Q4_LINUX_X86_64
     static int state = -1;                 /* cached: the request is process-wide */
     if (state < 0) {
@@ -84,7 +84,7 @@ static int q4_amx_request_permission(void) {
 #endif
 }
 
-static void q4_detect_cpu(q4_cpu_features *f) {
+static inline void q4_detect_cpu(q4_cpu_features *f) {
     memset(f, 0, sizeof(*f));
     f->amx_permission = -1;
 #if Q4_X86

@@ -131,6 +131,8 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
         if (shift[g] < 0 || shift[g] > 16) return -4;
 #if Q4_HAVE_AVX2
     if (kernel == Q4_AVX2 && max_product > Q4_AVX2_MAX_PRODUCT) return -3;
+#else
+    (void)max_product;
 #endif
     const int64_t tiles_m = (Mp + Q4_MC - 1) / Q4_MC, tiles_n = (Np + Q4_NC - 1) / Q4_NC;
     const int64_t ntiles = tiles_m * tiles_n;
