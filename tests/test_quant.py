@@ -121,6 +121,20 @@ def test_nan_and_inf_policy_matches_reference(fmt):
                 fmt.encode(x[2:], nan_policy="propagate", backend="numpy"))
 
 
+@pytest.mark.parametrize("shape", [(400_000,), (1001, 333)])
+def test_nan_in_a_late_parallel_chunk_is_seen(shape):
+    x = np.ones(shape, np.float32)
+    x.flat[-2] = np.nan
+    for fn in (quant.quantize, quant.encode, quant.encode_packed):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            fn(INT4, x, threads=2)
+    for fn in (quant.encode, quant.encode_packed):
+        with pytest.raises(ValueError, match="no code"):
+            fn(RADIX4_FP4, x, nan_policy="propagate", threads=2)
+    x.flat[-2] = -np.inf
+    assert quant.encode(RADIX4_FP4, x, nan_policy="propagate", threads=2).flat[-2] == 15
+
+
 @pytest.mark.parametrize("shape", [(0,), (1,), (2,), (0, 3), (3, 0), (1, 1), (5, 1), (4, 7), (2, 3, 5), ()])
 @pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4], ids=repr)
 def test_shapes_incl_empty_single_and_scalar(shape, fmt):
