@@ -170,7 +170,7 @@ def test_seeded_sweep_shapes_strides_dtypes_scales():
         check_all_ops(fmt, x, scale, threads=int(rng.integers(1, 3)))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(data=st.data(), fmt=st.sampled_from(FORMATS), dtype=st.sampled_from([np.float32, np.float64]),
        scale=st.floats(1e-6, 1e6), threads=st.integers(1, 2))
 def test_hypothesis_arrays(data, fmt, dtype, scale, threads):
