@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import q4core.gemm as gemm
 from q4core.formats import RadixFP
@@ -171,6 +173,27 @@ def test_empty_operands(kernel):
         assert c.shape == (m, n) and c.dtype == np.int32 and not c.any()
         f = gemm.fp4_int4_matmul(np.zeros((m, k), np.uint8), b, kernel=kernel)
         assert f.shape == (m, n) and f.dtype == np.int64 and not f.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 40),
+       step_a=st.integers(1, 3), step_b=st.integers(1, 3), transpose_b=st.booleans(),
+       a_signed=st.booleans(), b_signed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_property_every_kernel_matches_oracle(m, k, n, step_a, step_b, transpose_b,
+                                              a_signed, b_signed, seed):
+    rng = np.random.default_rng(seed)
+    a = rand_int4(rng, (m * step_a, k * step_a), a_signed)[::step_a, ::step_a]
+    if transpose_b:
+        b = rand_int4(rng, (n * step_b, k), b_signed)[::step_b].T
+    else:
+        b = rand_int4(rng, (k, n * step_b), b_signed)[:, ::step_b]
+    g = rand_fp4(rng, (m, k))
+    ref, ref_fp4 = oracle(a, b), oracle(units_from_formats(g), b)
+    ref_fp4_right = oracle(b.T, units_from_formats(g).T)
+    for kernel in KERNELS:
+        np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel), ref)
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel), ref_fp4)
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel), ref_fp4_right)
 
 
 # --------------------------------------------------------------------------- FP4 x INT4
