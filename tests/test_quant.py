@@ -275,3 +275,10 @@ def test_openmp_info_and_thread_default():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_benchmark_runs_and_checks_its_results(capsys):
+    from q4core.bench import quantize as bench
+    assert bench.main(["--log2n", "11", "--repeat", "1", "--numpy-repeat", "1", "--quantize"]) == 0
+    out = capsys.readouterr().out
+    assert "int4 encode+pack: compiled, 1 thread" in out and "radix4_fp4 quantize" in out
