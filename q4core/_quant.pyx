@@ -107,8 +107,9 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
         is_f64 = 0
     else:
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    if not x.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("x and out must be C-contiguous and out writeable")
+    if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous
+            and out.flags.aligned and out.flags.writeable):
+        raise ValueError("x and out must be aligned and C-contiguous, and out writeable")
     if not x.dtype.isnative:
         raise ValueError("x must be in native byte order")
     if op == Q4_OP_QUANTIZE:

@@ -84,7 +84,10 @@ def _as_input(x, name="x"):
         raise TypeError(f"{name} must be float32 or float64 (or integers) for the compiled path, "
                         f"got dtype {arr.dtype}")
     dtype = np.dtype(np.float32 if arr.dtype.itemsize == 4 else np.float64)
-    return np.asarray(arr, dtype=dtype, order="C")
+    arr = np.asarray(arr, dtype=dtype, order="C")
+    if not arr.flags.aligned:  # e.g. np.frombuffer at an odd offset: the kernels need aligned floats
+        arr = arr.copy()
+    return arr
 
 
 def _threads(threads):

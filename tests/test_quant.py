@@ -258,6 +258,15 @@ def test_bad_input_raises_precise_errors():
         _quant.run("level", _quant.OP_ENCODE, x, np.empty(4, np.uint8), 1.0, (-128, 127), 1)
 
 
+def test_unaligned_and_read_only_inputs():
+    data = np.linspace(-9, 9, 1000).astype(np.float32).tobytes()
+    x = np.frombuffer(b"\0" + data, dtype=np.float32, offset=1)     # misaligned by one byte
+    assert not x.flags.aligned and not x.flags.writeable
+    for fn, ref in ((quant.quantize, INT4.quantize), (quant.encode, INT4.encode)):
+        assert_same(fn(INT4, x, 0.5), ref(np.array(x), 0.5, backend="numpy"))
+    assert_same(INT4.quantize(x, 0.5), INT4.quantize(np.array(x), 0.5, backend="numpy"))
+
+
 def test_big_endian_and_integer_inputs():
     x = np.array([0.4, 1.5, -3.2, 9.0], dtype=">f4")
     assert_same(quant.quantize(INT4, x), INT4.quantize(x.astype(np.float32), backend="numpy"))
