@@ -7,6 +7,12 @@ Formats with a compiled path (:func:`supports`):
 * ``RadixFP`` of at most 3 exponent bits with ``"nearest"`` or ``"log"`` rounding (the
   paper's radix-4 FP4 on either grid of two-phase rounding, radix-2 FP4, the base-10 scale).
 
+Why it is exact: the reference's rounding is a monotone function of ``x``, so for each
+level boundary there is a smallest input value (in ``x``'s own float type) from which on the
+next level is taken.  Those values are found once per call by bisection over the float bit
+patterns, evaluating the reference's own double arithmetic; the element loops then only
+compare ``x`` with them (no division, no rounding), branch-free so they vectorize.
+
 Inputs: any shape (0-d too), any strides (non-contiguous input is copied first), float32
 or float64 (integers become float64, as in the reference).  ``threads`` is the number of
 OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``); the

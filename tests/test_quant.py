@@ -1,4 +1,5 @@
 """The compiled quantizers (q4core.quant / q4core._quant) against the numpy reference, bit for bit."""
+import doctest
 import os
 import subprocess
 import sys
@@ -291,3 +292,8 @@ def test_benchmark_runs_and_checks_its_results(capsys):
     assert bench.main(["--log2n", "11", "--repeat", "1", "--numpy-repeat", "1", "--quantize"]) == 0
     out = capsys.readouterr().out
     assert "int4 encode+pack: compiled, 1 thread" in out and "radix4_fp4 quantize" in out
+
+
+def test_module_doctests():
+    result = doctest.testmod(quant, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
