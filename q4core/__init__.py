@@ -6,3 +6,15 @@ from .formats import (  # noqa: F401
     UINT4, IntFormat, MiniFloat, RadixFP, image_to_levels, levels_to_image, pack_nibbles,
     unpack_nibbles,
 )
+
+
+def build_info():
+    """How the compiled core was built: OpenMP on/off, thread count, SIMD clones (see ``q4core.quant``)."""
+    from .quant import openmp_info
+    return openmp_info()
+
+
+def kernel_info():
+    """CPU features detected, GEMM kernel paths available and chosen, OpenMP threads (see ``q4core.gemm``)."""
+    from .gemm import kernel_info as _kernel_info
+    return _kernel_info()
