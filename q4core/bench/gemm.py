@@ -4,7 +4,8 @@
 [--kernels vnni avx2 ...] [--json out.json]``
 
 For every square size M = N = K and thread count it times (median wall time of
-``--repeat`` runs after one warm-up):
+``--repeat`` runs after one warm-up; the paths take turns, one run each per round, so that
+load from other processes on a shared machine affects all of them alike):
 
 * ``fp32``           numpy ``float32 @ float32`` with BLAS limited to the same thread count;
 * ``int4xint4``      :func:`q4core.gemm.int4_matmul`, weights packed once (``pack_int4``);
@@ -76,9 +77,9 @@ def run(args, out=print):
         if k not in gemm.available_kernels():
             raise SystemExit(f"kernel {k!r} is not available here; available: {gemm.available_kernels()}")
     out(f"q4core GEMM benchmark - {platform.processor() or platform.machine()}, numpy {np.__version__}")
-    out(f"CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True))
+    out("CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True))
     out(f"kernels timed: {', '.join(kernels)}; default choice: {info['chosen_kernel']}; "
-        f"OpenMP: {info['openmp']}; repeat={args.repeat}; medians; shared machine, timings are noisy")
+        f"OpenMP: {info['openmp']}; repeat={args.repeat}; medians (on a shared machine they are noisy)")
     records = []
     rng = np.random.default_rng(args.seed)
     for n in args.sizes:
@@ -88,41 +89,44 @@ def run(args, out=print):
         # the ground truth of this run's operands, once, to check every fast path's output
         check_ref = None
         for t in args.threads:
-            rows = []
-
-            def record(op, kernel, seconds):
-                rec = {"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": seconds,
-                       "gops": ops / seconds / 1e9}
-                records.append(rec)
-                rows.append(rec)
-                return rec
-
-            with thread_limit(t):
-                x, w = d["x"], d["w"]
-                fp32 = record("fp32", "numpy", median_seconds(lambda: x @ w, repeat=args.repeat))
-                if not args.no_fakequant:
-                    sx, sw, sg, g = d["sx"], d["sw"], d["sg"], d["g"]
-                    record("fakequant_int4", "numpy", median_seconds(
-                        lambda: INT4.quantize(x, sx) @ INT4.quantize(w, sw), repeat=args.repeat))
-                    record("fakequant_fp4", "numpy", median_seconds(
-                        lambda: RADIX4_FP4.quantize(g, sg) @ INT4.quantize(w, sw), repeat=args.repeat))
+            # every path of this (size, threads) is timed round-robin - one run of each per
+            # round - so a slow phase of a shared machine hits all of them, not just one
+            x, w = d["x"], d["w"]
+            paths = [("fp32", "numpy", lambda: x @ w)]
+            if not args.no_fakequant:
+                sx, sw, sg, g = d["sx"], d["sw"], d["sg"], d["g"]
+                paths.append(("fakequant_int4", "numpy",
+                              lambda: INT4.quantize(x, sx) @ INT4.quantize(w, sw)))
+                paths.append(("fakequant_fp4", "numpy",
+                              lambda: RADIX4_FP4.quantize(g, sg) @ INT4.quantize(w, sw)))
             for k in kernels:
                 if k == "portable" and n > args.portable_max_size:
                     continue
-                a, gc, bt = d["a"], d["gc"], d["b"]
+                a, gc = d["a"], d["gc"]
                 c = gemm.int4_matmul(a, packed, threads=t, kernel=k)
                 if check_ref is None and n <= 1024:
                     check_ref = gemm.int4_matmul(a, packed, kernel="reference")
                 if check_ref is not None and not np.array_equal(c, check_ref):
                     raise SystemExit(f"kernel {k} disagrees with the reference at n={n}")
-                record("int4xint4", k, median_seconds(
-                    lambda: gemm.int4_matmul(a, packed, threads=t, kernel=k), repeat=args.repeat))
-                record("fp4xint4", k, median_seconds(
-                    lambda: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k), repeat=args.repeat))
-                record("int4xfp4", k, median_seconds(
-                    lambda: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k), repeat=args.repeat))
+                paths.append(("int4xint4", k, lambda k=k: gemm.int4_matmul(a, packed, threads=t, kernel=k)))
+                paths.append(("fp4xint4", k, lambda k=k: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k)))
+                paths.append(("int4xfp4", k, lambda k=k: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k)))
+            samples = [[] for _ in paths]
+            with thread_limit(t):
+                for _, _, fn in paths:          # warm-up
+                    fn()
+                for _ in range(args.repeat):
+                    for i, (_, _, fn) in enumerate(paths):
+                        samples[i].append(median_seconds(fn, repeat=1, warmup=0))
+            rows = []
+            for (op, kernel, _), times in zip(paths, samples):
+                seconds = float(np.median(times))
+                rows.append({"size": n, "threads": t, "op": op, "kernel": kernel,
+                             "seconds": seconds, "gops": ops / seconds / 1e9})
+            fp32 = rows[0]
             for rec in rows:
                 rec["ratio_vs_fp32"] = fp32["seconds"] / rec["seconds"]
+            records.extend(rows)
             out(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
             out(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
             for rec in rows:
