@@ -235,8 +235,12 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
                     sums = colsums[g]
                 else:
                     sums = _column_sums(packs[g], Kp, Np, k0, k1)
-                # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's kchunk
-                corr_keep[g] = (sums * a_offsets[g]).astype(np.int32)
+                # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's kchunk;
+                # checked anyway, since a wrapped correction would be a silent wrong answer
+                corr64 = sums * a_offsets[g]
+                if corr64.size and np.abs(corr64).max() > 2147483647:
+                    raise ValueError("internal error: zero-point correction exceeds int32; K chunk too long")
+                corr_keep[g] = corr64.astype(np.int32)
                 cv = corr_keep[g]
                 corr_ptr[g] = &cv[0]
         with nogil:
