@@ -87,7 +87,8 @@ class Dataset:
     ``X_*`` are the inputs (see each loader for shape and dtype), ``y_*`` int64 class indices into ``classes``.
     ``groups_*`` (int64, or None) say which group each example belongs to when groups must not cross splits -
     speaker ids for speech, article ids for text - with ``group_names[g]`` naming group ``g``.
-    ``info`` holds loader-specific extras (documented by each loader).
+    ``info["index_<split>"]`` gives each example's row in the source (file order, after any documented
+    de-duplication), and ``info`` holds loader-specific extras documented by each loader.
     """
 
     X_train: np.ndarray
@@ -243,7 +244,8 @@ def _make_dataset(X, y, classes, description, seed, val_fraction, test_fraction,
     """
     train, val, test = _split_indices(y, groups if split_by_groups else None, seed, val_fraction, test_fraction)
     info = dict(info or {})
-    for name, values in (per_example or {}).items():
+    per_example = {"index": np.arange(y.size), **(per_example or {})}
+    for name, values in per_example.items():
         for split, idx in (("train", train), ("val", val), ("test", test)):
             info[f"{name}_{split}"] = values[idx]
     sizes = f" Split (seed={seed}): train {train.size}, validation {val.size}, test {test.size}."
