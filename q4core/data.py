@@ -201,6 +201,8 @@ def _as_readonly(array):
 def _check_split_args(seed, val_fraction, test_fraction):
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (numpy.random.default_rng), got {seed}")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not isinstance(value, (int, float, np.floating, np.integer)) or not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")

@@ -313,6 +313,8 @@ def test_bad_arguments():
         data.load_mnist_5k(seed=1.5)
     with pytest.raises(TypeError, match="seed"):
         data.load_digits_8x8(seed=True)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        data.load_bbc_news(seed=-1)
     with pytest.raises(ValueError, match="val_fraction"):
         data.load_digits_8x8(val_fraction=-0.1)
     with pytest.raises(ValueError, match="test_fraction"):
