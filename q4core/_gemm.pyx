@@ -16,9 +16,10 @@ cdef extern from "gemm_pack.h" nogil:
     int Q4_MAX_TABLES
     void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                    const int8_t *tables, int T, int8_t *out, int64_t out_stride,
-                   int64_t *sums, int64_t Kp, int64_t Np, int nthreads)
+                   int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads)
     void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
-                   const uint8_t *table, uint8_t *out, int64_t lda, int nthreads)
+                   const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
+                   int64_t lda, uint8_t *seen, int nthreads)
 
 cdef extern from "gemm_driver.h" nogil:
     ctypedef struct q4_cpu_features:
@@ -100,9 +101,10 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
     """Map B (K x N bytes, any strides) through each row of ``tables`` (T x 256) into the
     kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
 
-    Returns (packed int8 (T, Kp * Np), Kp, Np, column sums int64 (T, Np)) with Kp = K rounded
-    up to 64 and Np = N rounded up to 16; padding is zero so it adds nothing to any product.
-    Column panels are spread over ``nthreads`` OpenMP threads (0: the default count).
+    Returns (packed int8 (T, Kp * Np), Kp, Np, column sums int64 (T, Np), seen bool (256,))
+    with Kp = K rounded up to 64 and Np = N rounded up to 16 (zero padding adds nothing to
+    any product); ``seen[v]`` tells whether byte value v occurs in B.  Column panels are
+    spread over ``nthreads`` OpenMP threads (0: the default count).
     """
     cdef Py_ssize_t K = src.shape[0], N = src.shape[1], T = tables.shape[0]
     cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 16)
@@ -110,13 +112,15 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
     packed = np.zeros((T, Kp * Np), np.int8)
     sums = np.zeros((T, Np), np.int64)
+    seen = np.zeros(256, np.uint8)
     cdef int8_t[:, ::1] p = packed
     cdef int64_t[:, ::1] cs = sums
+    cdef uint8_t[::1] sv = seen
     if K and N:
         with nogil:
             q4_pack_b(&src[0, 0], src.strides[0], src.strides[1], K, N, &tables[0, 0], T,
-                      &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, nthreads)
-    return packed, Kp, Np, sums
+                      &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, &sv[0], nthreads)
+    return packed, Kp, Np, sums, seen.astype(bool)
 
 
 def row_multiple(int kernel):
@@ -124,36 +128,30 @@ def row_multiple(int kernel):
     return q4_row_multiple(kernel)
 
 
-def prep_a(const uint8_t[:, :] src, const uint8_t[::1] table, Py_ssize_t Kp, Py_ssize_t rows=32,
-           int nthreads=0):
-    """Map A (M x K bytes, any strides) through ``table`` into a zero-padded buffer.
+def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
+           Py_ssize_t rows=32, int nthreads=0):
+    """Map A (M x K bytes, any strides) through each row of ``tables`` (T x 256) into T
+    zero-padded row-major buffers, in one pass over A.
 
-    Shape (Mp, lda): Mp = M rounded up to ``rows``; the row stride lda is Kp plus 64 bytes
-    when Kp is a multiple of 512, so that the rows a micro-kernel reads together do not all
-    fall into the same L1 cache set (a power-of-two stride would alias them).
+    Returns (buffers uint8 (T, Mp, lda), seen bool (256,)): Mp = M rounded up to ``rows``;
+    the row stride lda is Kp plus 64 bytes when Kp is a multiple of 512, so that the rows a
+    micro-kernel reads together do not all fall into the same L1 cache set (a power-of-two
+    stride would alias them); ``seen[v]`` tells whether byte value v occurs in A.
     """
-    cdef Py_ssize_t M = src.shape[0], K = src.shape[1]
+    cdef Py_ssize_t M = src.shape[0], K = src.shape[1], T = tables.shape[0]
     cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
     cdef Py_ssize_t lda = Kp + 64 if Kp % 512 == 0 else Kp
-    buf = np.zeros((Mp, lda), np.uint8)
-    cdef uint8_t[:, ::1] b = buf
+    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp:
+        raise ValueError("internal error: bad tables or Kp in prep_a")
+    buf = np.zeros((T, Mp, lda), np.uint8)
+    seen = np.zeros(256, np.uint8)
+    cdef uint8_t[:, :, ::1] b = buf
+    cdef uint8_t[::1] sv = seen
     if M and K:
         with nogil:
-            q4_prep_a(&src[0, 0], src.strides[0], src.strides[1], M, K, &table[0], &b[0, 0],
-                      lda, nthreads)
-    return buf
-
-
-def present_codes(const uint8_t[:, :] src):
-    """Bool array of 256: which byte values occur in ``src`` (one pass, any strides)."""
-    seen = np.zeros(256, np.uint8)
-    cdef uint8_t[::1] s = seen
-    cdef Py_ssize_t i, k
-    with nogil:
-        for i in range(src.shape[0]):
-            for k in range(src.shape[1]):
-                s[src[i, k]] = 1
-    return seen.astype(bool)
+            q4_prep_a(&src[0, 0], src.strides[0], src.strides[1], M, K, &tables[0, 0], T,
+                      &b[0, 0, 0], Mp * lda, lda, &sv[0], nthreads)
+    return buf, seen.astype(bool)
 
 
 def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):

@@ -271,10 +271,14 @@ def int4_matmul(a, b, *, threads=None, kernel=None):
     if kernel == "reference":
         c64 = _ref_product(a.astype(np.int64), b_arr.astype(np.int64))
     else:
+        if a.size == 0 or b_arr.size == 0:
+            return np.zeros((a.shape[0], b_arr.shape[1]), np.int32)
         if packed is None:
             packed = PackedInt4(b_arr)
-        left = (a, _offset_table(a_signed), 8 if a_signed else 0)
-        c = _run_kernel(kernel, nthreads, [left], [packed], [0], 15 * 15)
+        layout = _kernel_operand(packed, nthreads)
+        bufs, _ = _left_buffers(a, [_offset_table(a_signed)], kernel, layout[1], nthreads)
+        c = _launch(kernel, nthreads, bufs, [8 if a_signed else 0], [layout], [0], 15 * 15,
+                    a.shape[0], b_arr.shape[1])
         if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
             return c
         c64 = c
@@ -297,21 +301,24 @@ def fp4_int4_matmul(g_codes, b, *, threads=None, kernel=None):
     kernel = _resolve_kernel(kernel)
     if kernel == "reference":
         return _ref_product(_FP4_UNITS[g.astype(np.intp)], b_arr.astype(np.int64))
+    M, N = g.shape[0], b_arr.shape[1]
+    if g.size == 0 or b_arr.size == 0:
+        return np.zeros((M, N), np.int64)
     if packed is None:
         packed = PackedInt4(b_arr)
+    layout = _kernel_operand(packed, nthreads)
     # exponents 1..4 (units +-1..64) and 5..7 (units / 256 = +-1..16) each fit int8; the
     # FP4 operand gets +64 / +16 so it is unsigned for vpdpbusd / tdpbusd, and the kernel
     # subtracts offset * column sums of B; the two int32 results combine as lo + (hi << 8)
-    lefts, shifts = [], []
-    present = _present_groups(g)
-    for group, shift, offset in ((0, 0, 64), (1, 8, 16)):
-        if present[group]:
-            lefts.append((g, _fp4_left_table(group, offset), offset))
-            shifts.append(shift)
-    if not lefts:
-        return np.zeros((g.shape[0], b_arr.shape[1]), np.int64)
+    offsets = (64, 16)
+    bufs, seen = _left_buffers(g, [_fp4_left_table(0, 64), _fp4_left_table(1, 16)], kernel,
+                               layout[1], nthreads)
+    groups = _groups_present(seen)
+    if not groups:
+        return np.zeros((M, N), np.int64)
     # offset FP4 operand <= 128 (low group) times |int4| <= 15
-    c = _run_kernel(kernel, nthreads, lefts, [packed] * len(lefts), shifts, 128 * 15)
+    c = _launch(kernel, nthreads, [bufs[i] for i in groups], [offsets[i] for i in groups],
+                [layout] * len(groups), [8 * i for i in groups], 128 * 15, M, N)
     return c.astype(np.int64, copy=False)
 
 
@@ -324,15 +331,20 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
     kernel = _resolve_kernel(kernel)
     if kernel == "reference":
         return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
-    left = (a, _offset_table(a_signed), 8 if a_signed else 0)
-    present = _present_groups(g)
-    groups = [group for group in (0, 1) if present[group]]
-    shifts = [8 * group for group in groups]
-    rights = _pack_fp4_groups(g, groups, nthreads) if groups else []
-    if not rights:
-        return np.zeros((a.shape[0], g.shape[1]), np.int64)
+    M, N = a.shape[0], g.shape[1]
+    if a.size == 0 or g.size == 0:
+        return np.zeros((M, N), np.int64)
+    tables = np.zeros((2, 256), np.int8)
+    tables[0, :16], tables[1, :16] = _fp4_group_units(0), _fp4_group_units(1)
+    bpacked, Kp, Np, sums, seen = _gemm.pack_b(g.view(np.uint8), tables, nthreads)
+    groups = _groups_present(seen)
+    if not groups:
+        return np.zeros((M, N), np.int64)
+    bufs, _ = _left_buffers(a, [_offset_table(a_signed)], kernel, Kp, nthreads)
+    layouts = [(bpacked[i], Kp, Np, sums[i]) for i in groups]
     # offset INT4 operand <= 15 times |FP4 group units| <= 64
-    c = _run_kernel(kernel, nthreads, [left] * len(rights), rights, shifts, 15 * 64)
+    c = _launch(kernel, nthreads, [bufs[0]] * len(groups), [8 if a_signed else 0] * len(groups),
+                layouts, [8 * i for i in groups], 15 * 64, M, N)
     return c.astype(np.int64, copy=False)
 
 
@@ -376,73 +388,45 @@ def _fp4_left_table(group, offset):
     return t.astype(np.uint8)
 
 
-def _present_groups(g):
-    """Whether any code has exponent 1..4 (group 0) and 5..7 (group 1): skip empty groups."""
-    seen = _gemm.present_codes(g.view(np.uint8))[:16]
-    e = _E[seen]
-    return bool(((e >= 1) & (e <= 4)).any()), bool((e >= 5).any())
-
-
-class _PackedFP4:
-    """A right-hand FP4 operand's exponent group (int8 units) already in the kernel layout."""
-
-    def __init__(self, shape, layout):
-        self.shape = shape
-        self._kernel_cache = {"layout": layout}
-
-
-def _pack_fp4_groups(g, groups, nthreads):
-    """Pack the int8 units of each FP4 exponent group of ``g`` in one pass over ``g``."""
-    tables = np.zeros((len(groups), 256), np.int8)
-    for i, group in enumerate(groups):
-        tables[i, :16] = _fp4_group_units(group)
-    bpacked, Kp, Np, sums = _gemm.pack_b(g.view(np.uint8), tables, nthreads)
-    return [_PackedFP4(g.shape, (bpacked[i], Kp, Np, sums[i])) for i in range(len(groups))]
+def _groups_present(seen):
+    """Indices of the FP4 exponent groups with at least one code: 0 (e = 1..4), 1 (e = 5..7)."""
+    e = _E[np.asarray(seen[:16], bool)]
+    present = (bool(((e >= 1) & (e <= 4)).any()), bool((e >= 5).any()))
+    return [i for i in (0, 1) if present[i]]
 
 
 def _kernel_operand(packed, nthreads=0):
-    """(packed bytes, Kp, Np, column sums int64) of a right operand, built once per object.
+    """(packed bytes, Kp, Np, column sums int64) of a PackedInt4, built once per object.
 
     K is padded to a multiple of 64 and N to one of 16 with zeros (gemm_portable.h).
     """
     cache = packed._kernel_cache
     if "layout" not in cache:
-        if isinstance(packed, PackedInt4):
-            src = packed.values.view(np.uint8)
-            table = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)
-        else:
-            raise TypeError(f"no kernel layout for {type(packed).__name__}")
-        bpacked, Kp, Np, sums = _gemm.pack_b(src, table[None, :], nthreads)
+        identity = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)
+        bpacked, Kp, Np, sums, _ = _gemm.pack_b(packed.values.view(np.uint8), identity[None, :],
+                                                nthreads)
         cache["layout"] = (bpacked[0], Kp, Np, sums[0])
     return cache["layout"]
 
 
-def _run_kernel(kernel, nthreads, lefts, rights, shifts, max_product):
-    """Exact int ``sum_g ((table_g[a_g] - offset_g) @ B_g) << shift_g`` through a compiled kernel.
+def _left_buffers(a, tables, kernel, Kp, nthreads):
+    """Map the left operand through each byte table into the kernel's padded row-major buffers."""
+    rows = _gemm.row_multiple(KERNEL_NAMES.index(kernel))
+    bufs, seen = _gemm.prep_a(a.view(np.uint8), np.stack(tables), Kp, rows, nthreads)
+    return list(bufs), seen
 
-    ``lefts``: one or two (array, byte table, offset) - the same tuple twice is mapped once;
-    ``rights``: as many right operands (PackedInt4 / _PackedFP4), all of one shape.
+
+def _launch(kernel, nthreads, a_bufs, offsets, layouts, shifts, max_product, M, N):
+    """Exact ``sum_g ((a_bufs[g] - offsets[g]) @ B_g) << shifts[g]`` through a compiled kernel.
+
     Returns int32 for one unshifted group that needs one K chunk, else int64.  The K chunk
     (a multiple of 64) is the longest over which ``max_product * K`` - a bound on every
-    int32 accumulator and on every offset correction - stays inside int32.
+    int32 accumulator and on every zero-point correction - stays inside int32.
     """
-    M, K = lefts[0][0].shape
-    N = rights[0].shape[1]
-    if M == 0 or N == 0 or K == 0:
-        return np.zeros((M, N), np.int64 if len(lefts) > 1 or shifts[0] else np.int32)
-    kid = KERNEL_NAMES.index(kernel)
-    layouts = [_kernel_operand(r, nthreads) for r in rights]
     Kp, Np = layouts[0][1], layouts[0][2]
-    rows = _gemm.row_multiple(kid)
-    a_bufs = []
-    for i, (arr, table, _) in enumerate(lefts):
-        if i and lefts[i] is lefts[0]:
-            a_bufs.append(a_bufs[0])
-        else:
-            a_bufs.append(_gemm.prep_a(arr.view(np.uint8), table, Kp, rows, nthreads))
     kchunk = (_INT32_MAX // max_product) // 64 * 64
     if _KCHUNK_LIMIT is not None:
         kchunk = min(kchunk, int(_KCHUNK_LIMIT))
     return _gemm.gemm(tuple(a_bufs), M, tuple(lay[0] for lay in layouts), N, Kp, Np, kchunk,
-                      tuple(off for _, _, off in lefts), tuple(shifts), max_product, kid,
+                      tuple(offsets), tuple(shifts), max_product, KERNEL_NAMES.index(kernel),
                       nthreads, tuple(lay[3] for lay in layouts))

@@ -299,9 +299,9 @@ EMU_SHIM = """
 #define Q4CORE_OPENMP 0
 #define Q4_AMX_EMULATE 1
 #include "gemm_driver.h"
-int q4_emu_gemm(const uint8_t *A, int64_t M, int64_t Mp, const int8_t *B, int64_t Kp,
-                int64_t N, int64_t Np, const int32_t *corr, int32_t *out) {
-    return q4_gemm(Q4_AMX, A, Kp, M, Mp, B, Kp, N, Np, 0, Kp, corr, 0, 0, out, N, 1, 0);
+int q4_emu_gemm(const uint8_t *A, int64_t lda, int64_t M, int64_t Mp, const int8_t *B,
+                int64_t Kp, int64_t N, int64_t Np, const int32_t *corr, int32_t *out) {
+    return q4_gemm(Q4_AMX, A, lda, M, Mp, B, Kp, N, Np, 0, Kp, corr, 0, 0, out, N, 1, 0);
 }
 """
 
@@ -322,7 +322,7 @@ def amx_emulated(tmp_path_factory):
                     "-o", str(lib_path)], check=True, capture_output=True)
     lib = ctypes.CDLL(str(lib_path))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.q4_emu_gemm.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, ptr, ptr]
+    lib.q4_emu_gemm.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, ptr]
     lib.q4_emu_gemm.restype = ctypes.c_int
     return lib
 
@@ -333,19 +333,24 @@ def test_amx_kernel_logic_under_emulation(amx_emulated):
     from q4core import _gemm
     rng = np.random.default_rng(12)
     identity = np.arange(256).astype(np.uint8).view(np.int8)
-    for (m, k, n) in [(1, 1, 1), (16, 64, 16), (17, 33, 129), (48, 700, 40), (32, 1100, 33)]:
+    for (m, k, n) in [(1, 1, 1), (16, 64, 16), (17, 33, 129), (48, 700, 40), (32, 1100, 33),
+                      (40, 1024, 50)]:
         for signed in (True, False):
             a = rand_int4(rng, (m, k), signed)
             b = rand_int4(rng, (k, n), not signed)
-            packed, kp, np_, sums = _gemm.pack_b(b.view(np.uint8), identity[None, :])
+            packed, kp, np_, sums, seen = _gemm.pack_b(b.view(np.uint8), identity[None, :])
             packed, sums = packed[0], sums[0]
-            a_buf = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(signed), kp, 16)
+            assert np.array_equal(np.nonzero(seen)[0], np.unique(b.view(np.uint8)))
+            a_bufs, seen = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(signed)[None, :], kp, 16)
+            a_buf = a_bufs[0]
+            assert np.array_equal(np.nonzero(seen)[0], np.unique(a.view(np.uint8)))
             offset = 8 if signed else 0
             assert np.array_equal(sums, _gemm.column_sums(packed, kp, np_))
             corr = (sums * offset).astype(np.int32)
             out = np.zeros((m, n), np.int32)
-            rc = amx_emulated.q4_emu_gemm(a_buf.ctypes.data, m, a_buf.shape[0], packed.ctypes.data,
-                                          kp, n, np_, corr.ctypes.data, out.ctypes.data)
+            rc = amx_emulated.q4_emu_gemm(a_buf.ctypes.data, a_buf.shape[1], m, a_buf.shape[0],
+                                          packed.ctypes.data, kp, n, np_, corr.ctypes.data,
+                                          out.ctypes.data)
             assert rc == 0
             np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n}")
 

@@ -2,10 +2,11 @@
  *   q4_pack_b  maps B (K x N bytes, any strides) through T byte tables into T packed
  *              operands (16-column panels, 4 consecutive k per 32-bit lane) and their
  *              column sums - one pass over B however many tables (FP4 exponent groups);
- *   q4_prep_a  maps A (M x K bytes, any strides) through a byte table into a zero-padded
- *              row-major buffer (padding must already be zero).
- * Both split their work over OpenMP threads (panels / rows), each output byte written by
- * exactly one thread. */
+ *   q4_prep_a  maps A (M x K bytes, any strides) through T byte tables into T zero-padded
+ *              row-major buffers (padding must already be zero).
+ * Both also flag which byte values occur (``seen``, may be NULL) so the FP4 paths learn
+ * which exponent groups are present without another pass, and both split their work over
+ * OpenMP threads (panels / rows), each output byte written by exactly one thread. */
 #ifndef Q4_GEMM_PACK_H
 #define Q4_GEMM_PACK_H
 
@@ -17,51 +18,83 @@
 
 #define Q4_MAX_TABLES 2
 
+/* OR a thread's byte-presence flags into the shared ones */
+static inline void q4_merge_seen(uint8_t *seen, const uint8_t *local) {
+    if (seen == NULL) return;
+#if Q4CORE_OPENMP
+    #pragma omp critical(q4_seen)
+#endif
+    for (int v = 0; v < 256; v++) seen[v] |= local[v];
+}
+
 static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
-                      const int8_t *tables, int T, int8_t *out, int64_t out_stride,
-                      int64_t *sums, int64_t Kp, int64_t Np, int nthreads) {
+                             const int8_t *tables, int T, int8_t *out, int64_t out_stride,
+                             int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads) {
     const int64_t npanels = Np / 16;
     (void)nthreads;
 #if Q4CORE_OPENMP
     if (nthreads <= 0) nthreads = omp_get_max_threads();
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    #pragma omp parallel num_threads(nthreads)
 #endif
-    for (int64_t pj = 0; pj < npanels; pj++) {
-        const int64_t j0 = pj * 16, jend = N - j0 < 16 ? N - j0 : 16;
-        int64_t acc[Q4_MAX_TABLES][16];
-        memset(acc, 0, sizeof(acc));
-        for (int64_t k = 0; k < K; k++) {
-            const uint8_t *row = src + k * sk + j0 * sj;
-            const int64_t off = pj * Kp * 16 + (k >> 2) * 64 + (k & 3);
-            for (int t = 0; t < T; t++) {
-                const int8_t *tab = tables + 256 * t;
-                int8_t *dst = out + t * out_stride + off;
-                for (int64_t j = 0; j < jend; j++) {
-                    int8_t v = tab[row[j * sj]];
-                    dst[4 * j] = v;
-                    acc[t][j] += v;
+    {
+        uint8_t local[256];
+        memset(local, 0, sizeof(local));
+#if Q4CORE_OPENMP
+        #pragma omp for schedule(static)
+#endif
+        for (int64_t pj = 0; pj < npanels; pj++) {
+            const int64_t j0 = pj * 16, jend = N - j0 < 16 ? N - j0 : 16;
+            int64_t acc[Q4_MAX_TABLES][16];
+            memset(acc, 0, sizeof(acc));
+            for (int64_t k = 0; k < K; k++) {
+                const uint8_t *row = src + k * sk + j0 * sj;
+                const int64_t off = pj * Kp * 16 + (k >> 2) * 64 + (k & 3);
+                for (int64_t j = 0; j < jend; j++) local[row[j * sj]] = 1;
+                for (int t = 0; t < T; t++) {
+                    const int8_t *tab = tables + 256 * t;
+                    int8_t *dst = out + t * out_stride + off;
+                    for (int64_t j = 0; j < jend; j++) {
+                        int8_t v = tab[row[j * sj]];
+                        dst[4 * j] = v;
+                        acc[t][j] += v;
+                    }
                 }
             }
+            for (int t = 0; t < T; t++)
+                for (int64_t j = 0; j < jend; j++) sums[t * Np + j0 + j] = acc[t][j];
         }
-        for (int t = 0; t < T; t++)
-            for (int64_t j = 0; j < jend; j++) sums[t * Np + j0 + j] = acc[t][j];
+        q4_merge_seen(seen, local);
     }
 }
 
 static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
-                      const uint8_t *table, uint8_t *out, int64_t lda, int nthreads) {
+                             const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
+                             int64_t lda, uint8_t *seen, int nthreads) {
     (void)nthreads;
 #if Q4CORE_OPENMP
     if (nthreads <= 0) nthreads = omp_get_max_threads();
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    #pragma omp parallel num_threads(nthreads)
 #endif
-    for (int64_t i = 0; i < M; i++) {
-        const uint8_t *row = src + i * si;
-        uint8_t *dst = out + i * lda;
-        if (sk == 1)
-            for (int64_t k = 0; k < K; k++) dst[k] = table[row[k]];
-        else
-            for (int64_t k = 0; k < K; k++) dst[k] = table[row[k * sk]];
+    {
+        uint8_t local[256];
+        memset(local, 0, sizeof(local));
+#if Q4CORE_OPENMP
+        #pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < M; i++) {
+            const uint8_t *row = src + i * si;
+            if (seen != NULL)
+                for (int64_t k = 0; k < K; k++) local[row[k * sk]] = 1;
+            for (int t = 0; t < T; t++) {
+                const uint8_t *tab = tables + 256 * t;
+                uint8_t *dst = out + t * out_stride + i * lda;
+                if (sk == 1)
+                    for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k]];
+                else
+                    for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k * sk]];
+            }
+        }
+        q4_merge_seen(seen, local);
     }
 }
 
