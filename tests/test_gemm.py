@@ -433,3 +433,21 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         gemm.int4_matmul_scaled(a, b, float("nan"), 1.0)
     with pytest.raises(TypeError, match="g_scale must be a real number"):
         gemm.fp4_int4_matmul_scaled(g, b, "1", 1.0)
+
+
+# --------------------------------------------------------------------------- benchmark smoke run
+def test_bench_gemm_smoke(tmp_path, capsys):
+    import json
+
+    from q4core.bench import gemm as bench_gemm
+    out = tmp_path / "gemm.json"
+    assert bench_gemm.main(["--sizes", "40", "--threads", "1", "--repeat", "1",
+                            "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ops = {(r["op"], r["kernel"]) for r in result["records"]}
+    assert ("fp32", "numpy") in ops and ("fakequant_int4", "numpy") in ops
+    for kernel in FAST:
+        for op in ("int4xint4", "fp4xint4", "int4xfp4"):
+            assert (op, kernel) in ops
+    assert all(r["gops"] > 0 and r["ratio_vs_fp32"] > 0 for r in result["records"])
+    assert "M=N=K=40, threads=1" in capsys.readouterr().out

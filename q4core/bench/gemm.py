@@ -132,10 +132,30 @@ def run(args, out=print):
             for rec in rows:
                 out(f"  {rec['op']:16s} {rec['kernel']:9s} {rec['seconds'] * 1e3:10.2f} "
                     f"{rec['gops']:9.1f} {rec['ratio_vs_fp32']:7.2f}")
+    _print_targets(records, out)
     return {"kernel_info": info, "numpy": np.__version__, "platform": platform.platform(),
             "unix_time": time.time(), "repeat": args.repeat, "seed": args.seed,
             "note": "median wall times; each ratio uses numpy float32 at the same size and "
                     "thread count measured in the same run", "records": records}
+
+
+#: issue 3's targets at 2048^3, one thread: (op, kernel, minimum ratio to numpy float32)
+TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "amx", 5.0),
+           ("int4xint4", "vnni", 2.0), ("int4xint4", "avx2", 1.0))
+
+
+def _print_targets(records, out):
+    chosen = [r for r in records if r["size"] == 2048 and r["threads"] == 1]
+    if not chosen:
+        return
+    out("\ntargets at 2048^3, one thread (ratio to numpy float32 in this run):")
+    for op, kernel, goal in TARGETS:
+        rec = next((r for r in chosen if r["op"] == op and r["kernel"] == kernel), None)
+        if rec is None:
+            out(f"  {op:10s} {kernel:9s} >= {goal:4.1f}x: not measured (kernel not available here)")
+        else:
+            verdict = "met" if rec["ratio_vs_fp32"] >= goal else "SHORT"
+            out(f"  {op:10s} {kernel:9s} >= {goal:4.1f}x: {rec['ratio_vs_fp32']:.2f}x {verdict}")
 
 
 def main(argv=None):
