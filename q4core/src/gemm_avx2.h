@@ -1,8 +1,9 @@
 /* AVX2 tile kernel: vpmaddubsw (u8 x s8 -> int16 pair sums) then vpmaddwd with ones
- * (int16 pairs -> int32).  vpmaddubsw saturates at int16, so the caller guarantees
- * max|a| * max|b| <= 4095: a pair sum is then <= 8190 and we may add FOUR k-groups in
- * int16 (<= 32760 < 32767) before widening - exact, never saturating.  For INT4 x INT4
- * the product bound is 15 * 15 = 225, for the FP4 x INT4 groups at most 128 * 15 = 1920.
+ * (int16 pairs -> int32).  vpmaddubsw saturates at int16 and so would our int16 adds, so
+ * the number of k-groups summed in int16 before widening ("span") is chosen from the
+ * caller's bound max|a| * max|b|: span * 2 * bound <= 32767 keeps every int16 exact.
+ * INT4 x INT4 (bound 225) runs with span 64, INT4 x FP4 units (960) with 16, FP4 x INT4
+ * (1920, offset FP4 up to 128) with 4; bounds above 4095 are refused by the driver.
  * Register block: 4 rows x 16 columns (8 ymm accumulators).  Layout: see gemm_portable.h. */
 #ifndef Q4_GEMM_AVX2_H
 #define Q4_GEMM_AVX2_H
@@ -14,10 +15,12 @@
 #define Q4_HAVE_AVX2 1
 #define Q4_AVX2_MAX_PRODUCT 4095
 
-__attribute__((target("avx2")))
-static void q4_tile_avx2(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
-                         int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
-                         int64_t mrows, int64_t ncols, int accumulate) {
+/* Body shared by the span variants: int16 pair sums of up to ``span`` consecutive k-groups
+ * are added before one vpmaddwd widens them; span is a compile-time constant after inlining. */
+__attribute__((target("avx2"), always_inline))
+static inline void q4_avx2_body(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                                int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                                int64_t mrows, int64_t ncols, int accumulate, const int span) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t jp = 0; jp < ncols; jp += 16) {
         const int8_t *panel = B + (jp / 16) * Kp * 16;
@@ -29,21 +32,20 @@ static void q4_tile_avx2(const uint8_t *A, int64_t lda, const int8_t *B, int64_t
                 acc[r][1] = accumulate ? _mm256_loadu_si256((const __m256i *)(c + 8)) : _mm256_setzero_si256();
             }
             const uint8_t *a0 = A + i * lda;
-            /* k1 - k0 is a multiple of 64, i.e. of 16 k-groups: step four groups at a time */
-            for (int64_t g = k0 / 4; g < k1 / 4; g += 4) {
+            for (int64_t g = k0 / 4; g < k1 / 4;) {
+                const int64_t gend = k1 / 4 - g < span ? k1 / 4 : g + span;
                 __m256i s[4][2];
-                for (int u = 0; u < 4; u++) {
-                    const int8_t *bg = panel + (g + u) * 64;
+                for (int r = 0; r < 4; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+                for (; g < gend; g++) {
+                    const int8_t *bg = panel + g * 64;
                     __m256i b0 = _mm256_loadu_si256((const __m256i *)bg);
                     __m256i b1 = _mm256_loadu_si256((const __m256i *)(bg + 32));
                     for (int r = 0; r < 4; r++) {
                         int32_t word;
-                        memcpy(&word, a0 + r * lda + 4 * (g + u), 4);
+                        memcpy(&word, a0 + r * lda + 4 * g, 4);
                         __m256i av = _mm256_set1_epi32(word);
-                        __m256i p0 = _mm256_maddubs_epi16(av, b0);
-                        __m256i p1 = _mm256_maddubs_epi16(av, b1);
-                        if (u == 0) { s[r][0] = p0; s[r][1] = p1; }
-                        else { s[r][0] = _mm256_add_epi16(s[r][0], p0); s[r][1] = _mm256_add_epi16(s[r][1], p1); }
+                        s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(av, b0));
+                        s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(av, b1));
                     }
                 }
                 for (int r = 0; r < 4; r++) {
@@ -58,6 +60,37 @@ static void q4_tile_avx2(const uint8_t *A, int64_t lda, const int8_t *B, int64_t
             }
         }
     }
+}
+
+/* span 4: any product bound <= 4095 (4 groups * 2 products * 4095 = 32760) */
+__attribute__((target("avx2")))
+static void q4_tile_avx2(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                         int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                         int64_t mrows, int64_t ncols, int accumulate) {
+    q4_avx2_body(A, lda, B, Kp, k0, k1, C, ldc, mrows, ncols, accumulate, 4);
+}
+
+/* span 16: product bound <= 1023 (16 * 2 * 1023 = 32736), e.g. INT4 x FP4 units (960) */
+__attribute__((target("avx2")))
+static void q4_tile_avx2_span16(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                                int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                                int64_t mrows, int64_t ncols, int accumulate) {
+    q4_avx2_body(A, lda, B, Kp, k0, k1, C, ldc, mrows, ncols, accumulate, 16);
+}
+
+/* span 64: product bound <= 255 (64 * 2 * 255 = 32640), e.g. INT4 x INT4 (225) */
+__attribute__((target("avx2")))
+static void q4_tile_avx2_span64(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
+                                int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
+                                int64_t mrows, int64_t ncols, int accumulate) {
+    q4_avx2_body(A, lda, B, Kp, k0, k1, C, ldc, mrows, ncols, accumulate, 64);
+}
+
+/* the longest int16 span that is safe for a product bound */
+static inline q4_tile_fn q4_avx2_for_product(int64_t max_product) {
+    if (max_product <= 255) return q4_tile_avx2_span64;
+    if (max_product <= 1023) return q4_tile_avx2_span16;
+    return q4_tile_avx2;
 }
 #else
 #define Q4_HAVE_AVX2 0

@@ -123,6 +123,9 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
                           void *out, int64_t ldo, int nthreads, int64_t max_product) {
     q4_tile_fn fn = q4_kernel_fn(kernel);
     if (fn == NULL || !q4_kernel_supported(kernel, q4_features())) return -1;
+#if Q4_HAVE_AVX2
+    if (kernel == Q4_AVX2) fn = q4_avx2_for_product(max_product);
+#endif
     if (Mp % q4_row_multiple(kernel) != 0 || Np % 16 != 0 || Kp % 64 != 0 || k0 % 64 != 0
         || (k1 % 64 != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
         || mode < 0 || mode > 2 || (mode == 0 && (ngroups != 1 || shift[0] != 0)))
