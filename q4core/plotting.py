@@ -1,0 +1,171 @@
+"""One publication style for every q4core figure, and a byte-stable, atomic ``save_figure``.
+
+Style: ``q4core/q4core.mplstyle`` (DejaVu Sans 8 pt, TrueType fonts embedded in PDF - ``pdf.fonttype 42`` -,
+the Okabe-Ito colour-blind-safe palette :data:`PALETTE`, single-column :data:`SINGLE_COLUMN` = 3.4 in and
+double-column :data:`DOUBLE_COLUMN` = 7.0 in widths).  Figures are made with :func:`new_figure`, which builds a
+plain :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state, nothing shown by accident), so a notebook
+shows exactly the PNG that was saved (:func:`show`).
+
+:func:`save_figure` writes ``name.pdf``, ``name.png`` and, when ``data`` or ``caption`` is given, ``name.json``
+(the numbers the figure shows).  Every file is written to a temporary file in the target directory and then
+``os.replace``-d, so a run that dies half way leaves the previous good version in place.  The bytes do not
+depend on when or where the figure was made: PDF ``CreationDate``/``Producer`` and PNG ``Software`` metadata are
+dropped, ``svg.hashsalt`` is fixed, ``SOURCE_DATE_EPOCH`` is pinned while saving.
+
+Figure names start with the number of the notebook that makes them (``01_levels``): the batch runner
+(:mod:`q4core.reproduce`) uses that prefix to know which notebook owns which figure.
+"""
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.figure import Figure
+
+STYLE_PATH = Path(__file__).with_name("q4core.mplstyle")
+SINGLE_COLUMN = 3.4   # inches
+DOUBLE_COLUMN = 7.0   # inches
+#: Okabe & Ito (2008) colours, safe for the common colour-vision deficiencies.
+PALETTE = {
+    "orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
+}
+COLORS = list(PALETTE.values())
+
+_SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "q4core", "svg.fonttype": "path"}
+_PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "q4core"}
+_PNG_METADATA = {"Software": None}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def use_style():
+    """Apply the q4core style globally (``matplotlib.style.use``); returns the style file's path."""
+    matplotlib.style.use(str(STYLE_PATH))
+    return STYLE_PATH
+
+
+@contextmanager
+def style():
+    """Context manager: the q4core style inside the block only."""
+    with matplotlib.style.context(str(STYLE_PATH)):
+        yield
+
+
+def new_figure(width="single", aspect=0.7, nrows=1, ncols=1, **subplot_kw):
+    """A styled figure and its axes: ``width`` is ``"single"`` (3.4 in), ``"double"`` (7.0 in) or inches;
+    height = width * ``aspect``.  Applies the style globally first (:func:`use_style`).  Returns ``(fig, axes)`` like ``plt.subplots`` (``squeeze=True``)."""
+    if isinstance(width, str):
+        if width not in ("single", "double"):
+            raise ValueError(f"width must be 'single', 'double' or a number of inches, got {width!r}")
+        inches = SINGLE_COLUMN if width == "single" else DOUBLE_COLUMN
+    elif isinstance(width, numbers.Real) and 0 < width < 100:
+        inches = float(width)
+    else:
+        raise ValueError(f"width must be 'single', 'double' or a positive number of inches, got {width!r}")
+    if not (isinstance(aspect, numbers.Real) and 0 < aspect < 10):
+        raise ValueError(f"aspect must be a positive number, got {aspect!r}")
+    use_style()   # globally: artists added later (ax.plot, ...) read rcParams when they are created
+    fig = Figure(figsize=(inches, inches * aspect))
+    axes = fig.subplots(nrows, ncols, **subplot_kw)
+    return fig, axes
+
+
+def _jsonable(value):
+    """numpy scalars/arrays and tuples -> plain JSON types; non-finite floats -> strings ('inf', 'nan')."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else repr(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"data holds a value JSON cannot store: {type(value).__name__}")
+
+
+def _write_atomic(path, write):
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)   # mkstemp makes 0600; figures are for everyone to read
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def default_figures_dir():
+    """``$Q4CORE_FIGURES_DIR`` if set, else ``figures/`` in the current directory."""
+    return Path(os.environ.get("Q4CORE_FIGURES_DIR", "figures"))
+
+
+def save_figure(fig, name, figures_dir=None, data=None, caption=None, dpi=300):
+    """Write ``fig`` as ``figures_dir/name.pdf`` and ``name.png`` (+ ``name.json`` with ``data``/``caption``).
+
+    Byte-stable and atomic (see the module docstring).  ``name``: letters, digits, ``_ . -``, no directory
+    part, no extension.  Returns a dict ``{"pdf": Path, "png": Path[, "json": Path]}``.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith((".pdf", ".png", ".json")):
+        raise ValueError(f"name must be a bare file stem like '01_levels' (no folder, no extension), got {name!r}")
+    if caption is not None and not isinstance(caption, str):
+        raise TypeError(f"caption must be a string, got {type(caption).__name__}")
+    folder = Path(figures_dir) if figures_dir is not None else default_figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = None
+    if data is not None or caption is not None:   # convert before writing anything: a bad value writes nothing
+        payload = json.dumps({"name": name, "caption": caption, "data": _jsonable(data if data is not None else {})},
+                             indent=1, sort_keys=True, allow_nan=False) + "\n"
+    paths = {"pdf": folder / f"{name}.pdf", "png": folder / f"{name}.png"}
+    old_epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = "0"
+    try:
+        with matplotlib.rc_context(_SAVE_RC):
+            _write_atomic(paths["pdf"], lambda p: fig.savefig(p, format="pdf", metadata=_PDF_METADATA))
+            _write_atomic(paths["png"], lambda p: fig.savefig(p, format="png", dpi=dpi, metadata=_PNG_METADATA))
+    finally:
+        if old_epoch is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old_epoch
+    if payload is not None:
+        paths["json"] = folder / f"{name}.json"
+
+        def write_json(p):
+            with open(p, "w", encoding="utf-8") as fh:
+                fh.write(payload)
+        _write_atomic(paths["json"], write_json)
+    return paths
+
+
+def show(paths, width=None):
+    """Display a saved figure's PNG in a notebook (the exact file on disk); returns the IPython object."""
+    from IPython.display import Image, display
+    png = paths["png"] if isinstance(paths, dict) else Path(paths)
+    if width is None:   # show at about 150 px per inch whatever dpi it was saved at (PNG IHDR width, bytes 16-20)
+        with open(png, "rb") as fh:
+            head = fh.read(24)
+        width = max(1, int.from_bytes(head[16:20], "big") // 2)
+    image = Image(filename=str(png), width=width)
+    display(image)
+    return None
