@@ -1,0 +1,145 @@
+"""Parameters and the module tree: naming, parameter lists, train/eval, state dicts."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Parameter", "Module", "Sequential"]
+
+
+class Parameter:
+    """An FP32 master tensor and its gradient.  ``decay=False`` exempts it from weight decay."""
+
+    def __init__(self, data, decay=True):
+        self.data = np.array(data, dtype=np.float32, order="C")
+        self.grad = np.zeros_like(self.data)
+        self.decay = bool(decay)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, decay={self.decay})"
+
+
+class Module:
+    """Base of every layer: ``forward(x)`` caches what ``backward(grad_y)`` needs and returns the
+    output; ``backward`` accumulates parameter gradients into ``Parameter.grad`` and returns
+    ``dL/dx``.  Children and parameters are found from attributes (lists of modules included),
+    in definition order, and named by attribute path (``"layers.0.weight"``)."""
+
+    training = True
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def children(self):
+        for key, value in vars(self).items():
+            if isinstance(value, Module):
+                yield key, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{key}.{i}", item
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix=""):
+        for key, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield (f"{prefix}.{key}" if prefix else key), value
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0.0
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def gemm_layers(self):
+        """``(name, layer)`` of every layer that owns a GEMM (has a ``gemm`` attribute), in order."""
+        from .qgemm import QuantGemm
+        return [(n, m) for n, m in self.named_modules() if isinstance(getattr(m, "gemm", None), QuantGemm)]
+
+    def set_policy(self, config, seed=None):
+        """Give every GEMM layer its mode under ``config`` (a PrecisionConfig or dict)."""
+        from .policy import PrecisionConfig
+        config = PrecisionConfig.from_dict(config)
+        layers = self.gemm_layers()
+        names = {n for n, _ in layers}
+        unknown = sorted(set(config.overrides) - names)
+        if unknown:
+            raise ValueError(f"overrides name layers the model does not have: {unknown}; GEMM layers: "
+                             f"{sorted(names)}")
+        for index, (name, layer) in enumerate(layers):
+            layer.gemm.configure(config, config.mode_of(name, index, len(layers)), index, name)
+        self.policy = config
+        return self
+
+    def state_dict(self):
+        """Parameters and buffers (running statistics, quantizer state) as float arrays by name."""
+        out = {f"param/{n}": p.data.copy() for n, p in self.named_parameters()}
+        for name, module in self.named_modules():
+            for key, value in module.buffers().items():
+                out[f"buffer/{name}/{key}" if name else f"buffer//{key}"] = np.asarray(value).copy()
+        return out
+
+    def load_state_dict(self, state):
+        params = dict(self.named_parameters())
+        for name, p in params.items():
+            key = f"param/{name}"
+            if key not in state:
+                raise KeyError(f"state has no entry {key!r}")
+            value = np.asarray(state[key])
+            if value.shape != p.data.shape:
+                raise ValueError(f"{key}: shape {value.shape} does not match the model's {p.data.shape}")
+            p.data[...] = value
+        for name, module in self.named_modules():
+            prefix = f"buffer/{name}/" if name else "buffer//"
+            mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "/" not in
+                    k[len(prefix):]}
+            if mine:
+                module.load_buffers(mine)
+
+    def buffers(self):
+        """Non-parameter state worth saving (override)."""
+        return {}
+
+    def load_buffers(self, buffers):
+        pass
+
+
+class Sequential(Module):
+    """Layers applied in order; backward in reverse order."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_y):
+        for layer in reversed(self.layers):
+            grad_y = layer.backward(grad_y)
+        return grad_y

@@ -1,0 +1,295 @@
+"""The GEMM of a layer under its precision mode: ``y = x @ w`` forward, both backward GEMMs.
+
+One :class:`QuantGemm` belongs to each Linear/Conv/recurrent layer and holds its quantizer state
+(PACT alpha, GradScale, frozen static scales, the stochastic-rounding stream) and the last tensors it
+saw (``last``), so a notebook can record ranges and real gradients during training.
+
+q4 arithmetic, integer path (``simulate=False``)
+    forward   ``int4_matmul(levels(x), levels(w))`` (int32, exact) times ``s_x * s_w``
+    grad-in   ``fp4_int4_matmul(codes(g), levels(w)^T)`` (int64 units, exact) times ``f * 4**-6 * s_g * s_w``
+    grad-w    ``int4_fp4_matmul(levels(x)^T, codes(g))`` times ``f * 4**-6 * s_x * s_g``
+q4 arithmetic, simulated path (``simulate=True``)
+    the same quantizers run as the numpy reference (``backend="numpy"``), operands are dequantized at
+    unit scale (integer levels, FP4 values ``f * 4**(e-7)``) and multiplied by a float64 BLAS GEMM; the
+    per-tensor scales are applied after the GEMM in the same float64 expression as the integer path.
+    Every operand is an integer times a power of two and every sum stays below 2**53, so the float64
+    GEMM is exact and both paths give identical results (tested).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import gemm as _gemm
+from ..formats import E2M1, INT4, LOG10_4BIT, RADIX2_FP4, UINT4, IntFormat, RadixFP
+from ..scaling import GradScale, int_scale, minmax_clip, sawb_clip
+from .core import Module, Parameter
+from .policy import PrecisionConfig
+
+__all__ = ["QuantGemm", "WeightOperand"]
+
+_F32_EXACT = 2 ** 24
+
+
+def _rescale(acc, factor, exact_f32):
+    """``acc * factor`` as float32, one rounding.  ``exact_f32``: acc's entries are integers below 2**24
+    in magnitude, so float32 holds them exactly and the product can be formed in float32."""
+    if exact_f32:
+        y = acc.astype(np.float32)
+        y *= np.float32(factor)
+        return y
+    return (acc.astype(np.float64) * factor).astype(np.float32)
+
+
+class WeightOperand:
+    """A weight matrix prepared once per forward pass (reused by every timestep of a recurrent layer)."""
+
+    __slots__ = ("w", "mode", "data", "scale", "levels_t", "packed", "packed_t")
+
+    def __init__(self, w, mode, data, scale=1.0):
+        self.w, self.mode, self.data, self.scale = w, mode, data, scale
+        self.levels_t = self.packed = self.packed_t = None
+
+
+class _Ctx:
+    __slots__ = ("x", "xq", "sx", "wop", "unsigned_clip")
+
+    def __init__(self, x, xq, sx, wop, unsigned_clip):
+        self.x, self.xq, self.sx, self.wop, self.unsigned_clip = x, xq, sx, wop, unsigned_clip
+
+
+class QuantGemm(Module):
+    """GEMM engine of one layer.  ``mode`` is set by :meth:`configure` (via ``Module.set_policy``)."""
+
+    def __init__(self):
+        self.alpha = Parameter(np.zeros(()), decay=False)   # PACT clip; 0 = not yet initialised
+        self.config = PrecisionConfig()
+        self.mode = "fp32"
+        self.index = 0
+        self.name = ""
+        self.unsigned = None          # input non-negative? fixed at the first forward in q4
+        self.gradscale = GradScale(1.0)
+        self.static_w = self.static_x = None
+        self.loss_scale = 1.0         # fp16: the trainer's loss scale, for the record only
+        self.last = {}
+        self._rng = None
+        self.training = True
+
+    # ------------------------------------------------------------------ configuration
+    def configure(self, config, mode, index=0, name=""):
+        self.config, self.mode, self.index, self.name = config, mode, index, name
+        self._grad_fmt = None
+        if mode == "q4":
+            fmt = self.grad_format(0)
+            self.gradscale = GradScale(fmt.max)    # unused when config.gradscale is off
+            self._rng = np.random.default_rng([config.seed, index])
+        return self
+
+    def grad_format(self, phase):
+        cfg = self.config
+        r = cfg.grad_rounding
+        if cfg.grad_format == "radix4":
+            return RadixFP(4, 3, phase=phase, rounding=r)
+        if cfg.grad_format == "radix2":
+            return RadixFP(2, 3, rounding=r) if r != "nearest" else RADIX2_FP4
+        if cfg.grad_format == "log10":
+            return RadixFP(10, 3, rounding=r) if r != "nearest" else LOG10_4BIT
+        if cfg.grad_format == "e2m1":
+            return E2M1 if r == "nearest" else type(E2M1)(2, 1, bias=1, ieee=False, rounding=r)
+        return IntFormat(4, rounding=r)
+
+    def _backend(self):
+        return "numpy" if self.config.simulate else "auto"
+
+    def _rng_or_none(self):
+        return self._rng if self.config.grad_rounding == "stochastic" else None
+
+    def _frozen(self):
+        """Static-scale ablation: scales are measured while training and frozen after the first step."""
+        return self.config.static_scale
+
+    # ------------------------------------------------------------------ weights
+    def prepare_weight(self, w):
+        """Quantize/round the (K, N) weight once for this forward pass."""
+        if self.mode == "fp32":
+            return WeightOperand(w, "fp32", w)
+        if self.mode == "fp16":
+            return WeightOperand(w, "fp16", w.astype(np.float16).astype(np.float32))
+        if self._frozen() and self.static_w is not None:
+            sw = self.static_w
+        else:
+            clip = sawb_clip(w) if self.config.weight_scaling == "sawb" else minmax_clip(w)
+            sw = int_scale(clip)
+            if self._frozen() and self.training:
+                self.static_w = sw
+        levels = INT4.encode(np.ascontiguousarray(w), sw, backend=self._backend())
+        np.maximum(levels, -7, out=levels)      # symmetric levels -7..7
+        op = WeightOperand(w, "q4", levels, sw)
+        if not self.config.simulate:
+            op.packed = _gemm.pack_int4(levels)
+        return op
+
+    def _weight_t(self, wop):
+        if wop.levels_t is None:
+            wop.levels_t = np.ascontiguousarray(wop.data.T)
+            if not self.config.simulate:
+                wop.packed_t = _gemm.pack_int4(wop.levels_t)
+        return wop.levels_t if self.config.simulate else wop.packed_t
+
+    # ------------------------------------------------------------------ activations
+    def _quantize_input(self, x):
+        cfg = self.config
+        if self.unsigned is None:
+            self.unsigned = bool(x.size == 0 or x.min() >= 0)
+        backend = self._backend()
+        if self.unsigned:
+            if cfg.activation_scaling == "pact":
+                if float(self.alpha.data) <= 0.0:
+                    init = cfg.pact_init or minmax_clip(x, unsigned=True)
+                    self.alpha.data[...] = init if init > 0 else 1.0
+                clip = float(self.alpha.data)
+            else:
+                clip = minmax_clip(x, unsigned=True)
+            if self._frozen() and self.static_x is not None:
+                sx = self.static_x
+                clip = sx * 15
+            else:
+                sx = int_scale(clip, unsigned=True)
+            if self._frozen() and self.training and self.static_x is None:
+                self.static_x = sx
+            xc = np.minimum(np.maximum(x, 0), np.float32(clip)) if cfg.activation_scaling == "pact" else x
+            return UINT4.encode(np.ascontiguousarray(xc), sx, backend=backend), sx, clip
+        if self._frozen() and self.static_x is not None:
+            sx = self.static_x
+        else:
+            sx = int_scale(minmax_clip(x))
+            if self._frozen() and self.training:
+                self.static_x = sx
+        levels = INT4.encode(np.ascontiguousarray(x), sx, backend=backend)
+        np.maximum(levels, -7, out=levels)
+        return levels, sx, None
+
+    # ------------------------------------------------------------------ forward / backward
+    def forward(self, x, wop):
+        """``x`` (M, K) float32, ``wop`` from :meth:`prepare_weight` -> ``(y, ctx)``, y (M, N) float32."""
+        self.last["input"] = x
+        self.last["weight"] = wop.w
+        if wop.mode == "fp32":
+            return x @ wop.data, _Ctx(x, x, 1.0, wop, None)
+        if wop.mode == "fp16":
+            xh = x.astype(np.float16).astype(np.float32)
+            return xh @ wop.data, _Ctx(x, xh, 1.0, wop, None)
+        xq, sx, clip = self._quantize_input(x)
+        self.last["act_scale"], self.last["weight_scale"] = sx, wop.scale
+        K = x.shape[1]
+        if self.config.simulate:
+            acc = xq.astype(np.float64) @ wop.data.astype(np.float64)
+        else:
+            acc = _gemm.int4_matmul(xq, wop.packed, threads=self.config.threads)
+        y = _rescale(acc, sx * wop.scale, K * 8 * 15 < _F32_EXACT)
+        return y, _Ctx(x, xq, sx, wop, clip)
+
+    def backward(self, grad_y, ctx):
+        """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``; PACT's alpha gradient is accumulated."""
+        self.last["grad_output"] = grad_y
+        wop = ctx.wop
+        if wop.mode == "fp32":
+            return grad_y @ wop.data.T, ctx.x.T @ grad_y
+        if wop.mode == "fp16":
+            gh = grad_y.astype(np.float16).astype(np.float32)
+            return gh @ wop.data.T, ctx.xq.T @ gh
+        gx, gw = self._backward_q4(grad_y, ctx)
+        if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
+            x = ctx.x
+            over = x >= ctx.unsigned_clip
+            self.alpha.grad += np.float32(np.sum(gx[over], dtype=np.float64)
+                                          + self.config.pact_l2 * float(self.alpha.data))
+            gx = np.where((x >= 0) & ~over, gx, np.float32(0))
+        return gx, gw
+
+    def _backward_q4(self, gy, ctx):
+        cfg = self.config
+        wop = ctx.wop
+        sim = cfg.simulate
+        gmax = float(np.max(np.abs(gy))) if gy.size else 0.0
+        if not math.isfinite(gmax):
+            raise FloatingPointError(f"layer {self.name!r}: the output gradient contains NaN or Inf")
+        x_t = ctx.xq.T if sim else np.ascontiguousarray(ctx.xq.T)
+        w_t = self._weight_t(wop)
+        rng = self._rng_or_none()
+        backend = self._backend()
+        if cfg.grad_format == "int4":
+            sg = int_scale(gmax)
+            g = self.grad_format(0).encode(gy, sg, rng=rng, backend=backend)
+            np.maximum(g, -7, out=g)
+            self.last["grad_scale"] = sg
+            if sim:
+                g64 = g.astype(np.float64)
+                acc_x, acc_w = g64 @ w_t.astype(np.float64), x_t.astype(np.float64) @ g64
+            else:
+                acc_x = _gemm.int4_matmul(g, w_t, threads=cfg.threads)
+                acc_w = _gemm.int4_matmul(x_t, g, threads=cfg.threads)
+            return (_rescale(acc_x, sg * wop.scale, False), _rescale(acc_w, ctx.sx * sg, False))
+
+        if cfg.gradscale:
+            self.gradscale.initialise(gmax)
+            sg = self.gradscale.encode_scale()
+        else:
+            sg = 1.0 / cfg.grad_static_scale
+        self.last["grad_scale"] = sg
+        if cfg.grad_format == "radix4":
+            p_in = cfg.tpr_input_phase if cfg.tpr else 0
+            p_w = 1 - p_in if cfg.tpr else 0
+            fmt_in, fmt_w = self.grad_format(p_in), self.grad_format(p_w)
+            g_in = fmt_in.encode(gy, sg, rng=rng, backend=backend)
+            g_w = fmt_w.encode(gy, sg, rng=rng, backend=backend) if cfg.tpr else g_in
+            f_in, f_w = fmt_in.factor * 4.0 ** -6, fmt_w.factor * 4.0 ** -6
+            if sim:
+                # dequantize at unit scale (f * 4**(e-7)), exact float64 GEMM, back to integer units
+                v_in = fmt_in.decode(g_in)
+                v_w = v_in if g_w is g_in else fmt_w.decode(g_w)
+                acc_x = (v_in @ w_t.astype(np.float64)) * (1.0 / f_in)
+                acc_w = (x_t.astype(np.float64) @ v_w) * (1.0 / f_w)
+            else:
+                acc_x = _gemm.fp4_int4_matmul(g_in, w_t, threads=cfg.threads)
+                acc_w = _gemm.int4_fp4_matmul(x_t, g_w, threads=cfg.threads)
+            gx = _rescale(acc_x, f_in * sg * wop.scale, False)
+            gw = _rescale(acc_w, f_w * ctx.sx * sg, False)
+        else:
+            # radix-2, base-10 and E2M1 gradients have no integer kernel: always fake quantization
+            fmt = self.grad_format(0)
+            v = fmt.decode(fmt.encode(gy, sg, rng=rng, backend="numpy"))
+            lw = wop.data.astype(np.float64)
+            gx = _rescale(v @ lw.T, sg * wop.scale, False)
+            gw = _rescale(ctx.xq.T.astype(np.float64) @ v, ctx.sx * sg, False)
+        if cfg.gradscale:
+            self.gradscale.observe(gmax)
+        return gx, gw
+
+    # ------------------------------------------------------------------ state
+    def buffers(self):
+        out = {"gradscale_exp": np.array(np.nan if self.gradscale.exp is None else self.gradscale.exp),
+               "unsigned": np.array(-1 if self.unsigned is None else int(self.unsigned))}
+        if self.static_w is not None:
+            out["static_w"] = np.array(self.static_w)
+        if self.static_x is not None:
+            out["static_x"] = np.array(self.static_x)
+        return out
+
+    def load_buffers(self, b):
+        if "gradscale_exp" in b:
+            e = float(b["gradscale_exp"])
+            self.gradscale.exp = None if math.isnan(e) else int(e)
+        if "unsigned" in b:
+            u = int(b["unsigned"])
+            self.unsigned = None if u < 0 else bool(u)
+        self.static_w = float(b["static_w"]) if "static_w" in b else None
+        self.static_x = float(b["static_x"]) if "static_x" in b else None
+
+    def quantizer_state(self):
+        """What a notebook records: mode, scales, PACT alpha, GradScale scale."""
+        return {"mode": self.mode, "unsigned_input": self.unsigned, "pact_alpha": float(self.alpha.data),
+                "gradscale": self.gradscale.scale if self.gradscale.exp is not None else None,
+                "weight_scale": self.last.get("weight_scale"), "act_scale": self.last.get("act_scale"),
+                "grad_scale": self.last.get("grad_scale")}

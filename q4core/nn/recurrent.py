@@ -1,0 +1,99 @@
+"""LSTM layer (the paper's speech and language models were LSTMs), trained by backpropagation through time.
+
+The input projection of all timesteps is one GEMM (``x_t @ W_x`` for every t at once); the recurrent
+projection ``h_{t-1} @ W_h`` is one GEMM per timestep with the weight quantized once per forward
+pass.  Both follow the precision policy (``input`` and ``hidden`` GEMM layers).  Gate order: input,
+forget, cell, output; the forget bias starts at 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .core import Module, Parameter
+from .layers import _check_positive_int
+from .qgemm import QuantGemm
+
+__all__ = ["LSTM"]
+
+
+def _sigmoid(z):
+    return 0.5 * (np.tanh(0.5 * z) + 1.0)
+
+
+class _Projection(Module):
+    """A bias-free weight and its GEMM engine (a GEMM layer of the policy)."""
+
+    def __init__(self, w, signed_input):
+        self.weight = Parameter(w)
+        self.gemm = QuantGemm()
+        if signed_input:
+            self.gemm.unsigned = False
+
+
+class LSTM(Module):
+    """(N, T, F) -> (N, T, H): the hidden state at every timestep (zero initial state)."""
+
+    def __init__(self, input_size, hidden_size, rng=0):
+        F = self.input_size = _check_positive_int(input_size, "input_size")
+        H = self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        bound = 1.0 / math.sqrt(H)
+        self.input = _Projection(rng.uniform(-bound, bound, (F, 4 * H)), signed_input=False)
+        self.input.gemm.unsigned = None     # decided by the data (e.g. non-negative features)
+        self.hidden = _Projection(rng.uniform(-bound, bound, (H, 4 * H)), signed_input=True)
+        b = np.zeros(4 * H)
+        b[H:2 * H] = 1.0
+        self.bias = Parameter(b, decay=False)
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"LSTM expects (N, T, {self.input_size}), got shape {x.shape}")
+        N, T, F = x.shape
+        H = self.hidden_size
+        gx, gh = self.input.gemm, self.hidden.gemm
+        zx, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F), gx.prepare_weight(self.input.weight.data))
+        zx = zx.reshape(N, T, 4 * H) + self.bias.data
+        wh = gh.prepare_weight(self.hidden.weight.data)
+        h = np.zeros((N, H), x.dtype)
+        c = np.zeros((N, H), x.dtype)
+        hs = np.empty((N, T, H), x.dtype)
+        self._steps = []
+        for t in range(T):
+            zh, ctx = gh.forward(h, wh)
+            z = zx[:, t] + zh
+            i, f, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), _sigmoid(z[:, 3 * H:])
+            g = np.tanh(z[:, 2 * H:3 * H])
+            c_prev = c
+            c = f * c + i * g
+            tc = np.tanh(c)
+            h = o * tc
+            hs[:, t] = h
+            self._steps.append((ctx, i, f, g, o, c_prev, tc))
+        self._shape = x.shape
+        return hs
+
+    def backward(self, grad_y):
+        N, T, F = self._shape
+        H = self.hidden_size
+        dz_all = np.empty((N, T, 4 * H), grad_y.dtype)
+        dh = np.zeros((N, H), grad_y.dtype)
+        dc = np.zeros((N, H), grad_y.dtype)
+        gh = self.hidden.gemm
+        for t in reversed(range(T)):
+            ctx, i, f, g, o, c_prev, tc = self._steps[t]
+            dh = dh + grad_y[:, t]
+            do = dh * tc
+            dc = dc + dh * o * (1.0 - tc * tc)
+            di, df, dg = dc * g, dc * c_prev, dc * i
+            dc = dc * f
+            dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1)
+            dz_all[:, t] = dz
+            dh, dwh = gh.backward(np.ascontiguousarray(dz), ctx)
+            self.hidden.weight.grad += dwh
+        self.bias.grad += dz_all.sum(axis=(0, 1))
+        dx, dwx = self.input.gemm.backward(dz_all.reshape(N * T, 4 * H), self._ctx_x)
+        self.input.weight.grad += dwx
+        self._steps = self._ctx_x = None
+        return dx.reshape(N, T, F)

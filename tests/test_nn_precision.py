@@ -1,0 +1,147 @@
+"""Precision policies: config round trip, fp16 rounding, and the q4 integer path == simulated path."""
+import json
+
+import numpy as np
+import pytest
+
+from q4core import gemm
+from q4core.formats import INT4, UINT4
+from q4core.nn import (LSTM, SGD, Adam, CausalSelfAttention, Conv2d, Embedding, Flatten, Linear, MaxPool2d,
+                       PrecisionConfig, ReLU, Sequential, make_policy, softmax_cross_entropy)
+from q4core.scaling import int_scale, sawb_clip
+
+
+def _cnn(seed=0):
+    return Sequential(Conv2d(1, 4, 3, padding=1, rng=seed), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(4 * 16, 24, rng=seed + 1), ReLU(), Linear(24, 16, rng=seed + 2), ReLU(),
+                      Linear(16, 10, rng=seed + 3))
+
+
+def _batch(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def _run(model, config, steps=4, opt="sgd", data=None):
+    model.set_policy(config)
+    o = SGD(model.named_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) if opt == "sgd" else \
+        Adam(model.named_parameters(), lr=1e-2)
+    x, y = data if data is not None else _batch()
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()
+        loss, g = softmax_cross_entropy(model.forward(x), y)
+        model.backward(g)
+        o.step()
+        losses.append(loss)
+    return losses, [p.data.copy() for p in model.parameters()]
+
+
+def _assert_identical(a, b):
+    assert a[0] == b[0], f"losses differ: {a[0]} vs {b[0]}"
+    for p, q in zip(a[1], b[1]):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("ablation", [None, "no-tpr", "int4-grad", "minmax", "static-scale", "stochastic",
+                                      "all-q4", "no-gradscale"])
+def test_integer_and_simulated_q4_give_identical_losses_and_weights(ablation):
+    integer = _run(_cnn(), make_policy("q4", ablation))
+    simulated = _run(_cnn(), make_policy("q4", ablation, simulate=True))
+    _assert_identical(integer, simulated)
+    # and q4 really differs from fp32 (the quantizers are in the loop)
+    assert integer[0] != _run(_cnn(), make_policy("fp32"))[0]
+
+
+def test_integer_and_simulated_identical_for_tpr_phase_swap_and_adam():
+    cfg = dict(tpr_input_phase=1, first_last="q4")
+    _assert_identical(_run(_cnn(), make_policy("q4", **cfg), opt="adam"),
+                      _run(_cnn(), make_policy("q4", simulate=True, **cfg), opt="adam"))
+
+
+def _lm(seed=0):
+    return Sequential(Embedding(12, 8, rng=seed), LSTM(8, 8, rng=seed + 1),
+                      CausalSelfAttention(8, heads=2, rng=seed + 2), Linear(8, 12, rng=seed + 3))
+
+
+def test_integer_and_simulated_identical_for_lstm_and_attention():
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 12, (3, 6))
+    tgt = rng.integers(0, 12, (3, 6))
+    cfg = dict(first_last="q4")
+    _assert_identical(_run(_lm(), make_policy("q4", **cfg), data=(ids, tgt), steps=3),
+                      _run(_lm(), make_policy("q4", simulate=True, **cfg), data=(ids, tgt), steps=3))
+
+
+def test_integer_path_identical_across_thread_counts():
+    one = _run(_cnn(), make_policy("q4", first_last="q4", threads=1))
+    two = _run(_cnn(), make_policy("q4", first_last="q4", threads=2))
+    _assert_identical(one, two)
+
+
+def test_q4_linear_forward_is_the_dequantized_product():
+    lin = Linear(6, 5, bias=False, rng=3)
+    lin.gemm.configure(make_policy("q4"), "q4")
+    x = np.abs(np.random.default_rng(2).standard_normal((4, 6))).astype(np.float32)
+    y = lin.forward(x)
+    w = lin.weight.data
+    sw = int_scale(sawb_clip(w))
+    alpha = float(lin.gemm.alpha.data)
+    assert alpha == pytest.approx(x.max())          # PACT alpha starts at the first batch's max
+    sx = alpha / 15
+    qx = UINT4.encode(np.minimum(x, np.float32(alpha)), sx)
+    qw = np.maximum(INT4.encode(w, sw), -7)
+    expected = (gemm.int4_matmul(qx, qw).astype(np.float32) * np.float32(sx * sw))
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_allclose(y, x @ w, rtol=0.3, atol=0.3 * np.abs(x @ w).max())
+    st = lin.gemm.quantizer_state()
+    assert st["mode"] == "q4" and st["unsigned_input"] is True and st["weight_scale"] == sw
+
+
+def test_pact_alpha_learns():
+    model = _cnn()
+    cfg = make_policy("q4", first_last="q4")
+    _run(model, cfg, steps=3)
+    alphas = [float(l.gemm.alpha.data) for _, l in model.gemm_layers()]
+    assert all(a > 0 for a in alphas[1:])
+    assert any(l.gemm.alpha.grad != 0 for _, l in model.gemm_layers())
+
+
+def test_fp16_rounds_gemm_operands():
+    lin = Linear(3, 2, bias=False, rng=0)
+    lin.gemm.configure(make_policy("fp16"), "fp16")
+    x = np.array([[1.0 + 2 ** -12, 0.0, 0.0]], np.float32)   # not a float16 number: rounds to 1.0
+    y = lin.forward(x)
+    np.testing.assert_array_equal(y, np.float32(1.0) * lin.weight.data[0].astype(np.float16).astype(np.float32)[None])
+
+
+def test_first_and_last_layers_kept_high_and_overrides():
+    model = _cnn()
+    model.set_policy(make_policy("q4", overrides={"layers.4": "fp32"}))
+    modes = [l.gemm.mode for _, l in model.gemm_layers()]
+    assert modes == ["fp16", "fp32", "q4", "fp16"]
+    with pytest.raises(ValueError, match="overrides name layers"):
+        model.set_policy(make_policy("q4", overrides={"nope": "fp32"}))
+
+
+def test_config_round_trip_and_errors():
+    cfg = make_policy("q4", "no-tpr", seed=3, overrides={"fc": "fp16"})
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert PrecisionConfig.from_dict(d) == cfg
+    assert cfg.name == "q4+no-tpr" and cfg.tpr is False
+    with pytest.raises(ValueError, match="unknown precision config keys"):
+        PrecisionConfig.from_dict({"mode": "q4", "bogus": 1})
+    with pytest.raises(ValueError, match="grad_format"):
+        PrecisionConfig(grad_format="int8")
+    with pytest.raises(ValueError, match="two-phase rounding needs"):
+        PrecisionConfig(mode="q4", grad_format="e2m1", tpr=True)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        make_policy("q4", "nope")
+    with pytest.raises(ValueError, match="applies to the q4"):
+        make_policy("fp32", "no-tpr")
+
+
+@pytest.mark.parametrize("ablation", ["radix2", "e2m1", "log10"])
+def test_fake_quantized_gradient_formats_train(ablation):
+    losses, _ = _run(_cnn(), make_policy("q4", ablation, first_last="q4"), steps=3)
+    assert all(np.isfinite(losses))
