@@ -21,8 +21,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
+__all__ = ["SOURCE", "ASSUMPTIONS", "HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
            "mac_cost", "MAC_RECIPES", "compare_macs", "bytes_per_value"]
+
+
+#: where the per-operation figures come from
+SOURCE = ("M. Horowitz, \"Computing's energy problem (and what we can do about it)\", "
+          "IEEE ISSCC 2014, pp. 10-14 (45 nm, 0.9 V)")
+
+#: every assumption behind :func:`compare_macs`, in words (notebook 05 prints them)
+ASSUMPTIONS = (
+    "Energies and areas per operator are Horowitz's 45 nm figures; ratios between operators are assumed "
+    "to carry over to newer nodes (absolute values do not).",
+    "A MAC is one multiplier plus one accumulate adder; registers, operand delivery, memory and control "
+    "are left out, although on real chips they cost as much as or more than the arithmetic.",
+    "Integer widths missing from the table are scaled from the 8-bit figures: multipliers with the "
+    "square of the width (INT4 multiply = 1/4 of INT8), adders linearly.",
+    "The paper's 4-bit MAC multiplies INT4 x INT4 (forward) or FP4 x INT4 (backward: a radix-4 FP4 value "
+    "is a signed power of 4, so the product is a shift) and accumulates in FP16; both multiplies are "
+    "costed as an INT4 multiplier.",
+    "Density gain = baseline MAC area / MAC area: how many more MAC units fit on the same silicon, "
+    "the kind of estimate behind the paper's '>7x over FP16'.",
+)
 
 
 @dataclass(frozen=True)

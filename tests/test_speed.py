@@ -1,0 +1,210 @@
+"""q4core.speed: memory accounting against real arrays, GEMM measurement records, estimates, figures."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from q4core import efficiency, formats, gemm, plotting, quant, speed
+
+
+# --------------------------------------------------------------------------- memory
+@pytest.mark.parametrize("shape", [(4, 1), (3, 7), (16, 16), (5, 255), (2, 3, 9)])
+def test_memory_per_value_counts_the_real_packed_arrays(shape):
+    kinds = [k for k in speed.STORAGE if k != "int4_gemm_operand" or len(shape) == 2]
+    rows = {r["kind"]: r for r in speed.memory_per_value(shape, seed=1, kinds=kinds)}
+    size = int(np.prod(shape))
+    rows_of_bytes = int(np.prod(shape[:-1])) * math.ceil(shape[-1] / 2)   # one byte per two codes, per row
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    s = float(np.abs(x).max())
+    expect = {
+        "fp32": x.nbytes,
+        "fp16": formats.FP16.encode(x).nbytes,
+        "fp8_e4m3": formats.FP8_E4M3.encode(x, s / formats.FP8_E4M3.max).nbytes,
+        "fp8_e5m2": formats.FP8_E5M2.encode(x, s / formats.FP8_E5M2.max).nbytes,
+        "int4": quant.encode_packed(formats.INT4, x, s / 7).nbytes,
+        "uint4": quant.encode_packed(formats.UINT4, np.abs(x), s / 15).nbytes,
+        "fp4": formats.pack_nibbles(formats.RADIX4_FP4.encode(x, s)).nbytes,
+    }
+    assert expect["fp32"] == 4 * size and expect["fp16"] == 2 * size and expect["fp8_e4m3"] == size
+    for kind in ("int4", "uint4", "fp4"):
+        assert expect[kind] == rows_of_bytes
+    for kind, nbytes in expect.items():
+        r = rows[kind]
+        assert r["nbytes"] == nbytes, kind
+        assert r["values"] == size
+        assert r["bytes_per_value"] == nbytes / size
+        assert r["nominal_bytes"] == r["bits"] / 8
+    if "int4_gemm_operand" in rows:
+        k, n = shape
+        kp, np_ = -(-k // 64) * 64, -(-n // 16) * 16    # K padded to 64, N to 16, int8 lanes + int64 column sums
+        assert rows["int4_gemm_operand"]["nbytes"] == kp * np_ + 8 * np_
+
+
+def test_memory_bits_come_from_the_formats():
+    bits = {r["kind"]: r["bits"] for r in speed.memory_per_value((2, 4))}
+    assert bits == {"fp32": 32, "fp16": 16, "fp8_e4m3": 8, "fp8_e5m2": 8, "int4": 4, "uint4": 4, "fp4": 4,
+                    "int4_gemm_operand": 4}
+
+
+def test_memory_recipes_sum_their_components():
+    per_value = {r["kind"]: r["bytes_per_value"] for r in speed.memory_per_value((8, 10), seed=3)}
+    for rows, recipes in ((speed.memory_per_parameter((8, 10), seed=3), speed.PARAMETER_RECIPES),
+                          (speed.memory_per_activation((8, 10), seed=3), speed.ACTIVATION_RECIPES)):
+        assert [r["recipe"] for r in rows] == list(recipes)
+        for r in rows:
+            assert r["bytes"] == pytest.approx(sum(per_value[k] for _, k in recipes[r["recipe"]]), rel=1e-15)
+    # even rows: packing is exact, so the paper's recipe costs 4 + 0.5 + 2 bytes per parameter
+    # and 0.5 + 2 * 0.5 per activation element (two FP4 copies of the gradient under TPR)
+    param = {r["recipe"]: r for r in speed.memory_per_parameter((4, 6))}
+    act = {r["recipe"]: r for r in speed.memory_per_activation((4, 6))}
+    assert param["q4 (paper)"]["bytes"] == 6.5 and param["fp32"]["bytes"] == 8.0
+    assert act["q4 (paper)"]["bytes"] == 1.5 and act["fp32"]["bytes"] == 8.0 and act["HFP8"]["bytes"] == 2.0
+
+
+def test_memory_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        speed.memory_per_value((2, 2), kinds=["int3"])
+    with pytest.raises(ValueError, match="shape"):
+        speed.memory_per_value((2, 0))
+    with pytest.raises(ValueError, match="2-D"):
+        speed.memory_per_value((2, 2, 2), kinds=["int4_gemm_operand"])
+
+
+# --------------------------------------------------------------------------- GEMM
+def test_check_kernels_every_kernel_is_exact():
+    rows = speed.check_kernels(m=5, k=70, n=17, seed=2)
+    kernels = [k for k in gemm.available_kernels() if k != "reference"]
+    assert {(r["op"], r["kernel"]) for r in rows} == {(op, k) for op in speed.GEMM_OPS for k in kernels}
+    assert all(r["exact"] for r in rows)
+
+
+def test_measure_gemm_records_are_well_formed():
+    lines = []
+    result = speed.measure_gemm([16, 32], threads=[1], repeat=1, seed=4, log=lines.append)
+    kernels = [k for k in gemm.available_kernels() if k != "reference"]
+    recs = result["records"]
+    assert result["sizes"] == [16, 32] and result["threads"] == [1] and lines == result["log"] and lines
+    expected = {(n, op, k) for n in (16, 32) for op in speed.GEMM_OPS for k in kernels}
+    expected |= {(n, op, "numpy") for n in (16, 32) for op in ("fp32", "fakequant_int4", "fakequant_fp4")}
+    assert {(r["size"], r["op"], r["kernel"]) for r in recs} == expected
+    assert len(recs) == len(expected)
+    for r in recs:
+        assert r["threads"] == 1 and r["seconds"] > 0 and math.isfinite(r["seconds"])
+        assert r["gops"] == pytest.approx(2 * r["size"] ** 3 / r["seconds"] / 1e9)
+        fp32 = next(f for f in recs if f["op"] == "fp32" and f["size"] == r["size"])
+        assert r["ratio_vs_fp32"] == pytest.approx(fp32["seconds"] / r["seconds"])
+    json.dumps(result)      # serialisable as it is
+
+
+def test_measure_gemm_options_and_errors():
+    result = speed.measure_gemm(8, repeat=1, kernels=["portable"], fakequant=False, portable_max_size=8)
+    assert {(r["op"], r["kernel"]) for r in result["records"]} == {("fp32", "numpy")} | {
+        (op, "portable") for op in speed.GEMM_OPS}
+    with pytest.raises(ValueError, match="kernels"):
+        speed.measure_gemm([8], kernels=["reference"])
+    with pytest.raises(ValueError, match="kernels"):
+        speed.measure_gemm([8], kernels=["sse9"])
+    with pytest.raises(ValueError, match="sizes"):
+        speed.measure_gemm([0])
+    with pytest.raises(ValueError, match="repeat"):
+        speed.measure_gemm([8], repeat=0)
+    with pytest.raises(ValueError, match="seed"):
+        speed.measure_gemm([8], seed=-1)
+
+
+def _fake_records():
+    """Hand-made records (not measurements) to test the arithmetic of the summary."""
+    recs = []
+    for n, fp32_s in ((64, 1.0), (128, 8.0)):
+        recs.append({"size": n, "threads": 1, "op": "fp32", "kernel": "numpy", "seconds": fp32_s})
+        for op, speedups in (("int4xint4", {"vnni": 4.0, "avx2": 2.0}), ("fp4xint4", {"vnni": 2.0, "avx2": 1.0}),
+                             ("int4xfp4", {"vnni": 1.0, "avx2": 0.5})):
+            for k, s in speedups.items():
+                recs.append({"size": n, "threads": 1, "op": op, "kernel": k, "seconds": fp32_s / s})
+        recs.append({"size": n, "threads": 1, "op": "fakequant_int4", "kernel": "numpy", "seconds": fp32_s * 1.25})
+    for r in recs:
+        r["gops"] = 2 * r["size"] ** 3 / r["seconds"] / 1e9
+        r["ratio_vs_fp32"] = next(f["seconds"] for f in recs if f["op"] == "fp32" and f["size"] == r["size"]) / r["seconds"]
+    return recs
+
+
+def test_summarize_gemm_arithmetic():
+    s = speed.summarize_gemm({"records": _fake_records()})
+    assert s["size"] == 128 and s["threads"] == 1
+    assert {op: v["kernel"] for op, v in s["best"].items()} == {op: "vnni" for op in speed.GEMM_OPS}
+    assert s["best"]["int4xint4"]["ratio"] == pytest.approx(4.0)
+    assert s["step_ratio"] == pytest.approx(3 / (1 / 4 + 1 / 2 + 1 / 1))
+    assert s["fakequant_ratio"] == pytest.approx(0.8)
+    assert speed.summarize_gemm(_fake_records(), size=64)["size"] == 64
+    with pytest.raises(ValueError, match="size"):
+        speed.summarize_gemm(_fake_records(), size=100)
+    with pytest.raises(ValueError, match="threads"):
+        speed.summarize_gemm(_fake_records(), threads=2)
+
+
+# --------------------------------------------------------------------------- estimates and facts
+def test_energy_estimate_against_the_claim():
+    est = speed.energy_estimate(claimed=7.0)
+    rows = {r["name"]: r for r in est["rows"]}
+    assert rows["FP16"]["density_gain"] == 1.0
+    # FP16 MAC area 1640 + 1360; the paper's INT4 x INT4 with FP16 accumulation: 282 / 4 + 1360
+    assert rows["INT4, FP16 acc. (paper)"]["density_gain"] == pytest.approx(3000 / (70.5 + 1360))
+    assert rows["INT4, INT16 acc."]["density_gain"] == pytest.approx(3000 / (70.5 + 67))
+    assert est["above_claim"] == [n for n, r in rows.items() if r["density_gain"] >= 7.0]
+    assert "INT4, FP16 acc. (paper)" not in est["above_claim"] and "INT4, INT16 acc." in est["above_claim"]
+    assert est["assumptions"] == list(efficiency.ASSUMPTIONS) and "Horowitz" in est["source"]
+
+
+def test_instruction_macs():
+    rows = {r["instruction"]: r for r in speed.instruction_macs({"avx512_vnni": True, "amx_int8": False})}
+    assert rows["vpdpbusd zmm"]["macs"] == 4 * rows["vfmadd231ps zmm"]["macs"] == 64
+    assert rows["tdpbssd"]["macs"] == 2 * rows["tdpbf16ps"]["macs"] == 16 * 16 * 64
+    assert rows["vpdpbusd zmm"]["present"] is True and rows["tdpbssd"]["present"] is False
+    assert rows["vfmadd231ph zmm"]["present"] is None       # not probed: unknown, not "absent"
+
+
+def test_cpu_summary_is_consistent_with_kernel_info():
+    s = speed.cpu_summary()
+    assert s["available_kernels"] == gemm.available_kernels()
+    assert s["chosen_kernel"] in s["available_kernels"]
+    assert set(s["features"]).isdisjoint(s["missing"])
+
+
+def test_train_step_times_reports_missing_benchmark_or_runs():
+    try:
+        import q4core.bench.train  # noqa: F401
+    except ImportError:
+        result, reason = speed.train_step_times()
+        assert result is None and "q4core.bench.train" in reason
+    else:
+        pytest.skip("training benchmark present: exercised by test_train_step_times_tiny")
+
+
+# --------------------------------------------------------------------------- figures
+def _bytes(paths):
+    return {k: p.read_bytes() for k, p in paths.items()}
+
+
+def test_figures_are_byte_stable_given_the_same_numbers(tmp_path):
+    recs = _fake_records()
+    per_value = speed.memory_per_value((4, 6))
+    makers = {
+        "05_t_gemm": lambda: speed.plot_gemm_throughput({"records": recs}),
+        "05_t_memory": lambda: speed.plot_memory(per_value, speed.memory_per_parameter((4, 6)),
+                                                 speed.memory_per_activation((4, 6))),
+        "05_t_eff": lambda: speed.plot_efficiency(speed.energy_estimate()),
+        "05_t_train": lambda: speed.plot_train_steps([
+            {"model": "cnn", "precision": p, "seconds": s} for p, s in (("fp32", 0.01), ("q4", 0.02))]),
+    }
+    for name, make in makers.items():
+        runs = []
+        for d in ("a", "b"):
+            fig, data = make()
+            runs.append(_bytes(plotting.save_figure(fig, name, tmp_path / d, data=data, caption="c")))
+        assert runs[0] == runs[1], name
+    data = json.loads((tmp_path / "a" / "05_t_gemm.json").read_text())["data"]
+    vnni = next(s for s in data["series"] if s["op"] == "int4xint4" and s["kernel"] == "vnni")
+    assert vnni["ratio_vs_fp32"] == [4.0, 4.0] and vnni["sizes"] == [64, 128]
+    with pytest.raises(ValueError, match="threads"):
+        speed.plot_gemm_throughput({"records": recs}, threads=2)
