@@ -1,0 +1,431 @@
+"""Train a model under a precision policy: the ``train(...)`` API and the command line.
+
+``python -m q4core.train --task TASK --precision fp32|fp16|q4 [--ablation NAME ...] --epochs N --seed S
+--out result.json [--data file.npz --model mlp|cnn] [--no-progress]`` writes a JSON with the config, the
+per-epoch train loss and validation metric, wall time and the final test metric.
+
+Tasks: ``digits`` (sklearn 8x8), ``mnist`` (MNIST 5k, 28x28), ``speech`` (spoken digits, 50 x 32 log-mel),
+``chars`` (BBC News characters, bits per character), or ``--data file.npz`` holding ``X_train, y_train,
+X_test, y_test`` (optionally ``X_val, y_val``) with images N x H x W / N x C x H x W or vectors N x D.
+
+Determinism: every random choice (initial weights, batch order, dropout, stochastic rounding) comes from
+``seed``; the 4-bit integer kernels give the same numbers for any thread count.  A non-finite loss or
+gradient stops training with a message in ``result["stopped"]`` and the history so far.
+fp16 uses dynamic loss scaling: the loss gradient is multiplied by the loss scale, a step whose gradients
+overflow is skipped and halves the scale, ``loss_scale_window`` good steps double it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from .nn.losses import softmax_cross_entropy
+from .nn.models import build_model
+from .nn.optim import SGD, Adam, lr_schedule
+from .nn.policy import ABLATIONS, PRESETS, make_policy
+
+__all__ = ["train", "load_npz_task", "TASKS", "main", "TrainingDiverged"]
+
+TASKS = ("digits", "mnist", "speech", "chars")
+_DEFAULT_MODEL = {"digits": "cnn", "mnist": "cnn", "speech": "speech_cnn", "chars": "char_lstm"}
+#: default hyper-parameters per task: batch size, optimizer, learning rate
+_DEFAULTS = {"digits": (64, "sgd", 0.05), "mnist": (64, "sgd", 0.05), "speech": (32, "adam", 2e-3),
+             "chars": (32, "adam", 3e-3), "npz": (64, "sgd", 0.05)}
+
+
+class TrainingDiverged(FloatingPointError):
+    """Raised inside the loop; :func:`train` catches it and returns the history so far."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+class _Classification:
+    kind = "classification"
+    metric = "accuracy"
+
+    def __init__(self, X_train, y_train, X_val, y_val, X_test, y_test, n_classes, name):
+        self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
+        self.X_test, self.y_test, self.n_classes, self.name = X_test, y_test, n_classes, name
+
+    @property
+    def input_shape(self):
+        return self.X_train.shape[1:]
+
+    def batches(self, rng, batch_size):
+        order = rng.permutation(len(self.y_train))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield self.X_train[idx], self.y_train[idx]
+
+    def n_batches(self, batch_size):
+        return math.ceil(len(self.y_train) / batch_size)
+
+    def evaluate(self, model, split, batch_size=256):
+        X, y = (self.X_val, self.y_val) if split == "val" else (self.X_test, self.y_test)
+        if len(y) == 0:
+            return float("nan")
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += int(np.sum(model.forward(X[i:i + batch_size]).argmax(axis=-1) == y[i:i + batch_size]))
+        return correct / len(y)
+
+
+class _CharLM:
+    kind = "language"
+    metric = "bpc"
+
+    def __init__(self, corpus, seq_len=64, eval_chars=20000, name="chars"):
+        self.train_ids, self.seq_len = corpus.train, int(seq_len)
+        self.val_ids, self.test_ids = corpus.val[:eval_chars + 1], corpus.test[:eval_chars + 1]
+        self.n_classes, self.name = len(corpus.vocabulary), name
+        self.input_shape = (self.seq_len,)
+
+    def _windows(self, ids):
+        n = (len(ids) - 1) // self.seq_len
+        x = ids[:n * self.seq_len].reshape(n, self.seq_len)
+        y = ids[1:n * self.seq_len + 1].reshape(n, self.seq_len)
+        return x, y
+
+    def n_batches(self, batch_size):
+        return math.ceil(((len(self.train_ids) - 1) // self.seq_len) / batch_size)
+
+    def batches(self, rng, batch_size):
+        # a random offset each epoch so windows do not always start at the same characters
+        off = int(rng.integers(0, self.seq_len))
+        x, y = self._windows(self.train_ids[off:])
+        order = rng.permutation(len(x))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield x[idx], y[idx]
+
+    def evaluate(self, model, split, batch_size=64):
+        x, y = self._windows(self.val_ids if split == "val" else self.test_ids)
+        total, count = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            loss, _ = softmax_cross_entropy(model.forward(x[i:i + batch_size]), y[i:i + batch_size])
+            n = y[i:i + batch_size].size
+            total += loss * n
+            count += n
+        return total / count / math.log(2) if count else float("nan")
+
+
+def _standardise(train, *others):
+    """Per-feature standardisation with training statistics (float32)."""
+    axes = (0, 1) if train.ndim == 3 else (0,)
+    mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-6
+    return [((a - mean) / std).astype(np.float32) for a in (train,) + others]
+
+
+def _load_task(task, seed, max_chars=None):
+    from . import data
+    if task == "digits":
+        d = data.load_digits_8x8(seed)
+    elif task == "mnist":
+        d = data.load_mnist_5k(seed)
+    elif task == "speech":
+        d = data.load_spoken_digits(seed)
+        Xtr, Xva, Xte = _standardise(d.X_train, d.X_val, d.X_test)
+        return _Classification(Xtr, d.y_train, Xva, d.y_val, Xte, d.y_test, len(d.classes), task)
+    elif task == "chars":
+        corpus = data.load_bbc_chars(seed, lowercase=True, max_chars=max_chars or 400_000)
+        return _CharLM(corpus)
+    else:
+        raise ValueError(f"task must be one of {TASKS} (or pass data=FILE.npz), got {task!r}")
+    return _Classification(d.X_train, d.y_train, d.X_val, d.y_val, d.X_test, d.y_test, len(d.classes), task)
+
+
+def load_npz_task(path, seed=0, val_fraction=0.1):
+    """Validate a user's ``.npz`` (``X_train, y_train, X_test, y_test`` [, ``X_val, y_val``]) and return a task.
+
+    Images N x H x W become N x 1 x H x W; labels must be non-negative integers (integer-valued floats
+    are accepted); without a validation split, ``val_fraction`` of the training set is held out (seeded).
+    """
+    try:
+        f = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file {path!r} does not exist") from None
+    except Exception as exc:
+        raise ValueError(f"data file {path!r} is not a readable .npz file ({exc})") from exc
+    with f:
+        files = set(f.files)
+        missing = [k for k in ("X_train", "y_train", "X_test", "y_test") if k not in files]
+        if missing:
+            raise ValueError(f"data file {path!r} lacks the arrays {missing}; it holds {sorted(files)}")
+        if ("X_val" in files) != ("y_val" in files):
+            raise ValueError(f"data file {path!r} must hold both X_val and y_val, or neither")
+        try:
+            arrays = {k: f[k] for k in files if k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")}
+        except ValueError as exc:
+            raise ValueError(f"data file {path!r} holds object arrays, which are not accepted ({exc})") from exc
+
+    def features(name):
+        X = arrays[name]
+        if X.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+        if X.ndim not in (2, 3, 4):
+            raise ValueError(f"{name} must be N x D vectors or N x H x W / N x C x H x W images, got shape {X.shape}")
+        X = X.astype(np.float32)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        return X[:, None] if X.ndim == 3 else X
+
+    def labels(name, n):
+        y = arrays[name]
+        if y.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
+        if len(y) != n:
+            raise ValueError(f"{name} has {len(y)} labels but X has {n} examples")
+        if y.dtype.kind == "f":
+            if not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+                raise ValueError(f"{name} must hold integer class labels")
+        elif y.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        if y.size and y.min() < 0:
+            raise ValueError(f"{name} must hold non-negative class labels, found {y.min()}")
+        return y
+
+    Xtr, Xte = features("X_train"), features("X_test")
+    ytr, yte = labels("y_train", len(Xtr)), labels("y_test", len(Xte))
+    if len(Xtr) < 2:
+        raise ValueError("X_train needs at least 2 examples")
+    if Xtr.shape[1:] != Xte.shape[1:]:
+        raise ValueError(f"X_train examples have shape {Xtr.shape[1:]} but X_test examples {Xte.shape[1:]}")
+    if "X_val" in arrays:
+        Xva = features("X_val")
+        yva = labels("y_val", len(Xva))
+        if Xva.shape[1:] != Xtr.shape[1:]:
+            raise ValueError(f"X_val examples have shape {Xva.shape[1:]} but X_train examples {Xtr.shape[1:]}")
+    else:
+        order = np.random.default_rng(seed).permutation(len(ytr))
+        n_val = max(1, int(round(val_fraction * len(ytr))))
+        Xva, yva = Xtr[order[:n_val]], ytr[order[:n_val]]
+        Xtr, ytr = Xtr[order[n_val:]], ytr[order[n_val:]]
+    n_classes = int(max(ytr.max(), yte.max(), yva.max() if yva.size else 0)) + 1
+    if n_classes < 2:
+        raise ValueError("the labels name fewer than 2 classes")
+    return _Classification(Xtr, ytr, Xva, yva, Xte, yte, n_classes, f"npz:{path}")
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def _grads_finite(params):
+    return all(np.isfinite(p.grad).all() for p in params)
+
+
+def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, model=None, data=None,
+          batch_size=None, optimizer=None, lr=None, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+          warmup=0, max_steps=None, on_step=None, progress=True, checkpoint=None, max_chars=None,
+          model_kwargs=None, return_model=False, **config_overrides):
+    """Train and evaluate; returns a JSON-serialisable result dict.
+
+    ``precision``: ``fp32``, ``fp16``, ``q4`` or a config dict (:class:`~q4core.nn.policy.PrecisionConfig`);
+    ``ablation``: a name or list of names from :data:`~q4core.nn.policy.ABLATIONS`; further keyword
+    arguments override config fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
+    task object.  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
+    ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
+    weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
+    written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).
+    ``return_model=True`` returns ``(result, model)``.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    config = make_policy(precision, ablation, **{"seed": int(seed), **config_overrides})
+    if data is not None:
+        ds = load_npz_task(data, seed) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else data
+        key = "npz"
+    else:
+        ds = _load_task(task, seed, max_chars)
+        key = task
+    model_name = model or _DEFAULT_MODEL.get(key, "cnn" if len(ds.input_shape) == 3 else "mlp")
+    if data is not None and model_name not in ("mlp", "cnn"):
+        raise ValueError(f"with --data the model must be 'mlp' or 'cnn', got {model_name!r}")
+    net = build_model(model_name, ds.input_shape, ds.n_classes, seed=seed, **(model_kwargs or {}))
+    net.set_policy(config)
+    d_bs, d_opt, d_lr = _DEFAULTS.get(key, _DEFAULTS["npz"])
+    batch_size = int(batch_size or d_bs)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    opt_name = optimizer or d_opt
+    lr = float(lr or d_lr)
+    named = list(net.named_parameters())
+    if opt_name == "sgd":
+        opt = SGD(named, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif opt_name == "adam":
+        opt = Adam(named, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {opt_name!r}")
+    steps_per_epoch = ds.n_batches(batch_size)
+    total = steps_per_epoch * max(epochs, 1) if max_steps is None else min(max_steps, steps_per_epoch * max(epochs, 1))
+    lr_at = lr_schedule(schedule, lr, total, warmup=warmup)
+    fp16 = any(l.gemm.mode == "fp16" for _, l in net.gemm_layers())
+    loss_scale = config.loss_scale_init if fp16 else 1.0
+    good_steps = 0
+    params = net.parameters()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
+
+    history = {"train_loss": [], "val_" + ds.metric: [], "epoch_seconds": [], "skipped_steps": []}
+    result = {"task": ds.name, "model": model_name, "precision": config.to_dict(), "seed": int(seed),
+              "epochs": int(epochs), "batch_size": batch_size, "optimizer": opt_name, "lr": lr,
+              "schedule": schedule, "weight_decay": weight_decay, "metric": ds.metric, "history": history,
+              "stopped": None, "steps": 0}
+    step = 0
+    t_start = time.perf_counter()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with papermill
+        tqdm = None
+    done = False
+    try:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            net.train()
+            losses, skipped = [], 0
+            it = ds.batches(rng, batch_size)
+            bar = None
+            if progress and tqdm is not None:
+                bar = tqdm(it, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs} {config.name}",
+                           leave=False, file=sys.stderr)
+                it = bar
+            for xb, yb in it:
+                lr_now = lr_at(step)
+                net.zero_grad()
+                # overflow is expected under fp16 loss scaling and on divergence; both are handled below
+                with np.errstate(over="ignore", invalid="ignore"):
+                    logits = net.forward(xb)
+                    loss, g = softmax_cross_entropy(logits, yb)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(f"the training loss became {loss} at step {step} "
+                                               f"(epoch {epoch + 1})")
+                    try:
+                        net.backward(g * np.float32(loss_scale) if fp16 else g)
+                    except FloatingPointError as exc:
+                        if not fp16:
+                            raise TrainingDiverged(f"a non-finite gradient at step {step}: {exc}") from exc
+                        ok = False
+                    else:
+                        ok = _grads_finite(params)
+                if fp16:
+                    if not ok:     # overflow: skip the step, halve the loss scale
+                        loss_scale = max(loss_scale / 2, 1.0)
+                        good_steps = 0
+                        skipped += 1
+                        losses.append(loss)
+                        step += 1
+                        continue
+                    inv = np.float32(1.0 / loss_scale)
+                    for p in params:
+                        p.grad *= inv
+                    good_steps += 1
+                    if good_steps >= config.loss_scale_window:
+                        loss_scale *= 2
+                        good_steps = 0
+                elif not ok:
+                    raise TrainingDiverged(f"a non-finite gradient at step {step} (epoch {epoch + 1})")
+                opt.step(lr=lr_now)
+                losses.append(loss)
+                step += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if on_step is not None:
+                    on_step(step, net, {"epoch": epoch, "loss": loss, "lr": lr_now, "loss_scale": loss_scale})
+                if max_steps is not None and step >= max_steps:
+                    done = True
+                    break
+            if bar is not None:
+                bar.close()
+            net.eval()
+            history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+            val = ds.evaluate(net, "val")
+            history["val_" + ds.metric].append(val)
+            history["epoch_seconds"].append(time.perf_counter() - t0)
+            history["skipped_steps"].append(skipped)
+            if not math.isfinite(val):
+                raise TrainingDiverged(f"the validation {ds.metric} became {val} after epoch {epoch + 1}")
+            if checkpoint is not None:
+                from .checkpoint import save_checkpoint
+                save_checkpoint(checkpoint, net, opt, meta={"epoch": epoch + 1, "step": step,
+                                                             "config": config.to_dict(), "seed": int(seed)})
+            if done:
+                break
+        net.eval()
+        result["test_" + ds.metric] = ds.evaluate(net, "test")
+    except TrainingDiverged as exc:
+        result["stopped"] = f"training stopped: {exc}"
+        result["test_" + ds.metric] = None
+        print(result["stopped"], file=sys.stderr)
+    result["steps"] = step
+    result["loss_scale"] = loss_scale
+    result["wall_seconds"] = time.perf_counter() - t_start
+    return (result, net) if return_model else result
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m q4core.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, default=None, help="built-in task (or use --data)")
+    p.add_argument("--data", default=None, help=".npz with X_train, y_train, X_test, y_test [, X_val, y_val]")
+    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, "
+                                                 "char_lstm, char_transformer for the built-in tasks")
+    p.add_argument("--precision", default="fp32", choices=sorted(PRESETS))
+    p.add_argument("--ablation", action="append", default=None, choices=sorted(ABLATIONS),
+                   help="q4 ablation (repeatable)")
+    p.add_argument("--simulate", action="store_true", help="q4 as fake quantization (float GEMMs)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="threads of the 4-bit integer kernels")
+    p.add_argument("--checkpoint", default=None, help=".npz checkpoint written after every epoch")
+    p.add_argument("--out", required=True, help="result JSON path")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _json_safe(obj):
+    """NaN/Inf -> None so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if (args.task is None) == (args.data is None):
+        print("error: give exactly one of --task and --data", file=sys.stderr)
+        return 2
+    extra = {"simulate": True} if args.simulate else {}
+    if args.threads is not None:
+        extra["threads"] = args.threads
+    try:
+        result = train(task=args.task, data=args.data, model=args.model, precision=args.precision,
+                       ablation=args.ablation, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                       lr=args.lr, optimizer=args.optimizer, max_steps=args.max_steps,
+                       checkpoint=args.checkpoint, progress=not args.no_progress, **extra)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with open(args.out, "w") as fh:
+        json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
+    m = result["metric"]
+    print(f"{result['task']} {result['precision']['name']}: test {m} = {result.get('test_' + m)}"
+          + (f" ({result['stopped']})" if result["stopped"] else ""))
+    return 1 if result["stopped"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The training API and CLI: determinism, integer == simulated through train(), divergence, fp16 loss
+scaling, user .npz data with its errors, checkpoints."""
+import json
+
+import numpy as np
+import pytest
+
+from q4core.checkpoint import load_checkpoint, save_checkpoint
+from q4core.nn.models import build_model
+from q4core.train import load_npz_task, main, train
+
+
+def _npz(tmp_path, n=120, shape=(8, 8), seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n,) + shape).astype(np.float32)
+    y = (X.reshape(n, -1).mean(axis=1) > 0.5).astype(np.int64) + 2 * (X.reshape(n, -1)[:, 0] > 0.5)
+    arrays = dict(X_train=X[:90], y_train=y[:90], X_test=X[90:], y_test=y[90:])
+    arrays.update(extra)
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_train_digits_deterministic_and_complete():
+    kw = dict(task="digits", epochs=2, seed=3, max_steps=6, progress=False)
+    a, b = train(**kw), train(**kw)
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    assert a["history"]["val_accuracy"] == b["history"]["val_accuracy"]
+    assert a["test_accuracy"] == b["test_accuracy"] and a["stopped"] is None and a["steps"] == 6
+    c = train(**{**kw, "seed": 4})
+    assert c["history"]["train_loss"] != a["history"]["train_loss"]
+    json.dumps(a)
+
+
+def test_train_q4_integer_equals_simulated():
+    kw = dict(task="digits", precision="q4", epochs=1, seed=0, max_steps=5, progress=False)
+    a, b = train(**kw), train(simulate=True, **kw)
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    assert a["history"]["val_accuracy"] == b["history"]["val_accuracy"]
+    assert a["precision"]["simulate"] is False and b["precision"]["simulate"] is True
+
+
+def test_on_step_sees_layer_tensors_and_quantizer_state():
+    seen = []
+
+    def on_step(step, model, info):
+        name, layer = model.gemm_layers()[1]
+        st = layer.gemm.quantizer_state()
+        seen.append((step, info["loss"], st["weight_scale"], st["gradscale"], st["pact_alpha"],
+                     float(np.abs(layer.gemm.last["grad_output"]).max())))
+    train(task="digits", precision="q4", epochs=1, max_steps=3, progress=False, on_step=on_step)
+    assert [s[0] for s in seen] == [1, 2, 3]
+    assert all(s[2] > 0 and s[3] is not None and s[4] > 0 and s[5] > 0 for s in seen)
+
+
+def test_divergence_stops_with_history():
+    r = train(task="digits", epochs=3, lr=1e6, momentum=0.0, weight_decay=0.0, progress=False, seed=0)
+    assert r["stopped"] is not None and "training stopped" in r["stopped"]
+    assert r["test_accuracy"] is None
+    assert r["steps"] >= 1
+
+
+def test_fp16_loss_scaling_skips_overflowing_steps():
+    r = train(task="digits", precision="fp16", epochs=1, max_steps=30, progress=False, loss_scale_init=2.0 ** 40)
+    assert r["history"]["skipped_steps"][0] > 0
+    assert r["loss_scale"] < 2.0 ** 40
+    assert r["stopped"] is None and np.isfinite(r["history"]["train_loss"][0])
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_cli_user_data(tmp_path, model, capsys):
+    path = _npz(tmp_path)
+    out = tmp_path / "r.json"
+    rc = main(["--data", str(path), "--model", model, "--precision", "q4", "--epochs", "2", "--seed", "1",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == model and r["precision"]["mode"] == "q4" and len(r["history"]["train_loss"]) == 2
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["wall_seconds"] > 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_cli_vectors_and_channel_images(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "v.npz"
+    np.savez(p, X_train=rng.random((40, 5)), y_train=rng.integers(0, 3, 40), X_test=rng.random((10, 5)),
+             y_test=rng.integers(0, 3, 10).astype(np.float64))
+    assert main(["--data", str(p), "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "o.json"),
+                 "--no-progress"]) == 0
+    task = load_npz_task(_npz(tmp_path, shape=(2, 6, 6)))
+    assert task.input_shape == (2, 6, 6) and task.n_classes == 4
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(drop="y_test"), "lacks the arrays"),
+    (dict(y_train=np.zeros(5, np.int64)), "has 5 labels"),
+    (dict(y_train=np.full(90, 0.5)), "integer class labels"),
+    (dict(y_train=-np.ones(90, np.int64)), "non-negative"),
+    (dict(X_test=np.full((30, 8, 8), np.nan)), "NaN"),
+    (dict(X_test=np.zeros((30, 7, 8))), "X_test examples"),
+    (dict(X_train=np.zeros(90)), "N x D vectors"),
+    (dict(X_val=np.zeros((3, 8, 8))), "both X_val and y_val"),
+])
+def test_bad_user_data_gives_clear_errors(tmp_path, change, message, capsys):
+    rng = np.random.default_rng(0)
+    arrays = dict(X_train=rng.random((90, 8, 8)), y_train=rng.integers(0, 2, 90), X_test=rng.random((30, 8, 8)),
+                  y_test=rng.integers(0, 2, 30))
+    drop = change.pop("drop", None)
+    arrays.update(change)
+    if drop:
+        del arrays[drop]
+    p = tmp_path / "bad.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(ValueError, match=message):
+        load_npz_task(p)
+    assert main(["--data", str(p), "--out", str(tmp_path / "o.json"), "--no-progress"]) == 2
+    assert message.split()[0] in capsys.readouterr().err
+
+
+def test_cli_argument_errors(tmp_path, capsys):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert main(["--data", str(tmp_path / "junk.npz"), "--out", str(tmp_path / "o.json")]) == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o.json")]) == 2
+    assert main(["--out", str(tmp_path / "o.json")]) == 2
+    path = _npz(tmp_path)
+    assert main(["--data", str(path), "--model", "char_lstm", "--out", str(tmp_path / "o.json")]) == 2
+
+
+def test_checkpoint_round_trip(tmp_path):
+    ck = tmp_path / "ck.npz"
+    r, model = train(task="digits", precision="q4", epochs=1, max_steps=4, progress=False, checkpoint=ck,
+                     return_model=True)
+    fresh = build_model("cnn", (1, 8, 8), 10, seed=99)
+    from q4core.nn import make_policy
+    fresh.set_policy(make_policy("q4"))
+    meta = load_checkpoint(ck, fresh)
+    assert meta["step"] == 4 and meta["config"]["mode"] == "q4"
+    for (n, p), (m, q) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert n == m
+        np.testing.assert_array_equal(p.data, q.data)
+    x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    model.eval(), fresh.eval()
+    np.testing.assert_array_equal(model.forward(x), fresh.forward(x))
+    with np.load(ck, allow_pickle=False) as f:      # no pickled objects inside
+        assert all(f[k].dtype != object for k in f.files)
+
+
+def test_checkpoint_errors(tmp_path):
+    model = build_model("mlp", (4,), 3, seed=0)
+    p = tmp_path / "x.npz"
+    np.savez(p, a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a q4core checkpoint"):
+        load_checkpoint(p, model)
+    save_checkpoint(p, model, meta={"k": 1})
+    other = build_model("mlp", (5,), 3, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        load_checkpoint(p, other)
