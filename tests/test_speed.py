@@ -171,14 +171,29 @@ def test_cpu_summary_is_consistent_with_kernel_info():
     assert set(s["features"]).isdisjoint(s["missing"])
 
 
-def test_train_step_times_reports_missing_benchmark_or_runs():
+def test_train_step_times_tiny_or_reports_missing_benchmark():
     try:
         import q4core.bench.train  # noqa: F401
     except ImportError:
         result, reason = speed.train_step_times()
         assert result is None and "q4core.bench.train" in reason
-    else:
-        pytest.skip("training benchmark present: exercised by test_train_step_times_tiny")
+        return
+    result, reason = speed.train_step_times(repeat=2, batch=2, lm_batch=2, seq_len=4)
+    assert reason is None
+    models = list(result["identical_losses"])
+    assert len(models) == 2 and all(result["identical_losses"].values())   # q4 == simulated q4, bit for bit
+    assert {(r["model"], r["precision"]) for r in result["records"]} == {
+        (m, p) for m in models for p in ("fp32", "q4", "q4 simulated")}
+    for r in result["records"]:
+        assert len(r["samples"]) == 2 and r["seconds"] == pytest.approx(float(np.median(r["samples"])))
+        assert r["seconds"] > 0
+    summary = speed.summarize_train(result)
+    for m in models:
+        t = summary[m]
+        assert t["q4_over_fp32"] == pytest.approx(t["q4"] / t["fp32"])
+        assert t["simulated_over_q4"] == pytest.approx(t["q4 simulated"] / t["q4"])
+    with pytest.raises(ValueError, match="repeat"):
+        speed.train_step_times(repeat=0)
 
 
 # --------------------------------------------------------------------------- figures
