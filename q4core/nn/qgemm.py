@@ -25,6 +25,7 @@ from .. import gemm as _gemm
 from ..formats import E2M1, INT4, LOG10_4BIT, RADIX2_FP4, UINT4, IntFormat, RadixFP
 from ..scaling import GradScale, int_scale, minmax_clip, sawb_clip
 from .core import Module, Parameter
+from .half import round_to_float16
 from .policy import PrecisionConfig
 
 __all__ = ["QuantGemm", "WeightOperand"]
@@ -115,7 +116,7 @@ class QuantGemm(Module):
         if self.mode == "fp32":
             return WeightOperand(w, "fp32", w)
         if self.mode == "fp16":
-            return WeightOperand(w, "fp16", w.astype(np.float16).astype(np.float32))
+            return WeightOperand(w, "fp16", round_to_float16(w))
         if self._frozen() and self.static_w is not None:
             sw = self.static_w
         else:
@@ -178,7 +179,7 @@ class QuantGemm(Module):
         if wop.mode == "fp32":
             return x @ wop.data, _Ctx(x, x, 1.0, wop, None)
         if wop.mode == "fp16":
-            xh = x.astype(np.float16).astype(np.float32)
+            xh = round_to_float16(x)
             return xh @ wop.data, _Ctx(x, xh, 1.0, wop, None)
         xq, sx, clip = self._quantize_input(x)
         self.last["act_scale"], self.last["weight_scale"] = sx, wop.scale
@@ -197,7 +198,7 @@ class QuantGemm(Module):
         if wop.mode == "fp32":
             return grad_y @ wop.data.T, ctx.x.T @ grad_y
         if wop.mode == "fp16":
-            gh = grad_y.astype(np.float16).astype(np.float32)
+            gh = round_to_float16(grad_y)
             return gh @ wop.data.T, ctx.xq.T @ gh
         gx, gw = self._backward_q4(grad_y, ctx)
         if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
