@@ -35,3 +35,11 @@ def test_mac_comparison_against_fp16():
 def test_unknown_operator():
     with pytest.raises(KeyError, match="operator"):
         eff.mac_cost("bf16_mult", "fp32_add")
+
+
+def test_source_and_assumptions_are_written_out():
+    assert "Horowitz" in eff.SOURCE and "ISSCC 2014" in eff.SOURCE and "45 nm" in eff.SOURCE
+    text = " ".join(eff.ASSUMPTIONS)
+    # the scaling rule used by scale_int_multiplier / scale_int_adder is stated in words
+    assert "square of the width" in text and "linearly" in text and "FP16" in text
+    assert all(isinstance(a, str) and a.endswith(".") for a in eff.ASSUMPTIONS)
