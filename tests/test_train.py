@@ -156,3 +156,36 @@ def test_checkpoint_errors(tmp_path):
     other = build_model("mlp", (5,), 3, seed=0)
     with pytest.raises(ValueError, match="shape"):
         load_checkpoint(p, other)
+
+
+def test_bench_train_smoke(capsys):
+    from q4core.bench.train import main as bench_main
+    assert bench_main(["--repeat", "1", "--batch", "4", "--lm-batch", "2", "--seq-len", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "vision cnn" in out and "char_lstm" in out and "char_transformer" in out and "q4 / fp32" in out
+
+
+@pytest.mark.parametrize("name,shape,n,x", [
+    ("speech_cnn", (12, 6), 4, np.random.default_rng(0).standard_normal((3, 12, 6)).astype(np.float32)),
+    ("speech_lstm", (12, 6), 4, np.random.default_rng(0).standard_normal((3, 12, 6)).astype(np.float32)),
+    ("char_lstm", (9,), 7, np.random.default_rng(0).integers(0, 7, (3, 9))),
+    ("char_transformer", (9,), 7, np.random.default_rng(0).integers(0, 7, (3, 9))),
+    ("mlp", (5, 5), 3, np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)),
+])
+def test_model_builders_train_under_q4(name, shape, n, x):
+    from q4core.nn import SGD, make_policy, softmax_cross_entropy
+    model = build_model(name, shape, n, seed=1)
+    model.set_policy(make_policy("q4", first_last="q4"))
+    y = np.random.default_rng(1).integers(0, n, x.shape[:2] if name.startswith("char") else x.shape[0])
+    opt = SGD(model.named_parameters(), lr=0.05)
+    losses = []
+    for _ in range(3):
+        model.zero_grad()
+        loss, g = softmax_cross_entropy(model.forward(x), y)
+        model.backward(g)
+        opt.step()
+        losses.append(loss)
+    assert np.isfinite(losses).all()
+    assert all(l.gemm.mode == "q4" for _, l in model.gemm_layers())
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet", shape, n)

@@ -1,6 +1,7 @@
 """``python -m q4core.bench train``: time one training step under fp32, q4 and simulated q4.
 
-Models: the vision CNN on a 28x28 batch (MNIST shape) and the character LSTM language model, on
+Models: the vision CNN on a 28x28 batch (MNIST shape) and the character language models (LSTM and
+2-layer Transformer, vocabulary 64), on
 synthetic inputs of the real shapes (timing does not depend on the values; no data set is loaded).
 A step is forward + loss + backward + SGD/Adam update.  The three precisions are timed round-robin
 (median of ``--repeat`` samples each) so load from other processes hits them alike.  Before timing,
@@ -28,12 +29,12 @@ def _workloads(args):
     yv = rng.integers(0, 10, args.batch)
     ids = rng.integers(0, 64, (args.lm_batch, args.seq_len))
     tgt = rng.integers(0, 64, (args.lm_batch, args.seq_len))
-    return {
-        "vision cnn 28x28 (batch %d)" % args.batch: (lambda: build_model("cnn", (1, 28, 28), 10, seed=0),
-                                                     xv, yv, "sgd"),
-        "char %s (batch %d x %d)" % (args.lm, args.lm_batch, args.seq_len):
-            (lambda: build_model(args.lm, (args.seq_len,), 64, seed=0), ids, tgt, "adam"),
-    }
+    loads = {"vision cnn 28x28 (batch %d)" % args.batch: (lambda: build_model("cnn", (1, 28, 28), 10, seed=0),
+                                                          xv, yv, "sgd")}
+    for lm in args.lm:
+        loads["%s (batch %d x %d)" % (lm, args.lm_batch, args.seq_len)] = (
+            lambda lm=lm: build_model(lm, (args.seq_len,), 64, seed=0), ids, tgt, "adam")
+    return loads
 
 
 def _stepper(builder, x, y, opt_name, config):
@@ -56,7 +57,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--threads", type=int, default=1, help="BLAS and integer-kernel threads (default 1)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lm", default="char_lstm", choices=("char_lstm", "char_transformer"))
+    p.add_argument("--lm", nargs="+", default=["char_lstm", "char_transformer"],
+                   choices=("char_lstm", "char_transformer"), help="language models to time")
     p.add_argument("--lm-batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--first-last", default="fp16", choices=("fp32", "fp16", "q4"),

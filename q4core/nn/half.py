@@ -31,7 +31,8 @@ def round_to_float16(x):
     a = b & np.uint32(0x7FFFFFFF)
     small = a < _MIN_NORMAL_BITS
     if small.any():
-        sub = x * np.float32(2.0 ** 24)       # exact: a power-of-two scaling of a tiny value
+        with np.errstate(over="ignore"):      # large entries overflow here but are not selected
+            sub = x * np.float32(2.0 ** 24)   # exact for the tiny entries (a power-of-two scaling)
         np.rint(sub, out=sub)
         sub *= np.float32(2.0 ** -24)
         # branch-free select (np.where on a random mask is several times slower)
