@@ -145,3 +145,23 @@ def test_config_round_trip_and_errors():
 def test_fake_quantized_gradient_formats_train(ablation):
     losses, _ = _run(_cnn(), make_policy("q4", ablation, first_last="q4"), steps=3)
     assert all(np.isfinite(losses))
+
+
+def test_fp8_operands_on_the_e4m3_grid_and_gradients_on_e5m2():
+    from q4core.formats import FP8_E4M3, FP8_E5M2
+    lin = Linear(4, 3, bias=False, rng=0)
+    lin.gemm.configure(make_policy("fp8"), "fp8")
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    lin.forward(x)
+    wq = lin.gemm.prepare_weight(lin.weight.data).data
+    scale = 2.0 ** np.ceil(np.log2(np.abs(lin.weight.data).max() / FP8_E4M3.max))
+    np.testing.assert_array_equal(wq, FP8_E4M3.quantize(lin.weight.data, scale))
+    gy = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32) * 1e-3
+    lin.backward(gy)
+    gscale = 2.0 ** np.ceil(np.log2(np.abs(gy).max() / FP8_E5M2.max))
+    g8 = FP8_E5M2.quantize(gy, gscale)
+    x8 = FP8_E4M3.quantize(x, 2.0 ** np.ceil(np.log2(np.abs(x).max() / FP8_E4M3.max)))
+    np.testing.assert_array_equal(lin.weight.grad, x8.T @ g8)
+    model = _cnn()
+    model.set_policy(make_policy("fp8"))
+    assert [l.gemm.mode for _, l in model.gemm_layers()] == ["fp16", "fp8", "fp8", "fp16"]

@@ -13,6 +13,8 @@ Modes (``mode`` and per-layer ``overrides``):
           every step; forward GEMM through :func:`q4core.gemm.int4_matmul`; output gradients in radix-4 FP4
           with per-layer GradScale and two-phase rounding; backward GEMMs through the FP4 x INT4 kernels.
           ``simulate=True`` runs the same quantizers (numpy reference) with float64 GEMMs instead.
+``fp8``   HFP8-style fake quantization: forward operands in FP8 E4M3 (1-4-3), output gradients in FP8 E5M2
+          (1-5-2), each with a per-tensor power-of-two scale from its max |x|; float32 GEMMs.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["PrecisionConfig", "PRESETS", "ABLATIONS", "make_policy", "MODES", "GRAD_FORMATS"]
 
-MODES = ("fp32", "fp16", "q4")
+MODES = ("fp32", "fp16", "fp8", "q4")
 GRAD_FORMATS = ("radix4", "radix2", "e2m1", "int4", "log10")
 _WEIGHT_SCALINGS = ("sawb", "minmax")
 _ACT_SCALINGS = ("pact", "minmax")
@@ -33,7 +35,7 @@ _ROUNDINGS = ("nearest", "stochastic")
 class PrecisionConfig:
     """Precision policy of one training run (see the module docstring for the roles and modes)."""
 
-    #: mode of every GEMM layer not overridden: fp32 | fp16 | q4
+    #: mode of every GEMM layer not overridden: fp32 | fp16 | fp8 | q4
     mode: str = "fp32"
     #: name of the preset/ablation this config came from (informational)
     name: str = "fp32"
@@ -127,7 +129,7 @@ class PrecisionConfig:
         """Mode of GEMM layer ``layer_name``, the ``index``-th of ``count`` GEMM layers."""
         if layer_name in self.overrides:
             return self.overrides[layer_name]
-        if self.mode == "q4" and (index == 0 or index == count - 1):
+        if self.mode in ("q4", "fp8") and (index == 0 or index == count - 1):
             return self.first_last
         return self.mode
 
@@ -135,6 +137,7 @@ class PrecisionConfig:
 PRESETS = {
     "fp32": dict(mode="fp32"),
     "fp16": dict(mode="fp16"),
+    "fp8": dict(mode="fp8"),
     "q4": dict(mode="q4"),
 }
 

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from .. import gemm as _gemm
-from ..formats import E2M1, INT4, LOG10_4BIT, RADIX2_FP4, UINT4, IntFormat, RadixFP
+from ..formats import E2M1, FP8_E4M3, FP8_E5M2, INT4, LOG10_4BIT, RADIX2_FP4, UINT4, IntFormat, RadixFP
 from ..scaling import GradScale, int_scale, minmax_clip, sawb_clip
 from .core import Module, Parameter
 from .half import round_to_float16
@@ -41,6 +41,17 @@ def _rescale(acc, factor, exact_f32):
         y *= np.float32(factor)
         return y
     return (acc.astype(np.float64) * factor).astype(np.float32)
+
+
+def _fp8(fmt, x):
+    """``x`` rounded to ``fmt`` (an FP8 MiniFloat) with a per-tensor power-of-two scale that puts max |x|
+    at or below the format's max (float32 result; Inf/NaN propagate so loss scaling can see them)."""
+    x = np.asarray(x, np.float32)
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if not math.isfinite(m):
+        return x.copy()
+    scale = 1.0 if m == 0.0 else 2.0 ** math.ceil(math.log2(m / fmt.max))
+    return fmt.quantize(x, scale, backend="numpy")
 
 
 class WeightOperand:
@@ -117,6 +128,8 @@ class QuantGemm(Module):
             return WeightOperand(w, "fp32", w)
         if self.mode == "fp16":
             return WeightOperand(w, "fp16", round_to_float16(w))
+        if self.mode == "fp8":
+            return WeightOperand(w, "fp8", _fp8(FP8_E4M3, w))
         if self._frozen() and self.static_w is not None:
             sw = self.static_w
         else:
@@ -181,6 +194,9 @@ class QuantGemm(Module):
         if wop.mode == "fp16":
             xh = round_to_float16(x)
             return xh @ wop.data, _Ctx(x, xh, 1.0, wop, None)
+        if wop.mode == "fp8":
+            x8 = _fp8(FP8_E4M3, x)
+            return x8 @ wop.data, _Ctx(x, x8, 1.0, wop, None)
         xq, sx, clip = self._quantize_input(x)
         self.last["act_scale"], self.last["weight_scale"] = sx, wop.scale
         K = x.shape[1]
@@ -200,6 +216,9 @@ class QuantGemm(Module):
         if wop.mode == "fp16":
             gh = round_to_float16(grad_y)
             return gh @ wop.data.T, ctx.xq.T @ gh
+        if wop.mode == "fp8":
+            g8 = _fp8(FP8_E5M2, grad_y)
+            return g8 @ wop.data.T, ctx.xq.T @ g8
         gx, gw = self._backward_q4(grad_y, ctx)
         if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
             x = ctx.x
