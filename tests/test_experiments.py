@@ -86,3 +86,12 @@ def test_recorders_run(digits):
     assert mlp.step_to_step_change([1.0, 2.0, 1.0]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="dataset"):
         mlp.load_dataset("cifar")
+
+
+def test_stack_cross_check_runs_on_the_training_stack():
+    from q4core.experiments import stack
+    out = stack.compare_on_stack({"fp32": ("fp32", None)}, task="digits", seeds=[0], epochs=1, max_steps=2)
+    assert set(out) == {"fp32"} and 0.0 <= out["fp32"]["mean"] <= 1.0 and out["fp32"]["stopped"] == [None]
+    assert set(stack.GRADIENT_CONFIGS.values()) >= {("q4", None), ("q4", "no-tpr"), ("q4", "log10")}
+    with pytest.raises(ValueError, match="seeds"):
+        stack.compare_on_stack({"fp32": ("fp32", None)}, seeds=[])

@@ -1,0 +1,52 @@
+"""Cross-check on the project's own 4-bit training stack (:func:`q4core.train.train`: integer INT4 x INT4 and
+FP4 x INT4 GEMMs, SAWB/PACT, GradScale, TPR, first and last layers in FP16 as its ``q4`` preset says).
+
+The notebooks' small MLP (:mod:`.mlp`) isolates one idea at a time; this runs the full recipe and its
+ablations (:data:`q4core.nn.policy.ABLATIONS`) on the same task, so a reader can see whether a conclusion
+survives the real thing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: notebook 02: forward scaling (label -> (precision, ablation))
+RESCALING_CONFIGS = {
+    "fp32": ("fp32", None),
+    "fixed scale": ("q4", "static-scale"),
+    "per-step max": ("q4", "minmax"),
+    "SAWB + PACT": ("q4", None),
+}
+#: notebook 03: gradient format, GradScale and TPR
+GRADIENT_CONFIGS = {
+    "fp32": ("fp32", None),
+    "radix 4 (q4 recipe)": ("q4", None),
+    "no TPR": ("q4", "no-tpr"),
+    "no GradScale": ("q4", "no-gradscale"),
+    "radix 2": ("q4", "radix2"),
+    "radix 10": ("q4", "log10"),
+    "E2M1 FP4": ("q4", "e2m1"),
+    "INT4 gradients": ("q4", "int4-grad"),
+}
+
+
+def compare_on_stack(configs, task="digits", seeds=(0,), epochs=2, max_steps=None):
+    """Test accuracy per config and seed with :func:`q4core.train.train`.
+
+    Returns ``{label: {"accuracy": [...], "mean", "std", "stopped": [...], "precision", "ablation"}}``;
+    a run that diverged reports the accuracy it stopped at and its reason in ``stopped``.
+    """
+    from ..train import train
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    out = {}
+    for label, (precision, ablation) in configs.items():
+        accs, stopped = [], []
+        for s in seeds:
+            result = train(task, precision, ablation=ablation, epochs=epochs, seed=s, max_steps=max_steps,
+                           progress=False)
+            accs.append(float(result["test_accuracy"]))
+            stopped.append(result["stopped"])
+        out[label] = {"accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
+                      "stopped": stopped, "precision": precision, "ablation": ablation}
+    return out
