@@ -10,8 +10,9 @@ The computations behind notebook 05 (the notebook only calls these and draws):
   4-bit arrays of :func:`q4core.quant.encode_packed`, the GEMM operand of :func:`q4core.gemm.pack_int4`), next
   to the nominal ``bits / 8``; :func:`memory_per_parameter` and :func:`memory_per_activation` - what one
   parameter and one activation cost during training under fp32, fp16 (mixed precision), HFP8 and the 4-bit recipe.
-* :func:`train_step_times` - one training step under ``fp32``, ``q4`` and simulated ``q4`` from the training
-  benchmark (:mod:`q4core.bench.train`) when that module is installed, else ``None`` and the reason.
+* :func:`train_step_times` - one training step under ``fp32``, ``q4`` and simulated ``q4`` on the training
+  benchmark's workloads (vision CNN, character language model) when the training engine is installed,
+  else ``None`` and the reason.
 * :func:`instruction_macs` - multiply-accumulates per instruction of today's x86 vector/matrix units, from the
   instruction definitions (what integer hardware can give over FP16 at most, per instruction).
 * :func:`energy_estimate` - :func:`q4core.efficiency.compare_macs` set against a claimed factor.
@@ -302,44 +303,82 @@ def memory_per_activation(shape=(256, 256), seed=0):
 
 
 # --------------------------------------------------------------------------- training step
-def train_step_times(repeat=5, threads=1, batch=64, lm="char_lstm", lm_batch=32, seq_len=64,
-                     first_last="fp16"):
+def _train_workloads(batch, language_models, lm_batch, seq_len, seed):
+    """The training benchmark's workloads (``python -m q4core.bench train``), built from the public
+    :mod:`q4core.nn` API: name -> (model builder, inputs, targets, optimizer name).  Synthetic inputs of
+    the real shapes - the step time does not depend on the values."""
+    from .nn.models import build_model
+    rng = np.random.default_rng(seed)
+    loads = {f"vision cnn 28x28 (batch {batch})": (
+        lambda: build_model("cnn", (1, 28, 28), 10, seed=seed),
+        rng.random((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, batch), "sgd")}
+    ids = rng.integers(0, 64, (lm_batch, seq_len))
+    targets = rng.integers(0, 64, (lm_batch, seq_len))
+    for lm in language_models:
+        loads[f"{lm} (batch {lm_batch} x {seq_len})"] = (
+            lambda lm=lm: build_model(lm, (seq_len,), 64, seed=seed), ids, targets, "adam")
+    return loads
+
+
+def _train_step(builder, x, y, optimizer, policy):
+    from .nn import SGD, Adam, softmax_cross_entropy
+    model = builder()
+    model.set_policy(policy)
+    named = list(model.named_parameters())
+    opt = SGD(named, lr=0.01) if optimizer == "sgd" else Adam(named, lr=1e-3)
+
+    def step():
+        model.zero_grad()
+        loss, grad = softmax_cross_entropy(model.forward(x), y)
+        model.backward(grad)
+        opt.step()
+        return loss
+    return step
+
+
+def train_step_times(repeat=5, threads=1, batch=64, language_models=("char_lstm",), lm_batch=32, seq_len=64,
+                     first_last="fp16", seed=0):
     """Median time of one training step under ``fp32``, ``q4`` and ``q4 simulated``, per model.
 
-    Uses the training benchmark's workloads (:mod:`q4core.bench.train`: the vision CNN on a 28x28 batch and
-    the character language model, synthetic inputs of the real shapes; forward + loss + backward + update)
-    and times the three precisions round-robin, one step each per round, after one warm-up step.  Before
-    timing, one step of q4 and of simulated q4 from the same initial state must give identical losses.
+    The workloads of the training benchmark (``python -m q4core.bench train``, which only prints): the
+    vision CNN on a 28x28 batch and the character language model(s) ``language_models`` (``char_lstm``,
+    ``char_transformer``); a step is forward + loss + backward + update (SGD for the CNN, Adam for the
+    language models).  The three precisions are timed round-robin, one step each per round, after one
+    warm-up step.  Before timing, one step of q4 and of simulated q4 from the same initial state is run
+    and their losses compared (they must be identical).  ``first_last``: mode of the first and last layers
+    under q4 (fp16 is the training default).
 
-    Returns ``(result, None)`` or, when the training engine/benchmark is not installed, ``(None, reason)``.
+    Returns ``(result, None)`` or, when the training engine is not installed, ``(None, reason)``.
     ``result``: ``{"records": [{"model", "precision", "seconds", "samples"}], "identical_losses": {model:
     bool}, "repeat", "threads", "first_last"}``.
     """
-    import argparse
     import time
     try:
-        from .bench import train as bench_train
         from .bench._timing import thread_limit
         from .nn import make_policy
+        from .nn.models import build_model  # noqa: F401 - checked here so a missing engine is reported
     except ImportError as exc:
-        return None, f"the training benchmark q4core.bench.train is not available ({exc})"
+        return None, f"the training engine q4core.nn is not available ({exc})"
     repeat, threads, batch, lm_batch, seq_len = (
         _positive_ints(v, name)[0] for v, name in ((repeat, "repeat"), (threads, "threads"), (batch, "batch"),
                                                    (lm_batch, "lm_batch"), (seq_len, "seq_len")))
-    args = argparse.Namespace(batch=batch, lm=lm, lm_batch=lm_batch, seq_len=seq_len, first_last=first_last,
-                              threads=threads, repeat=repeat)
-    configs = {
+    language_models = [language_models] if isinstance(language_models, str) else list(language_models)
+    for lm in language_models:
+        if lm not in ("char_lstm", "char_transformer"):
+            raise ValueError(f"language_models must hold 'char_lstm' or 'char_transformer', got {lm!r}")
+    policies = {
         "fp32": make_policy("fp32"),
         "q4": make_policy("q4", threads=threads, first_last=first_last),
         "q4 simulated": make_policy("q4", simulate=True, threads=threads, first_last=first_last),
     }
     records, identical = [], {}
     with thread_limit(threads):
-        for model, (builder, x, y, opt) in bench_train._workloads(args).items():
-            loss_q4 = bench_train._stepper(builder, x, y, opt, configs["q4"])()
-            loss_sim = bench_train._stepper(builder, x, y, opt, configs["q4 simulated"])()
+        for model, (builder, x, y, opt) in _train_workloads(batch, language_models, lm_batch, seq_len,
+                                                             int(seed)).items():
+            loss_q4 = _train_step(builder, x, y, opt, policies["q4"])()
+            loss_sim = _train_step(builder, x, y, opt, policies["q4 simulated"])()
             identical[model] = bool(loss_q4 == loss_sim)
-            steps = {name: bench_train._stepper(builder, x, y, opt, cfg) for name, cfg in configs.items()}
+            steps = {name: _train_step(builder, x, y, opt, pol) for name, pol in policies.items()}
             for fn in steps.values():     # warm-up: scale initialisation, allocations
                 fn()
             samples = {name: [] for name in steps}
@@ -428,7 +467,7 @@ def plot_gemm_throughput(result, threads=1):
                      key=lambda k: ("amx", "vnni", "avxvnni", "avx2", "portable").index(k)
                      if k in ("amx", "vnni", "avxvnni", "avx2", "portable") else 99)
     colors = _kernel_colors(kernels)
-    fig, axes = new_figure("double", aspect=0.34, nrows=1, ncols=3, sharey=True)
+    fig, axes = new_figure("double", aspect=0.38, nrows=1, ncols=3, sharey=True)
     sizes = sorted({r["size"] for r in recs})
     fp32 = [r for r in recs if r["op"] == "fp32"]
     data = {"threads": threads, "sizes": sizes, "series": []}
@@ -456,7 +495,13 @@ def plot_gemm_throughput(result, threads=1):
         ax.set_title(_OP_TITLES[op])
         ax.set_xlabel("M = N = K")
     axes[0].set_ylabel(f"GOP/s ({threads} thread{'s' if threads > 1 else ''})")
-    axes[0].legend(loc="upper left", fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:          # kernels missing from the first panel (none today) still get an entry
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=6)
     data["series"].insert(0, {"op": "fp32", "kernel": "numpy", "sizes": [r["size"] for r in fp32],
                               "gops": [r["gops"] for r in fp32]})
     return fig, data

@@ -173,15 +173,16 @@ def test_cpu_summary_is_consistent_with_kernel_info():
 
 def test_train_step_times_tiny_or_reports_missing_benchmark():
     try:
-        import q4core.bench.train  # noqa: F401
+        import q4core.nn.models  # noqa: F401
     except ImportError:
         result, reason = speed.train_step_times()
-        assert result is None and "q4core.bench.train" in reason
+        assert result is None and "q4core.nn" in reason
         return
-    result, reason = speed.train_step_times(repeat=2, batch=2, lm_batch=2, seq_len=4)
+    result, reason = speed.train_step_times(repeat=2, batch=2, language_models=["char_lstm", "char_transformer"],
+                                            lm_batch=2, seq_len=4)
     assert reason is None
     models = list(result["identical_losses"])
-    assert len(models) == 2 and all(result["identical_losses"].values())   # q4 == simulated q4, bit for bit
+    assert len(models) == 3 and all(result["identical_losses"].values())   # q4 == simulated q4, bit for bit
     assert {(r["model"], r["precision"]) for r in result["records"]} == {
         (m, p) for m in models for p in ("fp32", "q4", "q4 simulated")}
     for r in result["records"]:
@@ -194,6 +195,8 @@ def test_train_step_times_tiny_or_reports_missing_benchmark():
         assert t["simulated_over_q4"] == pytest.approx(t["q4 simulated"] / t["q4"])
     with pytest.raises(ValueError, match="repeat"):
         speed.train_step_times(repeat=0)
+    with pytest.raises(ValueError, match="language_models"):
+        speed.train_step_times(language_models=["gpt"])
 
 
 # --------------------------------------------------------------------------- figures
