@@ -71,6 +71,15 @@ class _Ctx:
         self.x, self.xq, self.sx, self.wop, self.unsigned_clip = x, xq, sx, wop, unsigned_clip
 
 
+class _Sequence:
+    """State of a multi-call backward pass (see :meth:`QuantGemm.begin_sequence`)."""
+
+    __slots__ = ("parts", "sg", "gmax")
+
+    def __init__(self):
+        self.parts, self.sg, self.gmax = [], None, 0.0
+
+
 class QuantGemm(Module):
     """GEMM engine of one layer.  ``mode`` is set by :meth:`configure` (via ``Module.set_policy``)."""
 
@@ -83,6 +92,9 @@ class QuantGemm(Module):
         self.unsigned = None          # input non-negative? fixed at the first forward in q4
         self.gradscale = GradScale(1.0)
         self.static_w = self.static_x = None
+        #: a known bound of |input| used as the clip of signed inputs instead of a per-call estimate
+        #: (set by recurrent layers, whose per-timestep inputs must share one scale)
+        self.fixed_clip = None
         self.loss_scale = 1.0         # fp16: the trainer's loss scale, for the record only
         self.last = {}
         self._rng = None
@@ -174,7 +186,9 @@ class QuantGemm(Module):
                 self.static_x = sx
             xc = np.minimum(np.maximum(x, 0), np.float32(clip)) if cfg.activation_scaling == "pact" else x
             return UINT4.encode(np.ascontiguousarray(xc), sx, backend=backend), sx, clip
-        if self._frozen() and self.static_x is not None:
+        if self.fixed_clip is not None:
+            sx = int_scale(self.fixed_clip)
+        elif self._frozen() and self.static_x is not None:
             sx = self.static_x
         else:
             sx = int_scale(minmax_clip(x))
@@ -207,19 +221,23 @@ class QuantGemm(Module):
         y = _rescale(acc, sx * wop.scale, K * 8 * 15 < _F32_EXACT)
         return y, _Ctx(x, xq, sx, wop, clip)
 
-    def backward(self, grad_y, ctx):
-        """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``; PACT's alpha gradient is accumulated."""
+    def backward(self, grad_y, ctx, seq=None):
+        """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``; PACT's alpha gradient is accumulated.
+
+        With ``seq`` (from :meth:`begin_sequence`) the weight gradient is deferred: ``dL/dW`` is returned
+        as None and :meth:`finish_sequence` forms the sum over all calls with one GEMM."""
         self.last["grad_output"] = grad_y
         wop = ctx.wop
-        if wop.mode == "fp32":
-            return grad_y @ wop.data.T, ctx.x.T @ grad_y
-        if wop.mode == "fp16":
-            gh = round_to_float16(grad_y)
-            return gh @ wop.data.T, ctx.xq.T @ gh
-        if wop.mode == "fp8":
-            g8 = _fp8(FP8_E5M2, grad_y)
-            return g8 @ wop.data.T, ctx.xq.T @ g8
-        gx, gw = self._backward_q4(grad_y, ctx)
+        if wop.mode in ("fp32", "fp16", "fp8"):
+            g = grad_y if wop.mode == "fp32" else round_to_float16(grad_y) if wop.mode == "fp16" else \
+                _fp8(FP8_E5M2, grad_y)
+            x = ctx.x if wop.mode == "fp32" else ctx.xq
+            gx = g @ wop.data.T
+            if seq is None:
+                return gx, x.T @ g
+            seq.parts.append(("float", x, g, 1.0, 1.0, 0))
+            return gx, None
+        gx, gw = self._backward_q4(grad_y, ctx, seq)
         if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
             x = ctx.x
             over = x >= ctx.unsigned_clip
@@ -228,64 +246,109 @@ class QuantGemm(Module):
             gx = np.where((x >= 0) & ~over, gx, np.float32(0))
         return gx, gw
 
-    def _backward_q4(self, gy, ctx):
+    def begin_sequence(self):
+        """Start a backward pass made of many calls (a recurrent layer's timesteps): one gradient scale
+        for the whole pass, GradScale updated once from its max, and one weight-gradient GEMM at the end."""
+        return _Sequence()
+
+    def finish_sequence(self, seq):
+        """The weight gradient summed over the calls of ``seq`` (None if there were none)."""
+        if self.mode == "q4" and self.config.gradscale and seq.gmax > 0:
+            self.gradscale.observe(seq.gmax)
+        total = None
+        groups = {}
+        for kind, x, g, sx, sg, phase in seq.parts:
+            groups.setdefault((kind, sx, sg, phase), []).append((x, g))
+        for (kind, sx, sg, phase), items in groups.items():
+            X = np.concatenate([x for x, _ in items]) if len(items) > 1 else items[0][0]
+            G = np.concatenate([g for _, g in items]) if len(items) > 1 else items[0][1]
+            part = self._weight_product(kind, X, G, sx, sg, phase)
+            total = part if total is None else total + part
+        return total
+
+    def _weight_product(self, kind, x, g, sx, sg, phase=0):
+        """``x^T g`` for one operand kind (float, radix-4 FP4 codes, other formats' unit values, INT4)."""
+        cfg = self.config
+        if kind == "float":
+            return x.T @ g
+        sim = cfg.simulate
+        if kind == "radix4":
+            fmt = self.grad_format(phase)
+            f = fmt.factor * 4.0 ** -6
+            if sim:
+                acc = (x.T.astype(np.float64) @ fmt.decode(g)) * (1.0 / f)
+            else:
+                acc = _gemm.int4_fp4_matmul(np.ascontiguousarray(x.T), g, threads=cfg.threads)
+            return _rescale(acc, f * sx * sg, False)
+        if kind == "int4":
+            if sim:
+                acc = x.T.astype(np.float64) @ g.astype(np.float64)
+            else:
+                acc = _gemm.int4_matmul(np.ascontiguousarray(x.T), g, threads=cfg.threads)
+            return _rescale(acc, sx * sg, False)
+        # "values": gradients of a format without an integer kernel, dequantized at unit scale
+        return _rescale(x.T.astype(np.float64) @ g, sx * sg, False)
+
+    def _backward_q4(self, gy, ctx, seq=None):
         cfg = self.config
         wop = ctx.wop
         sim = cfg.simulate
         gmax = float(np.max(np.abs(gy))) if gy.size else 0.0
         if not math.isfinite(gmax):
             raise FloatingPointError(f"layer {self.name!r}: the output gradient contains NaN or Inf")
-        x_t = ctx.xq.T if sim else np.ascontiguousarray(ctx.xq.T)
         w_t = self._weight_t(wop)
         rng = self._rng_or_none()
         backend = self._backend()
         if cfg.grad_format == "int4":
+            # a per-call scale from max |g|: calls of a sequence cannot share one GEMM unless equal
             sg = int_scale(gmax)
             g = self.grad_format(0).encode(gy, sg, rng=rng, backend=backend)
             np.maximum(g, -7, out=g)
             self.last["grad_scale"] = sg
             if sim:
-                g64 = g.astype(np.float64)
-                acc_x, acc_w = g64 @ w_t.astype(np.float64), x_t.astype(np.float64) @ g64
+                acc_x = g.astype(np.float64) @ w_t.astype(np.float64)
             else:
                 acc_x = _gemm.int4_matmul(g, w_t, threads=cfg.threads)
-                acc_w = _gemm.int4_matmul(x_t, g, threads=cfg.threads)
-            return (_rescale(acc_x, sg * wop.scale, False), _rescale(acc_w, ctx.sx * sg, False))
-
-        if cfg.gradscale:
-            self.gradscale.initialise(gmax)
-            sg = self.gradscale.encode_scale()
+            gx = _rescale(acc_x, sg * wop.scale, False)
+            part = ("int4", ctx.xq, g, ctx.sx, sg, 0)
         else:
-            sg = 1.0 / cfg.grad_static_scale
-        self.last["grad_scale"] = sg
-        if cfg.grad_format == "radix4":
-            p_in = cfg.tpr_input_phase if cfg.tpr else 0
-            p_w = 1 - p_in if cfg.tpr else 0
-            fmt_in, fmt_w = self.grad_format(p_in), self.grad_format(p_w)
-            g_in = fmt_in.encode(gy, sg, rng=rng, backend=backend)
-            g_w = fmt_w.encode(gy, sg, rng=rng, backend=backend) if cfg.tpr else g_in
-            f_in, f_w = fmt_in.factor * 4.0 ** -6, fmt_w.factor * 4.0 ** -6
-            if sim:
-                # dequantize at unit scale (f * 4**(e-7)), exact float64 GEMM, back to integer units
-                v_in = fmt_in.decode(g_in)
-                v_w = v_in if g_w is g_in else fmt_w.decode(g_w)
-                acc_x = (v_in @ w_t.astype(np.float64)) * (1.0 / f_in)
-                acc_w = (x_t.astype(np.float64) @ v_w) * (1.0 / f_w)
+            if seq is not None and seq.sg is not None:
+                sg = seq.sg
+            elif cfg.gradscale:
+                self.gradscale.initialise(gmax)
+                sg = self.gradscale.encode_scale()
             else:
-                acc_x = _gemm.fp4_int4_matmul(g_in, w_t, threads=cfg.threads)
-                acc_w = _gemm.int4_fp4_matmul(x_t, g_w, threads=cfg.threads)
-            gx = _rescale(acc_x, f_in * sg * wop.scale, False)
-            gw = _rescale(acc_w, f_w * ctx.sx * sg, False)
-        else:
-            # radix-2, base-10 and E2M1 gradients have no integer kernel: always fake quantization
-            fmt = self.grad_format(0)
-            v = fmt.decode(fmt.encode(gy, sg, rng=rng, backend="numpy"))
-            lw = wop.data.astype(np.float64)
-            gx = _rescale(v @ lw.T, sg * wop.scale, False)
-            gw = _rescale(ctx.xq.T.astype(np.float64) @ v, ctx.sx * sg, False)
-        if cfg.gradscale:
-            self.gradscale.observe(gmax)
-        return gx, gw
+                sg = 1.0 / cfg.grad_static_scale
+            if seq is not None:
+                seq.sg = sg
+                seq.gmax = max(seq.gmax, gmax)
+            self.last["grad_scale"] = sg
+            if cfg.grad_format == "radix4":
+                p_in = cfg.tpr_input_phase if cfg.tpr else 0
+                p_w = 1 - p_in if cfg.tpr else 0
+                fmt_in, fmt_w = self.grad_format(p_in), self.grad_format(p_w)
+                g_in = fmt_in.encode(gy, sg, rng=rng, backend=backend)
+                g_w = fmt_w.encode(gy, sg, rng=rng, backend=backend) if cfg.tpr else g_in
+                f_in = fmt_in.factor * 4.0 ** -6
+                if sim:
+                    # dequantize at unit scale (f * 4**(e-7)), exact float64 GEMM, back to integer units
+                    acc_x = (fmt_in.decode(g_in) @ w_t.astype(np.float64)) * (1.0 / f_in)
+                else:
+                    acc_x = _gemm.fp4_int4_matmul(g_in, w_t, threads=cfg.threads)
+                gx = _rescale(acc_x, f_in * sg * wop.scale, False)
+                part = ("radix4", ctx.xq, g_w, ctx.sx, sg, p_w)
+            else:
+                # radix-2, base-10 and E2M1 gradients have no integer kernel: always fake quantization
+                fmt = self.grad_format(0)
+                v = fmt.decode(fmt.encode(gy, sg, rng=rng, backend="numpy"))
+                gx = _rescale(v @ wop.data.astype(np.float64).T, sg * wop.scale, False)
+                part = ("values", ctx.xq, v, ctx.sx, sg, 0)
+            if cfg.gradscale and seq is None:
+                self.gradscale.observe(gmax)
+        if seq is not None:
+            seq.parts.append(part)
+            return gx, None
+        return gx, self._weight_product(*part)
 
     # ------------------------------------------------------------------ state
     def buffers(self):

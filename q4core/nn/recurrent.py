@@ -4,6 +4,11 @@ The input projection of all timesteps is one GEMM (``x_t @ W_x`` for every t at 
 projection ``h_{t-1} @ W_h`` is one GEMM per timestep with the weight quantized once per forward
 pass.  Both follow the precision policy (``input`` and ``hidden`` GEMM layers).  Gate order: input,
 forget, cell, output; the forget bias starts at 1.
+
+Under q4 the hidden states of one forward pass share one INT4 scale: its clip is max |h| of the previous
+training step's pass (1.0 at first: |h| < 1 always), so the weight gradient ``sum_t h_{t-1}^T dz_t`` is
+one GEMM over all timesteps; the backward pass uses one GradScale scale for all timesteps and updates
+it once from their max |dz| (a per-step, per-layer scale as in the paper, not a per-timestep one).
 """
 from __future__ import annotations
 
@@ -46,6 +51,13 @@ class LSTM(Module):
         b = np.zeros(4 * H)
         b[H:2 * H] = 1.0
         self.bias = Parameter(b, decay=False)
+        self.hidden_clip = 1.0
+
+    def buffers(self):
+        return {"hidden_clip": np.array(self.hidden_clip)}
+
+    def load_buffers(self, b):
+        self.hidden_clip = float(b["hidden_clip"])
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[2] != self.input_size:
@@ -56,6 +68,7 @@ class LSTM(Module):
         zx, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F), gx.prepare_weight(self.input.weight.data))
         zx = zx.reshape(N, T, 4 * H) + self.bias.data
         wh = gh.prepare_weight(self.hidden.weight.data)
+        gh.fixed_clip = self.hidden_clip
         h = np.zeros((N, H), x.dtype)
         c = np.zeros((N, H), x.dtype)
         hs = np.empty((N, T, H), x.dtype)
@@ -72,6 +85,10 @@ class LSTM(Module):
             hs[:, t] = h
             self._steps.append((ctx, i, f, g, o, c_prev, tc))
         self._shape = x.shape
+        if self.training:
+            m = float(np.max(np.abs(hs))) if hs.size else 0.0
+            if 0.0 < m <= 1.0:
+                self.hidden_clip = m
         return hs
 
     def backward(self, grad_y):
@@ -81,6 +98,7 @@ class LSTM(Module):
         dh = np.zeros((N, H), grad_y.dtype)
         dc = np.zeros((N, H), grad_y.dtype)
         gh = self.hidden.gemm
+        seq = gh.begin_sequence()
         for t in reversed(range(T)):
             ctx, i, f, g, o, c_prev, tc = self._steps[t]
             dh = dh + grad_y[:, t]
@@ -90,7 +108,9 @@ class LSTM(Module):
             dc = dc * f
             dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1)
             dz_all[:, t] = dz
-            dh, dwh = gh.backward(np.ascontiguousarray(dz), ctx)
+            dh, _ = gh.backward(np.ascontiguousarray(dz), ctx, seq)
+        dwh = gh.finish_sequence(seq)
+        if dwh is not None:
             self.hidden.weight.grad += dwh
         self.bias.grad += dz_all.sum(axis=(0, 1))
         dx, dwx = self.input.gemm.backward(dz_all.reshape(N * T, 4 * H), self._ctx_x)
