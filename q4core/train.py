@@ -377,6 +377,9 @@ def _parser():
     p.add_argument("--ablation", action="append", default=None, choices=sorted(ABLATIONS),
                    help="q4 ablation (repeatable)")
     p.add_argument("--simulate", action="store_true", help="q4 as fake quantization (float GEMMs)")
+    p.add_argument("--config", default=None,
+                   help="JSON object of PrecisionConfig fields to override, e.g. '{\"grad_format\": \"radix2\", "
+                        "\"tpr\": false}'")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
@@ -409,6 +412,16 @@ def main(argv=None):
         print("error: give exactly one of --task and --data", file=sys.stderr)
         return 2
     extra = {"simulate": True} if args.simulate else {}
+    if args.config is not None:
+        try:
+            fields = json.loads(args.config)
+        except json.JSONDecodeError as exc:
+            print(f"error: --config is not valid JSON ({exc})", file=sys.stderr)
+            return 2
+        if not isinstance(fields, dict):
+            print("error: --config must be a JSON object of config fields", file=sys.stderr)
+            return 2
+        extra.update(fields)
     if args.threads is not None:
         extra["threads"] = args.threads
     try:

@@ -189,3 +189,15 @@ def test_model_builders_train_under_q4(name, shape, n, x):
     assert all(l.gemm.mode == "q4" for _, l in model.gemm_layers())
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet", shape, n)
+
+
+def test_cli_config_overrides(tmp_path, capsys):
+    path = _npz(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["--data", str(path), "--precision", "q4", "--config", '{"grad_format": "radix2", "tpr": false}',
+                 "--epochs", "1", "--max-steps", "2", "--out", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["precision"]["grad_format"] == "radix2" and r["precision"]["tpr"] is False
+    assert main(["--data", str(path), "--config", "{nope", "--out", str(out)]) == 2
+    assert main(["--data", str(path), "--config", '{"bogus": 1}', "--out", str(out)]) == 2
+    assert "unknown precision config keys" in capsys.readouterr().err

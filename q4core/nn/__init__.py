@@ -1,4 +1,21 @@
-"""Numpy neural-network layers whose GEMMs run in FP32, 16-bit or real 4-bit integer arithmetic."""
+"""Numpy neural-network layers whose GEMMs run in FP32, 16-bit, FP8 or real 4-bit integer arithmetic.
+
+A model is a tree of :class:`Module` objects with ``forward(x)`` / ``backward(grad_y)``; every GEMM
+layer (Linear, Conv2d, Conv1d, the LSTM's two projections, attention's projections) owns a
+:class:`QuantGemm` that runs its products under the mode given by a :class:`PrecisionConfig`::
+
+    from q4core.nn import SGD, make_policy, softmax_cross_entropy
+    from q4core.nn.models import build_model
+    model = build_model("cnn", (1, 8, 8), 10, seed=0)
+    model.set_policy(make_policy("q4"))              # or "fp32", "fp16", "fp8", a dict, ablations...
+    opt = SGD(model.named_parameters(), lr=0.05)
+    loss, grad = softmax_cross_entropy(model.forward(x), y)
+    model.zero_grad(); model.backward(grad); opt.step()
+
+For analysis, ``model.gemm_layers()`` lists ``(name, layer)``; ``layer.gemm.last`` holds the last
+input, weight and output gradient it saw and ``layer.gemm.quantizer_state()`` its weight/activation/
+gradient scales, PACT alpha and GradScale scale.  :func:`q4core.train.train` wraps the loop.
+"""
 from .core import Module, Parameter, Sequential
 from .attention import CausalSelfAttention
 from .recurrent import LSTM

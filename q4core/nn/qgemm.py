@@ -95,7 +95,6 @@ class QuantGemm(Module):
         #: a known bound of |input| used as the clip of signed inputs instead of a per-call estimate
         #: (set by recurrent layers, whose per-timestep inputs must share one scale)
         self.fixed_clip = None
-        self.loss_scale = 1.0         # fp16: the trainer's loss scale, for the record only
         self.last = {}
         self._rng = None
         self.training = True
@@ -103,7 +102,6 @@ class QuantGemm(Module):
     # ------------------------------------------------------------------ configuration
     def configure(self, config, mode, index=0, name=""):
         self.config, self.mode, self.index, self.name = config, mode, index, name
-        self._grad_fmt = None
         if mode == "q4":
             fmt = self.grad_format(0)
             self.gradscale = GradScale(fmt.max)    # unused when config.gradscale is off
