@@ -226,7 +226,7 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
     ``precision``: ``fp32``, ``fp16``, ``q4`` or a config dict (:class:`~q4core.nn.policy.PrecisionConfig`);
     ``ablation``: a name or list of names from :data:`~q4core.nn.policy.ABLATIONS`; further keyword
     arguments override config fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
-    task object.  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
+    :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
     ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
     weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
     written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).
@@ -238,7 +238,14 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     config = make_policy(precision, ablation, **{"seed": int(seed), **config_overrides})
     if data is not None:
-        ds = load_npz_task(data, seed) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else data
+        if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+            ds = load_npz_task(data, seed)
+        elif hasattr(data, "X_train") and not hasattr(data, "batches"):     # a q4core.data.Dataset
+            n_classes = len(data.classes) if getattr(data, "classes", None) else int(data.y_train.max()) + 1
+            ds = _Classification(data.X_train, data.y_train, data.X_val, data.y_val, data.X_test, data.y_test,
+                                 n_classes, "dataset")
+        else:
+            ds = data
         key = "npz"
     else:
         ds = _load_task(task, seed, max_chars)
