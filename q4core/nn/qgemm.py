@@ -34,8 +34,12 @@ _F32_EXACT = 2 ** 24
 
 
 def _rescale(acc, factor, exact_f32):
-    """``acc * factor`` as float32, one rounding.  ``exact_f32``: acc's entries are integers below 2**24
-    in magnitude, so float32 holds them exactly and the product can be formed in float32."""
+    """``acc * factor`` as float32.
+
+    ``exact_f32`` (the caller's bound says every entry of the exact integer ``acc`` is below 2**24 in
+    magnitude): float32 holds ``acc`` exactly, so the product is formed in float32 (factor rounded to
+    float32, one product rounding); otherwise in float64, then rounded to float32.  The integer and the
+    simulated path call this with the same exact ``acc`` and the same flag, so they round alike."""
     if exact_f32:
         y = acc.astype(np.float32)
         y *= np.float32(factor)
@@ -277,13 +281,13 @@ class QuantGemm(Module):
                 acc = (x.T.astype(np.float64) @ fmt.decode(g)) * (1.0 / f)
             else:
                 acc = _gemm.int4_fp4_matmul(np.ascontiguousarray(x.T), g, threads=cfg.threads)
-            return _rescale(acc, f * sx * sg, False)
+            return _rescale(acc, f * sx * sg, x.shape[0] * 15 * 4096 < _F32_EXACT)
         if kind == "int4":
             if sim:
                 acc = x.T.astype(np.float64) @ g.astype(np.float64)
             else:
                 acc = _gemm.int4_matmul(np.ascontiguousarray(x.T), g, threads=cfg.threads)
-            return _rescale(acc, sx * sg, False)
+            return _rescale(acc, sx * sg, x.shape[0] * 15 * 8 < _F32_EXACT)
         # "values": gradients of a format without an integer kernel, dequantized at unit scale
         return _rescale(x.T.astype(np.float64) @ g, sx * sg, False)
 
@@ -307,7 +311,7 @@ class QuantGemm(Module):
                 acc_x = g.astype(np.float64) @ w_t.astype(np.float64)
             else:
                 acc_x = _gemm.int4_matmul(g, w_t, threads=cfg.threads)
-            gx = _rescale(acc_x, sg * wop.scale, False)
+            gx = _rescale(acc_x, sg * wop.scale, g.shape[1] * 8 * 8 < _F32_EXACT)
             part = ("int4", ctx.xq, g, ctx.sx, sg, 0)
         else:
             if seq is not None and seq.sg is not None:
@@ -333,7 +337,8 @@ class QuantGemm(Module):
                     acc_x = (fmt_in.decode(g_in) @ w_t.astype(np.float64)) * (1.0 / f_in)
                 else:
                     acc_x = _gemm.fp4_int4_matmul(g_in, w_t, threads=cfg.threads)
-                gx = _rescale(acc_x, f_in * sg * wop.scale, False)
+                # FP4 units 4**(e-1) <= 4096 (both phases), |INT4 levels| <= 8
+                gx = _rescale(acc_x, f_in * sg * wop.scale, g_in.shape[1] * 4096 * 8 < _F32_EXACT)
                 part = ("radix4", ctx.xq, g_w, ctx.sx, sg, p_w)
             else:
                 # radix-2, base-10 and E2M1 gradients have no integer kernel: always fake quantization
