@@ -207,3 +207,30 @@ def test_train_on_a_dataset_object():
     from q4core.data import load_digits_8x8
     r = train(data=load_digits_8x8(0), model="mlp", epochs=1, max_steps=3, progress=False)
     assert r["task"] == "dataset" and r["steps"] == 3 and 0 <= r["test_accuracy"] <= 1
+
+
+def test_q4_learns_digits_close_to_fp32():
+    fp32 = train(task="digits", precision="fp32", epochs=2, progress=False, seed=0)
+    q4 = train(task="digits", precision="q4", epochs=2, progress=False, seed=0)
+    assert fp32["test_accuracy"] > 0.85
+    assert q4["test_accuracy"] > 0.85 and q4["test_accuracy"] > fp32["test_accuracy"] - 0.08
+
+
+def test_layer_input_errors():
+    from q4core.nn import BatchNorm, Conv2d, Embedding, Linear, MaxPool2d
+    with pytest.raises(ValueError, match="expects 3 input features"):
+        Linear(3, 2).forward(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        Conv2d(2, 1, 3).forward(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        Conv2d(1, 1, 5).forward(np.zeros((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="larger than the input"):
+        MaxPool2d(4).forward(np.zeros((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="Embedding ids"):
+        Embedding(3, 2).forward(np.array([3]))
+    with pytest.raises(ValueError, match="BatchNorm expects"):
+        BatchNorm(3).forward(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="in_features"):
+        Linear(0, 2)
+    with pytest.raises(TypeError, match="real array"):
+        Linear(2, 2).forward(np.array([["a", "b"]]))
