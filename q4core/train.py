@@ -8,6 +8,12 @@ Tasks: ``digits`` (sklearn 8x8), ``mnist`` (MNIST 5k, 28x28), ``speech`` (spoken
 ``chars`` (BBC News characters, bits per character), or ``--data file.npz`` holding ``X_train, y_train,
 X_test, y_test`` (optionally ``X_val, y_val``) with images N x H x W / N x C x H x W or vectors N x D.
 
+Result (the dict :func:`train` returns and the CLI writes, NaN/Inf written as null): ``task``, ``model``,
+``precision`` (the full PrecisionConfig as a dict), ``seed``, ``epochs``, ``batch_size``, ``optimizer``,
+``lr``, ``schedule``, ``weight_decay``, ``metric`` (``accuracy`` or ``bpc``), ``history`` (per epoch:
+``train_loss`` in nats, ``val_<metric>``, ``epoch_seconds``, ``skipped_steps``), ``test_<metric>``,
+``steps``, ``loss_scale``, ``wall_seconds`` and ``stopped`` (None, or why training stopped early).
+
 Determinism: every random choice (initial weights, batch order, dropout, stochastic rounding) comes from
 ``seed``; the 4-bit integer kernels give the same numbers for any thread count.  A non-finite loss or
 gradient stops training with a message in ``result["stopped"]`` and the history so far.
