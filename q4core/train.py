@@ -384,7 +384,7 @@ def _parser():
     p = argparse.ArgumentParser(prog="python -m q4core.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=TASKS, default=None, help="built-in task (or use --data)")
     p.add_argument("--data", default=None, help=".npz with X_train, y_train, X_test, y_test [, X_val, y_val]")
-    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, "
+    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, speech_gru, char_gru, "
                                                  "char_lstm, char_transformer for the built-in tasks")
     p.add_argument("--precision", default="fp32", choices=sorted(PRESETS))
     p.add_argument("--ablation", action="append", default=None, choices=sorted(ABLATIONS),

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from q4core.nn import (LSTM, AvgPool2d, BatchNorm, CausalSelfAttention, Conv1d, Conv2d, Dropout, Embedding,
+from q4core.nn import (GRU, LSTM, AvgPool2d, BatchNorm, CausalSelfAttention, Conv1d, Conv2d, Dropout, Embedding,
                        Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool1d, MaxPool2d, ReLU, Sequential,
                        softmax_cross_entropy)
 
@@ -137,6 +137,10 @@ def test_attention_is_causal():
 
 def test_lstm():
     _check(LSTM(3, 4, rng=2), _x((2, 5, 3)))
+
+
+def test_gru():
+    _check(GRU(3, 4, rng=2), _x((2, 5, 3)))
 
 
 def test_softmax_cross_entropy_gradient():

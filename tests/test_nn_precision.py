@@ -6,7 +6,7 @@ import pytest
 
 from q4core import gemm
 from q4core.formats import INT4, UINT4
-from q4core.nn import (LSTM, SGD, Adam, CausalSelfAttention, Conv2d, Embedding, Flatten, Linear, MaxPool2d,
+from q4core.nn import (GRU, LSTM, SGD, Adam, CausalSelfAttention, Conv2d, Embedding, Flatten, Linear, MaxPool2d,
                        PrecisionConfig, ReLU, Sequential, make_policy, softmax_cross_entropy)
 from q4core.scaling import int_scale, sawb_clip
 
@@ -60,11 +60,11 @@ def test_integer_and_simulated_identical_for_tpr_phase_swap_and_adam():
 
 
 def _lm(seed=0):
-    return Sequential(Embedding(12, 8, rng=seed), LSTM(8, 8, rng=seed + 1),
+    return Sequential(Embedding(12, 8, rng=seed), LSTM(8, 8, rng=seed + 1), GRU(8, 8, rng=seed + 4),
                       CausalSelfAttention(8, heads=2, rng=seed + 2), Linear(8, 12, rng=seed + 3))
 
 
-def test_integer_and_simulated_identical_for_lstm_and_attention():
+def test_integer_and_simulated_identical_for_lstm_gru_and_attention():
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 12, (3, 6))
     tgt = rng.integers(0, 12, (3, 6))

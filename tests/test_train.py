@@ -170,6 +170,8 @@ def test_bench_train_smoke(capsys):
     ("speech_lstm", (12, 6), 4, np.random.default_rng(0).standard_normal((3, 12, 6)).astype(np.float32)),
     ("char_lstm", (9,), 7, np.random.default_rng(0).integers(0, 7, (3, 9))),
     ("char_transformer", (9,), 7, np.random.default_rng(0).integers(0, 7, (3, 9))),
+    ("char_gru", (9,), 7, np.random.default_rng(0).integers(0, 7, (3, 9))),
+    ("speech_gru", (12, 6), 4, np.random.default_rng(0).standard_normal((3, 12, 6)).astype(np.float32)),
     ("mlp", (5, 5), 3, np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)),
 ])
 def test_model_builders_train_under_q4(name, shape, n, x):

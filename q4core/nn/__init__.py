@@ -18,7 +18,7 @@ gradient scales, PACT alpha and GradScale scale.  :func:`q4core.train.train` wra
 """
 from .core import Module, Parameter, Sequential
 from .attention import CausalSelfAttention
-from .recurrent import LSTM
+from .recurrent import GRU, LSTM
 from .layers import (AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Embedding, Flatten, GlobalAvgPool,
                      LayerNorm, Linear, MaxPool1d, MaxPool2d, ReLU)
 from .losses import softmax, softmax_cross_entropy
@@ -28,5 +28,5 @@ from .qgemm import QuantGemm
 
 __all__ = ["Module", "Parameter", "Sequential", "Linear", "Conv2d", "Conv1d", "ReLU", "MaxPool2d",
            "AvgPool2d", "MaxPool1d", "GlobalAvgPool", "Flatten", "BatchNorm", "Dropout", "Embedding",
-           "LayerNorm", "CausalSelfAttention", "LSTM", "softmax", "softmax_cross_entropy", "SGD", "Adam", "lr_schedule", "PrecisionConfig",
+           "LayerNorm", "CausalSelfAttention", "LSTM", "GRU", "softmax", "softmax_cross_entropy", "SGD", "Adam", "lr_schedule", "PrecisionConfig",
            "PRESETS", "ABLATIONS", "make_policy", "QuantGemm"]

@@ -12,7 +12,7 @@ from .attention import CausalSelfAttention
 from .core import Module, Parameter, Sequential
 from .layers import (BatchNorm, Conv1d, Conv2d, Dropout, Embedding, Flatten, GlobalAvgPool, LayerNorm, Linear,
                      MaxPool1d, MaxPool2d, ReLU, _check_positive_int)
-from .recurrent import LSTM
+from .recurrent import GRU, LSTM
 
 __all__ = ["Transpose", "TimeMean", "Residual", "PositionEmbedding", "mlp", "cnn", "speech_cnn", "speech_lstm",
            "char_lstm", "char_transformer", "build_model"]
@@ -130,17 +130,20 @@ def speech_cnn(n_frames, n_features, n_classes, channels=(64, 64), kernel=5, see
     return Sequential(*layers)
 
 
-def speech_lstm(n_features, n_classes, hidden=64, seed=0):
-    """(N, T, F) -> Linear(F, hidden) -> ReLU -> LSTM -> mean over time -> Linear."""
+_CELLS = {"lstm": LSTM, "gru": GRU}
+
+
+def speech_lstm(n_features, n_classes, hidden=64, cell="lstm", seed=0):
+    """(N, T, F) -> Linear(F, hidden) -> ReLU -> LSTM (or GRU) -> mean over time -> Linear."""
     s = _seeds(seed)
-    return Sequential(Linear(n_features, hidden, rng=next(s)), ReLU(), LSTM(hidden, hidden, rng=next(s)),
+    return Sequential(Linear(n_features, hidden, rng=next(s)), ReLU(), _CELLS[cell](hidden, hidden, rng=next(s)),
                       TimeMean(), Linear(hidden, n_classes, rng=next(s)))
 
 
-def char_lstm(vocab_size, embed=32, hidden=128, seed=0):
-    """Character language model: Embedding -> LSTM -> Linear to next-character logits (N, T, V)."""
+def char_lstm(vocab_size, embed=32, hidden=128, cell="lstm", seed=0):
+    """Character language model: Embedding -> LSTM (or GRU) -> Linear to next-character logits (N, T, V)."""
     s = _seeds(seed)
-    return Sequential(Embedding(vocab_size, embed, rng=next(s)), LSTM(embed, hidden, rng=next(s)),
+    return Sequential(Embedding(vocab_size, embed, rng=next(s)), _CELLS[cell](embed, hidden, rng=next(s)),
                       Linear(hidden, vocab_size, rng=next(s)))
 
 
@@ -158,8 +161,8 @@ def char_transformer(vocab_size, max_len=64, dim=64, heads=4, layers=2, mlp_rati
 
 
 def build_model(name, input_shape, n_classes, seed=0, **kw):
-    """Builder by name: ``mlp``, ``cnn`` (images), ``speech_cnn``, ``speech_lstm`` (N x T x F),
-    ``char_lstm``, ``char_transformer`` (``n_classes`` = vocabulary size)."""
+    """Builder by name: ``mlp``, ``cnn`` (images), ``speech_cnn``, ``speech_lstm``, ``speech_gru`` (N x T x F),
+    ``char_lstm``, ``char_gru``, ``char_transformer`` (``n_classes`` = vocabulary size)."""
     input_shape = tuple(int(v) for v in input_shape)
     if name == "mlp":
         return mlp(int(np.prod(input_shape)), n_classes, seed=seed, **kw)
@@ -171,11 +174,11 @@ def build_model(name, input_shape, n_classes, seed=0, **kw):
         return cnn(input_shape, n_classes, seed=seed, **kw)
     if name == "speech_cnn":
         return speech_cnn(input_shape[0], input_shape[1], n_classes, seed=seed, **kw)
-    if name == "speech_lstm":
-        return speech_lstm(input_shape[1], n_classes, seed=seed, **kw)
-    if name == "char_lstm":
-        return char_lstm(n_classes, seed=seed, **kw)
+    if name in ("speech_lstm", "speech_gru"):
+        return speech_lstm(input_shape[1], n_classes, cell=name[-4:].strip("_"), seed=seed, **kw)
+    if name in ("char_lstm", "char_gru"):
+        return char_lstm(n_classes, cell=name[-4:].strip("_"), seed=seed, **kw)
     if name == "char_transformer":
         return char_transformer(n_classes, max_len=input_shape[0], seed=seed, **kw)
-    raise ValueError(f"unknown model {name!r}; choose mlp, cnn, speech_cnn, speech_lstm, char_lstm, "
-                     "char_transformer")
+    raise ValueError(f"unknown model {name!r}; choose mlp, cnn, speech_cnn, speech_lstm, speech_gru, "
+                     "char_lstm, char_gru, char_transformer")

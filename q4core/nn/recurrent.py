@@ -1,4 +1,4 @@
-"""LSTM layer (the paper's speech and language models were LSTMs), trained by backpropagation through time.
+"""LSTM and GRU layers (the paper's speech and language models were LSTMs), trained by backpropagation through time.
 
 The input projection of all timesteps is one GEMM (``x_t @ W_x`` for every t at once); the recurrent
 projection ``h_{t-1} @ W_h`` is one GEMM per timestep with the weight quantized once per forward
@@ -20,7 +20,7 @@ from .core import Module, Parameter
 from .layers import _check_positive_int
 from .qgemm import QuantGemm
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "GRU"]
 
 
 def _sigmoid(z):
@@ -114,6 +114,90 @@ class LSTM(Module):
             self.hidden.weight.grad += dwh
         self.bias.grad += dz_all.sum(axis=(0, 1))
         dx, dwx = self.input.gemm.backward(dz_all.reshape(N * T, 4 * H), self._ctx_x)
+        self.input.weight.grad += dwx
+        self._steps = self._ctx_x = None
+        return dx.reshape(N, T, F)
+
+
+class GRU(Module):
+    """(N, T, F) -> (N, T, H) gated recurrent unit (zero initial state), gates ordered reset, update, new:
+
+    ``r = s(x Wr + h Ur + b_r)``, ``z = s(x Wz + h Uz + b_z)``, ``n = tanh(x Wn + b_n + r * (h Un + c_n))``,
+    ``h' = (1 - z) * n + z * h``.  The GEMM layers and the q4 sequence handling are as in :class:`LSTM`.
+    """
+
+    def __init__(self, input_size, hidden_size, rng=0):
+        F = self.input_size = _check_positive_int(input_size, "input_size")
+        H = self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        bound = 1.0 / math.sqrt(H)
+        self.input = _Projection(rng.uniform(-bound, bound, (F, 3 * H)), signed_input=False)
+        self.input.gemm.unsigned = None
+        self.hidden = _Projection(rng.uniform(-bound, bound, (H, 3 * H)), signed_input=True)
+        self.bias_input = Parameter(np.zeros(3 * H), decay=False)
+        self.bias_hidden = Parameter(np.zeros(3 * H), decay=False)
+        self.hidden_clip = 1.0
+
+    def buffers(self):
+        return {"hidden_clip": np.array(self.hidden_clip)}
+
+    def load_buffers(self, b):
+        self.hidden_clip = float(b["hidden_clip"])
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"GRU expects (N, T, {self.input_size}), got shape {x.shape}")
+        N, T, F = x.shape
+        H = self.hidden_size
+        gx, gh = self.input.gemm, self.hidden.gemm
+        ax, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F), gx.prepare_weight(self.input.weight.data))
+        ax = ax.reshape(N, T, 3 * H) + self.bias_input.data
+        wh = gh.prepare_weight(self.hidden.weight.data)
+        gh.fixed_clip = self.hidden_clip
+        h = np.zeros((N, H), x.dtype)
+        hs = np.empty((N, T, H), x.dtype)
+        self._steps = []
+        for t in range(T):
+            ah, ctx = gh.forward(h, wh)
+            ah = ah + self.bias_hidden.data
+            r = _sigmoid(ax[:, t, :H] + ah[:, :H])
+            z = _sigmoid(ax[:, t, H:2 * H] + ah[:, H:2 * H])
+            hn = ah[:, 2 * H:]
+            n = np.tanh(ax[:, t, 2 * H:] + r * hn)
+            h_prev = h
+            h = (1 - z) * n + z * h_prev
+            hs[:, t] = h
+            self._steps.append((ctx, r, z, n, hn, h_prev))
+        self._shape = x.shape
+        if self.training:
+            m = float(np.max(np.abs(hs))) if hs.size else 0.0
+            if 0.0 < m <= 1.0:
+                self.hidden_clip = m
+        return hs
+
+    def backward(self, grad_y):
+        N, T, F = self._shape
+        H = self.hidden_size
+        dax = np.empty((N, T, 3 * H), grad_y.dtype)
+        dh = np.zeros((N, H), grad_y.dtype)
+        gh = self.hidden.gemm
+        seq = gh.begin_sequence()
+        for t in reversed(range(T)):
+            ctx, r, z, n, hn, h_prev = self._steps[t]
+            dh = dh + grad_y[:, t]
+            dn = dh * (1 - z) * (1 - n * n)
+            dz = dh * (h_prev - n) * z * (1 - z)
+            dr = dn * hn * r * (1 - r)
+            dax[:, t] = np.concatenate([dr, dz, dn], axis=1)
+            dah = np.concatenate([dr, dz, dn * r], axis=1)
+            self.bias_hidden.grad += dah.sum(axis=0)
+            dh_h, _ = gh.backward(np.ascontiguousarray(dah), ctx, seq)
+            dh = dh * z + dh_h
+        dwh = gh.finish_sequence(seq)
+        if dwh is not None:
+            self.hidden.weight.grad += dwh
+        self.bias_input.grad += dax.sum(axis=(0, 1))
+        dx, dwx = self.input.gemm.backward(dax.reshape(N * T, 3 * H), self._ctx_x)
         self.input.weight.grad += dwx
         self._steps = self._ctx_x = None
         return dx.reshape(N, T, F)
