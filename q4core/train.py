@@ -35,7 +35,7 @@ from .nn.models import build_model
 from .nn.optim import SGD, Adam, lr_schedule
 from .nn.policy import ABLATIONS, PRESETS, make_policy
 
-__all__ = ["train", "load_npz_task", "TASKS", "main", "TrainingDiverged"]
+__all__ = ["train", "load_npz_task", "TASKS", "main", "TrainingDiverged", "StepRecorder"]
 
 TASKS = ("digits", "mnist", "speech", "chars")
 _DEFAULT_MODEL = {"digits": "cnn", "mnist": "cnn", "speech": "speech_cnn", "chars": "char_lstm"}
@@ -216,6 +216,44 @@ def load_npz_task(path, seed=0, val_fraction=0.1):
     if n_classes < 2:
         raise ValueError("the labels name fewer than 2 classes")
     return _Classification(Xtr, ytr, Xva, yva, Xte, yte, n_classes, f"npz:{path}")
+
+
+# ---------------------------------------------------------------------------------------------- recording
+class StepRecorder:
+    """An ``on_step`` callback that records, every ``every`` steps and for every GEMM layer, the ranges a
+    notebook plots: weight/input min and max, max |output gradient|, the layer's scales (weight, activation,
+    gradient), PACT alpha and GradScale scale, plus the step's loss and learning rate.
+
+    ``records`` is a list of flat dicts (one per layer and recorded step), ready for a table or a plot;
+    ``samples`` (when ``keep_gradients``) holds a copy of each layer's output gradient at recorded steps
+    (at most ``max_values`` values each, taken with a fixed stride) for histograms of real gradients.
+    """
+
+    def __init__(self, every=1, keep_gradients=False, max_values=4096):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every!r}")
+        self.every, self.keep_gradients, self.max_values = int(every), bool(keep_gradients), int(max_values)
+        self.records, self.samples = [], []
+
+    def __call__(self, step, model, info):
+        if step % self.every:
+            return
+        for name, layer in model.gemm_layers():
+            last = layer.gemm.last
+            w, x, g = last.get("weight"), last.get("input"), last.get("grad_output")
+            rec = {"step": step, "layer": name, "loss": info["loss"], "lr": info["lr"]}
+            rec.update(layer.gemm.quantizer_state())
+            if w is not None and w.size:
+                rec.update(weight_min=float(w.min()), weight_max=float(w.max()))
+            if x is not None and x.size:
+                rec.update(input_min=float(x.min()), input_max=float(x.max()))
+            if g is not None and g.size:
+                rec["grad_absmax"] = float(np.abs(g).max())
+                if self.keep_gradients:
+                    flat = g.reshape(-1)
+                    stride = max(1, flat.size // self.max_values)
+                    self.samples.append({"step": step, "layer": name, "grad": flat[::stride][:self.max_values].copy()})
+            self.records.append(rec)
 
 
 # ---------------------------------------------------------------------------------------------- loop

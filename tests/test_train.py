@@ -236,3 +236,19 @@ def test_layer_input_errors():
         Linear(0, 2)
     with pytest.raises(TypeError, match="real array"):
         Linear(2, 2).forward(np.array([["a", "b"]]))
+
+
+def test_step_recorder():
+    from q4core.train import StepRecorder
+    rec = StepRecorder(every=2, keep_gradients=True, max_values=50)
+    train(task="digits", precision="q4", epochs=1, max_steps=4, progress=False, on_step=rec, model="mlp")
+    steps = sorted({r["step"] for r in rec.records})
+    assert steps == [2, 4]
+    layers = {r["layer"] for r in rec.records}
+    assert len(layers) == 3
+    q4 = [r for r in rec.records if r["mode"] == "q4"]
+    assert q4 and all(r["weight_scale"] > 0 and r["grad_absmax"] > 0 and r["weight_min"] < r["weight_max"]
+                      for r in q4)
+    assert all(s["grad"].size <= 50 for s in rec.samples) and len(rec.samples) == 6
+    with pytest.raises(ValueError, match="every"):
+        StepRecorder(every=0)
