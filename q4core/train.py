@@ -11,7 +11,8 @@ X_test, y_test`` (optionally ``X_val, y_val``) with images N x H x W / N x C x H
 Result (the dict :func:`train` returns and the CLI writes, NaN/Inf written as null): ``task``, ``model``,
 ``precision`` (the full PrecisionConfig as a dict), ``seed``, ``epochs``, ``batch_size``, ``optimizer``,
 ``lr``, ``schedule``, ``weight_decay``, ``metric`` (``accuracy`` or ``bpc``), ``history`` (per epoch:
-``train_loss`` in nats, ``val_<metric>``, ``epoch_seconds``, ``skipped_steps``), ``test_<metric>``,
+``train_loss`` in nats, ``val_<metric>``, ``epoch_seconds``, ``skipped_steps``; and ``step_loss``, the
+loss of every step, including the one that stopped training), ``test_<metric>``,
 ``steps``, ``loss_scale``, ``wall_seconds`` and ``stopped`` (None, or why training stopped early).
 
 Determinism: every random choice (initial weights, batch order, dropout, stochastic rounding) comes from
@@ -264,7 +265,7 @@ def _grads_finite(params):
 def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, model=None, data=None,
           batch_size=None, optimizer=None, lr=None, momentum=0.9, weight_decay=5e-4, schedule="cosine",
           warmup=0, max_steps=None, on_step=None, progress=True, checkpoint=None, max_chars=None,
-          model_kwargs=None, return_model=False, **config_overrides):
+          model_kwargs=None, return_model=False, max_loss=None, **config_overrides):
     """Train and evaluate; returns a JSON-serialisable result dict.
 
     ``precision``: ``fp32``, ``fp16``, ``q4`` or a config dict (:class:`~q4core.nn.policy.PrecisionConfig`);
@@ -273,7 +274,9 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
     :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
     ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
     weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
-    written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).
+    written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).  Training counts as
+    diverged when a loss is NaN/Inf or above ``max_loss`` (default ``50 * ln(classes)``, far above any
+    loss of a model that learns: chance level is ``ln(classes)``).
     ``return_model=True`` returns ``(result, model)``.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -321,11 +324,12 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
     params = net.parameters()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
 
-    history = {"train_loss": [], "val_" + ds.metric: [], "epoch_seconds": [], "skipped_steps": []}
+    history = {"train_loss": [], "val_" + ds.metric: [], "epoch_seconds": [], "skipped_steps": [], "step_loss": []}
     result = {"task": ds.name, "model": model_name, "precision": config.to_dict(), "seed": int(seed),
               "epochs": int(epochs), "batch_size": batch_size, "optimizer": opt_name, "lr": lr,
               "schedule": schedule, "weight_decay": weight_decay, "metric": ds.metric, "history": history,
               "stopped": None, "steps": 0}
+    max_loss = 50.0 * math.log(ds.n_classes) if max_loss is None else float(max_loss)
     step = 0
     t_start = time.perf_counter()
     try:
@@ -351,9 +355,10 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
                 with np.errstate(over="ignore", invalid="ignore"):
                     logits = net.forward(xb)
                     loss, g = softmax_cross_entropy(logits, yb)
-                    if not math.isfinite(loss):
+                    history["step_loss"].append(loss)
+                    if not math.isfinite(loss) or loss > max_loss:
                         raise TrainingDiverged(f"the training loss became {loss} at step {step} "
-                                               f"(epoch {epoch + 1})")
+                                               f"(epoch {epoch + 1}; limit {max_loss:.4g})")
                     try:
                         net.backward(g * np.float32(loss_scale) if fp16 else g)
                     except FloatingPointError as exc:

@@ -252,3 +252,9 @@ def test_step_recorder():
     assert all(s["grad"].size <= 50 for s in rec.samples) and len(rec.samples) == 6
     with pytest.raises(ValueError, match="every"):
         StepRecorder(every=0)
+
+
+def test_divergence_by_loss_limit():
+    r = train(task="digits", epochs=1, max_steps=3, progress=False, max_loss=1e-3, model="mlp")
+    assert r["stopped"] is not None and "limit 0.001" in r["stopped"] and r["steps"] == 0
+    assert r["history"]["train_loss"] == [] and len(r["history"]["step_loss"]) == 1
