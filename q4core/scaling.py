@@ -40,11 +40,19 @@ def _finite_array(x, name):
 
 
 def minmax_clip(x, unsigned=False):
-    """max |x| (or max x for ``unsigned``); 0.0 for an empty or all-zero tensor."""
-    arr = _finite_array(x, "x")
+    """max |x| (or max x for ``unsigned``); 0.0 for an empty or all-zero tensor.
+
+    Computed from ``x.max()`` and ``x.min()`` in the input's own dtype (exact: max and min round
+    nothing), so no float64 copy of a large activation is made; NaN or Inf anywhere is refused."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"x must be a real array, got dtype {arr.dtype}")
     if arr.size == 0:
         return 0.0
-    return float(max(arr.max(), 0.0)) if unsigned else float(np.abs(arr).max())
+    hi, lo = float(arr.max()), float(arr.min())
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
+    return max(hi, 0.0) if unsigned else max(abs(hi), abs(lo))
 
 
 def sawb_clip(w, c1=SAWB_C1, c2=SAWB_C2):

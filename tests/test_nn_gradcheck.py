@@ -174,3 +174,12 @@ def test_the_check_catches_a_wrong_backward():
             return 2.0 * super().backward(grad_y)
     with pytest.raises(AssertionError, match="finite difference"):
         _check(Doubled(), _x((3, 4)))
+
+
+def test_maxpool_ties_send_the_gradient_to_the_first_maximum():
+    x = np.zeros((1, 1, 2, 4), np.float32)
+    x[0, 0, :, 2:] = [[1.0, 3.0], [3.0, 3.0]]
+    pool = MaxPool2d(2)
+    np.testing.assert_array_equal(pool.forward(x), [[[[0.0, 3.0]]]])
+    g = pool.backward(np.array([[[[5.0, 7.0]]]], np.float32))
+    np.testing.assert_array_equal(g, [[[[5.0, 0.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0]]]])

@@ -241,11 +241,13 @@ class QuantGemm(Module):
             return gx, None
         gx, gw = self._backward_q4(grad_y, ctx, seq)
         if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
+            # PACT straight-through: dL/dalpha sums dL/dx where x >= alpha; dL/dx passes where 0 <= x < alpha
+            # (masks applied by multiplication: np.where / boolean indexing are slow on random masks)
             x = ctx.x
-            over = x >= ctx.unsigned_clip
-            self.alpha.grad += np.float32(np.sum(gx[over], dtype=np.float64)
+            over = (x >= np.float32(ctx.unsigned_clip)).astype(gx.dtype)
+            self.alpha.grad += np.float32(np.sum(gx * over, dtype=np.float64)
                                           + self.config.pact_l2 * float(self.alpha.data))
-            gx = np.where((x >= 0) & ~over, gx, np.float32(0))
+            gx = gx * ((x >= 0).astype(gx.dtype) - over)
         return gx, gw
 
     def begin_sequence(self):
