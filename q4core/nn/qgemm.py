@@ -186,8 +186,9 @@ class QuantGemm(Module):
                 sx = int_scale(clip, unsigned=True)
             if self._frozen() and self.training and self.static_x is None:
                 self.static_x = sx
-            xc = np.minimum(np.maximum(x, 0), np.float32(clip)) if cfg.activation_scaling == "pact" else x
-            return UINT4.encode(np.ascontiguousarray(xc), sx, backend=backend), sx, clip
+            # PACT's clip(x, 0, alpha) needs no pass of its own: with step alpha / 15 the UINT4 encoder's
+            # saturation at levels 0 and 15 gives exactly the levels of the clipped input
+            return UINT4.encode(np.ascontiguousarray(x), sx, backend=backend), sx, clip
         if self.fixed_clip is not None:
             sx = int_scale(self.fixed_clip)
         elif self._frozen() and self.static_x is not None:
