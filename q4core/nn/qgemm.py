@@ -298,7 +298,7 @@ class QuantGemm(Module):
         cfg = self.config
         wop = ctx.wop
         sim = cfg.simulate
-        gmax = float(np.max(np.abs(gy))) if gy.size else 0.0
+        gmax = max(float(gy.max()), -float(gy.min())) if gy.size else 0.0    # max |g| without an |g| copy
         if not math.isfinite(gmax):
             raise FloatingPointError(f"layer {self.name!r}: the output gradient contains NaN or Inf")
         w_t = self._weight_t(wop)
