@@ -1,0 +1,337 @@
+"""Notebook 04 (full 4-bit training): every domain under fp32, fp16 and q4, the results table, the ablations and
+the diagnosis of a miss.
+
+Domains (:data:`DOMAINS`): *vision* - the small CNN on MNIST-5k (test accuracy); *speech* - the 1-D
+convolutional acoustic model on the spoken digits (test accuracy); *language* - the character LSTM on BBC News
+text (test bits per character).  Every run goes through :func:`q4core.train.train` with the same seed list and
+the same schedule for each precision, so the only difference between the columns of the table is the precision
+policy.
+
+Units: accuracies are reported in percent, so "points" are percentage points; bits per character stay in bits.
+The *gap* of the 4-bit run to the 16-bit run is signed so that a positive gap is always a loss of quality:
+``fp16 - q4`` for accuracy, ``q4 - fp16`` for bits per character.  The paper's aim (4-bit within about one point of
+16-bit) is read as 1 percentage point of accuracy and, for bits per character, 1 % of the 16-bit value
+(:data:`TARGETS`).  With several seeds, the gap is taken per seed (the runs of one seed share initial weights and
+batch order) and reported as mean and standard deviation over seeds.
+
+Diagnosis (:class:`QuantErrorRecorder`): an ``on_step`` callback that, at recorded steps, quantizes each 4-bit
+layer's last weight, input and output gradient with the reference quantizers of :mod:`q4core.formats` at the
+scales the layer used, and keeps their relative error ``||q(x) - x|| / ||x||`` (SNR in dB = -20 log10 of it).
+Nothing is cached on disk: the notebook saves its numbers only as the JSON beside each figure.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..formats import INT4, UINT4, IntFormat
+
+__all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
+           "ablation_table", "format_table", "to_points", "gap", "QuantErrorRecorder", "summarise_errors",
+           "diagnose", "curves_of"]
+
+#: domain -> the q4core.train task, model and what the metric is called
+DOMAINS = {
+    "vision": {"task": "mnist", "model": "cnn", "label": "CNN, MNIST-5k"},
+    "speech": {"task": "speech", "model": "speech_cnn", "label": "1-D CNN, spoken digits"},
+    "language": {"task": "chars", "model": "char_lstm", "label": "char LSTM, BBC News"},
+}
+PRECISIONS = ("fp32", "fp16", "q4")
+#: ablation label -> q4core.nn.policy ablation name (None: the full recipe)
+ABLATIONS = {
+    "q4 (full recipe)": None,
+    "no GradScale": "no-gradscale",
+    "no TPR": "no-tpr",
+    "INT4 gradients": "int4-grad",
+    "radix-2 FP4": "radix2",
+    "E2M1 FP4": "e2m1",
+    "static scale": "static-scale",
+}
+#: the paper's "within about one point", per metric: (value, how it is measured)
+TARGETS = {"accuracy": (1.0, "percentage points"), "bpc": (1.0, "% of the 16-bit bits per character")}
+
+
+# ---------------------------------------------------------------------------------------------- units
+def to_points(value, metric):
+    """A test metric in the table's unit: accuracy in percent, bits per character as is; None stays None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if metric == "accuracy":
+        return 100.0 * float(value)
+    if metric == "bpc":
+        return float(value)
+    raise ValueError(f"metric must be 'accuracy' or 'bpc', got {metric!r}")
+
+
+def gap(reference, candidate, metric):
+    """Loss of quality of ``candidate`` against ``reference`` (both in table units); positive = worse.
+
+    Accuracy: ``reference - candidate`` percentage points.  bpc: ``candidate - reference`` bits.  None if either
+    is None (a run that diverged has no test metric)."""
+    if reference is None or candidate is None:
+        return None
+    if metric == "accuracy":
+        return float(reference) - float(candidate)
+    if metric == "bpc":
+        return float(candidate) - float(reference)
+    raise ValueError(f"metric must be 'accuracy' or 'bpc', got {metric!r}")
+
+
+def _target_gap(g, reference, metric):
+    """The gap in the unit of :data:`TARGETS` (bpc: percent of the reference)."""
+    if g is None:
+        return None
+    if metric == "bpc":
+        return 100.0 * g / reference if reference else None
+    return g
+
+
+def _stats(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"values": list(values), "mean": None, "std": None, "n": 0}
+    return {"values": list(values), "mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def curves_of(result):
+    """The per-epoch and per-step curves of a :func:`q4core.train.train` result (no timings: they differ
+    between runs and would make the figures' JSON non-reproducible)."""
+    h, m = result["history"], result["metric"]
+    return {"epoch": list(range(1, len(h["train_loss"]) + 1)), "train_loss": [float(v) for v in h["train_loss"]],
+            "val": [to_points(v, m) for v in h["val_" + m]], "step_loss": [float(v) for v in h["step_loss"]]}
+
+
+def _run(domain, precision, ablation, seed, epochs, max_steps, max_chars, on_step, train_kwargs):
+    from ..train import train
+    spec = DOMAINS[domain]
+    kw = dict(train_kwargs or {})
+    if spec["task"] == "chars" and max_chars is not None:
+        kw["max_chars"] = int(max_chars)
+    result = train(spec["task"], precision, ablation=ablation, epochs=int(epochs), seed=int(seed),
+                   model=spec["model"], max_steps=max_steps, on_step=on_step, progress=False, **kw)
+    m = result["metric"]
+    return {"domain": domain, "precision": precision, "ablation": ablation, "seed": int(seed), "metric": m,
+            "test": to_points(result.get("test_" + m), m), "stopped": result["stopped"], "steps": result["steps"],
+            "curves": curves_of(result), "wall_seconds": float(result["wall_seconds"])}
+
+
+def _check_common(domain, seeds, epochs):
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {domain!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    return seeds
+
+
+def run_domain(domain, seeds=(0,), epochs=1, precisions=PRECISIONS, max_steps=None, max_chars=None,
+               recorder_every=None, train_kwargs=None):
+    """Train ``domain`` under each precision and seed (same seeds, same schedule); returns a list of run dicts
+    ``{domain, precision, ablation, seed, metric, test, stopped, steps, curves, wall_seconds}`` (``test`` in table
+    units).  With ``recorder_every``, the q4 runs carry ``errors``: the :class:`QuantErrorRecorder` records."""
+    seeds = _check_common(domain, seeds, epochs)
+    runs = []
+    for precision in precisions:
+        for s in seeds:
+            rec = QuantErrorRecorder(recorder_every) if recorder_every and precision == "q4" else None
+            run = _run(domain, precision, None, s, epochs, max_steps, max_chars, rec, train_kwargs)
+            if rec is not None:
+                run["errors"] = rec.records
+            runs.append(run)
+    return runs
+
+
+def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, max_chars=None, train_kwargs=None):
+    """q4 with each ablation of :data:`ABLATIONS` (label -> policy ablation name) on ``domain``; run dicts as
+    :func:`run_domain`, with ``label`` added."""
+    seeds = _check_common(domain, seeds, epochs)
+    ablations = ABLATIONS if ablations is None else ablations
+    runs = []
+    for label, name in ablations.items():
+        for s in seeds:
+            run = _run(domain, "q4", name, s, epochs, max_steps, max_chars, None, train_kwargs)
+            run["label"] = label
+            runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def results_table(runs, reference="fp16", candidate="q4"):
+    """One row per domain: per precision the test metric over seeds (values, mean, std), the gap of
+    ``candidate`` to ``reference`` per seed (positive = worse) with mean and std, the target and whether the
+    mean gap meets it.  Runs that diverged count as None (and the row's gap is None for that seed)."""
+    table = {}
+    for domain in dict.fromkeys(r["domain"] for r in runs):
+        rows = [r for r in runs if r["domain"] == domain]
+        metrics = {r["metric"] for r in rows}
+        if len(metrics) != 1:
+            raise ValueError(f"domain {domain!r} mixes metrics {sorted(metrics)}")
+        metric = metrics.pop()
+        by = {}
+        for r in rows:
+            by.setdefault(r["precision"], {})[r["seed"]] = r["test"]
+        entry = {"metric": metric, "unit": "%" if metric == "accuracy" else "bits/char",
+                 "precisions": {p: {**_stats(list(v.values())), "seeds": list(v)} for p, v in by.items()},
+                 "stopped": {r["precision"]: r["stopped"] for r in rows if r["stopped"]}}
+        if reference in by and candidate in by:
+            common = [s for s in by[reference] if s in by[candidate]]
+            gaps = [gap(by[reference][s], by[candidate][s], metric) for s in common]
+            rel = [_target_gap(g, by[reference][s], metric) for g, s in zip(gaps, common)]
+            target, unit = TARGETS[metric]
+            g_stats, t_stats = _stats(gaps), _stats(rel)
+            entry.update(gap=g_stats, gap_in_target_unit=t_stats, target=target, target_unit=unit,
+                         reference=reference, candidate=candidate,
+                         meets_target=None if t_stats["mean"] is None else bool(t_stats["mean"] <= target))
+        table[domain] = entry
+    return table
+
+
+def ablation_table(runs, baseline="fp16", baseline_runs=None):
+    """Per ablation label: test metric over seeds and, when ``baseline_runs`` (runs of the same domain) holds
+    the ``baseline`` precision, the gap to it per seed.  Returns ``{label: {..stats.., gap: stats}}``."""
+    ref = {}
+    for r in baseline_runs or []:
+        if r["precision"] == baseline and r["ablation"] is None:
+            ref[r["seed"]] = r["test"]
+    out = {}
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rows = [r for r in runs if r["label"] == label]
+        metric = rows[0]["metric"]
+        entry = {"metric": metric, "ablation": rows[0]["ablation"], **_stats([r["test"] for r in rows]),
+                 "seeds": [r["seed"] for r in rows], "stopped": [r["stopped"] for r in rows]}
+        if ref:
+            entry["gap"] = _stats([gap(ref.get(r["seed"]), r["test"], metric) for r in rows])
+        out[label] = entry
+    return out
+
+
+def _fmt(stats, digits):
+    if stats["mean"] is None:
+        return "diverged"
+    s = f"{stats['mean']:.{digits}f}"
+    if stats["n"] > 1:
+        s += f" +- {stats['std']:.{digits}f}"
+    return s
+
+
+def format_table(table):
+    """The results table as fixed-width text (the paper's layout: metric per precision, then the gap)."""
+    precs = list(dict.fromkeys(p for e in table.values() for p in e["precisions"]))
+    head = f"{'domain':<10} {'metric':<12}" + "".join(f"{p:>18}" for p in precs) + f"{'4-bit gap':>18}{'target':>12}"
+    lines = [head, "-" * len(head)]
+    for domain, e in table.items():
+        digits = 2 if e["metric"] == "accuracy" else 3
+        name = "accuracy (%)" if e["metric"] == "accuracy" else "bits/char"
+        row = f"{domain:<10} {name:<12}" + "".join(
+            f"{_fmt(e['precisions'][p], digits) if p in e['precisions'] else '':>18}" for p in precs)
+        if "gap" in e:
+            g = _fmt(e["gap"], digits)
+            if e["metric"] == "bpc" and e["gap_in_target_unit"]["mean"] is not None:
+                g += f" ({e['gap_in_target_unit']['mean']:.1f}%)"
+            verdict = "-" if e["meets_target"] is None else ("met" if e["meets_target"] else "missed")
+            row += f"{g:>18}{verdict:>12}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- diagnosis
+def _relative_error(x, q):
+    x = np.asarray(x, dtype=np.float64)
+    n = float(np.linalg.norm(x))
+    if not n:
+        return None
+    return float(np.linalg.norm(np.asarray(q, dtype=np.float64) - x)) / n
+
+
+class QuantErrorRecorder:
+    """``on_step`` callback: every ``every`` steps, for each layer running in ``q4``, the relative quantization
+    error of its weight, input (activation) and output gradient, each quantized as the layer quantizes it:
+    weight INT4 (levels -7..7) at the layer's last weight scale; input UINT4 (clipped to ``[0, 15 * scale]``,
+    PACT's clip) when the layer saw non-negative inputs, else INT4 -7..7; gradient in the layer's gradient
+    format (the even TPR grid for radix 4) at its last gradient scale.
+
+    The weight is the one after the optimizer step, quantized at the scale of the step before (the closest
+    the callback can get; one step moves the scale very little).  A recurrent layer's input and gradient are
+    those of its last timestep.  ``records``: flat dicts ``{step, layer, role, rel_error, snr_db}``.
+    """
+
+    ROLES = ("weight", "activation", "gradient")
+
+    def __init__(self, every=10):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = int(every)
+        self.records = []
+
+    def __call__(self, step, model, info):
+        if step % self.every:
+            return
+        for name, layer in model.gemm_layers():
+            gemm = layer.gemm
+            if gemm.mode != "q4":
+                continue
+            for role, err in self.layer_errors(gemm).items():
+                if err is not None:
+                    self.records.append({"step": int(step), "layer": name, "role": role, "rel_error": err,
+                                         "snr_db": -20.0 * math.log10(err) if err > 0 else math.inf})
+
+    @staticmethod
+    def layer_errors(gemm):
+        """``{role: relative error or None}`` of one q4 :class:`~q4core.nn.qgemm.QuantGemm` from its ``last``."""
+        last = gemm.last
+        out = dict.fromkeys(QuantErrorRecorder.ROLES)
+        w, sw = last.get("weight"), last.get("weight_scale")
+        if w is not None and sw:
+            levels = np.maximum(INT4.encode(np.ascontiguousarray(w, dtype=np.float32), sw, backend="numpy"), -7)
+            out["weight"] = _relative_error(w, INT4.decode(levels, sw))
+        x, sx = last.get("input"), last.get("act_scale")
+        if x is not None and sx:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if gemm.unsigned:
+                xc = np.minimum(np.maximum(x, 0), np.float32(15 * sx))
+                q = UINT4.decode(UINT4.encode(xc, sx, backend="numpy"), sx)
+            else:
+                q = INT4.decode(np.maximum(INT4.encode(x, sx, backend="numpy"), -7), sx)
+            out["activation"] = _relative_error(x, q)
+        g, sg = last.get("grad_output"), last.get("grad_scale")
+        if g is not None and sg:
+            fmt = gemm.grad_format(0)
+            g = np.ascontiguousarray(g, dtype=np.float32)
+            codes = fmt.encode(g, sg, backend="numpy")
+            if isinstance(fmt, IntFormat):
+                codes = np.maximum(codes, -7)
+            out["gradient"] = _relative_error(g, fmt.decode(codes, sg))
+        return out
+
+
+def summarise_errors(records):
+    """Mean relative error and SNR per (layer, role) over the recorded steps:
+    ``{layer: {role: {"rel_error", "snr_db", "n"}}}`` in the order layers were seen."""
+    acc = {}
+    for r in records:
+        acc.setdefault(r["layer"], {}).setdefault(r["role"], []).append(r["rel_error"])
+    out = {}
+    for layer, roles in acc.items():
+        out[layer] = {}
+        for role, errs in roles.items():
+            e = float(np.mean(errs))
+            out[layer][role] = {"rel_error": e, "snr_db": -20.0 * math.log10(e) if e > 0 else math.inf,
+                                "n": len(errs)}
+    return out
+
+
+def diagnose(summary):
+    """The tensor with the largest mean relative error (lowest SNR) and the per-role worst layer:
+    ``{"worst": (layer, role, rel_error), "by_role": {role: (layer, rel_error)}}``; None if nothing recorded."""
+    cells = [(layer, role, v["rel_error"]) for layer, roles in summary.items() for role, v in roles.items()]
+    if not cells:
+        return None
+    by_role = {}
+    for layer, role, e in cells:
+        if role not in by_role or e > by_role[role][1]:
+            by_role[role] = (layer, e)
+    return {"worst": max(cells, key=lambda c: c[2]), "by_role": by_role}
