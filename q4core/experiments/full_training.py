@@ -29,7 +29,7 @@ from ..formats import INT4, UINT4, IntFormat
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
            "ablation_table", "format_table", "to_points", "gap", "QuantErrorRecorder", "summarise_errors",
-           "diagnose", "curves_of"]
+           "diagnose", "curves_of", "q4_layers", "layer_sensitivity"]
 
 #: domain -> the q4core.train task, model and what the metric is called
 DOMAINS = {
@@ -335,3 +335,32 @@ def diagnose(summary):
         if role not in by_role or e > by_role[role][1]:
             by_role[role] = (layer, e)
     return {"worst": max(cells, key=lambda c: c[2]), "by_role": by_role}
+
+
+def q4_layers(domain, max_chars=None):
+    """Names of the layers that run in 4 bits under the ``q4`` preset (the first and last GEMM layers stay
+    in 16 bits), in order - the layers :func:`layer_sensitivity` can switch to fp16 one at a time."""
+    from ..train import train
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {domain!r}")
+    spec = DOMAINS[domain]
+    kw = {"max_chars": int(max_chars)} if spec["task"] == "chars" and max_chars is not None else {}
+    # epochs=0: the model is built and given the q4 policy, nothing is trained (the public way to get it)
+    _, net = train(spec["task"], "q4", epochs=0, model=spec["model"], progress=False, return_model=True, **kw)
+    return [name for name, layer in net.gemm_layers() if layer.gemm.mode == "q4"]
+
+
+def layer_sensitivity(domain, layers, seeds=(0,), epochs=1, max_steps=None, max_chars=None, train_kwargs=None):
+    """The causal half of the diagnosis: q4 with one layer at a time kept in fp16 (``overrides``).  A layer whose
+    switch closes most of the 4-bit gap is the one whose quantization costs the accuracy.  Run dicts as
+    :func:`run_domain`, with ``label`` = the layer kept in fp16."""
+    seeds = _check_common(domain, seeds, epochs)
+    runs = []
+    for layer in layers:
+        kw = dict(train_kwargs or {})
+        kw["overrides"] = {**kw.get("overrides", {}), layer: "fp16"}
+        for s in seeds:
+            run = _run(domain, "q4", None, s, epochs, max_steps, max_chars, None, kw)
+            run["label"] = layer
+            runs.append(run)
+    return runs
