@@ -3,6 +3,8 @@
 GEMM layers (Linear, Conv2d, Conv1d) run their matrix product through a :class:`~q4core.nn.qgemm.QuantGemm`
 (precision set by ``Module.set_policy``); bias, normalisation, pooling and the rest stay in FP32.
 Convolutions use im2col: the patches form an (N*positions, C*k) matrix times the (C*k, out) weight.
+The input is rounded or quantized once as an image and im2col copies the rounded values or 4-bit levels
+(equal to quantizing the patch matrix, k*k times less work); PACT's gradient is applied to the image.
 """
 from __future__ import annotations
 
@@ -129,9 +131,11 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d expects {self.in_channels} channels, got shape {x.shape}")
         if x.shape[2] + 2 * self.padding < self.kh or x.shape[3] + 2 * self.padding < self.kw:
             raise ValueError(f"input {x.shape[2:]} is smaller than the kernel {(self.kh, self.kw)}")
-        cols, Ho, Wo = im2col2d(x, self.kh, self.kw, self.stride, self.padding)
+        # round/quantize the image once, then im2col the operand (see QuantGemm.prepare_input)
+        self._inp = self.gemm.prepare_input(x)
+        cols, Ho, Wo = im2col2d(self._inp.data, self.kh, self.kw, self.stride, self.padding)
         w2 = self.weight.data.reshape(self.out_channels, -1).T
-        y, self._ctx = self.gemm.forward(cols, self.gemm.prepare_weight(w2))
+        y, self._ctx = self.gemm.forward(None, self.gemm.prepare_weight(w2), inp=self._inp, data=cols)
         if self.bias is not None:
             y += self.bias.data
         self._shape, self._out = x.shape, (Ho, Wo)
@@ -141,12 +145,14 @@ class Conv2d(Module):
     def backward(self, grad_y):
         Ho, Wo = self._out
         g2 = np.ascontiguousarray(np.asarray(grad_y).transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
-        gcols, gw = self.gemm.backward(g2, self._ctx)
+        gcols, gw = self.gemm.backward(g2, self._ctx, pact=False)
         self.weight.grad += gw.T.reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
-        self._ctx = None
-        return col2im2d(gcols, self._shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
+        gx = col2im2d(gcols, self._shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
+        gx = self.gemm.pact_backward(gx, self._inp)
+        self._ctx = self._inp = None
+        return gx
 
 
 class Conv1d(Module):

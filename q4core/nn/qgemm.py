@@ -68,11 +68,21 @@ class WeightOperand:
         self.levels_t = self.packed = self.packed_t = None
 
 
-class _Ctx:
-    __slots__ = ("x", "xq", "sx", "wop", "unsigned_clip")
+class _Input:
+    """A layer input after :meth:`QuantGemm.prepare_input`: the float input ``x``, the GEMM operand
+    ``data`` (float, or INT4/UINT4 levels), its scale ``sx`` and PACT clip ``clip`` (None: no PACT)."""
 
-    def __init__(self, x, xq, sx, wop, unsigned_clip):
-        self.x, self.xq, self.sx, self.wop, self.unsigned_clip = x, xq, sx, wop, unsigned_clip
+    __slots__ = ("x", "data", "sx", "clip")
+
+    def __init__(self, x, data, sx, clip):
+        self.x, self.data, self.sx, self.clip = x, data, sx, clip
+
+
+class _Ctx:
+    __slots__ = ("xq", "sx", "wop", "inp")
+
+    def __init__(self, xq, sx, wop, inp):
+        self.xq, self.sx, self.wop, self.inp = xq, sx, wop, inp
 
 
 class _Sequence:
@@ -202,53 +212,75 @@ class QuantGemm(Module):
         return levels, sx, None
 
     # ------------------------------------------------------------------ forward / backward
-    def forward(self, x, wop):
-        """``x`` (M, K) float32, ``wop`` from :meth:`prepare_weight` -> ``(y, ctx)``, y (M, N) float32."""
-        self.last["input"] = x
-        self.last["weight"] = wop.w
-        if wop.mode == "fp32":
-            return x @ wop.data, _Ctx(x, x, 1.0, wop, None)
-        if wop.mode == "fp16":
-            xh = round_to_float16(x)
-            return xh @ wop.data, _Ctx(x, xh, 1.0, wop, None)
-        if wop.mode == "fp8":
-            x8 = _fp8(FP8_E4M3, x)
-            return x8 @ wop.data, _Ctx(x, x8, 1.0, wop, None)
+    def prepare_input(self, x):
+        """Round (fp16/fp8) or quantize (q4) a layer input once.  Convolutions call this on the image and
+        run im2col on the result: rounding and quantization act elementwise and im2col only copies and
+        zero-pads (zero is exact on every grid, and the range of the patches is the range of the image),
+        so this equals quantizing the patch matrix, with a fraction of the work."""
+        if self.mode == "fp32":
+            return _Input(x, x, 1.0, None)
+        if self.mode == "fp16":
+            return _Input(x, round_to_float16(x), 1.0, None)
+        if self.mode == "fp8":
+            return _Input(x, _fp8(FP8_E4M3, x), 1.0, None)
         xq, sx, clip = self._quantize_input(x)
-        self.last["act_scale"], self.last["weight_scale"] = sx, wop.scale
-        K = x.shape[1]
+        return _Input(x, xq, sx, clip)
+
+    def forward(self, x, wop, inp=None, data=None):
+        """``x`` (M, K) float32, ``wop`` from :meth:`prepare_weight` -> ``(y, ctx)``, y (M, N) float32.
+
+        Convolutions pass ``inp`` (from :meth:`prepare_input` on the image; ``x`` is then ignored) and
+        ``data``, the (M, K) patch matrix made from ``inp.data``."""
+        if inp is None:
+            inp = self.prepare_input(x)
+        data = inp.data if data is None else data
+        self.last["input"] = inp.x
+        self.last["weight"] = wop.w
+        ctx = _Ctx(data, inp.sx, wop, inp)
+        if wop.mode != "q4":
+            return data @ wop.data, ctx
+        self.last["act_scale"], self.last["weight_scale"] = inp.sx, wop.scale
+        K = data.shape[1]
         if self.config.simulate:
-            acc = xq.astype(np.float64) @ wop.data.astype(np.float64)
+            acc = data.astype(np.float64) @ wop.data.astype(np.float64)
         else:
-            acc = _gemm.int4_matmul(xq, wop.packed, threads=self.config.threads)
-        y = _rescale(acc, sx * wop.scale, K * 8 * 15 < _F32_EXACT)
-        return y, _Ctx(x, xq, sx, wop, clip)
+            acc = _gemm.int4_matmul(data, wop.packed, threads=self.config.threads)
+        return _rescale(acc, inp.sx * wop.scale, K * 8 * 15 < _F32_EXACT), ctx
 
-    def backward(self, grad_y, ctx, seq=None):
-        """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``; PACT's alpha gradient is accumulated.
+    def pact_backward(self, grad_x, inp):
+        """PACT's straight-through gradient for an input prepared by :meth:`prepare_input` (same shape as
+        ``inp.x``): ``dL/dalpha`` gains the sum of ``dL/dx`` where ``x >= alpha`` (plus L2 on alpha);
+        ``dL/dx`` passes where ``0 <= x < alpha``.  Identity for inputs without a PACT clip."""
+        if inp.clip is None or self.mode != "q4" or self.config.activation_scaling != "pact":
+            return grad_x
+        # masks applied by multiplication: np.where / boolean indexing are slow on random masks
+        x = inp.x
+        over = (x >= np.float32(inp.clip)).astype(grad_x.dtype)
+        self.alpha.grad += np.float32(np.sum(grad_x * over, dtype=np.float64)
+                                      + self.config.pact_l2 * float(self.alpha.data))
+        return grad_x * ((x >= 0).astype(grad_x.dtype) - over)
 
-        With ``seq`` (from :meth:`begin_sequence`) the weight gradient is deferred: ``dL/dW`` is returned
-        as None and :meth:`finish_sequence` forms the sum over all calls with one GEMM."""
+    def backward(self, grad_y, ctx, seq=None, pact=True):
+        """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``.
+
+        ``pact``: apply PACT's gradient to ``dL/dx`` here (a plain forward); convolutions pass False and
+        call :meth:`pact_backward` on the image-shaped gradient after col2im.  With ``seq``
+        (from :meth:`begin_sequence`) the weight gradient is deferred: ``dL/dW`` is returned as None and
+        :meth:`finish_sequence` forms the sum over all calls with one GEMM."""
         self.last["grad_output"] = grad_y
         wop = ctx.wop
         if wop.mode in ("fp32", "fp16", "fp8"):
             g = grad_y if wop.mode == "fp32" else round_to_float16(grad_y) if wop.mode == "fp16" else \
                 _fp8(FP8_E5M2, grad_y)
-            x = ctx.x if wop.mode == "fp32" else ctx.xq
+            x = ctx.xq
             gx = g @ wop.data.T
             if seq is None:
                 return gx, x.T @ g
             seq.parts.append(("float", x, g, 1.0, 1.0, 0))
             return gx, None
         gx, gw = self._backward_q4(grad_y, ctx, seq)
-        if ctx.unsigned_clip is not None and self.config.activation_scaling == "pact":
-            # PACT straight-through: dL/dalpha sums dL/dx where x >= alpha; dL/dx passes where 0 <= x < alpha
-            # (masks applied by multiplication: np.where / boolean indexing are slow on random masks)
-            x = ctx.x
-            over = (x >= np.float32(ctx.unsigned_clip)).astype(gx.dtype)
-            self.alpha.grad += np.float32(np.sum(gx * over, dtype=np.float64)
-                                          + self.config.pact_l2 * float(self.alpha.data))
-            gx = gx * ((x >= 0).astype(gx.dtype) - over)
+        if pact:
+            gx = self.pact_backward(gx, ctx.inp)
         return gx, gw
 
     def begin_sequence(self):
