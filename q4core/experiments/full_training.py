@@ -221,19 +221,19 @@ def _fmt(stats, digits):
 def format_table(table):
     """The results table as fixed-width text (the paper's layout: metric per precision, then the gap)."""
     precs = list(dict.fromkeys(p for e in table.values() for p in e["precisions"]))
-    head = f"{'domain':<10} {'metric':<12}" + "".join(f"{p:>18}" for p in precs) + f"{'4-bit gap':>18}{'target':>12}"
+    head = f"{'domain':<10} {'metric':<12}" + "".join(f" {p:>17}" for p in precs) + f" {'4-bit gap':>22} {'target':>7}"
     lines = [head, "-" * len(head)]
     for domain, e in table.items():
         digits = 2 if e["metric"] == "accuracy" else 3
         name = "accuracy (%)" if e["metric"] == "accuracy" else "bits/char"
         row = f"{domain:<10} {name:<12}" + "".join(
-            f"{_fmt(e['precisions'][p], digits) if p in e['precisions'] else '':>18}" for p in precs)
+            f" {_fmt(e['precisions'][p], digits) if p in e['precisions'] else '':>17}" for p in precs)
         if "gap" in e:
             g = _fmt(e["gap"], digits)
             if e["metric"] == "bpc" and e["gap_in_target_unit"]["mean"] is not None:
                 g += f" ({e['gap_in_target_unit']['mean']:.1f}%)"
             verdict = "-" if e["meets_target"] is None else ("met" if e["meets_target"] else "missed")
-            row += f"{g:>18}{verdict:>12}"
+            row += f" {g:>22} {verdict:>7}"
         lines.append(row)
     return "\n".join(lines)
 
