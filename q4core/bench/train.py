@@ -13,43 +13,8 @@ simulated q4 step.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
-
-from ..nn import SGD, Adam, make_policy, softmax_cross_entropy
-from ..nn.models import build_model
-from ._timing import thread_limit
-
-
-def _workloads(args):
-    rng = np.random.default_rng(0)
-    xv = rng.random((args.batch, 1, 28, 28)).astype(np.float32)
-    yv = rng.integers(0, 10, args.batch)
-    ids = rng.integers(0, 64, (args.lm_batch, args.seq_len))
-    tgt = rng.integers(0, 64, (args.lm_batch, args.seq_len))
-    loads = {"vision cnn 28x28 (batch %d)" % args.batch: (lambda: build_model("cnn", (1, 28, 28), 10, seed=0),
-                                                          xv, yv, "sgd")}
-    for lm in args.lm:
-        loads["%s (batch %d x %d)" % (lm, args.lm_batch, args.seq_len)] = (
-            lambda lm=lm: build_model(lm, (args.seq_len,), 64, seed=0), ids, tgt, "adam")
-    return loads
-
-
-def _stepper(builder, x, y, opt_name, config):
-    model = builder()
-    model.set_policy(config)
-    named = list(model.named_parameters())
-    opt = SGD(named, lr=0.01) if opt_name == "sgd" else Adam(named, lr=1e-3)
-
-    def step():
-        model.zero_grad()
-        loss, g = softmax_cross_entropy(model.forward(x), y)
-        model.backward(g)
-        opt.step()
-        return loss
-    return step
+from ..speed import summarize_train, train_step_times
 
 
 def main(argv=None):
@@ -64,38 +29,26 @@ def main(argv=None):
     p.add_argument("--first-last", default="fp16", choices=("fp32", "fp16", "q4"),
                    help="mode of the first and last layers under q4 (default fp16, the training default)")
     args = p.parse_args(argv)
-    configs = {
-        "fp32": make_policy("fp32"),
-        "q4": make_policy("q4", threads=args.threads, first_last=args.first_last),
-        "q4 simulated": make_policy("q4", simulate=True, threads=args.threads, first_last=args.first_last),
-    }
     print(f"one training step, median of {args.repeat}, {args.threads} thread(s); q4 first/last layers: "
           f"{args.first_last}")
+    # the workloads and the timing loop are q4core.speed's (notebook 05 shows the same numbers)
+    result, reason = train_step_times(repeat=args.repeat, threads=args.threads, batch=args.batch,
+                                      language_models=args.lm, lm_batch=args.lm_batch, seq_len=args.seq_len,
+                                      first_last=args.first_last)
+    if result is None:
+        print(reason)
+        return 1
     status = 0
-    with thread_limit(args.threads):
-        for wname, (builder, x, y, opt) in _workloads(args).items():
-            a = _stepper(builder, x, y, opt, configs["q4"])()
-            b = _stepper(builder, x, y, opt, configs["q4 simulated"])()
-            if a != b:
-                print(f"  {wname}: q4 and simulated q4 losses differ ({a!r} vs {b!r})")
-                status = 1
-            steps = {name: _stepper(builder, x, y, opt, cfg) for name, cfg in configs.items()}
-            for fn in steps.values():       # warm-up (PACT init, GradScale init, allocations)
-                fn()
-            samples = {name: [] for name in steps}
-            for _ in range(args.repeat):
-                for name, fn in steps.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    samples[name].append(time.perf_counter() - t0)
-            med = {name: statistics.median(s) for name, s in samples.items()}
-            print(f"\n{wname}")
-            for name, t in med.items():
-                print(f"  {name:14s} {t * 1e3:9.2f} ms")
-            r_fp32 = med["q4"] / med["fp32"]
-            r_sim = med["q4 simulated"] / med["q4"]
-            print(f"  q4 / fp32      {r_fp32:9.2f}x   target <= 1.5x : {'met' if r_fp32 <= 1.5 else 'short'}")
-            print(f"  simulated / q4 {r_sim:9.2f}x   target >= 3x   : {'met' if r_sim >= 3 else 'short'}")
+    for model, times in summarize_train(result).items():
+        print(f"\n{model}")
+        if not result["identical_losses"][model]:
+            print("  q4 and simulated q4 losses differ: the integer path is wrong")
+            status = 1
+        for name in ("fp32", "q4", "q4 simulated"):
+            print(f"  {name:14s} {times[name] * 1e3:9.2f} ms")
+        r_fp32, r_sim = times["q4_over_fp32"], times["simulated_over_q4"]
+        print(f"  q4 / fp32      {r_fp32:9.2f}x   target <= 1.5x : {'met' if r_fp32 <= 1.5 else 'short'}")
+        print(f"  simulated / q4 {r_sim:9.2f}x   target >= 3x   : {'met' if r_sim >= 3 else 'short'}")
     return status
 
 
