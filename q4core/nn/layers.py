@@ -193,14 +193,20 @@ class _Pool2d(Module):
     def __init__(self, kernel_size=2):
         self.k = _check_positive_int(kernel_size, "kernel_size")
 
-    def _windows(self, x):
+    def _check_input(self, x):
+        """x as float32 (N, C, H, W), remembered for backward; returns x and the output size."""
         x = _as_f32(x, "x", (4,))
-        N, C, H, W = x.shape
         k = self.k
-        Ho, Wo = H // k, W // k
+        Ho, Wo = x.shape[2] // k, x.shape[3] // k
         if Ho == 0 or Wo == 0:
             raise ValueError(f"pooling window {k} is larger than the input {x.shape[2:]}")
         self._shape = x.shape
+        return x, Ho, Wo
+
+    def _windows(self, x):
+        x, Ho, Wo = self._check_input(x)
+        N, C = x.shape[:2]
+        k = self.k
         # non-overlapping windows; rows/columns that do not fill a window are dropped (floor)
         return x[:, :, :Ho * k, :Wo * k].reshape(N, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5).reshape(
             N, C, Ho, Wo, k * k)
@@ -221,13 +227,8 @@ class MaxPool2d(_Pool2d):
 
     def _positions(self, x):
         """The k*k strided views x[:, :, i::k, j::k] cut to whole windows, row-major."""
-        x = _as_f32(x, "x", (4,))
-        N, C, H, W = x.shape
+        x, Ho, Wo = self._check_input(x)
         k = self.k
-        Ho, Wo = H // k, W // k
-        if Ho == 0 or Wo == 0:
-            raise ValueError(f"pooling window {k} is larger than the input {x.shape[2:]}")
-        self._shape = x.shape
         return [x[:, :, i:Ho * k:k, j:Wo * k:k] for i in range(k) for j in range(k)]
 
     def forward(self, x):
