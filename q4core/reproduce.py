@@ -227,6 +227,26 @@ def strip_timing(nb):
     return nb
 
 
+def _kernel_manager_class():
+    """A kernel manager that encrypts the kernel's ZMQ sockets (CurveZMQ) where jupyter_client, pyzmq and the
+    kernelspec support it, so ipykernel (>= 7.3) does not warn about plain TCP on every notebook; None (papermill's
+    default manager) elsewhere."""
+    try:
+        import zmq
+        from jupyter_client.manager import AsyncKernelManager
+        from traitlets import default
+    except ImportError:
+        return None
+    if not hasattr(AsyncKernelManager, "transport_encryption") or not zmq.has("curve"):
+        return None
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _default_transport_encryption(self):
+            return "auto"      # provisions keys only when the kernelspec says the kernel supports them
+    return EncryptedKernelManager
+
+
 def run_notebook(path, params, output_path, env):
     """Execute one notebook with papermill; returns ``{"ok": bool, "cell", "error"}`` (never raises)."""
     import nbformat
@@ -235,9 +255,11 @@ def run_notebook(path, params, output_path, env):
     result = {"notebook": Path(path).stem, "ok": True, "cell": None, "error": None}
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    manager = _kernel_manager_class()
+    extra = {"kernel_manager_class": manager} if manager is not None else {}
     try:
         papermill.execute_notebook(str(path), str(output_path), parameters=params, kernel_name=KERNEL_NAME,
-                                   cwd=str(Path(path).parent), progress_bar=False, log_output=False)
+                                   cwd=str(Path(path).parent), progress_bar=False, log_output=False, **extra)
     except papermill.PapermillExecutionError as exc:
         result.update(ok=False, cell=(exc.cell_index, exc.exec_count), error=f"{exc.ename}: {exc.evalue}")
     except Exception as exc:   # kernel died, bad notebook ...: report, keep going with the others
