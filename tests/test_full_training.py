@@ -127,6 +127,21 @@ def test_bad_arguments():
         ft.run_domain("vision", seeds=[])
     with pytest.raises(ValueError, match="epochs"):
         ft.run_ablations("vision", epochs=0)
+    for bad in ("vision", [], ["vision", "video"], ["speech", "speech"]):
+        with pytest.raises(ValueError, match="ablation domains"):
+            ft.ablation_study(bad, epochs={"vision": 1, "speech": 1})
+    with pytest.raises(ValueError, match="no entry"):
+        ft.ablation_study(["speech"], epochs={"vision": 1})
+
+
+def test_ablation_study_tiny_run():
+    study = ft.ablation_study(["speech"], seeds=[0], epochs={"speech": 1}, max_steps=2)
+    s = study["speech"]
+    assert s["metric"] == "accuracy" and s["epochs"] == 1 and s["seeds"] == [0]
+    assert list(s["ablations"]) == list(ft.ABLATIONS)
+    for a in s["ablations"].values():
+        assert a["seeds"] == [0] and a["gap"]["n"] == 1
+    assert set(s["reference"]) == {"fp32", "fp16"}
 
 
 def test_tiny_run_returns_well_formed_curves_and_errors():

@@ -28,8 +28,8 @@ import numpy as np
 from ..formats import INT4, UINT4, IntFormat
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
-           "ablation_table", "format_table", "to_points", "gap", "QuantErrorRecorder", "summarise_errors",
-           "diagnose", "curves_of", "q4_layers", "layer_sensitivity"]
+           "ablation_table", "ablation_study", "format_table", "to_points", "gap", "QuantErrorRecorder",
+           "summarise_errors", "diagnose", "curves_of", "q4_layers", "layer_sensitivity"]
 
 #: domain -> the q4core.train task, model and what the metric is called
 DOMAINS = {
@@ -157,6 +157,35 @@ def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, 
             run["label"] = label
             runs.append(run)
     return runs
+
+
+def ablation_study(domains, seeds=(0,), epochs=None, max_steps=None, max_chars=None, train_kwargs=None):
+    """The ablations on each of ``domains``: q4 with each :data:`ABLATIONS` change, and fp32 / fp16 with the
+    same seeds and schedule as lines of reference.  ``epochs``: ``{domain: epochs}`` (the same schedule as the
+    main runs, so that the full recipe here is comparable with the results table).
+
+    Returns ``{domain: {"metric", "epochs", "seeds", "ablations": ablation_table(...), "reference":
+    results_table(...)[domain]["precisions"]}}``."""
+    if isinstance(domains, str) or not isinstance(domains, (list, tuple)) or not domains:
+        raise ValueError(f"ablation domains must be a non-empty list of {sorted(DOMAINS)}, got {domains!r}")
+    for d in domains:
+        if d not in DOMAINS:
+            raise ValueError(f"ablation domains must be among {sorted(DOMAINS)}, got {d!r}")
+    if len(set(domains)) != len(domains):
+        raise ValueError(f"ablation domains repeat a domain: {domains!r}")
+    epochs = epochs or {}
+    out = {}
+    for d in domains:
+        if d not in epochs:
+            raise ValueError(f"epochs has no entry for ablation domain {d!r}")
+        runs = run_ablations(d, seeds=seeds, epochs=epochs[d], max_steps=max_steps, max_chars=max_chars,
+                             train_kwargs=train_kwargs)
+        base = run_domain(d, seeds=seeds, epochs=epochs[d], precisions=("fp32", "fp16"), max_steps=max_steps,
+                          max_chars=max_chars, train_kwargs=train_kwargs)
+        out[d] = {"metric": runs[0]["metric"], "epochs": int(epochs[d]), "seeds": [int(s) for s in seeds],
+                  "ablations": ablation_table(runs, baseline="fp16", baseline_runs=base),
+                  "reference": results_table(base)[d]["precisions"]}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- tables
