@@ -37,20 +37,18 @@ class _Projection(Module):
             self.gemm.unsigned = False
 
 
-class LSTM(Module):
-    """(N, T, F) -> (N, T, H): the hidden state at every timestep (zero initial state)."""
+class _Recurrent(Module):
+    """What LSTM and GRU share: the input and hidden GEMM layers of ``gates`` gates, the q4 hidden-state clip
+    (a buffer, saved with checkpoints) and the first half of a forward pass."""
 
-    def __init__(self, input_size, hidden_size, rng=0):
+    def __init__(self, input_size, hidden_size, gates, rng):
         F = self.input_size = _check_positive_int(input_size, "input_size")
         H = self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
         bound = 1.0 / math.sqrt(H)
-        self.input = _Projection(rng.uniform(-bound, bound, (F, 4 * H)), signed_input=False)
+        self.input = _Projection(rng.uniform(-bound, bound, (F, gates * H)), signed_input=False)
         self.input.gemm.unsigned = None     # decided by the data (e.g. non-negative features)
-        self.hidden = _Projection(rng.uniform(-bound, bound, (H, 4 * H)), signed_input=True)
-        b = np.zeros(4 * H)
-        b[H:2 * H] = 1.0
-        self.bias = Parameter(b, decay=False)
+        self.hidden = _Projection(rng.uniform(-bound, bound, (H, gates * H)), signed_input=True)
         self.hidden_clip = 1.0
 
     def buffers(self):
@@ -59,16 +57,34 @@ class LSTM(Module):
     def load_buffers(self, b):
         self.hidden_clip = float(b["hidden_clip"])
 
-    def forward(self, x):
+    def _begin(self, x, bias):
+        """Check x, project every timestep at once (+ bias) and prepare the recurrent weight:
+        returns (N, T, H, projected input (N, T, gates*H), prepared hidden weight)."""
         if x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"LSTM expects (N, T, {self.input_size}), got shape {x.shape}")
+            raise ValueError(f"{type(self).__name__} expects (N, T, {self.input_size}), got shape {x.shape}")
         N, T, F = x.shape
-        H = self.hidden_size
         gx, gh = self.input.gemm, self.hidden.gemm
-        zx, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F), gx.prepare_weight(self.input.weight.data))
-        zx = zx.reshape(N, T, 4 * H) + self.bias.data
+        z, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F),
+                                    gx.prepare_weight(self.input.weight.data))
+        z = z.reshape(N, T, -1) + bias
         wh = gh.prepare_weight(self.hidden.weight.data)
         gh.fixed_clip = self.hidden_clip
+        return N, T, self.hidden_size, z, wh
+
+
+class LSTM(_Recurrent):
+    """(N, T, F) -> (N, T, H): the hidden state at every timestep (zero initial state)."""
+
+    def __init__(self, input_size, hidden_size, rng=0):
+        super().__init__(input_size, hidden_size, 4, rng)
+        H = self.hidden_size
+        b = np.zeros(4 * H)
+        b[H:2 * H] = 1.0
+        self.bias = Parameter(b, decay=False)
+
+    def forward(self, x):
+        N, T, H, zx, wh = self._begin(x, self.bias.data)
+        gh = self.hidden.gemm
         h = np.zeros((N, H), x.dtype)
         c = np.zeros((N, H), x.dtype)
         hs = np.empty((N, T, H), x.dtype)
@@ -119,7 +135,7 @@ class LSTM(Module):
         return dx.reshape(N, T, F)
 
 
-class GRU(Module):
+class GRU(_Recurrent):
     """(N, T, F) -> (N, T, H) gated recurrent unit (zero initial state), gates ordered reset, update, new:
 
     ``r = s(x Wr + h Ur + b_r)``, ``z = s(x Wz + h Uz + b_z)``, ``n = tanh(x Wn + b_n + r * (h Un + c_n))``,
@@ -127,33 +143,14 @@ class GRU(Module):
     """
 
     def __init__(self, input_size, hidden_size, rng=0):
-        F = self.input_size = _check_positive_int(input_size, "input_size")
-        H = self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
-        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-        bound = 1.0 / math.sqrt(H)
-        self.input = _Projection(rng.uniform(-bound, bound, (F, 3 * H)), signed_input=False)
-        self.input.gemm.unsigned = None
-        self.hidden = _Projection(rng.uniform(-bound, bound, (H, 3 * H)), signed_input=True)
+        super().__init__(input_size, hidden_size, 3, rng)
+        H = self.hidden_size
         self.bias_input = Parameter(np.zeros(3 * H), decay=False)
         self.bias_hidden = Parameter(np.zeros(3 * H), decay=False)
-        self.hidden_clip = 1.0
-
-    def buffers(self):
-        return {"hidden_clip": np.array(self.hidden_clip)}
-
-    def load_buffers(self, b):
-        self.hidden_clip = float(b["hidden_clip"])
 
     def forward(self, x):
-        if x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"GRU expects (N, T, {self.input_size}), got shape {x.shape}")
-        N, T, F = x.shape
-        H = self.hidden_size
-        gx, gh = self.input.gemm, self.hidden.gemm
-        ax, self._ctx_x = gx.forward(np.ascontiguousarray(x).reshape(N * T, F), gx.prepare_weight(self.input.weight.data))
-        ax = ax.reshape(N, T, 3 * H) + self.bias_input.data
-        wh = gh.prepare_weight(self.hidden.weight.data)
-        gh.fixed_clip = self.hidden_clip
+        N, T, H, ax, wh = self._begin(x, self.bias_input.data)
+        gh = self.hidden.gemm
         h = np.zeros((N, H), x.dtype)
         hs = np.empty((N, T, H), x.dtype)
         self._steps = []
