@@ -71,6 +71,15 @@ class _Recurrent(Module):
         gh.fixed_clip = self.hidden_clip
         return N, T, self.hidden_size, z, wh
 
+    def _end(self, x, hs):
+        """Remember the input shape; in training, the clip of the next pass is this pass's max |h|."""
+        self._shape = x.shape
+        if self.training:
+            m = float(np.max(np.abs(hs))) if hs.size else 0.0
+            if 0.0 < m <= 1.0:
+                self.hidden_clip = m
+        return hs
+
 
 class LSTM(_Recurrent):
     """(N, T, F) -> (N, T, H): the hidden state at every timestep (zero initial state)."""
@@ -100,12 +109,7 @@ class LSTM(_Recurrent):
             h = o * tc
             hs[:, t] = h
             self._steps.append((ctx, i, f, g, o, c_prev, tc))
-        self._shape = x.shape
-        if self.training:
-            m = float(np.max(np.abs(hs))) if hs.size else 0.0
-            if 0.0 < m <= 1.0:
-                self.hidden_clip = m
-        return hs
+        return self._end(x, hs)
 
     def backward(self, grad_y):
         N, T, F = self._shape
@@ -165,12 +169,7 @@ class GRU(_Recurrent):
             h = (1 - z) * n + z * h_prev
             hs[:, t] = h
             self._steps.append((ctx, r, z, n, hn, h_prev))
-        self._shape = x.shape
-        if self.training:
-            m = float(np.max(np.abs(hs))) if hs.size else 0.0
-            if 0.0 < m <= 1.0:
-                self.hidden_clip = m
-        return hs
+        return self._end(x, hs)
 
     def backward(self, grad_y):
         N, T, F = self._shape
