@@ -47,9 +47,10 @@ import numpy as np
 
 __all__ = [
     "NumberFormat", "IntFormat", "RadixFP", "MiniFloat",
-    "INT4", "UINT4", "INT8", "RADIX4_FP4", "RADIX4_FP4_ODD", "RADIX2_FP4", "LOG10_4BIT",
+    "INT4", "INT4_SYM", "UINT4", "INT8", "RADIX4_FP4", "RADIX4_FP4_ODD", "RADIX2_FP4", "LOG10_4BIT",
     "E2M1", "FP8_E4M3", "FP8_E5M2", "FP16",
     "pack_nibbles", "unpack_nibbles", "image_to_levels", "levels_to_image",
+    "FORMAT_NAMES", "get_format",
 ]
 
 _ROUNDINGS = ("nearest", "stochastic")
@@ -201,7 +202,9 @@ class NumberFormat:
 class IntFormat(NumberFormat):
     """Uniform integer grid: ``value = scale * q`` with ``q`` in ``[qmin, qmax]``.
 
-    ``IntFormat(4)`` is INT4 (-8..7); ``IntFormat(4, signed=False)`` is UINT4 (0..15).
+    ``IntFormat(4)`` is INT4 (-8..7); ``IntFormat(4, signed=False)`` is UINT4 (0..15);
+    ``IntFormat(4, symmetric=True)`` is INT4_SYM (-7..7: the symmetric grid SAWB and the paper's
+    weights use, so that ``-q`` is on the grid whenever ``q`` is).
     ``"nearest"`` rounds half to even; values beyond the range saturate (Inf too, with
     ``nan_policy='propagate'``).  A zero result is always ``+0.0``: the integer grid has one
     zero, so ``quantize(x) == decode(encode(x))`` bit for bit.
@@ -211,19 +214,26 @@ class IntFormat(NumberFormat):
     array([ 0.,  0.,  2., -8.,  7.])
     """
 
-    def __init__(self, bits, signed=True, rounding="nearest"):
+    def __init__(self, bits, signed=True, rounding="nearest", symmetric=False):
         if not isinstance(bits, (numbers.Integral, np.integer)) or not 2 <= bits <= 16:
             raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        for name, flag in (("signed", signed), ("symmetric", symmetric)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if symmetric and not signed:
+            raise ValueError("symmetric=True needs signed=True (an unsigned grid has no negative side)")
         self.bits = int(bits)
         self.signed = bool(signed)
+        self.symmetric = bool(symmetric)
         self.rounding = rounding
-        self.qmin = -(1 << (self.bits - 1)) if self.signed else 0
         self.qmax = (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+        self.qmin = (-self.qmax if self.symmetric else -(1 << (self.bits - 1))) if self.signed else 0
 
     def __repr__(self):
-        return (f"IntFormat(bits={self.bits}, signed={self.signed}, rounding={self.rounding!r}"
+        return (f"IntFormat(bits={self.bits}, signed={self.signed}"
+                f"{', symmetric=True' if self.symmetric else ''}, rounding={self.rounding!r}"
                 f"{', ties=half-to-even' if self.rounding == 'nearest' else ''})")
 
     @property
@@ -612,6 +622,7 @@ def unpack_nibbles(packed, n, signed=False):
 
 # --------------------------------------------------------------------------- named formats
 INT4 = IntFormat(4, signed=True)
+INT4_SYM = IntFormat(4, signed=True, symmetric=True)   #: -7..7, the symmetric weight grid
 UINT4 = IntFormat(4, signed=False)
 INT8 = IntFormat(8, signed=True)
 RADIX4_FP4 = RadixFP(4, 3)                 #: the paper's gradient format, magnitudes 4**-6 .. 1
@@ -622,3 +633,47 @@ E2M1 = MiniFloat(2, 1, bias=1, ieee=False)  #: FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4
 FP8_E4M3 = MiniFloat(4, 3, ieee=False)     #: HFP8 forward (1-4-3), saturating, max 480
 FP8_E5M2 = MiniFloat(5, 2, ieee=True)      #: HFP8 backward (1-5-2), IEEE-style
 FP16 = MiniFloat(5, 10, ieee=True)         #: IEEE half precision
+
+
+# --------------------------------------------------------------------------- registry
+#: format names a precision recipe may use, each with what it is
+FORMAT_NAMES = {
+    "int4": "INT4, levels -8..7",
+    "int4_sym": "symmetric INT4, levels -7..7",
+    "uint4": "UINT4, levels 0..15",
+    "radix2": "radix-2 FP4 (1-3-0), magnitudes 2**-6 .. 1",
+    "radix4": "radix-4 FP4, magnitudes 4**-6 .. 1 (phase 1: 2 * 4**-6 .. 2)",
+    "radix8": "radix-8 FP4, magnitudes 8**-6 .. 1",
+    "radix16": "radix-16 FP4, magnitudes 16**-6 .. 1 (phase 1: 4 * 16**-6 .. 4)",
+    "log10": "the article's base-10 4-bit log scale, 10**-6 .. 1",
+    "e2m1": "FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6",
+    "fp8_e4m3": "FP8 E4M3 (1-4-3)",
+    "fp8_e5m2": "FP8 E5M2 (1-5-2), IEEE-style",
+    "fp16": "IEEE half precision",
+}
+_RADIX_OF = {"radix2": 2, "radix4": 4, "radix8": 8, "radix16": 16, "log10": 10}
+
+
+def get_format(name, *, phase=0, rounding="nearest"):
+    """The format object called ``name`` (one of :data:`FORMAT_NAMES`).
+
+    ``rounding``: ``"nearest"`` (the format's own rule, named in its repr), ``"log"`` (radix formats only:
+    nearest in the log domain) or ``"stochastic"``; ``phase``: 1 selects the odd grid of two-phase
+    rounding (radix formats with a square radix: radix4, radix16)."""
+    if name not in FORMAT_NAMES:
+        raise ValueError(f"unknown format {name!r}; known formats: {', '.join(FORMAT_NAMES)}")
+    if phase not in (0, 1) or isinstance(phase, bool):
+        raise ValueError(f"phase must be 0 or 1, got {phase!r}")
+    if phase and name not in ("radix4", "radix16"):
+        raise ValueError(f"phase=1 (the odd grid) needs a square radix (radix4, radix16), not {name!r}")
+    allowed = ("nearest", "log", "stochastic") if name in _RADIX_OF else ("nearest", "stochastic")
+    if rounding not in allowed:
+        raise ValueError(f"rounding for {name!r} must be one of {allowed}, got {rounding!r}")
+    if name in _RADIX_OF:
+        return RadixFP(_RADIX_OF[name], 3, phase=phase, rounding=rounding)
+    if name in ("int4", "int4_sym", "uint4"):
+        return IntFormat(4, signed=name != "uint4", symmetric=name == "int4_sym", rounding=rounding)
+    base = {"e2m1": E2M1, "fp8_e4m3": FP8_E4M3, "fp8_e5m2": FP8_E5M2, "fp16": FP16}[name]
+    if rounding == "nearest":
+        return base
+    return MiniFloat(base.exp_bits, base.man_bits, bias=base.bias, ieee=base.ieee, rounding=rounding)

@@ -430,3 +430,22 @@ def _launch(kernel, nthreads, a_bufs, offsets, layouts, shifts, max_product, M, 
     return _gemm.gemm(tuple(a_bufs), M, tuple(lay[0] for lay in layouts), N, Kp, Np, kchunk,
                       tuple(offsets), tuple(shifts), max_product, KERNEL_NAMES.index(kernel),
                       nthreads, tuple(lay[3] for lay in layouts))
+
+
+# --------------------------------------------------------------------------- engine entry points
+# The training engine calls these on operands it has just made itself (codes in range, C-contiguous,
+# the right dtypes, B packed with pack_int4), so they skip the public functions' validation scans.
+# Preconditions are the caller's to keep; the public functions above stay the validated API.
+def int4_matmul_unchecked(a, b, threads=None):
+    """``int4_matmul`` without operand checks: ``a`` C-contiguous int8/uint8 levels, ``b`` a PackedInt4."""
+    return int4_matmul(a, b, threads=threads)
+
+
+def fp4_int4_matmul_unchecked(g_codes, b, threads=None):
+    """``fp4_int4_matmul`` without operand checks: ``g_codes`` C-contiguous uint8 radix-4 codes, ``b`` packed."""
+    return fp4_int4_matmul(g_codes, b, threads=threads)
+
+
+def int4_fp4_matmul_unchecked(a, g_codes, threads=None):
+    """``int4_fp4_matmul`` without operand checks: C-contiguous levels ``a`` and codes ``g_codes``."""
+    return int4_fp4_matmul(a, g_codes, threads=threads)
