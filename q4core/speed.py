@@ -331,6 +331,7 @@ def _train_step(builder, x, y, optimizer, policy):
         model.zero_grad()
         loss, grad = softmax_cross_entropy(model.forward(x), y)
         model.backward(grad)
+        model.add_regularisation()
         opt.step()
         return loss
     return step
@@ -355,7 +356,6 @@ def train_step_times(repeat=5, threads=1, batch=64, language_models=("char_lstm"
     import time
     try:
         from .bench._timing import thread_limit
-        from .nn import make_policy
         from .nn.models import build_model  # noqa: F401 - checked here so a missing engine is reported
     except ImportError as exc:
         return None, f"the training engine q4core.nn is not available ({exc})"
@@ -366,10 +366,12 @@ def train_step_times(repeat=5, threads=1, batch=64, language_models=("char_lstm"
     for lm in language_models:
         if lm not in ("char_lstm", "char_transformer"):
             raise ValueError(f"language_models must hold 'char_lstm' or 'char_transformer', got {lm!r}")
+    from .recipe import get_recipe
+    first_last = "same" if first_last == "q4" else first_last      # "q4": every layer 4-bit
     policies = {
-        "fp32": make_policy("fp32"),
-        "q4": make_policy("q4", threads=threads, first_last=first_last),
-        "q4 simulated": make_policy("q4", simulate=True, threads=threads, first_last=first_last),
+        "fp32": get_recipe("fp32"),
+        "q4": get_recipe("q4", threads=threads, first_last=first_last),
+        "q4 simulated": get_recipe("q4", simulate=True, threads=threads, first_last=first_last),
     }
     records, identical = [], {}
     with thread_limit(threads):

@@ -1,6 +1,6 @@
 """Train a model under a precision policy: the ``train(...)`` API and the command line.
 
-``python -m q4core.train --task TASK --precision fp32|fp16|q4 [--ablation NAME ...] --epochs N --seed S
+``python -m q4core.train --task TASK --recipe fp32|fp16|q4|NAME|JSON [--ablation NAME ...] --epochs N --seed S
 --out result.json [--data file.npz --model mlp|cnn] [--no-progress]`` writes a JSON with the config, the
 per-epoch train loss and validation metric, wall time and the final test metric.
 
@@ -9,7 +9,7 @@ Tasks: ``digits`` (sklearn 8x8), ``mnist`` (MNIST 5k, 28x28), ``speech`` (spoken
 X_test, y_test`` (optionally ``X_val, y_val``) with images N x H x W / N x C x H x W or vectors N x D.
 
 Result (the dict :func:`train` returns and the CLI writes, NaN/Inf written as null): ``task``, ``model``,
-``precision`` (the full PrecisionConfig as a dict), ``seed``, ``epochs``, ``batch_size``, ``optimizer``,
+``recipe`` (the full precision recipe as a dict), ``seed``, ``epochs``, ``batch_size``, ``optimizer``,
 ``lr``, ``schedule``, ``weight_decay``, ``metric`` (``accuracy`` or ``bpc``), ``history`` (per epoch:
 ``train_loss`` in nats, ``val_<metric>``, ``epoch_seconds``, ``skipped_steps``; and ``step_loss``, the
 loss of every step, including the one that stopped training), ``test_<metric>``,
@@ -18,8 +18,10 @@ loss of every step, including the one that stopped training), ``test_<metric>``,
 Determinism: every random choice (initial weights, batch order, dropout, stochastic rounding) comes from
 ``seed``; the 4-bit integer kernels give the same numbers for any thread count.  A non-finite loss or
 gradient stops training with a message in ``result["stopped"]`` and the history so far.
-fp16 uses dynamic loss scaling: the loss gradient is multiplied by the loss scale, a step whose gradients
-overflow is skipped and halves the scale, ``loss_scale_window`` good steps double it.
+Dynamic loss scaling (a recipe with FP16 layers, or with ``loss-scale`` gradient scaling): the loss gradient
+is multiplied by the loss scale, a step whose gradients overflow is skipped and halves the scale, a step on
+which a 4-bit layer relying on the loss scale saturated halves it (the step is kept: its values are finite),
+``loss_scale_window`` good steps double it.
 """
 from __future__ import annotations
 
@@ -34,189 +36,13 @@ import numpy as np
 from .nn.losses import softmax_cross_entropy
 from .nn.models import build_model
 from .nn.optim import SGD, Adam, lr_schedule
-from .nn.policy import ABLATIONS, PRESETS, make_policy
+from .recipe import ABLATIONS, get_recipe, recipe_names
+from .tasks import DEFAULT_MODEL, DEFAULTS, TASKS, Classification, load_npz_task, load_task
 
 __all__ = ["train", "load_npz_task", "TASKS", "main", "TrainingDiverged", "StepRecorder"]
 
-TASKS = ("digits", "mnist", "speech", "chars")
-_DEFAULT_MODEL = {"digits": "cnn", "mnist": "cnn", "speech": "speech_cnn", "chars": "char_lstm"}
-#: default hyper-parameters per task: batch size, optimizer, learning rate
-_DEFAULTS = {"digits": (64, "sgd", 0.05), "mnist": (64, "sgd", 0.05), "speech": (32, "adam", 2e-3),
-             "chars": (32, "adam", 3e-3), "npz": (64, "sgd", 0.05)}
-
-
 class TrainingDiverged(FloatingPointError):
     """Raised inside the loop; :func:`train` catches it and returns the history so far."""
-
-
-# ---------------------------------------------------------------------------------------------- data
-class _Classification:
-    kind = "classification"
-    metric = "accuracy"
-
-    def __init__(self, X_train, y_train, X_val, y_val, X_test, y_test, n_classes, name):
-        self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
-        self.X_test, self.y_test, self.n_classes, self.name = X_test, y_test, n_classes, name
-
-    @property
-    def input_shape(self):
-        return self.X_train.shape[1:]
-
-    def batches(self, rng, batch_size):
-        order = rng.permutation(len(self.y_train))
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            yield self.X_train[idx], self.y_train[idx]
-
-    def n_batches(self, batch_size):
-        return math.ceil(len(self.y_train) / batch_size)
-
-    def evaluate(self, model, split, batch_size=256):
-        X, y = (self.X_val, self.y_val) if split == "val" else (self.X_test, self.y_test)
-        if len(y) == 0:
-            return float("nan")
-        correct = 0
-        for i in range(0, len(y), batch_size):
-            correct += int(np.sum(model.forward(X[i:i + batch_size]).argmax(axis=-1) == y[i:i + batch_size]))
-        return correct / len(y)
-
-
-class _CharLM:
-    kind = "language"
-    metric = "bpc"
-
-    def __init__(self, corpus, seq_len=64, eval_chars=20000, name="chars"):
-        self.train_ids, self.seq_len = corpus.train, int(seq_len)
-        self.val_ids, self.test_ids = corpus.val[:eval_chars + 1], corpus.test[:eval_chars + 1]
-        self.n_classes, self.name = len(corpus.vocabulary), name
-        self.input_shape = (self.seq_len,)
-
-    def _windows(self, ids):
-        n = (len(ids) - 1) // self.seq_len
-        x = ids[:n * self.seq_len].reshape(n, self.seq_len)
-        y = ids[1:n * self.seq_len + 1].reshape(n, self.seq_len)
-        return x, y
-
-    def n_batches(self, batch_size):
-        return math.ceil(((len(self.train_ids) - 1) // self.seq_len) / batch_size)
-
-    def batches(self, rng, batch_size):
-        # a random offset each epoch so windows do not always start at the same characters
-        off = int(rng.integers(0, self.seq_len))
-        x, y = self._windows(self.train_ids[off:])
-        order = rng.permutation(len(x))
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            yield x[idx], y[idx]
-
-    def evaluate(self, model, split, batch_size=64):
-        x, y = self._windows(self.val_ids if split == "val" else self.test_ids)
-        total, count = 0.0, 0
-        for i in range(0, len(x), batch_size):
-            loss, _ = softmax_cross_entropy(model.forward(x[i:i + batch_size]), y[i:i + batch_size])
-            n = y[i:i + batch_size].size
-            total += loss * n
-            count += n
-        return total / count / math.log(2) if count else float("nan")
-
-
-def _standardise(train, *others):
-    """Per-feature standardisation with training statistics (float32)."""
-    axes = (0, 1) if train.ndim == 3 else (0,)
-    mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
-    std = train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-6
-    return [((a - mean) / std).astype(np.float32) for a in (train,) + others]
-
-
-def _load_task(task, seed, max_chars=None):
-    from . import data
-    if task == "digits":
-        d = data.load_digits_8x8(seed)
-    elif task == "mnist":
-        d = data.load_mnist_5k(seed)
-    elif task == "speech":
-        d = data.load_spoken_digits(seed)
-        Xtr, Xva, Xte = _standardise(d.X_train, d.X_val, d.X_test)
-        return _Classification(Xtr, d.y_train, Xva, d.y_val, Xte, d.y_test, len(d.classes), task)
-    elif task == "chars":
-        corpus = data.load_bbc_chars(seed, lowercase=True, max_chars=max_chars or 400_000)
-        return _CharLM(corpus)
-    else:
-        raise ValueError(f"task must be one of {TASKS} (or pass data=FILE.npz), got {task!r}")
-    return _Classification(d.X_train, d.y_train, d.X_val, d.y_val, d.X_test, d.y_test, len(d.classes), task)
-
-
-def load_npz_task(path, seed=0, val_fraction=0.1):
-    """Validate a user's ``.npz`` (``X_train, y_train, X_test, y_test`` [, ``X_val, y_val``]) and return a task.
-
-    Images N x H x W become N x 1 x H x W; labels must be non-negative integers (integer-valued floats
-    are accepted); without a validation split, ``val_fraction`` of the training set is held out (seeded).
-    """
-    try:
-        f = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data file {path!r} does not exist") from None
-    except Exception as exc:
-        raise ValueError(f"data file {path!r} is not a readable .npz file ({exc})") from exc
-    with f:
-        files = set(f.files)
-        missing = [k for k in ("X_train", "y_train", "X_test", "y_test") if k not in files]
-        if missing:
-            raise ValueError(f"data file {path!r} lacks the arrays {missing}; it holds {sorted(files)}")
-        if ("X_val" in files) != ("y_val" in files):
-            raise ValueError(f"data file {path!r} must hold both X_val and y_val, or neither")
-        try:
-            arrays = {k: f[k] for k in files if k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")}
-        except ValueError as exc:
-            raise ValueError(f"data file {path!r} holds object arrays, which are not accepted ({exc})") from exc
-
-    def features(name):
-        X = arrays[name]
-        if X.dtype.kind not in "fiub":
-            raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
-        if X.ndim not in (2, 3, 4):
-            raise ValueError(f"{name} must be N x D vectors or N x H x W / N x C x H x W images, got shape {X.shape}")
-        X = X.astype(np.float32)
-        if not np.isfinite(X).all():
-            raise ValueError(f"{name} contains NaN or Inf")
-        return X[:, None] if X.ndim == 3 else X
-
-    def labels(name, n):
-        y = arrays[name]
-        if y.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
-        if len(y) != n:
-            raise ValueError(f"{name} has {len(y)} labels but X has {n} examples")
-        if y.dtype.kind == "f":
-            if not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
-                raise ValueError(f"{name} must hold integer class labels")
-        elif y.dtype.kind not in "iu":
-            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-        if y.size and y.min() < 0:
-            raise ValueError(f"{name} must hold non-negative class labels, found {y.min()}")
-        return y
-
-    Xtr, Xte = features("X_train"), features("X_test")
-    ytr, yte = labels("y_train", len(Xtr)), labels("y_test", len(Xte))
-    if len(Xtr) < 2:
-        raise ValueError("X_train needs at least 2 examples")
-    if Xtr.shape[1:] != Xte.shape[1:]:
-        raise ValueError(f"X_train examples have shape {Xtr.shape[1:]} but X_test examples {Xte.shape[1:]}")
-    if "X_val" in arrays:
-        Xva = features("X_val")
-        yva = labels("y_val", len(Xva))
-        if Xva.shape[1:] != Xtr.shape[1:]:
-            raise ValueError(f"X_val examples have shape {Xva.shape[1:]} but X_train examples {Xtr.shape[1:]}")
-    else:
-        order = np.random.default_rng(seed).permutation(len(ytr))
-        n_val = max(1, int(round(val_fraction * len(ytr))))
-        Xva, yva = Xtr[order[:n_val]], ytr[order[:n_val]]
-        Xtr, ytr = Xtr[order[n_val:]], ytr[order[n_val:]]
-    n_classes = int(max(ytr.max(), yte.max(), yva.max() if yva.size else 0)) + 1
-    if n_classes < 2:
-        raise ValueError("the labels name fewer than 2 classes")
-    return _Classification(Xtr, ytr, Xva, yva, Xte, yte, n_classes, f"npz:{path}")
 
 
 # ---------------------------------------------------------------------------------------------- recording
@@ -262,15 +88,16 @@ def _grads_finite(params):
     return all(np.isfinite(p.grad).all() for p in params)
 
 
-def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, model=None, data=None,
+def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=None, data=None,
           batch_size=None, optimizer=None, lr=None, momentum=0.9, weight_decay=5e-4, schedule="cosine",
           warmup=0, max_steps=None, on_step=None, progress=True, checkpoint=None, max_chars=None,
           model_kwargs=None, return_model=False, max_loss=None, **config_overrides):
     """Train and evaluate; returns a JSON-serialisable result dict.
 
-    ``precision``: ``fp32``, ``fp16``, ``q4`` or a config dict (:class:`~q4core.nn.policy.PrecisionConfig`);
-    ``ablation``: a name or list of names from :data:`~q4core.nn.policy.ABLATIONS`; further keyword
-    arguments override config fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
+    ``recipe``: a registered name (``fp32``, ``fp16``, ``fp8``, ``q4``, ``q4+no-tpr``, ...; see
+    :func:`q4core.recipe.recipe_names`), a dict of :class:`~q4core.recipe.Recipe` fields or a Recipe;
+    ``ablation``: a name or list of names from :data:`q4core.recipe.ABLATIONS`; further keyword
+    arguments override recipe fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
     :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
     ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
     weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
@@ -283,31 +110,37 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    config = make_policy(precision, ablation, **{"seed": int(seed), **config_overrides})
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
+                                  or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    config = get_recipe(recipe, ablation, **{"seed": int(seed), **config_overrides})
     if data is not None:
         if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
             ds = load_npz_task(data, seed)
         elif hasattr(data, "X_train") and not hasattr(data, "batches"):     # a q4core.data.Dataset
             n_classes = len(data.classes) if getattr(data, "classes", None) else int(data.y_train.max()) + 1
-            ds = _Classification(data.X_train, data.y_train, data.X_val, data.y_val, data.X_test, data.y_test,
+            ds = Classification(data.X_train, data.y_train, data.X_val, data.y_val, data.X_test, data.y_test,
                                  n_classes, "dataset")
         else:
             ds = data
         key = "npz"
     else:
-        ds = _load_task(task, seed, max_chars)
+        ds = load_task(task, seed, max_chars)
         key = task
-    model_name = model or _DEFAULT_MODEL.get(key, "cnn" if len(ds.input_shape) == 3 else "mlp")
+    model_name = model or DEFAULT_MODEL.get(key, "cnn" if len(ds.input_shape) == 3 else "mlp")
     if data is not None and model_name not in ("mlp", "cnn"):
         raise ValueError(f"with --data the model must be 'mlp' or 'cnn', got {model_name!r}")
     net = build_model(model_name, ds.input_shape, ds.n_classes, seed=seed, **(model_kwargs or {}))
     net.set_policy(config)
-    d_bs, d_opt, d_lr = _DEFAULTS.get(key, _DEFAULTS["npz"])
-    batch_size = int(batch_size or d_bs)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    d_bs, d_opt, d_lr = DEFAULTS.get(key, DEFAULTS["npz"])
+    batch_size = d_bs if batch_size is None else batch_size       # None means the task's default; 0 is an error
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = int(batch_size)
     opt_name = optimizer or d_opt
-    lr = float(lr or d_lr)
+    lr = float(d_lr if lr is None else lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
     named = list(net.named_parameters())
     if opt_name == "sgd":
         opt = SGD(named, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -318,14 +151,17 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
     steps_per_epoch = ds.n_batches(batch_size)
     total = steps_per_epoch * max(epochs, 1) if max_steps is None else min(max_steps, steps_per_epoch * max(epochs, 1))
     lr_at = lr_schedule(schedule, lr, total, warmup=warmup)
-    fp16 = any(l.gemm.mode == "fp16" for _, l in net.gemm_layers())
+    # one global dynamic loss scale where a layer needs it: FP16 operands, or 4-bit gradients scaled by it alone
+    fp16 = any(l.gemm.spec_gx.format == "fp16" or l.gemm.spec_gx.scaling == "loss-scale"
+               for _, l in net.gemm_layers())
     loss_scale = config.loss_scale_init if fp16 else 1.0
+    state = net.precision_state
     good_steps = 0
     params = net.parameters()
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
 
     history = {"train_loss": [], "val_" + ds.metric: [], "epoch_seconds": [], "skipped_steps": [], "step_loss": []}
-    result = {"task": ds.name, "model": model_name, "precision": config.to_dict(), "seed": int(seed),
+    result = {"task": ds.name, "model": model_name, "recipe": config.to_dict(), "seed": int(seed),
               "epochs": int(epochs), "batch_size": batch_size, "optimizer": opt_name, "lr": lr,
               "schedule": schedule, "weight_decay": weight_decay, "metric": ds.metric, "history": history,
               "stopped": None, "steps": 0}
@@ -351,6 +187,7 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
             for xb, yb in it:
                 lr_now = lr_at(step)
                 net.zero_grad()
+                state.loss_scale, state.saturated = loss_scale, False
                 # overflow is expected under fp16 loss scaling and on divergence; both are handled below
                 with np.errstate(over="ignore", invalid="ignore"):
                     logits = net.forward(xb)
@@ -378,12 +215,17 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
                     inv = np.float32(1.0 / loss_scale)
                     for p in params:
                         p.grad *= inv
-                    good_steps += 1
-                    if good_steps >= config.loss_scale_window:
-                        loss_scale *= 2
+                    if state.saturated:     # a 4-bit layer saturated at this loss scale: lower it, keep the step
+                        loss_scale = max(loss_scale / 2, 1.0)
                         good_steps = 0
+                    else:
+                        good_steps += 1
+                        if good_steps >= config.loss_scale_window:
+                            loss_scale *= 2
+                            good_steps = 0
                 elif not ok:
                     raise TrainingDiverged(f"a non-finite gradient at step {step} (epoch {epoch + 1})")
+                net.add_regularisation()
                 opt.step(lr=lr_now)
                 losses.append(loss)
                 step += 1
@@ -402,12 +244,14 @@ def train(task="digits", precision="fp32", ablation=None, epochs=5, seed=0, mode
             history["val_" + ds.metric].append(val)
             history["epoch_seconds"].append(time.perf_counter() - t0)
             history["skipped_steps"].append(skipped)
+            if not all(np.isfinite(p.data).all() for p in params):
+                raise TrainingDiverged(f"a weight became non-finite by step {step} (epoch {epoch + 1})")
             if not math.isfinite(val):
                 raise TrainingDiverged(f"the validation {ds.metric} became {val} after epoch {epoch + 1}")
             if checkpoint is not None:
                 from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint, net, opt, meta={"epoch": epoch + 1, "step": step,
-                                                             "config": config.to_dict(), "seed": int(seed)})
+                                                             "recipe": config.to_dict(), "seed": int(seed)})
             if done:
                 break
         net.eval()
@@ -429,13 +273,15 @@ def _parser():
     p.add_argument("--data", default=None, help=".npz with X_train, y_train, X_test, y_test [, X_val, y_val]")
     p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, speech_gru, char_gru, "
                                                  "char_lstm, char_transformer for the built-in tasks")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRESETS))
-    p.add_argument("--ablation", action="append", default=None, choices=sorted(ABLATIONS),
-                   help="q4 ablation (repeatable)")
-    p.add_argument("--simulate", action="store_true", help="q4 as fake quantization (float GEMMs)")
+    p.add_argument("--recipe", default="fp32",
+                   help="a registered recipe name (" + ", ".join(recipe_names()) + ") or a JSON object of Recipe "
+                        "fields")
+    p.add_argument("--ablation", action="append", default=None, choices=list(ABLATIONS),
+                   help="ablation of a 4-bit recipe (repeatable)")
+    p.add_argument("--simulate", action="store_true", help="fake quantization (float GEMMs) in place of the "
+                                                          "integer kernels (same numbers)")
     p.add_argument("--config", default=None,
-                   help="JSON object of PrecisionConfig fields to override, e.g. '{\"grad_format\": \"radix2\", "
-                        "\"tpr\": false}'")
+                   help="JSON object of Recipe fields to override, e.g. '{\"grad_dw\": {\"phase\": 0}}'")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
@@ -468,6 +314,13 @@ def main(argv=None):
         print("error: give exactly one of --task and --data", file=sys.stderr)
         return 2
     extra = {"simulate": True} if args.simulate else {}
+    recipe = args.recipe
+    if recipe.lstrip().startswith("{"):
+        try:
+            recipe = json.loads(recipe)
+        except json.JSONDecodeError as exc:
+            print(f"error: --recipe is not valid JSON ({exc})", file=sys.stderr)
+            return 2
     if args.config is not None:
         try:
             fields = json.loads(args.config)
@@ -481,7 +334,7 @@ def main(argv=None):
     if args.threads is not None:
         extra["threads"] = args.threads
     try:
-        result = train(task=args.task, data=args.data, model=args.model, precision=args.precision,
+        result = train(task=args.task, data=args.data, model=args.model, recipe=recipe,
                        ablation=args.ablation, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, max_steps=args.max_steps,
                        checkpoint=args.checkpoint, progress=not args.no_progress, **extra)
@@ -491,7 +344,7 @@ def main(argv=None):
     with open(args.out, "w") as fh:
         json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
     m = result["metric"]
-    print(f"{result['task']} {result['precision']['name']}: test {m} = {result.get('test_' + m)}"
+    print(f"{result['task']} {result['recipe']['name']}: test {m} = {result.get('test_' + m)}"
           + (f" ({result['stopped']})" if result["stopped"] else ""))
     return 1 if result["stopped"] else 0
 

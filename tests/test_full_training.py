@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from q4core.experiments import full_training as ft
-from q4core.nn.policy import make_policy
+from q4core.recipe import get_recipe
 from q4core.nn.qgemm import QuantGemm
 
 
@@ -79,7 +79,7 @@ def test_ablation_table_gap_to_baseline():
 
 def _q4_gemm(**config):
     gemm = QuantGemm()
-    gemm.configure(make_policy("q4", **config), "q4", index=1, name="test")
+    gemm.configure(get_recipe("q4", **config), index=1, name="test")
     return gemm
 
 
@@ -142,6 +142,25 @@ def test_ablation_study_tiny_run():
     for a in s["ablations"].values():
         assert a["seeds"] == [0] and a["gap"]["n"] == 1
     assert set(s["reference"]) == {"fp32", "fp16"}
+
+
+def test_ablation_study_reuses_runs_with_the_same_schedule(monkeypatch):
+    main = ft.run_domain("speech", seeds=[0], epochs=1, max_steps=2)
+    fresh = ft.ablation_study(["speech"], seeds=[0], epochs={"speech": 1}, max_steps=2)
+    trained = []
+    real_train = __import__("q4core.train", fromlist=["train"]).train
+
+    def counting_train(task, precision, ablation=None, **kw):
+        trained.append((precision, ablation))
+        return real_train(task, precision, ablation=ablation, **kw)
+    monkeypatch.setattr("q4core.train.train", counting_train)
+    reused = ft.ablation_study(["speech"], seeds=[0], epochs={"speech": 1}, max_steps=2, done=main)
+    assert reused == fresh                           # deterministic: reuse changes no number
+    assert ("q4", None) not in trained and ("fp16", None) not in trained and ("fp32", None) not in trained
+    assert len(trained) == len(ft.ABLATIONS) - 1     # only the changed recipes were trained
+    trained.clear()
+    ft.ablation_study(["speech"], seeds=[0], epochs={"speech": 1}, max_steps=3, done=main)   # other schedule
+    assert ("q4", None) in trained and ("fp16", None) in trained
 
 
 def test_tiny_run_returns_well_formed_curves_and_errors():

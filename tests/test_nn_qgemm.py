@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 
 from q4core.formats import RADIX4_FP4
-from q4core.nn import make_policy
+from q4core.recipe import get_recipe
 from q4core.nn.qgemm import QuantGemm
 
 
 def _pair(cfg_kw, unsigned, K):
     out = []
     for sim in (False, True):
-        g = QuantGemm().configure(make_policy("q4", simulate=sim, **cfg_kw), "q4", index=1, name="l")
+        g = QuantGemm().configure(get_recipe("q4", simulate=sim, **cfg_kw), index=1, name="l")
         g.unsigned = unsigned
         out.append(g)
     return out
@@ -23,7 +23,9 @@ def test_integer_equals_simulated_random_shapes(seed):
     if seed % 4 == 0:
         M = 1500          # a long weight-gradient reduction: the float64 rescale branch
     unsigned = bool(seed % 2)
-    cfg = [dict(), dict(tpr=False), dict(tpr_input_phase=1), dict(grad_format="int4", tpr=False)][seed % 4]
+    cfg = [dict(), get_recipe("q4", "no-tpr").to_dict(), dict(grad_dx={"phase": 1}, grad_dw={"phase": 0}),
+           get_recipe("q4", "int4-grad").to_dict()][seed % 4]
+    cfg = {k: v for k, v in cfg.items() if k in ("grad_dx", "grad_dw")}
     x = rng.standard_normal((M, K)).astype(np.float32) * np.float32(10.0 ** rng.uniform(-3, 3))
     if unsigned:
         x = np.abs(x)
@@ -42,7 +44,7 @@ def test_integer_equals_simulated_random_shapes(seed):
 
 
 def test_zero_input_and_zero_gradient():
-    gemm = QuantGemm().configure(make_policy("q4"), "q4")
+    gemm = QuantGemm().configure(get_recipe("q4"))
     x = np.zeros((3, 4), np.float32)
     w = np.zeros((4, 2), np.float32)
     y, ctx = gemm.forward(x, gemm.prepare_weight(w))
@@ -54,7 +56,7 @@ def test_zero_input_and_zero_gradient():
 
 
 def test_nan_gradient_is_reported():
-    gemm = QuantGemm().configure(make_policy("q4"), "q4", name="fc")
+    gemm = QuantGemm().configure(get_recipe("q4"), name="fc")
     rng = np.random.default_rng(0)
     y, ctx = gemm.forward(rng.random((3, 4)).astype(np.float32), gemm.prepare_weight(rng.random((4, 2)).astype(np.float32)))
     with pytest.raises(FloatingPointError, match="'fc'.*NaN or Inf"):
@@ -62,7 +64,7 @@ def test_nan_gradient_is_reported():
 
 
 def test_gradscale_keeps_the_scaled_gradient_in_range_and_weight_grad_uses_fp4():
-    gemm = QuantGemm().configure(make_policy("q4", tpr=False), "q4")
+    gemm = QuantGemm().configure(get_recipe("q4", "no-tpr"))
     rng = np.random.default_rng(1)
     x = rng.random((5, 3)).astype(np.float32)
     w = rng.standard_normal((3, 4)).astype(np.float32)
@@ -73,5 +75,5 @@ def test_gradscale_keeps_the_scaled_gradient_in_range_and_weight_grad_uses_fp4()
     assert np.abs(gy).max() * s <= 1.0 < np.abs(gy).max() * s * 2
     # dL/dW = dequant(x)^T @ dequant(g): g on the radix-4 grid at scale 1/s
     gq = RADIX4_FP4.quantize(gy.astype(np.float64), 1.0 / s)
-    xq = ctx.xq.astype(np.float64) * ctx.sx
+    xq = ctx.xop.dequantize()
     np.testing.assert_allclose(gw, xq.T @ gq, rtol=1e-6)

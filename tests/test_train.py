@@ -33,11 +33,11 @@ def test_train_digits_deterministic_and_complete():
 
 
 def test_train_q4_integer_equals_simulated():
-    kw = dict(task="digits", precision="q4", epochs=1, seed=0, max_steps=5, progress=False)
+    kw = dict(task="digits", recipe="q4", epochs=1, seed=0, max_steps=5, progress=False)
     a, b = train(**kw), train(simulate=True, **kw)
     assert a["history"]["train_loss"] == b["history"]["train_loss"]
     assert a["history"]["val_accuracy"] == b["history"]["val_accuracy"]
-    assert a["precision"]["simulate"] is False and b["precision"]["simulate"] is True
+    assert a["recipe"]["simulate"] is False and b["recipe"]["simulate"] is True
 
 
 def test_on_step_sees_layer_tensors_and_quantizer_state():
@@ -48,7 +48,7 @@ def test_on_step_sees_layer_tensors_and_quantizer_state():
         st = layer.gemm.quantizer_state()
         seen.append((step, info["loss"], st["weight_scale"], st["gradscale"], st["pact_alpha"],
                      float(np.abs(layer.gemm.last["grad_output"]).max())))
-    train(task="digits", precision="q4", epochs=1, max_steps=3, progress=False, on_step=on_step)
+    train(task="digits", recipe="q4", epochs=1, max_steps=3, progress=False, on_step=on_step)
     assert [s[0] for s in seen] == [1, 2, 3]
     assert all(s[2] > 0 and s[3] is not None and s[4] > 0 and s[5] > 0 for s in seen)
 
@@ -61,7 +61,7 @@ def test_divergence_stops_with_history():
 
 
 def test_fp16_loss_scaling_skips_overflowing_steps():
-    r = train(task="digits", precision="fp16", epochs=1, max_steps=12, progress=False, loss_scale_init=2.0 ** 24)
+    r = train(task="digits", recipe="fp16", epochs=1, max_steps=12, progress=False, loss_scale_init=2.0 ** 24)
     assert r["history"]["skipped_steps"][0] > 0
     assert r["loss_scale"] < 2.0 ** 24
     assert r["stopped"] is None and np.isfinite(r["history"]["train_loss"][0])
@@ -71,11 +71,11 @@ def test_fp16_loss_scaling_skips_overflowing_steps():
 def test_cli_user_data(tmp_path, model, capsys):
     path = _npz(tmp_path)
     out = tmp_path / "r.json"
-    rc = main(["--data", str(path), "--model", model, "--precision", "q4", "--epochs", "2", "--seed", "1",
+    rc = main(["--data", str(path), "--model", model, "--recipe", "q4", "--epochs", "2", "--seed", "1",
                "--out", str(out), "--no-progress"])
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["model"] == model and r["precision"]["mode"] == "q4" and len(r["history"]["train_loss"]) == 2
+    assert r["model"] == model and r["recipe"]["name"] == "q4" and len(r["history"]["train_loss"]) == 2
     assert 0.0 <= r["test_accuracy"] <= 1.0 and r["wall_seconds"] > 0
     assert "test accuracy" in capsys.readouterr().out
 
@@ -129,13 +129,12 @@ def test_cli_argument_errors(tmp_path, capsys):
 
 def test_checkpoint_round_trip(tmp_path):
     ck = tmp_path / "ck.npz"
-    r, model = train(task="digits", precision="q4", epochs=1, max_steps=4, progress=False, checkpoint=ck,
+    r, model = train(task="digits", recipe="q4", epochs=1, max_steps=4, progress=False, checkpoint=ck,
                      return_model=True)
     fresh = build_model("cnn", (1, 8, 8), 10, seed=99)
-    from q4core.nn import make_policy
-    fresh.set_policy(make_policy("q4"))
+    fresh.set_policy("q4")
     meta = load_checkpoint(ck, fresh)
-    assert meta["step"] == 4 and meta["config"]["mode"] == "q4"
+    assert meta["step"] == 4 and meta["recipe"]["name"] == "q4"
     for (n, p), (m, q) in zip(model.named_parameters(), fresh.named_parameters()):
         assert n == m
         np.testing.assert_array_equal(p.data, q.data)
@@ -175,9 +174,11 @@ def test_bench_train_smoke(capsys):
     ("mlp", (5, 5), 3, np.random.default_rng(0).random((3, 5, 5)).astype(np.float32)),
 ])
 def test_model_builders_train_under_q4(name, shape, n, x):
-    from q4core.nn import SGD, make_policy, softmax_cross_entropy
+    from q4core.nn import SGD, softmax_cross_entropy
     model = build_model(name, shape, n, seed=1)
-    model.set_policy(make_policy("q4", first_last="q4"))
+    model.set_policy({"weight": {"format": "int4_sym", "scaling": "sawb"}, "activation": {"format": "uint4", "scaling": "pact"},
+                      "grad_dx": {"format": "radix4", "scaling": "gradscale"},
+                      "grad_dw": {"format": "radix4", "scaling": "gradscale", "phase": 1}, "name": "q4"})
     y = np.random.default_rng(1).integers(0, n, x.shape[:2] if name.startswith("char") else x.shape[0])
     opt = SGD(model.named_parameters(), lr=0.05)
     losses = []
@@ -196,13 +197,13 @@ def test_model_builders_train_under_q4(name, shape, n, x):
 def test_cli_config_overrides(tmp_path, capsys):
     path = _npz(tmp_path)
     out = tmp_path / "r.json"
-    assert main(["--data", str(path), "--precision", "q4", "--config", '{"grad_format": "radix2", "tpr": false}',
+    assert main(["--data", str(path), "--recipe", "q4", "--config", '{"grad_dw": {"phase": 0}}',
                  "--epochs", "1", "--max-steps", "2", "--out", str(out), "--no-progress"]) == 0
     r = json.loads(out.read_text())
-    assert r["precision"]["grad_format"] == "radix2" and r["precision"]["tpr"] is False
+    assert r["recipe"]["grad_dw"]["phase"] == 0 and r["recipe"]["grad_dx"]["format"] == "radix4"
     assert main(["--data", str(path), "--config", "{nope", "--out", str(out)]) == 2
     assert main(["--data", str(path), "--config", '{"bogus": 1}', "--out", str(out)]) == 2
-    assert "unknown precision config keys" in capsys.readouterr().err
+    assert "unknown recipe keys ['bogus']" in capsys.readouterr().err
 
 
 def test_train_on_a_dataset_object():
@@ -212,8 +213,8 @@ def test_train_on_a_dataset_object():
 
 
 def test_q4_learns_digits_close_to_fp32():
-    fp32 = train(task="digits", precision="fp32", epochs=2, progress=False, seed=0)
-    q4 = train(task="digits", precision="q4", epochs=2, progress=False, seed=0)
+    fp32 = train(task="digits", recipe="fp32", epochs=2, progress=False, seed=0)
+    q4 = train(task="digits", recipe="q4", epochs=2, progress=False, seed=0)
     assert fp32["test_accuracy"] > 0.85
     assert q4["test_accuracy"] > 0.85 and q4["test_accuracy"] > fp32["test_accuracy"] - 0.08
 
@@ -241,7 +242,7 @@ def test_layer_input_errors():
 def test_step_recorder():
     from q4core.train import StepRecorder
     rec = StepRecorder(every=2, keep_gradients=True, max_values=50)
-    train(task="digits", precision="q4", epochs=1, max_steps=4, progress=False, on_step=rec, model="mlp")
+    train(task="digits", recipe="q4", epochs=1, max_steps=4, progress=False, on_step=rec, model="mlp")
     steps = sorted({r["step"] for r in rec.records})
     assert steps == [2, 4]
     layers = {r["layer"] for r in rec.records}

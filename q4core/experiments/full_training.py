@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from ..formats import INT4, UINT4, IntFormat
+from ..recipe import operands
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
            "ablation_table", "ablation_study", "format_table", "to_points", "gap", "QuantErrorRecorder",
@@ -38,10 +38,10 @@ DOMAINS = {
     "language": {"task": "chars", "model": "char_lstm", "label": "char LSTM, BBC News"},
 }
 PRECISIONS = ("fp32", "fp16", "q4")
-#: ablation label -> q4core.nn.policy ablation name (None: the full recipe)
+#: ablation label -> q4core.recipe ablation name (None: the full recipe)
 ABLATIONS = {
     "q4 (full recipe)": None,
-    "no GradScale": "no-gradscale",
+    "one loss scale (no GradScale)": "global-loss-scale",
     "no TPR": "no-tpr",
     "INT4 gradients": "int4-grad",
     "radix-2 FP4": "radix2",
@@ -103,18 +103,31 @@ def curves_of(result):
             "val": [to_points(v, m) for v in h["val_" + m]], "step_loss": [float(v) for v in h["step_loss"]]}
 
 
-def _run(domain, precision, ablation, seed, epochs, max_steps, max_chars, on_step, train_kwargs):
+def _schedule(domain, epochs, max_steps, max_chars, train_kwargs):
+    """Everything besides precision, ablation and seed that decides a run's numbers."""
+    kw = dict(train_kwargs or {})
+    if DOMAINS[domain]["task"] == "chars" and max_chars is not None:
+        kw["max_chars"] = int(max_chars)
+    return {"epochs": int(epochs), "max_steps": max_steps, "train_kwargs": kw}
+
+
+def _run(domain, precision, ablation, seed, epochs, max_steps, max_chars, on_step, train_kwargs, done=()):
+    """Train one run, or take it from ``done`` (earlier run dicts) when one has the same domain, precision,
+    ablation, seed and schedule: training is deterministic, so it would give the same numbers."""
+    schedule = _schedule(domain, epochs, max_steps, max_chars, train_kwargs)
+    for r in done:
+        if (r["domain"], r["precision"], r["ablation"], r["seed"], r["schedule"]) == (
+                domain, precision, ablation, int(seed), schedule):
+            return dict(r)
     from ..train import train
     spec = DOMAINS[domain]
-    kw = dict(train_kwargs or {})
-    if spec["task"] == "chars" and max_chars is not None:
-        kw["max_chars"] = int(max_chars)
+    kw = dict(schedule["train_kwargs"])
     result = train(spec["task"], precision, ablation=ablation, epochs=int(epochs), seed=int(seed),
                    model=spec["model"], max_steps=max_steps, on_step=on_step, progress=False, **kw)
     m = result["metric"]
     return {"domain": domain, "precision": precision, "ablation": ablation, "seed": int(seed), "metric": m,
             "test": to_points(result.get("test_" + m), m), "stopped": result["stopped"], "steps": result["steps"],
-            "curves": curves_of(result), "wall_seconds": float(result["wall_seconds"])}
+            "curves": curves_of(result), "wall_seconds": float(result["wall_seconds"]), "schedule": schedule}
 
 
 def _check_common(domain, seeds, epochs):
@@ -129,40 +142,45 @@ def _check_common(domain, seeds, epochs):
 
 
 def run_domain(domain, seeds=(0,), epochs=1, precisions=PRECISIONS, max_steps=None, max_chars=None,
-               recorder_every=None, train_kwargs=None):
+               recorder_every=None, train_kwargs=None, done=()):
     """Train ``domain`` under each precision and seed (same seeds, same schedule); returns a list of run dicts
     ``{domain, precision, ablation, seed, metric, test, stopped, steps, curves, wall_seconds}`` (``test`` in table
-    units).  With ``recorder_every``, the q4 runs carry ``errors``: the :class:`QuantErrorRecorder` records."""
+    units).  With ``recorder_every``, the q4 runs carry ``errors``: the :class:`QuantErrorRecorder` records.
+    Runs in ``done`` with the same schedule are reused (not the q4 runs when errors are to be recorded)."""
     seeds = _check_common(domain, seeds, epochs)
     runs = []
     for precision in precisions:
         for s in seeds:
             rec = QuantErrorRecorder(recorder_every) if recorder_every and precision == "q4" else None
-            run = _run(domain, precision, None, s, epochs, max_steps, max_chars, rec, train_kwargs)
+            run = _run(domain, precision, None, s, epochs, max_steps, max_chars, rec, train_kwargs,
+                       () if rec is not None else done)
             if rec is not None:
                 run["errors"] = rec.records
             runs.append(run)
     return runs
 
 
-def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, max_chars=None, train_kwargs=None):
+def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, max_chars=None, train_kwargs=None,
+                  done=()):
     """q4 with each ablation of :data:`ABLATIONS` (label -> policy ablation name) on ``domain``; run dicts as
-    :func:`run_domain`, with ``label`` added."""
+    :func:`run_domain`, with ``label`` added.  Runs already in ``done`` with the same schedule are reused."""
     seeds = _check_common(domain, seeds, epochs)
     ablations = ABLATIONS if ablations is None else ablations
     runs = []
     for label, name in ablations.items():
         for s in seeds:
-            run = _run(domain, "q4", name, s, epochs, max_steps, max_chars, None, train_kwargs)
+            run = _run(domain, "q4", name, s, epochs, max_steps, max_chars, None, train_kwargs, done)
             run["label"] = label
             runs.append(run)
     return runs
 
 
-def ablation_study(domains, seeds=(0,), epochs=None, max_steps=None, max_chars=None, train_kwargs=None):
+def ablation_study(domains, seeds=(0,), epochs=None, max_steps=None, max_chars=None, train_kwargs=None, done=()):
     """The ablations on each of ``domains``: q4 with each :data:`ABLATIONS` change, and fp32 / fp16 with the
     same seeds and schedule as lines of reference.  ``epochs``: ``{domain: epochs}`` (the same schedule as the
-    main runs, so that the full recipe here is comparable with the results table).
+    main runs, so that the full recipe here is comparable with the results table).  ``done``: run dicts already
+    trained (e.g. the main runs); a run with the same domain, precision, ablation, seed and schedule is taken
+    from there instead of being trained again.
 
     Returns ``{domain: {"metric", "epochs", "seeds", "ablations": ablation_table(...), "reference":
     results_table(...)[domain]["precisions"]}}``."""
@@ -179,9 +197,9 @@ def ablation_study(domains, seeds=(0,), epochs=None, max_steps=None, max_chars=N
         if d not in epochs:
             raise ValueError(f"epochs has no entry for ablation domain {d!r}")
         runs = run_ablations(d, seeds=seeds, epochs=epochs[d], max_steps=max_steps, max_chars=max_chars,
-                             train_kwargs=train_kwargs)
+                             train_kwargs=train_kwargs, done=done)
         base = run_domain(d, seeds=seeds, epochs=epochs[d], precisions=("fp32", "fp16"), max_steps=max_steps,
-                          max_chars=max_chars, train_kwargs=train_kwargs)
+                          max_chars=max_chars, train_kwargs=train_kwargs, done=done)
         out[d] = {"metric": runs[0]["metric"], "epochs": int(epochs[d]), "seeds": [int(s) for s in seeds],
                   "ablations": ablation_table(runs, baseline="fp16", baseline_runs=base),
                   "reference": results_table(base)[d]["precisions"]}
@@ -301,7 +319,7 @@ class QuantErrorRecorder:
             return
         for name, layer in model.gemm_layers():
             gemm = layer.gemm
-            if gemm.mode != "q4":
+            if not gemm.quantized:
                 continue
             for role, err in self.layer_errors(gemm).items():
                 if err is not None:
@@ -310,30 +328,21 @@ class QuantErrorRecorder:
 
     @staticmethod
     def layer_errors(gemm):
-        """``{role: relative error or None}`` of one q4 :class:`~q4core.nn.qgemm.QuantGemm` from its ``last``."""
+        """``{role: relative error or None}`` of one 4-bit :class:`~q4core.nn.qgemm.QuantGemm` from its ``last``,
+        each operand made again by the one operand quantizer (:mod:`q4core.recipe.operands`) at the layer's
+        last scale, with the layer's specs."""
         last = gemm.last
         out = dict.fromkeys(QuantErrorRecorder.ROLES)
-        w, sw = last.get("weight"), last.get("weight_scale")
-        if w is not None and sw:
-            levels = np.maximum(INT4.encode(np.ascontiguousarray(w, dtype=np.float32), sw, backend="numpy"), -7)
-            out["weight"] = _relative_error(w, INT4.decode(levels, sw))
-        x, sx = last.get("input"), last.get("act_scale")
-        if x is not None and sx:
+        cases = (("weight", "weight", "weight_scale", gemm.spec_w, gemm.fmt_w),
+                 ("activation", "input", "act_scale", gemm.spec_a,
+                  operands.operand_format(gemm.spec_a, signed=not gemm.unsigned)),
+                 ("gradient", "grad_output", "grad_scale", gemm.spec_gx, gemm.fmt_gx))
+        for role, key, scale_key, spec, fmt in cases:
+            x, scale = last.get(key), last.get(scale_key)
+            if x is None or not scale or fmt is None:
+                continue
             x = np.ascontiguousarray(x, dtype=np.float32)
-            if gemm.unsigned:
-                xc = np.minimum(np.maximum(x, 0), np.float32(15 * sx))
-                q = UINT4.decode(UINT4.encode(xc, sx, backend="numpy"), sx)
-            else:
-                q = INT4.decode(np.maximum(INT4.encode(x, sx, backend="numpy"), -7), sx)
-            out["activation"] = _relative_error(x, q)
-        g, sg = last.get("grad_output"), last.get("grad_scale")
-        if g is not None and sg:
-            fmt = gemm.grad_format(0)
-            g = np.ascontiguousarray(g, dtype=np.float32)
-            codes = fmt.encode(g, sg, backend="numpy")
-            if isinstance(fmt, IntFormat):
-                codes = np.maximum(codes, -7)
-            out["gradient"] = _relative_error(g, fmt.decode(codes, sg))
+            out[role] = _relative_error(x, operands.quantize(x, spec, fmt, scale, backend="numpy").dequantize())
         return out
 
 
@@ -376,7 +385,7 @@ def q4_layers(domain, max_chars=None):
     kw = {"max_chars": int(max_chars)} if spec["task"] == "chars" and max_chars is not None else {}
     # epochs=0: the model is built and given the q4 policy, nothing is trained (the public way to get it)
     _, net = train(spec["task"], "q4", epochs=0, model=spec["model"], progress=False, return_model=True, **kw)
-    return [name for name, layer in net.gemm_layers() if layer.gemm.mode == "q4"]
+    return [name for name, layer in net.gemm_layers() if layer.gemm.quantized]
 
 
 def layer_sensitivity(domain, layers, seeds=(0,), epochs=1, max_steps=None, max_chars=None, train_kwargs=None):

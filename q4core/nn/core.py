@@ -80,20 +80,31 @@ class Module:
         from .qgemm import QuantGemm
         return [(n, m) for n, m in self.named_modules() if isinstance(getattr(m, "gemm", None), QuantGemm)]
 
-    def set_policy(self, config, seed=None):
-        """Give every GEMM layer its mode under ``config`` (a PrecisionConfig or dict)."""
-        from .policy import PrecisionConfig
-        config = PrecisionConfig.from_dict(config)
+    def set_policy(self, recipe):
+        """Give every GEMM layer its recipe: ``recipe`` is a registered name, a dict or a
+        :class:`~q4core.recipe.Recipe`; the first/last layers and ``overrides`` get theirs.  The layers share
+        one :class:`~q4core.nn.qgemm.PrecisionState` (the global loss scale), kept as ``precision_state``."""
+        from ..recipe import get_recipe
+        from .qgemm import PrecisionState
+        recipe = get_recipe(recipe)
         layers = self.gemm_layers()
         names = {n for n, _ in layers}
-        unknown = sorted(set(config.overrides) - names)
+        unknown = sorted(set(recipe.overrides) - names)
         if unknown:
             raise ValueError(f"overrides name layers the model does not have: {unknown}; GEMM layers: "
                              f"{sorted(names)}")
+        state = PrecisionState()
         for index, (name, layer) in enumerate(layers):
-            layer.gemm.configure(config, config.mode_of(name, index, len(layers)), index, name)
-        self.policy = config
+            own = recipe.layer_recipe(name, index, len(layers))
+            layer.gemm.configure(own, own.name, index, name, state)
+        self.policy, self.precision_state = recipe, state
         return self
+
+    def add_regularisation(self):
+        """Add the recipe's regularisation gradients (PACT's L2 on alpha) to the unscaled gradients; call it
+        after backward (and after dividing out a loss scale), before the optimizer step."""
+        for _, layer in self.gemm_layers():
+            layer.gemm.add_regularisation()
 
     def state_dict(self):
         """Parameters and buffers (running statistics, quantizer state) as float arrays by name."""

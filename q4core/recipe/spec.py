@@ -1,0 +1,262 @@
+"""The precision recipe: for each GEMM operand role, its format, scaling rule, rounding and TPR phase.
+
+A layer's GEMM has three products and four operand roles (the model: microxcaling's ``mx/specs.py``)::
+
+    forward      y     = x      @ W           roles: activation, weight
+    grad-input   dL/dx = dL/dy  @ W^T         roles: grad_dx (the output gradient as this GEMM sees it), weight
+    grad-weight  dL/dW = x^T    @ dL/dy       roles: activation, grad_dw
+
+Each role is an :class:`OperandSpec` (format name from :data:`q4core.formats.FORMAT_NAMES`, or ``fp32``;
+scaling rule; rounding; TPR phase).  A :class:`Recipe` holds the four specs plus what is recipe-wide:
+which layers keep a higher precision (``first_last``, ``overrides``, both naming other recipes), the
+accumulator, static (frozen) scales, PACT's and the loss scale's settings, the GradScale alignment,
+``simulate`` (numpy quantizers + float64 GEMMs instead of the integer kernels) and the seed.
+
+Recipes are plain data: :meth:`Recipe.to_dict` / :meth:`Recipe.from_dict` round-trip through JSON, so
+a papermill parameters cell or the ``--recipe`` option of the CLI carries them.  Validation refuses
+unknown names and impossible combinations with the allowed set in the message.
+
+Scaling rules (the scale ``s`` of an operand; real value = ``s * grid value``):
+
+``none``        s = 1 (float formats: fp32, fp16)
+``max``         s = max|x| / format max, every call (the "current" per-step scaling)
+``sawb``        weights: s = SAWB clip / format max, every step
+``pact``        activations: s = alpha / format max, alpha learned per layer (non-negative inputs)
+``pow2-max``    s = the power of two that puts max|x| at or below the format max (FP8, HFP8-style)
+``gradscale``   gradients: per-layer power-of-two GradScale (:class:`q4core.scaling.GradScale`)
+``loss-scale``  gradients: no per-layer scale; the network's one global dynamic loss scale
+                (the trainer's) is all the scaling they get, as in FP16 training
+``fixed``       gradients: encoded at a fixed scale ``1 / grad_static_scale`` of the true gradient
+                (the loss scale divided out)
+
+Activations: the spec names the format and rule for non-negative inputs (after ReLU: UINT4 with PACT);
+inputs that can be negative use the signed counterpart of the format with ``max`` scaling (INT4_SYM).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from ..formats import FORMAT_NAMES
+
+__all__ = ["OperandSpec", "Recipe", "ROLES", "SCALINGS", "ROUNDINGS", "FLOAT_FORMATS", "INT_FORMATS",
+           "KERNEL_GRAD_FORMATS"]
+
+ROLES = ("weight", "activation", "grad_dx", "grad_dw")
+FLOAT_FORMATS = ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2")
+#: integer grids the INT4 kernels take (levels in int8)
+INT_FORMATS = ("int4", "int4_sym", "uint4")
+#: gradient formats with an integer kernel against INT4 (FP4 x INT4, INT4 x INT4)
+KERNEL_GRAD_FORMATS = ("radix4",) + INT_FORMATS
+SCALINGS = ("none", "max", "sawb", "pact", "pow2-max", "gradscale", "loss-scale", "fixed")
+ROUNDINGS = ("nearest", "log", "stochastic")
+_ROLE_SCALINGS = {
+    "weight": ("none", "max", "sawb", "pow2-max"),
+    "activation": ("none", "max", "pact", "pow2-max"),
+    "grad_dx": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
+    "grad_dw": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
+}
+_ACCUMULATORS = ("exact",)
+_GRADSCALE_ALIGN = ("max", "threshold")
+
+
+def _one_of(where, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class OperandSpec:
+    """How one GEMM operand is made: ``format`` (``fp32`` or a name of :data:`q4core.formats.FORMAT_NAMES`),
+    ``scaling`` (see the module docstring), ``rounding`` (``nearest`` - the format's named tie rule -,
+    ``log`` for radix formats, ``stochastic``) and ``phase`` (1: the odd grid of two-phase rounding)."""
+
+    format: str = "fp32"
+    scaling: str = "none"
+    rounding: str = "nearest"
+    phase: int = 0
+
+    def check(self, role):
+        where = f"recipe {role}"
+        _one_of(f"{where}.format", self.format, FLOAT_FORMATS[:1] + tuple(FORMAT_NAMES))
+        _one_of(f"{where}.scaling", self.scaling, _ROLE_SCALINGS[role])
+        _one_of(f"{where}.rounding", self.rounding, ROUNDINGS)
+        if isinstance(self.phase, bool) or self.phase not in (0, 1):
+            raise ValueError(f"{where}.phase must be 0 or 1; got {self.phase!r}")
+        if self.format in ("fp32", "fp16"):
+            if self.scaling != "none" or self.rounding != "nearest" or self.phase:
+                raise ValueError(f"{where}: {self.format} takes scaling 'none', rounding 'nearest', phase 0")
+            return self
+        if self.scaling == "none":
+            raise ValueError(f"{where}: a {self.format} operand needs a scaling rule; allowed: "
+                             f"{', '.join(s for s in _ROLE_SCALINGS[role] if s != 'none')}")
+        if self.phase and self.format not in ("radix4", "radix16"):
+            raise ValueError(f"{where}: phase 1 (two-phase rounding's odd grid) needs a square radix "
+                             f"(radix4, radix16), not {self.format!r}")
+        if self.rounding == "log" and not (self.format.startswith("radix") or self.format == "log10"):
+            raise ValueError(f"{where}: rounding 'log' applies to radix formats, not {self.format!r}")
+        if self.scaling == "pact" and self.format != "uint4":
+            raise ValueError(f"{where}: PACT clips non-negative activations onto uint4, not {self.format!r}")
+        if self.format == "uint4" and role != "activation":
+            raise ValueError(f"{where}: uint4 holds non-negative activations only")
+        if self.scaling == "gradscale" and self.format in INT_FORMATS + ("fp8_e4m3", "fp8_e5m2", "fp16"):
+            raise ValueError(f"{where}: GradScale is for log/FP4 gradient formats, not {self.format!r}")
+        return self
+
+    @property
+    def quantized(self):
+        return self.format != "fp32"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, role="operand"):
+        if isinstance(d, cls):
+            return d
+        if isinstance(d, str):
+            d = {"format": d}
+        if not isinstance(d, dict):
+            raise TypeError(f"recipe {role} must be a dict of format/scaling/rounding/phase, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"recipe {role} has unknown keys {unknown}; known: format, scaling, rounding, phase")
+        return cls(**d)
+
+
+FP32_SPEC = OperandSpec()
+
+
+@dataclass
+class Recipe:
+    """Precision recipe of a training run (see the module docstring)."""
+
+    #: registry name (informational; ``+``-joined ablations)
+    name: str = "fp32"
+    weight: OperandSpec = FP32_SPEC
+    activation: OperandSpec = FP32_SPEC
+    grad_dx: OperandSpec = FP32_SPEC
+    grad_dw: OperandSpec = FP32_SPEC
+    #: recipe of the first and the last GEMM layer (``same``: no exception); kept high by default, as is common
+    first_last: str = "same"
+    #: per-layer recipes by layer name, e.g. ``{"fc2": "fp32"}``; wins over ``first_last``
+    overrides: dict = field(default_factory=dict)
+    #: how GEMM products are summed: ``exact`` (integer / exact float64)
+    accumulator: str = "exact"
+    #: freeze weight and activation scales after the first training step instead of rescaling every step
+    static_scale: bool = False
+    #: GradScale keeps the scaled max |g| in (t/2, t]: ``max`` t = format max (the paper's rule);
+    #: ``threshold`` t = twice the rounding threshold below the top magnitude, so the top code is always used
+    gradscale_align: str = "max"
+    #: gradient multiplier of the ``fixed`` gradient scaling
+    grad_static_scale: float = 1.0
+    #: L2 coefficient on PACT's alpha (applied on the unscaled gradient) and the initial alpha (0: first max)
+    pact_l2: float = 1e-4
+    pact_init: float = 0.0
+    #: dynamic loss scale (FP16 layers and ``loss-scale`` gradients): initial value, growth interval
+    loss_scale_init: float = 2.0 ** 12
+    loss_scale_window: int = 200
+    #: fake quantization (numpy quantizers + float64 GEMMs) in place of the integer kernels; same numbers
+    simulate: bool = False
+    #: seed of stochastic rounding (each layer derives its own stream)
+    seed: int = 0
+    #: threads of the integer kernels (None: the kernels' default)
+    threads: int | None = None
+
+    def __post_init__(self):
+        for role in ROLES:
+            setattr(self, role, OperandSpec.from_dict(getattr(self, role), role))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self):
+        for role in ROLES:
+            getattr(self, role).check(role)
+        dx, dw = self.grad_dx, self.grad_dw
+        if (dx.format, dx.scaling, dx.rounding) != (dw.format, dw.scaling, dw.rounding):
+            raise ValueError("recipe grad_dx and grad_dw quantize the same gradient: they must share format, "
+                             f"scaling and rounding and may differ only in phase; got {dx} and {dw}")
+        if dx.phase and dw.phase:
+            raise ValueError("recipe grad_dx and grad_dw are both on the odd grid; two-phase rounding puts one "
+                             "copy on each grid (set one phase to 0)")
+        _one_of("recipe accumulator", self.accumulator, _ACCUMULATORS)
+        _one_of("recipe gradscale_align", self.gradscale_align, _GRADSCALE_ALIGN)
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"recipe overrides must be a dict, got {type(self.overrides).__name__}")
+        for key in ("static_scale", "simulate"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"recipe {key} must be a bool, got {getattr(self, key)!r}")
+        if not self.grad_static_scale > 0:
+            raise ValueError(f"recipe grad_static_scale must be positive, got {self.grad_static_scale!r}")
+        if not (self.pact_init >= 0 and self.pact_l2 >= 0):
+            raise ValueError("recipe pact_init and pact_l2 must be non-negative")
+        if not self.loss_scale_init >= 1:
+            raise ValueError(f"recipe loss_scale_init must be >= 1, got {self.loss_scale_init!r}")
+        if isinstance(self.loss_scale_window, bool) or not isinstance(self.loss_scale_window, int) \
+                or self.loss_scale_window < 1:
+            raise ValueError(f"recipe loss_scale_window must be a positive int, got {self.loss_scale_window!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"recipe seed must be a non-negative int, got {self.seed!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"recipe threads must be a positive int or None, got {self.threads!r}")
+        return self
+
+    # ------------------------------------------------------------------ what it says
+    @property
+    def quantized(self):
+        """True when any operand role is quantized (anything but plain fp32)."""
+        return any(getattr(self, role).quantized for role in ROLES)
+
+    @property
+    def four_bit(self):
+        """True when any operand role is in a 4-bit format."""
+        return any(getattr(self, role).format not in FLOAT_FORMATS for role in ROLES)
+
+    def uses(self, fmt):
+        return any(getattr(self, role).format == fmt for role in ROLES)
+
+    def layer_recipe(self, layer_name, index, count):
+        """The recipe of GEMM layer ``layer_name``, the ``index``-th of ``count``: its override, else
+        ``first_last`` for the first and the last layer, else this recipe.  A named recipe there inherits
+        this one's seed, threads and simulate; ``same`` means this recipe."""
+        name = self.overrides.get(layer_name)
+        if name is None and self.first_last != "same" and index in (0, count - 1):
+            name = self.first_last
+        if name is None or name == "same":
+            return self
+        from .registry import get_recipe
+        return get_recipe(name, seed=self.seed, threads=self.threads, simulate=self.simulate)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return dataclasses.replace(d, overrides=dict(d.overrides))
+        if not isinstance(d, dict):
+            raise TypeError(f"a recipe must be a dict (or a registered name), got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes):
+        """A copy with fields changed; a role given as a partial dict updates that role's spec."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; known keys: "
+                             f"{sorted(f.name for f in dataclasses.fields(self))}")
+        for role in ROLES:
+            if isinstance(changes.get(role), dict):
+                changes[role] = dataclasses.replace(getattr(self, role), **changes[role])
+        return dataclasses.replace(self, overrides=dict(changes.pop("overrides", self.overrides)), **changes)

@@ -1,0 +1,192 @@
+"""Data sets and models by name: the training tasks of :mod:`q4core.train`.
+
+``digits`` (sklearn 8x8), ``mnist`` (MNIST 5k, 28x28), ``speech`` (spoken digits, 50 x 32 log-mel),
+``chars`` (BBC News characters, bits per character), or a user's ``.npz`` (:func:`load_npz_task`).  A task
+yields training batches from a seeded generator and evaluates a model on its validation or test split;
+:data:`DEFAULT_MODEL` and :data:`DEFAULTS` give each task's model and hyper-parameters.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .nn.losses import softmax_cross_entropy
+
+__all__ = ["TASKS", "DEFAULT_MODEL", "DEFAULTS", "load_task", "load_npz_task", "Classification", "CharLM"]
+
+TASKS = ("digits", "mnist", "speech", "chars")
+DEFAULT_MODEL = {"digits": "cnn", "mnist": "cnn", "speech": "speech_cnn", "chars": "char_lstm"}
+#: default hyper-parameters per task: batch size, optimizer, learning rate
+DEFAULTS = {"digits": (64, "sgd", 0.05), "mnist": (64, "sgd", 0.05), "speech": (32, "adam", 2e-3),
+             "chars": (32, "adam", 3e-3), "npz": (64, "sgd", 0.05)}
+
+
+# ---------------------------------------------------------------------------------------------- data
+class Classification:
+    kind = "classification"
+    metric = "accuracy"
+
+    def __init__(self, X_train, y_train, X_val, y_val, X_test, y_test, n_classes, name):
+        self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
+        self.X_test, self.y_test, self.n_classes, self.name = X_test, y_test, n_classes, name
+
+    @property
+    def input_shape(self):
+        return self.X_train.shape[1:]
+
+    def batches(self, rng, batch_size):
+        order = rng.permutation(len(self.y_train))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield self.X_train[idx], self.y_train[idx]
+
+    def n_batches(self, batch_size):
+        return math.ceil(len(self.y_train) / batch_size)
+
+    def evaluate(self, model, split, batch_size=256):
+        X, y = (self.X_val, self.y_val) if split == "val" else (self.X_test, self.y_test)
+        if len(y) == 0:
+            return float("nan")
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += int(np.sum(model.forward(X[i:i + batch_size]).argmax(axis=-1) == y[i:i + batch_size]))
+        return correct / len(y)
+
+
+class CharLM:
+    kind = "language"
+    metric = "bpc"
+
+    def __init__(self, corpus, seq_len=64, eval_chars=20000, name="chars"):
+        self.train_ids, self.seq_len = corpus.train, int(seq_len)
+        self.val_ids, self.test_ids = corpus.val[:eval_chars + 1], corpus.test[:eval_chars + 1]
+        self.n_classes, self.name = len(corpus.vocabulary), name
+        self.input_shape = (self.seq_len,)
+
+    def _windows(self, ids):
+        n = (len(ids) - 1) // self.seq_len
+        x = ids[:n * self.seq_len].reshape(n, self.seq_len)
+        y = ids[1:n * self.seq_len + 1].reshape(n, self.seq_len)
+        return x, y
+
+    def n_batches(self, batch_size):
+        return math.ceil(((len(self.train_ids) - 1) // self.seq_len) / batch_size)
+
+    def batches(self, rng, batch_size):
+        # a random offset each epoch so windows do not always start at the same characters
+        off = int(rng.integers(0, self.seq_len))
+        x, y = self._windows(self.train_ids[off:])
+        order = rng.permutation(len(x))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            yield x[idx], y[idx]
+
+    def evaluate(self, model, split, batch_size=64):
+        x, y = self._windows(self.val_ids if split == "val" else self.test_ids)
+        total, count = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            loss, _ = softmax_cross_entropy(model.forward(x[i:i + batch_size]), y[i:i + batch_size])
+            n = y[i:i + batch_size].size
+            total += loss * n
+            count += n
+        return total / count / math.log(2) if count else float("nan")
+
+
+def _standardise(train, *others):
+    """Per-feature standardisation with training statistics (float32)."""
+    axes = (0, 1) if train.ndim == 3 else (0,)
+    mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-6
+    return [((a - mean) / std).astype(np.float32) for a in (train,) + others]
+
+
+def load_task(task, seed, max_chars=None):
+    from . import data
+    if task == "digits":
+        d = data.load_digits_8x8(seed)
+    elif task == "mnist":
+        d = data.load_mnist_5k(seed)
+    elif task == "speech":
+        d = data.load_spoken_digits(seed)
+        Xtr, Xva, Xte = _standardise(d.X_train, d.X_val, d.X_test)
+        return Classification(Xtr, d.y_train, Xva, d.y_val, Xte, d.y_test, len(d.classes), task)
+    elif task == "chars":
+        corpus = data.load_bbc_chars(seed, lowercase=True, max_chars=max_chars or 400_000)
+        return CharLM(corpus)
+    else:
+        raise ValueError(f"task must be one of {TASKS} (or pass data=FILE.npz), got {task!r}")
+    return Classification(d.X_train, d.y_train, d.X_val, d.y_val, d.X_test, d.y_test, len(d.classes), task)
+
+
+def load_npz_task(path, seed=0, val_fraction=0.1):
+    """Validate a user's ``.npz`` (``X_train, y_train, X_test, y_test`` [, ``X_val, y_val``]) and return a task.
+
+    Images N x H x W become N x 1 x H x W; labels must be non-negative integers (integer-valued floats
+    are accepted); without a validation split, ``val_fraction`` of the training set is held out (seeded).
+    """
+    try:
+        f = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file {path!r} does not exist") from None
+    except Exception as exc:
+        raise ValueError(f"data file {path!r} is not a readable .npz file ({exc})") from exc
+    with f:
+        files = set(f.files)
+        missing = [k for k in ("X_train", "y_train", "X_test", "y_test") if k not in files]
+        if missing:
+            raise ValueError(f"data file {path!r} lacks the arrays {missing}; it holds {sorted(files)}")
+        if ("X_val" in files) != ("y_val" in files):
+            raise ValueError(f"data file {path!r} must hold both X_val and y_val, or neither")
+        try:
+            arrays = {k: f[k] for k in files if k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")}
+        except ValueError as exc:
+            raise ValueError(f"data file {path!r} holds object arrays, which are not accepted ({exc})") from exc
+
+    def features(name):
+        X = arrays[name]
+        if X.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+        if X.ndim not in (2, 3, 4):
+            raise ValueError(f"{name} must be N x D vectors or N x H x W / N x C x H x W images, got shape {X.shape}")
+        X = X.astype(np.float32)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        return X[:, None] if X.ndim == 3 else X
+
+    def labels(name, n):
+        y = arrays[name]
+        if y.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
+        if len(y) != n:
+            raise ValueError(f"{name} has {len(y)} labels but X has {n} examples")
+        if y.dtype.kind == "f":
+            if not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+                raise ValueError(f"{name} must hold integer class labels")
+        elif y.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        if y.size and y.min() < 0:
+            raise ValueError(f"{name} must hold non-negative class labels, found {y.min()}")
+        return y
+
+    Xtr, Xte = features("X_train"), features("X_test")
+    ytr, yte = labels("y_train", len(Xtr)), labels("y_test", len(Xte))
+    if len(Xtr) < 2:
+        raise ValueError("X_train needs at least 2 examples")
+    if Xtr.shape[1:] != Xte.shape[1:]:
+        raise ValueError(f"X_train examples have shape {Xtr.shape[1:]} but X_test examples {Xte.shape[1:]}")
+    if "X_val" in arrays:
+        Xva = features("X_val")
+        yva = labels("y_val", len(Xva))
+        if Xva.shape[1:] != Xtr.shape[1:]:
+            raise ValueError(f"X_val examples have shape {Xva.shape[1:]} but X_train examples {Xtr.shape[1:]}")
+    else:
+        order = np.random.default_rng(seed).permutation(len(ytr))
+        n_val = max(1, int(round(val_fraction * len(ytr))))
+        Xva, yva = Xtr[order[:n_val]], ytr[order[:n_val]]
+        Xtr, ytr = Xtr[order[n_val:]], ytr[order[n_val:]]
+    n_classes = int(max(ytr.max(), yte.max(), yva.max() if yva.size else 0)) + 1
+    if n_classes < 2:
+        raise ValueError("the labels name fewer than 2 classes")
+    return Classification(Xtr, ytr, Xva, yva, Xte, yte, n_classes, f"npz:{path}")
