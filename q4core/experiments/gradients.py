@@ -1,13 +1,18 @@
 """Notebook 03: gradients span orders of magnitude; linear vs log 4-bit scales, the radix sweep, GradScale, TPR.
 
+Every training here runs on the engine (:func:`q4core.train.train` on an MLP, :mod:`.common`) with a recipe of
+:mod:`q4core.recipe`: float32 forward and the output gradients of every layer in one 4-bit format (``grad-<fmt>``,
+two-phase rounding wherever the radix is a square: radix 4 and 16 - the paper's radix-4 format *is* radix 4 with
+TPR), and every gradient format made by the one operand quantizer (:mod:`q4core.recipe.operands`).
+
 * :func:`collect_gradients` - the output gradients ``dL/dy`` of every Linear layer at chosen steps of a
-  float64 training run (the tensors the paper quantizes to FP4).
+  float32 training run (the tensors the paper quantizes to FP4).
 * :func:`level_occupancy` - how a gradient tensor's entries spread over the 16 codes of a 4-bit format.
 * :func:`format_errors` - quantization SNR, share flushed to zero and bias of each gradient format.
-* :func:`gradscale_trace` - GradScale's per-layer scale and the scaled max |g| over a radix-4 training.
+* :func:`gradscale_trace` - GradScale's per-layer scale, the scaled max |g| over a radix-4 training, and how
+  often the top codes of the even and odd grids are used.
 * :func:`tpr_bias` - the mean error of the gradient on the even grid, the odd grid and both (two-phase
-  rounding), and of its per-feature batch sums (the statistic BatchNorm's backward pass and a bias
-  gradient consume).
+  rounding), and of its per-feature batch sums.
 
 Scales: linear INT4 uses max |g| / 7 (per-step max scaling); the log/FP formats use the scale GradScale
 settles on, the largest power of two ``s`` with ``max|g| * s <= format max`` (:func:`power_of_two_scale`).
@@ -18,49 +23,52 @@ import math
 
 import numpy as np
 
-from .mlp import GRAD_FORMATS, Recipe, grad_format, quantize_gradient, train
-from .. import scaling
+from ..formats import FORMAT_NAMES
+from ..recipe import SWEEP_GRAD_FORMATS, get_recipe, operands
+from ..scaling import GradScale
+from .common import accuracy_by_recipe, train_mlp
 
-SWEEP_FORMATS = ("int4", "radix2", "radix4", "radix8", "log10", "radix16", "e2m1")
-FORMAT_LABELS = {"int4": "INT4 (linear)", "radix2": "radix 2", "radix4": "radix 4", "radix8": "radix 8",
-                 "log10": "radix 10", "radix16": "radix 16", "e2m1": "E2M1 FP4"}
+FORMAT_LABELS = {"int4_sym": "INT4 (linear)", "radix2": "radix 2", "radix4": "radix 4 (TPR)", "radix8": "radix 8",
+                 "log10": "radix 10", "radix16": "radix 16 (TPR)", "e2m1": "E2M1 FP4"}
+_SCALE_RULE = {name: ("max" if name == "int4_sym" else "gradscale") for name in SWEEP_GRAD_FORMATS}
 
 
 def collect_gradients(dataset, steps, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0):
-    """``{step: [g_layer0, g_layer1, ...]}`` (float64 copies) from a float64 training run."""
+    """``{step: [g_layer0, g_layer1, ...]}`` (float64 copies) from a float32 training run; step 0 is the first."""
     wanted = set(int(s) for s in steps)
     grads = {}
 
-    def on_step(step, model):
-        if step in wanted:
-            grads[step] = [g.copy() for g in model.last_grads]
+    def on_step(step, model, info):
+        if step - 1 in wanted:
+            grads[step - 1] = [layer.gemm.last["grad_output"].astype(np.float64) for _, layer in model.gemm_layers()]
 
-    _, history = train(dataset, Recipe(), hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    result = train_mlp(dataset, "fp32", hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                        on_step=on_step)
     missing = sorted(wanted - set(grads))
     if missing:
-        raise ValueError(f"steps {missing} are beyond the {history['steps']} steps of the run")
+        raise ValueError(f"steps {missing} are beyond the {result['steps']} steps of the run")
     return dict(sorted(grads.items()))
 
 
 def power_of_two_scale(g, fmt_max):
-    """The GradScale scale for ``g``: the largest power of two ``s`` with ``max|g| * s <= fmt_max``."""
-    gs = scaling.GradScale(fmt_max=fmt_max)
+    """The GradScale for ``g``: the largest power of two ``s`` with ``max|g| * s <= fmt_max``."""
+    gs = GradScale(fmt_max=fmt_max)
     gs.initialise(float(np.max(np.abs(g))))
     return gs
 
 
-def _format_max(name):
-    fmt = grad_format(name)
-    return 1.0 if fmt is None or name == "int4" else float(fmt.max)
-
-
-def quantize(g, name, phase=0):
-    """``g`` quantized in gradient format ``name`` with its scale (see the module docstring)."""
-    if name not in GRAD_FORMATS or name == "none":
-        raise ValueError(f"name must be one of {', '.join(GRAD_FORMATS[1:])}, got {name!r}")
-    gs = None if name == "int4" else power_of_two_scale(g, _format_max(name))
-    return quantize_gradient(g, name, gs, phase=phase)
+def quantize(g, name, phase=0, rounding="nearest"):
+    """``g`` (float64) quantized in gradient format ``name`` with its scale (see the module docstring)."""
+    if name not in _SCALE_RULE:
+        raise ValueError(f"name must be one of {', '.join(_SCALE_RULE)}, got {name!r}")
+    spec = get_recipe("grad-" + name).grad_dx.__class__(name, _SCALE_RULE[name], rounding, phase)
+    fmt = operands.operand_format(spec)
+    g = np.asarray(g, dtype=np.float64)
+    if spec.scaling == "max":
+        scale = operands.scale_for(g, spec, fmt)
+    else:
+        scale = power_of_two_scale(g, operands._format_max(fmt)).encode_scale()
+    return operands.quantize(g, spec, fmt, scale, backend="numpy").dequantize()
 
 
 def level_occupancy(g, name):
@@ -80,8 +88,8 @@ def decades(g):
     return np.log10(a / a.max())
 
 
-def format_errors(gradients, names=SWEEP_FORMATS):
-    """Pool every tensor of ``gradients`` (``{step: [g, ...]}``) and measure each format.
+def format_errors(gradients, names=SWEEP_GRAD_FORMATS):
+    """Pool every tensor of ``gradients`` (``{step: [g, ...]}``) and measure each format (on its even grid).
 
     Per format: ``snr_db`` (signal power over error power summed over all tensors), ``zero_share``
     (non-zero entries flushed to 0), ``relative_bias`` (sum(|q| - |g|) / sum |g|: negative = magnitudes
@@ -106,53 +114,52 @@ def format_errors(gradients, names=SWEEP_FORMATS):
     return out
 
 
-def sweep_trainings(dataset, seeds, names=SWEEP_FORMATS, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05):
-    """Test accuracy of short trainings with the output gradients quantized in each format (GradScale on,
-    float64 forward), plus float64 (``"fp32"``): ``{name: {"accuracy": [...], "mean", "std"}}``."""
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    out = {}
-    for name in ("none", *names):
-        accs = [train(dataset, Recipe(grad=name), hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=s)[1]["test_accuracy"] for s in seeds]
-        out["fp32" if name == "none" else name] = {"accuracy": accs, "mean": float(np.mean(accs)),
-                                                   "std": float(np.std(accs))}
-    return out
+def sweep_trainings(dataset, seeds, names=SWEEP_GRAD_FORMATS, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05):
+    """Test accuracy of short trainings with the output gradients of every layer in each format (recipes
+    ``grad-<name>``: GradScale, or the per-step max for INT4; two-phase rounding for radix 4 and 16; float32
+    forward), plus float32 (``"fp32"``): ``{name: {"recipe", "accuracy": [...], "mean", "std"}}``."""
+    recipes = {"fp32": "fp32", **{n: f"grad-{n}" for n in names}}
+    return accuracy_by_recipe(dataset, recipes, seeds, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr)
 
 
-def gradscale_trace(dataset, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0, tpr=True):
-    """Radix-4 training with GradScale: per step and layer ``log2_scale`` (of the scale the step's gradient was
-    quantized with) and ``scaled_max`` (max|g| * that scale: in (1/2, 1] unless the gradient jumped since the
-    last step - above 1 it saturates, below 1/2 levels are wasted) and the training ``history``."""
+def gradscale_trace(dataset, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0, recipe="grad-radix4"):
+    """Radix-4 training (two-phase rounding) with GradScale: per step and layer ``log2_scale`` (of the scale the
+    step's gradient was quantized with) and ``scaled_max`` (max|g| * that scale: in (1/2, 1] unless the gradient
+    jumped since the last step - above 1 it saturates, below 1/2 levels are wasted), and ``top_code``: the share
+    of layer-steps whose scaled max leaves the even grid's top code 1 unused (in (1/2, 0.625]: it rounds to 1/4)
+    and whose scaled max reaches the odd grid's top code 2 (at or above 1.25: only on saturated steps)."""
     n_layers = len(hidden) + 1
     trace = {"step": [], "log2_scale": [[] for _ in range(n_layers)], "scaled_max": [[] for _ in range(n_layers)],
              "max_abs": [[] for _ in range(n_layers)]}
 
-    def on_step(step, model):
-        trace["step"].append(step)
-        for k, used in enumerate(model.grad_scale_used):
-            # the scale this step's gradient was quantized with (backward() has already updated GradScale)
-            top = float(np.max(np.abs(model.last_grads[k])))
+    def on_step(step, model, info):
+        trace["step"].append(step - 1)
+        for k, (_, layer) in enumerate(model.gemm_layers()):
+            gemm = layer.gemm
+            used = 1.0 / gemm.last["grad_scale"]      # the GradScale scale this step's gradient was encoded with
+            g = gemm.last["grad_output"]
+            top = max(float(g.max()), -float(g.min()))
             trace["max_abs"][k].append(top)
             trace["log2_scale"][k].append(int(round(math.log2(used))))
             trace["scaled_max"][k].append(top * used)
 
-    _, history = train(dataset, Recipe(grad="radix4", tpr=tpr), hidden=hidden, epochs=epochs, batch_size=batch_size,
-                       lr=lr, seed=seed, on_step=on_step)
-    trace["history"] = history
+    trace["history"] = train_mlp(dataset, recipe, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 seed=seed, on_step=on_step)
+    scaled = np.array(trace["scaled_max"])
+    trace["top_code"] = {"even_top_unused": float(np.mean((scaled > 0.5) & (scaled < 0.625))),
+                         "odd_top_reached": float(np.mean(scaled >= 1.25)),
+                         "saturated": float(np.mean(scaled > 1.0))}
     return trace
 
 
 def tpr_bias(gradients, name="radix4"):
     """Mean error of the gradient on the even grid, the odd grid and their average (two-phase rounding).
 
-    For each tensor ``g`` (scale from :func:`power_of_two_scale`): ``elementwise`` = sum(q - g) / sum|g|
-    with the sign of g taken out (sum(sign(g) (q - g))), i.e. how much magnitudes shrink or grow on
-    average; ``batch_mean`` = the error of the per-feature batch sums ``sum_b q[b, j]`` against
-    ``sum_b g[b, j]``, as a share of ``sum_b |g[b, j]|``, averaged over features (signed, so a systematic
-    bias does not average out).  Returns ``{"even": {...}, "odd": {...}, "tpr": {...}}`` with per-tensor
-    lists and pooled values.
+    For each tensor ``g`` (scale from :func:`power_of_two_scale`): ``elementwise`` = sum(sign(g) (q - g)) /
+    sum|g|, i.e. how much magnitudes shrink or grow on average; ``batch_mean`` = the error of the per-feature
+    batch sums ``sum_b q[b, j]`` against ``sum_b g[b, j]``, as a share of ``sum_b |g[b, j]|``, averaged over
+    features (signed, so a systematic bias does not average out).  Returns ``{"even": {...}, "odd": {...},
+    "tpr": {...}}`` with per-tensor lists and pooled values.
     """
     if name not in ("radix4", "radix16"):
         raise ValueError(f"two-phase rounding needs radix4 or radix16, got {name!r}")
@@ -175,12 +182,11 @@ def tpr_bias(gradients, name="radix4"):
 
 
 def tpr_trainings(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05):
-    """Accuracy of radix-4 gradient trainings with and without two-phase rounding (and with only the odd
-    grid is not offered: without TPR both GEMMs use the even grid)."""
-    out = {}
-    for label, recipe in (("radix 4, one grid", Recipe(grad="radix4")),
-                          ("radix 4, two-phase", Recipe(grad="radix4", tpr=True))):
-        accs = [train(dataset, recipe, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=s)[1]["test_accuracy"] for s in seeds]
-        out[label] = {"accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
-    return out
+    """Accuracy of radix-4 gradient trainings with one grid (both backward GEMMs on the even grid) and with
+    two-phase rounding, same seeds."""
+    return accuracy_by_recipe(dataset, {"radix 4, one grid": "grad-radix4-one-grid",
+                                        "radix 4, two-phase": "grad-radix4"}, seeds, hidden=hidden, epochs=epochs,
+                              batch_size=batch_size, lr=lr)
+
+
+assert set(SWEEP_GRAD_FORMATS) <= set(FORMAT_NAMES)

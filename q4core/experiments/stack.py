@@ -1,9 +1,9 @@
 """Cross-check on the project's own 4-bit training stack (:func:`q4core.train.train`: integer INT4 x INT4 and
 FP4 x INT4 GEMMs, SAWB/PACT, GradScale, TPR, first and last layers in FP16 as its ``q4`` preset says).
 
-The notebooks' small MLP (:mod:`.mlp`) isolates one idea at a time; this runs the full recipe and its
-ablations (:data:`q4core.nn.policy.ABLATIONS`) on the same task, so a reader can see whether a conclusion
-survives the real thing.
+The notebooks' MLP studies isolate one idea at a time (4-bit forward only, or 4-bit gradients only); this runs
+the full recipe and its ablations (:data:`q4core.recipe.ABLATIONS`) on the default model of the task, so a reader
+can see whether a conclusion survives the whole recipe.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ GRADIENT_CONFIGS = {
     "fp32": ("fp32", None),
     "radix 4 (q4 recipe)": ("q4", None),
     "no TPR": ("q4", "no-tpr"),
-    "no GradScale": ("q4", "no-gradscale"),
+    "one loss scale (no GradScale)": ("q4", "global-loss-scale"),
     "radix 2": ("q4", "radix2"),
     "radix 10": ("q4", "log10"),
     "E2M1 FP4": ("q4", "e2m1"),

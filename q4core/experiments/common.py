@@ -1,0 +1,67 @@
+"""What the experiments of notebooks 02 and 03 share: their data sets, one training run on the engine, and
+seed statistics.  Every run is :func:`q4core.train.train` on a plain MLP (Linear -> ReLU, no BatchNorm, so the
+ranges the notebooks follow are the layers' own), SGD with momentum, under a named recipe."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..metrics import quantization_snr_db
+
+__all__ = ["DATASETS", "load_dataset", "train_mlp", "accuracy_by_recipe", "snr_or_nan", "step_to_step_change"]
+
+DATASETS = ("digits", "mnist")
+
+
+def load_dataset(name, seed=0):
+    """``"digits"`` (scikit-learn 8 x 8 digits, 1259 training images) or ``"mnist"`` (the 5k MNIST subset),
+    pixels in [0, 1], from :mod:`q4core.data`."""
+    from .. import data
+    if name == "digits":
+        return data.load_digits_8x8(seed=seed)
+    if name == "mnist":
+        return data.load_mnist_5k(seed=seed)
+    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+
+
+def train_mlp(dataset, recipe, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0, on_step=None,
+              return_model=False):
+    """One training run of an MLP with hidden widths ``hidden`` on ``dataset`` under ``recipe`` (a name, dict
+    or Recipe): the :func:`q4core.train.train` result (and the model with ``return_model``)."""
+    from ..train import train
+    return train(data=dataset, model="mlp", recipe=recipe, epochs=int(epochs), seed=int(seed),
+                 batch_size=int(batch_size), lr=float(lr), optimizer="sgd", weight_decay=0.0,
+                 model_kwargs={"hidden": tuple(int(h) for h in hidden), "batchnorm": False},
+                 on_step=on_step, progress=False, return_model=return_model)
+
+
+def accuracy_by_recipe(dataset, recipes, seeds, **kwargs):
+    """Test accuracy of :func:`train_mlp` per recipe and seed: ``{label: {"recipe", "accuracy": [...], "mean",
+    "std", "stopped"}}`` for ``recipes`` = ``{label: recipe name}``.  The same seeds for every recipe (same
+    initial weights and batch order), so differences between recipes can be taken per seed."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    out = {}
+    for label, recipe in recipes.items():
+        runs = [train_mlp(dataset, recipe, seed=s, **kwargs) for s in seeds]
+        accs = [float("nan") if r["test_accuracy"] is None else float(r["test_accuracy"]) for r in runs]
+        out[label] = {"recipe": recipe, "accuracy": accs, "mean": float(np.mean(accs)),
+                      "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                      "stopped": [r["stopped"] for r in runs]}
+    return out
+
+
+def snr_or_nan(x, q):
+    """Quantization SNR in dB, NaN for an all-zero tensor (nothing to measure)."""
+    value = quantization_snr_db(x, q)
+    return value if math.isfinite(value) else float("nan")
+
+
+def step_to_step_change(series):
+    """Median relative change ``|x[t+1] - x[t]| / |x[t]|`` of a per-step series (0 for fewer than 2 steps)."""
+    x = np.asarray(series, dtype=np.float64)
+    if x.size < 2:
+        return 0.0
+    return float(np.median(np.abs(np.diff(x)) / np.maximum(np.abs(x[:-1]), 1e-300)))
