@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["SOURCE", "ASSUMPTIONS", "HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
-           "mac_cost", "MAC_RECIPES", "compare_macs", "bytes_per_value"]
+           "mac_cost", "MAC_RECIPES", "compare_macs", "energy_estimate", "bytes_per_value"]
 
 
 #: where the per-operation figures come from
@@ -133,6 +133,19 @@ def compare_macs(baseline: str = "FP16", recipes=None):
                      "energy_gain": base.energy_pj / c.energy_pj,
                      "density_gain": base.area_um2 / c.area_um2})
     return rows
+
+
+def energy_estimate(claimed: float = 7.0, baseline: str = "FP16"):
+    """Per-MAC energy and area of each recipe of :data:`MAC_RECIPES` against ``baseline``, set against a
+    claimed factor (the paper's ">7x over FP16").
+
+    Returns ``{"rows": compare_macs(baseline), "claimed", "baseline", "above_claim": [names whose density
+    gain reaches the claim], "assumptions": list(ASSUMPTIONS), "source": SOURCE}``.
+    """
+    rows = compare_macs(baseline)
+    return {"rows": rows, "claimed": float(claimed), "baseline": baseline,
+            "above_claim": [r["name"] for r in rows if r["density_gain"] >= claimed],
+            "assumptions": list(ASSUMPTIONS), "source": SOURCE}
 
 
 def bytes_per_value(bits: int) -> float:
