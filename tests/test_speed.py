@@ -123,6 +123,33 @@ def test_measure_gemm_options_and_errors():
         bench_gemm.check_kernels(kernels=["reference"])
 
 
+def test_measure_gemm_refuses_a_kernel_that_disagrees(monkeypatch, capsys):
+    from q4core.bench import cli
+    real = gemm.int4_matmul
+
+    def wrong(a, b, kernel=None, **kw):      # every fast path off by one; the reference stays right
+        out = real(a, b, kernel=kernel, **kw)
+        return out if kernel == "reference" else out + 1
+    monkeypatch.setattr(gemm, "int4_matmul", wrong)
+    with pytest.raises(RuntimeError, match="disagrees with the reference at n=8"):
+        bench_gemm.measure_gemm([8], threads=[1], repeat=1, fakequant=False)
+    assert cli.main(["gemm", "--sizes", "8", "--threads", "1", "--repeat", "1"]) == 1
+    assert "disagrees with the reference" in capsys.readouterr().err
+
+
+def test_cli_dispatch_and_argument_errors(capsys):
+    from q4core.bench import cli
+    assert cli.main([]) == 0 and "usage: python -m q4core.bench {quantize,gemm,train}" in capsys.readouterr().out
+    assert cli.main(["nope"]) == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["gemm", "--sizes", "0"])
+    assert exc.value.code == 2 and "sizes must hold positive ints" in capsys.readouterr().err
+    assert cli.main(["gemm", "--sizes", "8", "--threads", "1", "--repeat", "1", "--kernels", "portable",
+                     "--no-fakequant"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels timed: portable;" in out and "int4xfp4         portable" in out and "fakequant" not in out
+
+
 def _fake_records():
     """Hand-made records (not measurements) to test the arithmetic of the summary."""
     recs = []
@@ -135,7 +162,8 @@ def _fake_records():
         recs.append({"size": n, "threads": 1, "op": "fakequant_int4", "kernel": "numpy", "seconds": fp32_s * 1.25})
     for r in recs:
         r["gops"] = 2 * r["size"] ** 3 / r["seconds"] / 1e9
-        r["ratio_vs_fp32"] = next(f["seconds"] for f in recs if f["op"] == "fp32" and f["size"] == r["size"]) / r["seconds"]
+        fp32_s = next(f["seconds"] for f in recs if f["op"] == "fp32" and f["size"] == r["size"])
+        r["ratio_vs_fp32"] = fp32_s / r["seconds"]
     return recs
 
 

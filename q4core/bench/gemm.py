@@ -19,7 +19,8 @@
 * :func:`summarize_gemm` - speed-up over numpy float32 of the best kernel per GEMM of a training step.
 * :func:`target_verdicts` - issue 3's speed targets at 2048^3, one thread, against a run's records.
 
-Nothing here prints: ``python -m q4core.bench gemm`` (:mod:`q4core.bench.cli`) prints the table.
+Nothing here prints: ``python -m q4core.bench gemm`` (:mod:`q4core.bench.cli`) prints the table;
+:func:`main` is that command, kept here for callers of ``q4core.bench.gemm.main(argv)``.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ reference ``fmt.quantize(..., backend="numpy")``.
 
 Targets (issue 2, :data:`TARGETS`): >= 5x the numpy chain on one thread, and within 3x of the memory copy
 (ratio >= 0.33).  Nothing is asserted or printed here: ``python -m q4core.bench quantize``
-(:mod:`q4core.bench.cli`) prints the table; timings on a shared machine are noisy.
+(:mod:`q4core.bench.cli`; :func:`main` here is that command) prints the table; timings on a shared
+machine are noisy.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ data set is loaded).  A step is forward + loss + backward + SGD/Adam update.
 * :func:`summarize_train` - per model the three times and the ratios the targets speak of.
 
 Targets (issue 4, :data:`TARGETS`): the q4 integer step at most 1.5x the fp32 step, and at least 3x faster
-than the simulated q4 step.  Nothing here prints: ``python -m q4core.bench train`` (:mod:`q4core.bench.cli`)
-prints them.
+than the simulated q4 step.  Nothing here prints: ``python -m q4core.bench train`` (:mod:`q4core.bench.cli`;
+:func:`main` here is that command) prints them.
 """
 from __future__ import annotations
 
