@@ -16,6 +16,9 @@ assumption is written out and can be changed by the reader:
 A MAC is one multiply plus one accumulate-add.  The paper accumulates 4-bit products in
 FP16, so its 4-bit MAC is "INT4 multiply + FP16 add"; we show that next to integer
 accumulation, because the accumulate adder then dominates and caps the gain.
+
+:func:`energy_estimate` sets :func:`compare_macs` against a claimed factor (notebook 05).  Nothing here is
+measured or drawn: the measurements are :mod:`q4core.bench`'s, the figures :mod:`q4core.experiments.speed`'s.
 """
 from __future__ import annotations
 
@@ -66,24 +69,23 @@ HOROWITZ_45NM = {
 }
 
 
-def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
-    """Integer multiplier of ``bits`` width, scaled quadratically from the 8-bit figure."""
+def _scaled(bits: int, reference: str, power: int) -> OperatorCost:
+    """The ``reference`` operator (``int<N>_...``) scaled to ``bits`` width by ``(bits / N) ** power``."""
     if bits < 1:
         raise ValueError(f"bits must be >= 1, got {bits}")
     ref = HOROWITZ_45NM[reference]
-    ref_bits = int(reference.split("_")[0][3:])
-    f = (bits / ref_bits) ** 2
+    f = (bits / int(reference.split("_")[0][3:])) ** power
     return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+
+
+def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
+    """Integer multiplier of ``bits`` width, scaled quadratically from the 8-bit figure."""
+    return _scaled(bits, reference, 2)
 
 
 def scale_int_adder(bits: int, reference: str = "int8_add") -> OperatorCost:
     """Integer adder of ``bits`` width, scaled linearly from the 8-bit figure."""
-    if bits < 1:
-        raise ValueError(f"bits must be >= 1, got {bits}")
-    ref = HOROWITZ_45NM[reference]
-    ref_bits = int(reference.split("_")[0][3:])
-    f = bits / ref_bits
-    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+    return _scaled(bits, reference, 1)
 
 
 def _operator(name: str) -> OperatorCost:
