@@ -16,13 +16,16 @@ assumption is written out and can be changed by the reader:
 A MAC is one multiply plus one accumulate-add.  The paper accumulates 4-bit products in
 FP16, so its 4-bit MAC is "INT4 multiply + FP16 add"; we show that next to integer
 accumulation, because the accumulate adder then dominates and caps the gain.
+
+:func:`energy_estimate` sets :func:`compare_macs` against a claimed factor (notebook 05).  Nothing here is
+measured or drawn: the measurements are :mod:`q4core.bench`'s, the figures :mod:`q4core.experiments.speed`'s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["SOURCE", "ASSUMPTIONS", "HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
-           "mac_cost", "MAC_RECIPES", "compare_macs", "bytes_per_value"]
+           "mac_cost", "MAC_RECIPES", "compare_macs", "energy_estimate", "bytes_per_value"]
 
 
 #: where the per-operation figures come from
@@ -66,24 +69,23 @@ HOROWITZ_45NM = {
 }
 
 
-def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
-    """Integer multiplier of ``bits`` width, scaled quadratically from the 8-bit figure."""
+def _scaled(bits: int, reference: str, power: int) -> OperatorCost:
+    """The ``reference`` operator (``int<N>_...``) scaled to ``bits`` width by ``(bits / N) ** power``."""
     if bits < 1:
         raise ValueError(f"bits must be >= 1, got {bits}")
     ref = HOROWITZ_45NM[reference]
-    ref_bits = int(reference.split("_")[0][3:])
-    f = (bits / ref_bits) ** 2
+    f = (bits / int(reference.split("_")[0][3:])) ** power
     return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+
+
+def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
+    """Integer multiplier of ``bits`` width, scaled quadratically from the 8-bit figure."""
+    return _scaled(bits, reference, 2)
 
 
 def scale_int_adder(bits: int, reference: str = "int8_add") -> OperatorCost:
     """Integer adder of ``bits`` width, scaled linearly from the 8-bit figure."""
-    if bits < 1:
-        raise ValueError(f"bits must be >= 1, got {bits}")
-    ref = HOROWITZ_45NM[reference]
-    ref_bits = int(reference.split("_")[0][3:])
-    f = bits / ref_bits
-    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+    return _scaled(bits, reference, 1)
 
 
 def _operator(name: str) -> OperatorCost:
@@ -133,6 +135,19 @@ def compare_macs(baseline: str = "FP16", recipes=None):
                      "energy_gain": base.energy_pj / c.energy_pj,
                      "density_gain": base.area_um2 / c.area_um2})
     return rows
+
+
+def energy_estimate(claimed: float = 7.0, baseline: str = "FP16"):
+    """Per-MAC energy and area of each recipe of :data:`MAC_RECIPES` against ``baseline``, set against a
+    claimed factor (the paper's ">7x over FP16").
+
+    Returns ``{"rows": compare_macs(baseline), "claimed", "baseline", "above_claim": [names whose density
+    gain reaches the claim], "assumptions": list(ASSUMPTIONS), "source": SOURCE}``.
+    """
+    rows = compare_macs(baseline)
+    return {"rows": rows, "claimed": float(claimed), "baseline": baseline,
+            "above_claim": [r["name"] for r in rows if r["density_gain"] >= claimed],
+            "assumptions": list(ASSUMPTIONS), "source": SOURCE}
 
 
 def bytes_per_value(bits: int) -> float:

@@ -43,3 +43,24 @@ def test_source_and_assumptions_are_written_out():
     # the scaling rule used by scale_int_multiplier / scale_int_adder is stated in words
     assert "square of the width" in text and "linearly" in text and "FP16" in text
     assert all(isinstance(a, str) and a.endswith(".") for a in eff.ASSUMPTIONS)
+
+
+def test_energy_estimate_against_the_claim():
+    est = eff.energy_estimate(claimed=7.0)
+    rows = {r["name"]: r for r in est["rows"]}
+    assert rows["FP16"]["density_gain"] == 1.0 and est["baseline"] == "FP16" and est["claimed"] == 7.0
+    # FP16 MAC area 1640 + 1360; the paper's INT4 x INT4 with FP16 accumulation: 282 / 4 + 1360
+    assert rows["INT4, FP16 acc. (paper)"]["density_gain"] == pytest.approx(3000 / (70.5 + 1360))
+    assert rows["INT4, INT16 acc."]["density_gain"] == pytest.approx(3000 / (70.5 + 67))
+    assert est["above_claim"] == [n for n, r in rows.items() if r["density_gain"] >= 7.0]
+    assert "INT4, FP16 acc. (paper)" not in est["above_claim"] and "INT4, INT16 acc." in est["above_claim"]
+    assert est["assumptions"] == list(eff.ASSUMPTIONS) and "Horowitz" in est["source"]
+    assert eff.energy_estimate(claimed=1e9)["above_claim"] == []
+    with pytest.raises(KeyError, match="baseline"):
+        eff.energy_estimate(baseline="FP64")
+
+
+def test_bytes_per_value():
+    assert eff.bytes_per_value(4) == 0.5 and eff.bytes_per_value(32) == 4.0
+    with pytest.raises(ValueError, match="bits"):
+        eff.bytes_per_value(0)

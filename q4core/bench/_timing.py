@@ -1,6 +1,9 @@
-"""Shared timing helpers for the benchmarks: medians of repeated wall-clock runs."""
+"""Shared helpers of the benchmarks: medians of repeated wall-clock runs, thread limits, argument checks."""
+import numbers
 import statistics
 import time
+
+import numpy as np
 
 
 def median_seconds(fn, repeat=7, warmup=1, min_time=0.0):
@@ -30,3 +33,24 @@ def thread_limit(n):
     """Context manager limiting BLAS/OpenMP threads to ``n`` (threadpoolctl, a scikit-learn dependency)."""
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=n)
+
+
+def positive_ints(values, name):
+    """``values`` (a positive int or an iterable of them) as a non-empty list of ints; else a clear error."""
+    if isinstance(values, (numbers.Integral, np.integer)):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive int or a list of them, got {values!r}") from None
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or v < 1:
+            raise ValueError(f"{name} must hold positive ints, got {v!r}")
+    return [int(v) for v in values]
+
+
+def positive_int(value, name):
+    """One positive int (see :func:`positive_ints`)."""
+    return positive_ints(value, name)[0]

@@ -1,59 +1,51 @@
 """GOP/s of every GEMM kernel path against numpy float32 matmul, measured in the same run.
 
-``python -m q4core.bench gemm [--sizes 512 1024 2048 4096] [--threads 1 2] [--repeat 5]
-[--kernels vnni avx2 ...] [--json out.json]``
+* :func:`measure_gemm` - for every square size M = N = K and thread count, the median wall time of
+  ``repeat`` runs (after one warm-up; the paths take turns, one run each per round, so that load from other
+  processes on a shared machine affects all of them alike) of:
 
-For every square size M = N = K and thread count it times (median wall time of
-``--repeat`` runs after one warm-up; the paths take turns, one run each per round, so that
-load from other processes on a shared machine affects all of them alike):
+  - ``fp32``           numpy ``float32 @ float32`` with BLAS limited to the same thread count;
+  - ``int4xint4``      :func:`q4core.gemm.int4_matmul`, weights packed once (``pack_int4``);
+  - ``fp4xint4``       :func:`q4core.gemm.fp4_int4_matmul` (dL/dx = dL/dy @ W^T), weights packed once;
+  - ``int4xfp4``       :func:`q4core.gemm.int4_fp4_matmul` (dL/dW = X^T @ dL/dy), FP4 packed per call;
+  - ``fakequant_int4`` the simulation baseline: quantize both float32 operands to INT4 (to the
+    grid, i.e. quantize + dequantize) with the numpy reference, then float32 matmul;
+  - ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid.
 
-* ``fp32``           numpy ``float32 @ float32`` with BLAS limited to the same thread count;
-* ``int4xint4``      :func:`q4core.gemm.int4_matmul`, weights packed once (``pack_int4``);
-* ``fp4xint4``       :func:`q4core.gemm.fp4_int4_matmul` (dL/dx = dL/dy @ W^T), weights packed once;
-* ``int4xfp4``       :func:`q4core.gemm.int4_fp4_matmul` (dL/dW = X^T @ dL/dy), FP4 packed per call;
-* ``fakequant_int4`` the simulation baseline: quantize both float32 operands to INT4 (to the
-  grid, i.e. quantize + dequantize) with the numpy reference, then float32 matmul;
-* ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid.
+  Every time includes the wrapper's work (validation, operand mapping, packing of the per-call operand).
+  One "op" is a multiply or an add: 2 * M * N * K ops per GEMM.  The machine may be shared: read medians
+  as what they are, and compare ratios from one run.
+* :func:`check_kernels` - every kernel path against the numpy reference, bit for bit, on odd shapes.
+* :func:`summarize_gemm` - speed-up over numpy float32 of the best kernel per GEMM of a training step.
+* :func:`target_verdicts` - issue 3's speed targets at 2048^3, one thread, against a run's records.
 
-Every time includes the wrapper's work (validation, operand mapping, packing of the
-per-call operand).  One "op" is a multiply or an add: 2 * M * N * K ops per GEMM.
-The machine may be shared: read medians as what they are, and compare ratios from one run.
+Nothing here prints: ``python -m q4core.bench gemm`` (:mod:`q4core.bench.cli`) prints the table;
+:func:`main` is that command, kept here for callers of ``q4core.bench.gemm.main(argv)``.
 """
-import argparse
-import json
+from __future__ import annotations
+
 import platform
-import sys
 import time
 
 import numpy as np
 
-from ._timing import median_seconds, thread_limit
+from ._timing import median_seconds, positive_int, positive_ints, thread_limit
 
+__all__ = ["GEMM_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
+           "target_verdicts", "records_of"]
+
+#: the three GEMMs of a layer's training step: forward, grad-input, grad-weight
+GEMM_OPS = ("int4xint4", "fp4xint4", "int4xfp4")
 DEFAULT_SIZES = (512, 1024, 2048, 4096)
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m q4core.bench gemm", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
-                   help="square sizes M = N = K (default: %(default)s)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                   help="thread counts (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per median (default: %(default)s)")
-    p.add_argument("--kernels", nargs="+", default=None,
-                   help="kernel paths to time (default: every available one except 'reference')")
-    p.add_argument("--portable-max-size", type=int, default=1024,
-                   help="skip the slow portable C kernel above this size (default: %(default)s)")
-    p.add_argument("--no-fakequant", action="store_true", help="skip the fake-quantization baseline")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random operands (default: %(default)s)")
-    p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
-    args = p.parse_args(argv)
-    if any(s < 1 for s in args.sizes) or any(t < 1 for t in args.threads) or args.repeat < 1:
-        p.error("sizes, threads and repeat must be positive")
-    return args
+#: issue 3's targets at 2048^3, one thread: (op, kernel, minimum ratio to numpy float32)
+TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "amx", 5.0),
+           ("int4xint4", "vnni", 2.0), ("int4xint4", "avx2", 1.0))
+#: outputs of kernels are checked against the reference during timing up to this size
+_CHECK_MAX_SIZE = 1024
 
 
 def _operands(n, rng):
-    from q4core.formats import INT4, RADIX4_FP4
+    from ..formats import INT4, RADIX4_FP4
     x = rng.standard_normal((n, n), dtype=np.float32)
     w = rng.standard_normal((n, n), dtype=np.float32)
     g = (rng.standard_normal((n, n)) * np.exp2(rng.uniform(-10, 0, (n, n)))).astype(np.float32)
@@ -67,106 +59,177 @@ def _operands(n, rng):
     }
 
 
-def run(args, out=print):
-    from q4core import gemm
-    from q4core.formats import INT4, RADIX4_FP4
+def _fast_kernels(kernels):
+    """``kernels`` checked against the available paths (default: every one but ``reference``)."""
+    from .. import gemm
+    available = gemm.available_kernels()
+    if kernels is None:
+        return [k for k in available if k != "reference"]
+    kernels = [kernels] if isinstance(kernels, str) else list(kernels)
+    bad = [k for k in kernels if k not in available or k == "reference"]
+    if bad or not kernels:
+        raise ValueError(f"kernels must be a non-empty list of {available[:-1]}, got {kernels!r}")
+    return kernels
 
+
+def _time_round_robin(paths, repeat, threads):
+    """Median seconds of each ``(op, kernel, fn)`` path: one warm-up each, then ``repeat`` rounds of one
+    run each, so a slow phase of a shared machine hits all of them, not just one."""
+    samples = [[] for _ in paths]
+    with thread_limit(threads):
+        for _, _, fn in paths:
+            fn()
+        for _ in range(repeat):
+            for i, (_, _, fn) in enumerate(paths):
+                samples[i].append(median_seconds(fn, repeat=1, warmup=0))
+    return [float(np.median(times)) for times in samples]
+
+
+def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, seed=0, portable_max_size=1024,
+                 fakequant=True):
+    """Time every kernel path and numpy float32 at each size and thread count; return the result dict.
+
+    ``result["records"]``: one dict per (size, threads, op, kernel) with ``seconds`` (median wall time of
+    ``repeat`` runs), ``gops`` (2 M N K / seconds / 1e9) and ``ratio_vs_fp32`` (numpy float32 time at the
+    same size and threads, measured in the same run, over this time).  ``op`` is ``fp32``,
+    ``fakequant_int4``, ``fakequant_fp4`` (kernel ``numpy``) or one of :data:`GEMM_OPS`.  ``kernels``:
+    the paths to time (default: every available one but ``reference``); ``portable`` is skipped above
+    ``portable_max_size``.  Up to size 1024 every kernel's INT4 x INT4 output is checked against the
+    reference first (``RuntimeError`` if it differs).  Also in the result: ``kernel_info``, ``kernels``,
+    ``sizes``, ``threads``, ``repeat``, ``seed``, ``numpy``, ``platform``, ``machine``, ``unix_time``, ``note``.
+    """
+    from .. import gemm
+    from ..formats import INT4, RADIX4_FP4
+    sizes = positive_ints(sizes, "sizes")
+    threads = positive_ints(threads, "threads")
+    repeat = positive_int(repeat, "repeat")
+    portable_max_size = positive_int(portable_max_size, "portable_max_size")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    kernels = _fast_kernels(kernels)
     info = gemm.kernel_info()
-    kernels = args.kernels or [k for k in gemm.available_kernels() if k != "reference"]
-    for k in kernels:
-        if k not in gemm.available_kernels():
-            raise SystemExit(f"kernel {k!r} is not available here; available: {gemm.available_kernels()}")
-    out(f"q4core GEMM benchmark - {platform.processor() or platform.machine()}, numpy {np.__version__}")
-    out("CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True))
-    out(f"kernels timed: {', '.join(kernels)}; default choice: {info['chosen_kernel']}; "
-        f"OpenMP: {info['openmp']}; repeat={args.repeat}; medians (on a shared machine they are noisy)")
     records = []
-    rng = np.random.default_rng(args.seed)
-    for n in args.sizes:
+    rng = np.random.default_rng(seed)
+    for n in sizes:
         ops = 2.0 * n * n * n
         d = _operands(n, rng)
         packed = gemm.pack_int4(d["b"])
-        # the ground truth of this run's operands, once, to check every fast path's output
-        check_ref = None
-        for t in args.threads:
-            # every path of this (size, threads) is timed round-robin - one run of each per
-            # round - so a slow phase of a shared machine hits all of them, not just one
-            x, w = d["x"], d["w"]
+        x, w, a, gc = d["x"], d["w"], d["a"], d["gc"]
+        check_ref = None    # the ground truth of this size's operands, once, to check every fast path's output
+        for t in threads:
             paths = [("fp32", "numpy", lambda: x @ w)]
-            if not args.no_fakequant:
+            if fakequant:
                 sx, sw, sg, g = d["sx"], d["sw"], d["sg"], d["g"]
-                paths.append(("fakequant_int4", "numpy",
-                              lambda: INT4.quantize(x, sx) @ INT4.quantize(w, sw)))
-                paths.append(("fakequant_fp4", "numpy",
-                              lambda: RADIX4_FP4.quantize(g, sg) @ INT4.quantize(w, sw)))
+                paths.append(("fakequant_int4", "numpy", lambda: INT4.quantize(x, sx) @ INT4.quantize(w, sw)))
+                paths.append(("fakequant_fp4", "numpy", lambda: RADIX4_FP4.quantize(g, sg) @ INT4.quantize(w, sw)))
             for k in kernels:
-                if k == "portable" and n > args.portable_max_size:
+                if k == "portable" and n > portable_max_size:
                     continue
-                a, gc = d["a"], d["gc"]
-                c = gemm.int4_matmul(a, packed, threads=t, kernel=k)
-                if check_ref is None and n <= 1024:
-                    check_ref = gemm.int4_matmul(a, packed, kernel="reference")
-                if check_ref is not None and not np.array_equal(c, check_ref):
-                    raise SystemExit(f"kernel {k} disagrees with the reference at n={n}")
+                if n <= _CHECK_MAX_SIZE:
+                    if check_ref is None:
+                        check_ref = gemm.int4_matmul(a, packed, kernel="reference")
+                    if not np.array_equal(gemm.int4_matmul(a, packed, threads=t, kernel=k), check_ref):
+                        raise RuntimeError(f"kernel {k} disagrees with the reference at n={n}")
                 paths.append(("int4xint4", k, lambda k=k: gemm.int4_matmul(a, packed, threads=t, kernel=k)))
                 paths.append(("fp4xint4", k, lambda k=k: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k)))
                 paths.append(("int4xfp4", k, lambda k=k: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k)))
-            samples = [[] for _ in paths]
-            with thread_limit(t):
-                for _, _, fn in paths:          # warm-up
-                    fn()
-                for _ in range(args.repeat):
-                    for i, (_, _, fn) in enumerate(paths):
-                        samples[i].append(median_seconds(fn, repeat=1, warmup=0))
-            rows = []
-            for (op, kernel, _), times in zip(paths, samples):
-                seconds = float(np.median(times))
-                rows.append({"size": n, "threads": t, "op": op, "kernel": kernel,
-                             "seconds": seconds, "gops": ops / seconds / 1e9})
-            fp32 = rows[0]
-            for rec in rows:
-                rec["ratio_vs_fp32"] = fp32["seconds"] / rec["seconds"]
-            records.extend(rows)
-            out(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
-            out(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
-            for rec in rows:
-                out(f"  {rec['op']:16s} {rec['kernel']:9s} {rec['seconds'] * 1e3:10.2f} "
-                    f"{rec['gops']:9.1f} {rec['ratio_vs_fp32']:7.2f}")
-    _print_targets(records, out)
-    return {"kernel_info": info, "numpy": np.__version__, "platform": platform.platform(),
-            "unix_time": time.time(), "repeat": args.repeat, "seed": args.seed,
+            seconds = _time_round_robin(paths, repeat, t)
+            fp32_s = seconds[0]
+            records.extend({"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": s,
+                            "gops": ops / s / 1e9, "ratio_vs_fp32": fp32_s / s}
+                           for (op, kernel, _), s in zip(paths, seconds))
+    return {"kernel_info": info, "kernels": kernels, "sizes": sizes, "threads": threads, "numpy": np.__version__,
+            "platform": platform.platform(), "machine": platform.processor() or platform.machine(),
+            "unix_time": time.time(), "repeat": repeat, "seed": seed,
             "note": "median wall times; each ratio uses numpy float32 at the same size and "
                     "thread count measured in the same run", "records": records}
 
 
-#: issue 3's targets at 2048^3, one thread: (op, kernel, minimum ratio to numpy float32)
-TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "amx", 5.0),
-           ("int4xint4", "vnni", 2.0), ("int4xint4", "avx2", 1.0))
+def check_kernels(m=67, k=131, n=45, seed=0, kernels=None):
+    """Every compiled kernel against the numpy reference on random ``m x k`` by ``k x n`` operands.
+
+    Odd shapes exercise the padding; INT4 operands are signed, FP4 codes cover every code.  Returns a list
+    of ``{"op", "kernel", "exact"}`` (``exact``: bit-for-bit equal to ``kernel="reference"``).
+    """
+    from .. import gemm
+    m, k, n = (positive_int(v, name) for v, name in ((m, "m"), (k, "k"), (n, "n")))
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-8, 8, (m, k)).astype(np.int8)
+    b = rng.integers(-8, 8, (k, n)).astype(np.int8)
+    g_left = rng.integers(0, 16, (m, k)).astype(np.uint8)
+    g_right = rng.integers(0, 16, (k, n)).astype(np.uint8)
+    packed = gemm.pack_int4(b)
+    calls = {
+        "int4xint4": lambda kern: gemm.int4_matmul(a, packed, kernel=kern),
+        "fp4xint4": lambda kern: gemm.fp4_int4_matmul(g_left, packed, kernel=kern),
+        "int4xfp4": lambda kern: gemm.int4_fp4_matmul(a, g_right, kernel=kern),
+    }
+    kernels = _fast_kernels(kernels)
+    rows = []
+    for op, call in calls.items():
+        ref = call("reference")
+        for kern in kernels:
+            out = call(kern)
+            rows.append({"op": op, "kernel": kern,
+                         "exact": bool(out.dtype == ref.dtype and np.array_equal(out, ref))})
+    return rows
 
 
-def _print_targets(records, out):
-    chosen = [r for r in records if r["size"] == 2048 and r["threads"] == 1]
+def records_of(result_or_records):
+    """The records of a :func:`measure_gemm` result (or the records themselves, as a list)."""
+    if isinstance(result_or_records, dict):
+        return result_or_records["records"]
+    return list(result_or_records)
+
+
+def summarize_gemm(result, size=None, threads=1):
+    """Speed-ups over numpy float32 at one size (default: the largest measured) and thread count.
+
+    ``result``: a :func:`measure_gemm` result or its records.  Returns ``{"size", "threads", "fp32_gops",
+    "best": {op: {"kernel", "gops", "ratio"}}, "step_ratio", "fakequant_ratio"}``.  ``step_ratio`` is the
+    speed-up of the three GEMMs of a training step taken together (forward + grad-input + grad-weight,
+    equal work each): ``3 / sum(1 / ratio)``; ``fakequant_ratio`` the faster of the two simulation GEMMs.
+    """
+    recs = [r for r in records_of(result) if r["threads"] == threads]
+    if not recs:
+        raise ValueError(f"no records with threads={threads}")
+    sizes = sorted({r["size"] for r in recs})
+    size = sizes[-1] if size is None else size
+    recs = [r for r in recs if r["size"] == size]
+    if not recs:
+        raise ValueError(f"no records with size={size}; measured sizes: {sizes}")
+    fp32 = next(r for r in recs if r["op"] == "fp32")
+    best = {}
+    for op in GEMM_OPS:
+        cands = [r for r in recs if r["op"] == op]
+        if cands:
+            r = max(cands, key=lambda r: r["gops"])
+            best[op] = {"kernel": r["kernel"], "gops": r["gops"], "ratio": r["ratio_vs_fp32"]}
+    step = (len(best) / sum(1.0 / v["ratio"] for v in best.values())) if len(best) == len(GEMM_OPS) else None
+    fq = [r["ratio_vs_fp32"] for r in recs if r["op"].startswith("fakequant")]
+    return {"size": size, "threads": threads, "fp32_gops": fp32["gops"], "best": best, "step_ratio": step,
+            "fakequant_ratio": max(fq) if fq else None}
+
+
+def target_verdicts(result, size=2048, threads=1):
+    """:data:`TARGETS` against a run: ``[{"op", "kernel", "goal", "ratio" (None: not measured), "met"}]``,
+    or ``[]`` when the run has no records at ``size`` and ``threads``."""
+    chosen = [r for r in records_of(result) if r["size"] == size and r["threads"] == threads]
     if not chosen:
-        return
-    out("\ntargets at 2048^3, one thread (ratio to numpy float32 in this run):")
+        return []
+    rows = []
     for op, kernel, goal in TARGETS:
         rec = next((r for r in chosen if r["op"] == op and r["kernel"] == kernel), None)
-        if rec is None:
-            out(f"  {op:10s} {kernel:9s} >= {goal:4.1f}x: not measured (kernel not available here)")
-        else:
-            verdict = "met" if rec["ratio_vs_fp32"] >= goal else "SHORT"
-            out(f"  {op:10s} {kernel:9s} >= {goal:4.1f}x: {rec['ratio_vs_fp32']:.2f}x {verdict}")
+        ratio = None if rec is None else rec["ratio_vs_fp32"]
+        rows.append({"op": op, "kernel": kernel, "goal": goal, "ratio": ratio,
+                     "met": None if ratio is None else ratio >= goal})
+    return rows
 
 
 def main(argv=None):
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    result = run(args)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
-        print(f"\nwrote {args.json}")
-    return 0
+    """``python -m q4core.bench gemm`` with the options ``argv`` (see :mod:`q4core.bench.cli`)."""
+    import sys
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import main as cli_main
+    return cli_main(["gemm", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,115 @@
+"""``python -m q4core.bench {quantize,gemm,train} [options]``: parse the arguments, measure, print.
+
+The measurements are the plain functions of :mod:`q4core.bench.quantize`, :mod:`.gemm` and :mod:`.train`;
+the tables are :mod:`q4core.bench.report`'s.  Nothing is measured or formatted here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import gemm, quantize, report, train
+
+COMMANDS = {
+    "quantize": "INT4 / radix-4 FP4 quantize+pack throughput against the numpy chain",
+    "gemm": "INT4 and FP4 x INT4 GEMM GOP/s of every kernel path against numpy float32",
+    "train": "time of one training step under fp32, q4 and simulated q4",
+}
+
+
+def _parser(name):
+    return argparse.ArgumentParser(prog=f"python -m q4core.bench {name}", description=COMMANDS[name])
+
+
+def _quantize(argv):
+    ap = _parser("quantize")
+    ap.add_argument("--log2n", type=int, default=24, help="number of values is 2**LOG2N (default 24)")
+    ap.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median)")
+    ap.add_argument("--numpy-repeat", type=int, default=3, help="timed runs of the slow numpy chain")
+    ap.add_argument("--scale", type=float, default=0.37, help="quantization scale (any positive)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    ap.add_argument("--quantize", action="store_true",
+                    help="also time float -> float quantize (fake quantization) against the reference")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    try:
+        result = quantize.measure_quantize(log2n=args.log2n, repeat=args.repeat, numpy_repeat=args.numpy_repeat,
+                                           scale=args.scale, seed=args.seed, quantize=args.quantize)
+    except RuntimeError as exc:     # compiled core missing, or a compiled result that differs
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else "\n".join(report.quantize_lines(result)))
+    return 0
+
+
+def _gemm(argv):
+    p = _parser("gemm")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(gemm.DEFAULT_SIZES),
+                   help="square sizes M = N = K (default: %(default)s)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per median (default: %(default)s)")
+    p.add_argument("--kernels", nargs="+", default=None,
+                   help="kernel paths to time (default: every available one except 'reference')")
+    p.add_argument("--portable-max-size", type=int, default=1024,
+                   help="skip the slow portable C kernel above this size (default: %(default)s)")
+    p.add_argument("--no-fakequant", action="store_true", help="skip the fake-quantization baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random operands (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
+    args = p.parse_args(argv)
+    try:
+        result = gemm.measure_gemm(args.sizes, threads=args.threads, repeat=args.repeat, kernels=args.kernels,
+                                   seed=args.seed, portable_max_size=args.portable_max_size,
+                                   fakequant=not args.no_fakequant)
+    except ValueError as exc:       # bad sizes, threads, repeat or kernel names
+        p.error(str(exc))
+    except RuntimeError as exc:     # a kernel that disagrees with the reference
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(report.gemm_lines(result)))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _train(argv):
+    p = _parser("train")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="BLAS and integer-kernel threads (default 1)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lm", nargs="+", default=list(train.LANGUAGE_MODELS), choices=train.LANGUAGE_MODELS,
+                   help="language models to time")
+    p.add_argument("--lm-batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--first-last", default="fp16", choices=("fp32", "fp16", "q4"),
+                   help="mode of the first and last layers under q4 (default fp16, the training default)")
+    args = p.parse_args(argv)
+    print(f"one training step, median of {args.repeat}, {args.threads} thread(s); q4 first/last layers: "
+          f"{args.first_last}")
+    try:
+        result = train.train_step_times(repeat=args.repeat, threads=args.threads, batch=args.batch,
+                                        language_models=args.lm, lm_batch=args.lm_batch, seq_len=args.seq_len,
+                                        first_last=args.first_last)
+    except ValueError as exc:
+        p.error(str(exc))
+    print("\n".join(report.train_lines(result)))
+    return 0 if all(result["identical_losses"].values()) else 1
+
+
+_RUN = {"quantize": _quantize, "gemm": _gemm, "train": _train}
+
+
+def main(argv=None):
+    """Run ``argv`` (default ``sys.argv[1:]``): a benchmark name and its options; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m q4core.bench {%s} [options]\n" % ",".join(COMMANDS))
+        for name, text in COMMANDS.items():
+            print(f"  {name:9s} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown benchmark {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    return _RUN[argv[0]](argv[1:])

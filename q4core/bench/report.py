@@ -1,0 +1,91 @@
+"""The benchmarks' results as text: lists of lines, printed by the CLI (:mod:`q4core.bench.cli`) and notebook 05.
+
+Each function takes the dict a measurement function returned and formats it; nothing is measured here.
+"""
+from __future__ import annotations
+
+from .gemm import target_verdicts
+from .quantize import TARGETS as QUANTIZE_TARGETS
+from .quantize import paths_of, threads_of
+from .train import PRECISIONS, TARGETS as TRAIN_TARGETS
+from .train import summarize_train
+
+__all__ = ["gemm_lines", "quantize_lines", "train_lines"]
+
+
+def _threads(t):
+    return f"{t} thread{'s' if t > 1 else ''}"
+
+
+def gemm_lines(result):
+    """A :func:`q4core.bench.gemm.measure_gemm` result as a table: per size and thread count the median
+    time, GOP/s and ratio to numpy float32 of every path, then issue 3's targets (when 2048 was measured)."""
+    info = result["kernel_info"]
+    lines = [f"q4core GEMM benchmark - {result['machine']}, numpy {result['numpy']}",
+             "CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True),
+             f"kernels timed: {', '.join(result['kernels'])}; default choice: {info['chosen_kernel']}; "
+             f"OpenMP: {info['openmp']}; repeat={result['repeat']}; medians (on a shared machine they are noisy)"]
+    blocks = {}
+    for r in result["records"]:
+        blocks.setdefault((r["size"], r["threads"]), []).append(r)
+    for (n, t), rows in blocks.items():
+        fp32 = next(r for r in rows if r["op"] == "fp32")
+        lines.append(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
+        lines.append(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
+        for r in rows:
+            lines.append(f"  {r['op']:16s} {r['kernel']:9s} {r['seconds'] * 1e3:10.2f} "
+                         f"{r['gops']:9.1f} {r['ratio_vs_fp32']:7.2f}")
+    verdicts = target_verdicts(result)
+    if verdicts:
+        lines.append("\ntargets at 2048^3, one thread (ratio to numpy float32 in this run):")
+        for v in verdicts:
+            head = f"  {v['op']:10s} {v['kernel']:9s} >= {v['goal']:4.1f}x:"
+            if v["ratio"] is None:
+                lines.append(f"{head} not measured (kernel not available here)")
+            else:
+                lines.append(f"{head} {v['ratio']:.2f}x {'met' if v['met'] else 'SHORT'}")
+    return lines
+
+
+def quantize_lines(result):
+    """A :func:`q4core.bench.quantize.measure_quantize` result as a table: median ms, GB/s of float32 input,
+    Melem/s, speed-up over the numpy chain and copy time / this time, then issue 2's targets."""
+    n, copy_s, info = result["n"], result["copy_s"], result["openmp"]
+    gbytes = n * 4 / 1e9
+    lines = [f"2^{n.bit_length() - 1} float32 values ({n * 4 / 2**20:.0f} MiB), scale {result['scale']}; "
+             f"OpenMP {info['openmp']} (max {info['max_threads']} threads), SIMD clones: {info['simd_clones']}",
+             f"{'path':50s} {'median ms':>10s} {'GB/s in':>8s} {'Melem/s':>8s} {'x numpy':>8s} {'copy/this':>9s}"]
+
+    def row(label, seconds, numpy_s=None):
+        speedup = f"{numpy_s / seconds:8.1f}" if numpy_s else f"{'':8s}"
+        lines.append(f"{label:50s} {seconds * 1e3:10.2f} {gbytes / seconds:8.2f} {n / seconds / 1e6:8.0f} "
+                     f"{speedup} {copy_s / seconds:9.2f}")
+
+    row("memory copy (np.copyto)", copy_s)
+    for label in paths_of(result):
+        res = result[label]
+        row(f"{label}: numpy", res["numpy_s"])
+        for t in threads_of(res):
+            row(f"{label}: compiled, {_threads(t)}", res[f"compiled_{t}t_s"], res["numpy_s"])
+    lines.append(f"targets (encode+pack): 'x numpy' >= {QUANTIZE_TARGETS['x_numpy_1thread']:g} on 1 thread; "
+                 f"'copy/this' >= {QUANTIZE_TARGETS['copy_over_compiled']:g} (within 3x of a memory copy)")
+    return lines
+
+
+def train_lines(result):
+    """A :func:`q4core.bench.train.train_step_times` result: per model whether q4 and simulated q4 gave
+    identical losses, the median step times and issue 4's two ratios against their targets."""
+    lines = []
+    max_fp32, min_sim = TRAIN_TARGETS["q4_over_fp32"], TRAIN_TARGETS["simulated_over_q4"]
+    for model, times in summarize_train(result).items():
+        lines.append(f"\n{model}")
+        if not result["identical_losses"][model]:
+            lines.append("  q4 and simulated q4 losses differ: the integer path is wrong")
+        for name in PRECISIONS:
+            lines.append(f"  {name:14s} {times[name] * 1e3:9.2f} ms")
+        r_fp32, r_sim = times["q4_over_fp32"], times["simulated_over_q4"]
+        lines.append(f"  q4 / fp32      {r_fp32:9.2f}x   target <= {max_fp32:g}x : "
+                     f"{'met' if r_fp32 <= max_fp32 else 'short'}")
+        lines.append(f"  simulated / q4 {r_sim:9.2f}x   target >= {min_sim:g}x   : "
+                     f"{'met' if r_sim >= min_sim else 'short'}")
+    return lines
