@@ -181,6 +181,15 @@ def tpr_bias(gradients, name="radix4"):
     return out
 
 
+def alignment_trainings(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05):
+    """Accuracy of radix-4 (TPR) gradient trainings with GradScale aligned as the paper does (scaled max in
+    (1/2, 1]) and aligned to the rounding threshold (in (0.625, 1.25]: the even grid's top code always used),
+    same seeds."""
+    return accuracy_by_recipe(dataset, {"(1/2, 1] (paper)": "grad-radix4",
+                                        "(0.625, 1.25] (threshold)": "grad-radix4+gradscale-threshold"}, seeds,
+                              hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr)
+
+
 def tpr_trainings(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05):
     """Accuracy of radix-4 gradient trainings with one grid (both backward GEMMs on the even grid) and with
     two-phase rounding, same seeds."""

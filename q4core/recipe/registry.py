@@ -93,7 +93,7 @@ def _base(name):
     if name in STUDIES:
         return dict(STUDIES[name], name=name)
     head, sep, tail = name.partition("+")
-    if sep and head in PRESETS:
+    if sep and (head in PRESETS or head in STUDIES):
         return _patched(_base(head), tail.split("+"))
     raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipe_names())} "
                      f"(or a dict of Recipe fields)")

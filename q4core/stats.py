@@ -1,0 +1,56 @@
+"""Statistics a reviewer accepts: paired differences over seeds, Student-t intervals, verdicts that follow them.
+
+A comparison of two recipes trained with the same seeds (same initial weights, batch order and schedule) is
+a set of paired differences ``d_i``.  :func:`paired_interval` gives their mean, sample SD (ddof = 1) and the
+two-sided Student-t interval; :func:`verdict` says what the interval supports - and "not resolved" when it
+supports neither side.  Three seeds all pointing one way are p = 0.125, not evidence: the interval says so.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["paired_interval", "verdict", "binomial_se"]
+
+
+def paired_interval(diffs, confidence=0.95):
+    """``{"n", "mean", "sd", "low", "high", "confidence"}`` of paired differences (NaN entries dropped).
+
+    ``sd`` is the sample SD (ddof = 1); the interval is ``mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)``.  With fewer
+    than two differences the interval is unbounded (``-inf, inf``): one seed says nothing about the spread."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    d = np.asarray([v for v in diffs if v is not None], dtype=np.float64)
+    d = d[~np.isnan(d)]
+    n = int(d.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "low": -math.inf, "high": math.inf, "confidence": confidence}
+    mean = float(d.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "sd": None, "low": -math.inf, "high": math.inf, "confidence": confidence}
+    from scipy.stats import t
+    sd = float(d.std(ddof=1))
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "confidence": confidence}
+
+
+def verdict(interval, margin=0.0):
+    """What an interval of differences ``a - b`` supports against ``margin``: ``"below"`` if its upper end is
+    below ``-margin``, ``"above"`` if its lower end is above ``margin``, ``"within"`` if it lies inside
+    ``[-margin, margin]`` (only with ``margin > 0``), else ``"not resolved"``."""
+    lo, hi = interval["low"], interval["high"]
+    if hi < -margin:
+        return "below"
+    if lo > margin:
+        return "above"
+    if margin > 0 and -margin <= lo and hi <= margin:
+        return "within"
+    return "not resolved"
+
+
+def binomial_se(p, n):
+    """Binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` test items."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n!r}")
+    return math.sqrt(p * (1 - p) / n)

@@ -1,0 +1,33 @@
+"""q4core.stats: paired Student-t intervals and the verdicts they support."""
+import math
+
+import pytest
+
+from q4core import stats
+
+
+def test_paired_interval_known_values():
+    ci = stats.paired_interval([1.0, 2.0, 3.0])
+    # mean 2, sample SD 1, t_{0.975, 2} = 4.302653 -> half-width 4.302653 / sqrt(3)
+    assert ci["n"] == 3 and ci["mean"] == 2.0 and ci["sd"] == 1.0
+    assert ci["low"] == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-6)
+    assert ci["high"] == pytest.approx(2 + 4.302653 / math.sqrt(3), abs=1e-6)
+    assert stats.verdict(ci) == "not resolved"          # three seeds one way are not evidence here
+
+
+def test_verdicts_follow_the_interval():
+    assert stats.verdict(stats.paired_interval([1.0, 1.1, 0.9, 1.0])) == "above"
+    assert stats.verdict(stats.paired_interval([-1.0, -1.1, -0.9, -1.0])) == "below"
+    assert stats.verdict(stats.paired_interval([0.1, -0.1, 0.05, -0.05]), margin=1.0) == "within"
+    assert stats.verdict(stats.paired_interval([0.1, -0.1, 0.05, -0.05])) == "not resolved"
+
+
+def test_degenerate_inputs():
+    one = stats.paired_interval([0.5])
+    assert one["n"] == 1 and one["low"] == -math.inf and stats.verdict(one) == "not resolved"
+    assert stats.paired_interval([None, float("nan")])["n"] == 0
+    with pytest.raises(ValueError, match="confidence"):
+        stats.paired_interval([1.0, 2.0], confidence=1.5)
+    assert stats.binomial_se(0.96, 1000) == pytest.approx(0.0062, abs=1e-4)
+    with pytest.raises(ValueError, match="n must be positive"):
+        stats.binomial_se(0.5, 0)
