@@ -2,8 +2,23 @@
 __version__ = "0.1.0"
 
 from .formats import (  # noqa: F401
-    E2M1, FP8_E4M3, FP8_E5M2, FP16, INT4, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4, RADIX4_FP4_ODD,
-    UINT4, IntFormat, MiniFloat, RadixFP, image_to_levels, levels_to_image, pack_nibbles,
+    E2M1,
+    FP8_E4M3,
+    FP8_E5M2,
+    FP16,
+    INT4,
+    INT8,
+    LOG10_4BIT,
+    RADIX2_FP4,
+    RADIX4_FP4,
+    RADIX4_FP4_ODD,
+    UINT4,
+    IntFormat,
+    MiniFloat,
+    RadixFP,
+    image_to_levels,
+    levels_to_image,
+    pack_nibbles,
     unpack_nibbles,
 )
 

@@ -60,7 +60,8 @@ def style():
 
 def new_figure(width="single", aspect=0.7, nrows=1, ncols=1, **subplot_kw):
     """A styled figure and its axes: ``width`` is ``"single"`` (3.4 in), ``"double"`` (7.0 in) or inches;
-    height = width * ``aspect``.  Applies the style globally first (:func:`use_style`).  Returns ``(fig, axes)`` like ``plt.subplots`` (``squeeze=True``)."""
+    height = width * ``aspect``.  Applies the style globally first (:func:`use_style`).  Returns ``(fig, axes)``
+    like ``plt.subplots`` (``squeeze=True``)."""
     if isinstance(width, str):
         if width not in ("single", "double"):
             raise ValueError(f"width must be 'single', 'double' or a number of inches, got {width!r}")

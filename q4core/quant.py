@@ -33,7 +33,12 @@ import numbers
 import numpy as np
 
 from .formats import (
-    NAN_CODE_MESSAGE, NONFINITE_MESSAGE, IntFormat, RadixFP, _check_nan_policy, _check_scale,
+    NAN_CODE_MESSAGE,
+    NONFINITE_MESSAGE,
+    IntFormat,
+    RadixFP,
+    _check_nan_policy,
+    _check_scale,
 )
 
 try:

@@ -405,7 +405,7 @@ def _print_result(result, out):
 def list_notebooks(notebooks_dir, out=None):
     import nbformat
     out = out if out is not None else sys.stdout
-    for number, path in find_notebooks(notebooks_dir).items():
+    for path in find_notebooks(notebooks_dir).values():
         nb = nbformat.read(path, as_version=4)
         print(f"{path.stem}", file=out)
         try:

@@ -98,7 +98,8 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     :func:`q4core.recipe.recipe_names`), a dict of :class:`~q4core.recipe.Recipe` fields or a Recipe;
     ``ablation``: a name or list of names from :data:`q4core.recipe.ABLATIONS`; further keyword
     arguments override recipe fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
-    :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called after every optimizer step with ``info`` =
+    :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called
+    after every optimizer step with ``info`` =
     ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
     weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
     written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).  Training counts as
@@ -152,8 +153,8 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     total = steps_per_epoch * max(epochs, 1) if max_steps is None else min(max_steps, steps_per_epoch * max(epochs, 1))
     lr_at = lr_schedule(schedule, lr, total, warmup=warmup)
     # one global dynamic loss scale where a layer needs it: FP16 operands, or 4-bit gradients scaled by it alone
-    fp16 = any(l.gemm.spec_gx.format == "fp16" or l.gemm.spec_gx.scaling == "loss-scale"
-               for _, l in net.gemm_layers())
+    fp16 = any(layer.gemm.spec_gx.format == "fp16" or layer.gemm.spec_gx.scaling == "loss-scale"
+               for _, layer in net.gemm_layers())
     loss_scale = config.loss_scale_init if fp16 else 1.0
     state = net.precision_state
     good_steps = 0
@@ -271,7 +272,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="python -m q4core.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=TASKS, default=None, help="built-in task (or use --data)")
     p.add_argument("--data", default=None, help=".npz with X_train, y_train, X_test, y_test [, X_val, y_val]")
-    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, speech_gru, char_gru, "
+    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, speech_gru, "
+                                                 "char_gru, "
                                                  "char_lstm, char_transformer for the built-in tasks")
     p.add_argument("--recipe", default="fp32",
                    help="a registered recipe name (" + ", ".join(recipe_names()) + ") or a JSON object of Recipe "

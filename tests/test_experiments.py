@@ -42,9 +42,9 @@ def test_study_recipes_quantize_what_they_say(digits):
         g = layer.gemm
         assert g.spec_w.format == "int4_sym" and g.spec_gx.format == "fp32"
     _, net = common.train_mlp(digits, "grad-radix4", hidden=(16,), epochs=1, return_model=True)
-    phases = {(l.gemm.spec_gx.phase, l.gemm.spec_gw.phase) for _, l in net.gemm_layers()}
+    phases = {(layer.gemm.spec_gx.phase, layer.gemm.spec_gw.phase) for _, layer in net.gemm_layers()}
     assert phases == {(0, 1)}                       # radix 4 in the sweep is the paper's format: with TPR
-    assert all(l.gemm.spec_w.format == "fp32" for _, l in net.gemm_layers())
+    assert all(layer.gemm.spec_w.format == "fp32" for _, layer in net.gemm_layers())
 
 
 def test_gradient_quantization_matches_formats():

@@ -10,9 +10,24 @@ import pytest
 
 from q4core import formats
 from q4core.formats import (
-    E2M1, FP8_E4M3, FP8_E5M2, FP16, INT4, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4,
-    RADIX4_FP4_ODD, UINT4, IntFormat, MiniFloat, RadixFP, image_to_levels, levels_to_image,
-    pack_nibbles, unpack_nibbles,
+    E2M1,
+    FP8_E4M3,
+    FP8_E5M2,
+    FP16,
+    INT4,
+    INT8,
+    LOG10_4BIT,
+    RADIX2_FP4,
+    RADIX4_FP4,
+    RADIX4_FP4_ODD,
+    UINT4,
+    IntFormat,
+    MiniFloat,
+    RadixFP,
+    image_to_levels,
+    levels_to_image,
+    pack_nibbles,
+    unpack_nibbles,
 )
 
 NAMED = {"INT4": INT4, "UINT4": UINT4, "INT8": INT8, "RADIX4_FP4": RADIX4_FP4,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from q4core.experiments import full_training as ft
-from q4core.recipe import get_recipe
 from q4core.nn.qgemm import QuantGemm
+from q4core.recipe import get_recipe
 
 
 def test_units_and_gap_sign():
@@ -105,8 +105,8 @@ def test_layer_errors_zero_on_grid_and_exact_off_grid():
 
 
 def test_summarise_and_diagnose():
-    recs = [{"step": s, "layer": l, "role": r, "rel_error": e}
-            for s, l, r, e in ((1, "a", "weight", 0.1), (2, "a", "weight", 0.3), (1, "a", "gradient", 0.4),
+    recs = [{"step": s, "layer": name, "role": r, "rel_error": e}
+            for s, name, r, e in ((1, "a", "weight", 0.1), (2, "a", "weight", 0.3), (1, "a", "gradient", 0.4),
                                (1, "b", "gradient", 0.5), (1, "b", "activation", 0.05))]
     summ = ft.summarise_errors(recs)
     assert list(summ) == ["a", "b"]

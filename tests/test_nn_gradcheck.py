@@ -2,9 +2,26 @@
 import numpy as np
 import pytest
 
-from q4core.nn import (GRU, LSTM, AvgPool2d, BatchNorm, CausalSelfAttention, Conv1d, Conv2d, Dropout, Embedding,
-                       Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool1d, MaxPool2d, ReLU, Sequential,
-                       softmax_cross_entropy)
+from q4core.nn import (
+    GRU,
+    LSTM,
+    AvgPool2d,
+    BatchNorm,
+    CausalSelfAttention,
+    Conv1d,
+    Conv2d,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    softmax_cross_entropy,
+)
 
 
 def _to_float64(module):
@@ -153,7 +170,8 @@ def test_softmax_cross_entropy_gradient():
         zp, zm = z.copy().reshape(-1), z.copy().reshape(-1)
         zp[i] += eps
         zm[i] -= eps
-        fd = (softmax_cross_entropy(zp.reshape(z.shape), y)[0] - softmax_cross_entropy(zm.reshape(z.shape), y)[0]) / (2 * eps)
+        fd = (softmax_cross_entropy(zp.reshape(z.shape), y)[0]
+              - softmax_cross_entropy(zm.reshape(z.shape), y)[0]) / (2 * eps)
         assert abs(fd - g.reshape(-1)[i]) < 1e-5
     # the loss of a uniform prediction is log(C)
     assert softmax_cross_entropy(np.zeros((3, 4)), np.array([0, 1, 3]))[0] == pytest.approx(np.log(4))

@@ -6,8 +6,21 @@ import pytest
 
 from q4core import gemm
 from q4core.formats import INT4, UINT4
-from q4core.nn import (GRU, LSTM, SGD, Adam, CausalSelfAttention, Conv2d, Embedding, Flatten, Linear, MaxPool2d,
-                       ReLU, Sequential, softmax_cross_entropy)
+from q4core.nn import (
+    GRU,
+    LSTM,
+    SGD,
+    Adam,
+    CausalSelfAttention,
+    Conv2d,
+    Embedding,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    softmax_cross_entropy,
+)
 from q4core.recipe import ABLATIONS, Recipe, get_recipe, recipe_names
 from q4core.scaling import int_scale, sawb_clip
 
@@ -114,9 +127,9 @@ def test_pact_alpha_learns():
     model = _cnn()
     cfg = get_recipe("q4", first_last="same")
     _run(model, cfg, steps=3)
-    alphas = [float(l.gemm.alpha.data) for _, l in model.gemm_layers()]
+    alphas = [float(layer.gemm.alpha.data) for _, layer in model.gemm_layers()]
     assert all(a > 0 for a in alphas[1:])
-    assert any(l.gemm.alpha.grad != 0 for _, l in model.gemm_layers())
+    assert any(layer.gemm.alpha.grad != 0 for _, layer in model.gemm_layers())
 
 
 def test_fp16_rounds_gemm_operands():
@@ -130,7 +143,7 @@ def test_fp16_rounds_gemm_operands():
 def test_first_and_last_layers_kept_high_and_overrides():
     model = _cnn()
     model.set_policy(get_recipe("q4", overrides={"layers.4": "fp32"}))
-    modes = [l.gemm.mode for _, l in model.gemm_layers()]
+    modes = [layer.gemm.mode for _, layer in model.gemm_layers()]
     assert modes == ["fp16", "fp32", "q4", "fp16"]
     with pytest.raises(ValueError, match="overrides name layers"):
         model.set_policy(get_recipe("q4", overrides={"nope": "fp32"}))
@@ -171,7 +184,7 @@ def test_global_loss_scale_ablation_uses_one_scale_and_no_gradscale():
     from q4core.train import train
     r, net = train("digits", "q4", "global-loss-scale", epochs=1, max_steps=30, progress=False, return_model=True)
     assert r["stopped"] is None and r["loss_scale"] < r["recipe"]["loss_scale_init"]
-    q = [l.gemm for _, l in net.gemm_layers() if l.gemm.quantized]
+    q = [layer.gemm for _, layer in net.gemm_layers() if layer.gemm.quantized]
     assert q and all(g.last["grad_scale"] == 1.0 and g.gradscale.exp is None for g in q)
 
 
@@ -210,4 +223,4 @@ def test_fp8_operands_on_the_e4m3_grid_and_gradients_on_e5m2():
     np.testing.assert_array_equal(lin.weight.grad, x8.T @ g8)
     model = _cnn()
     model.set_policy(get_recipe("fp8"))
-    assert [l.gemm.mode for _, l in model.gemm_layers()] == ["fp16", "fp8", "fp8", "fp16"]
+    assert [layer.gemm.mode for _, layer in model.gemm_layers()] == ["fp16", "fp8", "fp8", "fp16"]

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from q4core.formats import RADIX4_FP4
-from q4core.recipe import get_recipe
 from q4core.nn.qgemm import QuantGemm
+from q4core.recipe import get_recipe
 
 
 def _pair(cfg_kw, unsigned, K):
@@ -58,7 +58,8 @@ def test_zero_input_and_zero_gradient():
 def test_nan_gradient_is_reported():
     gemm = QuantGemm().configure(get_recipe("q4"), name="fc")
     rng = np.random.default_rng(0)
-    y, ctx = gemm.forward(rng.random((3, 4)).astype(np.float32), gemm.prepare_weight(rng.random((4, 2)).astype(np.float32)))
+    w = gemm.prepare_weight(rng.random((4, 2)).astype(np.float32))
+    y, ctx = gemm.forward(rng.random((3, 4)).astype(np.float32), w)
     with pytest.raises(FloatingPointError, match="'fc'.*NaN or Inf"):
         gemm.backward(np.array([[np.nan, 0], [0, 0], [0, 0]], np.float32), ctx)
 

@@ -1,7 +1,8 @@
 """The install paths agree: environment.yml vs pyproject, README vs .ci/run, no -march=native."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

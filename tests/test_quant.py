@@ -10,11 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from q4core import _quant  # noqa: F401  - the suite needs the built extension, never skips it
-from q4core import quant
+from q4core import (
+    _quant,  # noqa: F401  - the suite needs the built extension, never skips it
+    quant,
+)
 from q4core.formats import (
-    FP16, INT4, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4, RADIX4_FP4_ODD, UINT4, IntFormat,
-    RadixFP, pack_nibbles, unpack_nibbles,
+    FP16,
+    INT4,
+    INT8,
+    LOG10_4BIT,
+    RADIX2_FP4,
+    RADIX4_FP4,
+    RADIX4_FP4_ODD,
+    UINT4,
+    IntFormat,
+    RadixFP,
+    pack_nibbles,
+    unpack_nibbles,
 )
 
 FORMATS = [INT4, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from q4core.formats import RADIX4_FP4, RADIX4_FP4_ODD
-from q4core.scaling import (SAWB_C1, SAWB_C2, GradScale, int_scale, minmax_clip, pact_backward, pact_forward,
-                            sawb_clip, two_phase_encode)
+from q4core.scaling import (
+    SAWB_C1,
+    SAWB_C2,
+    GradScale,
+    int_scale,
+    minmax_clip,
+    pact_backward,
+    pact_forward,
+    sawb_clip,
+    two_phase_encode,
+)
 
 
 def test_sawb_formula_on_gaussian_weights():

@@ -176,7 +176,8 @@ def test_bench_train_smoke(capsys):
 def test_model_builders_train_under_q4(name, shape, n, x):
     from q4core.nn import SGD, softmax_cross_entropy
     model = build_model(name, shape, n, seed=1)
-    model.set_policy({"weight": {"format": "int4_sym", "scaling": "sawb"}, "activation": {"format": "uint4", "scaling": "pact"},
+    model.set_policy({"weight": {"format": "int4_sym", "scaling": "sawb"},
+                      "activation": {"format": "uint4", "scaling": "pact"},
                       "grad_dx": {"format": "radix4", "scaling": "gradscale"},
                       "grad_dw": {"format": "radix4", "scaling": "gradscale", "phase": 1}, "name": "q4"})
     y = np.random.default_rng(1).integers(0, n, x.shape[:2] if name.startswith("char") else x.shape[0])
@@ -189,7 +190,7 @@ def test_model_builders_train_under_q4(name, shape, n, x):
         opt.step()
         losses.append(loss)
     assert np.isfinite(losses).all()
-    assert all(l.gemm.mode == "q4" for _, l in model.gemm_layers())
+    assert all(layer.gemm.mode == "q4" for _, layer in model.gemm_layers())
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet", shape, n)
 

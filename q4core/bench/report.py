@@ -7,8 +7,8 @@ from __future__ import annotations
 from .gemm import target_verdicts
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import paths_of, threads_of
-from .train import PRECISIONS, TARGETS as TRAIN_TARGETS
-from .train import summarize_train
+from .train import PRECISIONS, summarize_train
+from .train import TARGETS as TRAIN_TARGETS
 
 __all__ = ["gemm_lines", "quantize_lines", "train_lines"]
 

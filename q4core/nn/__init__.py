@@ -17,15 +17,29 @@ For analysis, ``model.gemm_layers()`` lists ``(name, layer)``; ``layer.gemm.last
 input, weight and output gradient it saw and ``layer.gemm.quantizer_state()`` its weight/activation/
 gradient scales, PACT alpha and GradScale scale.  :func:`q4core.train.train` wraps the loop.
 """
-from .core import Module, Parameter, Sequential
 from .attention import CausalSelfAttention
-from .recurrent import GRU, LSTM
-from .layers import (AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Embedding, Flatten, GlobalAvgPool,
-                     LayerNorm, Linear, MaxPool1d, MaxPool2d, ReLU)
+from .core import Module, Parameter, Sequential
+from .layers import (
+                     AvgPool2d,
+                     BatchNorm,
+                     Conv1d,
+                     Conv2d,
+                     Dropout,
+                     Embedding,
+                     Flatten,
+                     GlobalAvgPool,
+                     LayerNorm,
+                     Linear,
+                     MaxPool1d,
+                     MaxPool2d,
+                     ReLU,
+)
 from .losses import softmax, softmax_cross_entropy
 from .optim import SGD, Adam, lr_schedule
 from .qgemm import QuantGemm
+from .recurrent import GRU, LSTM
 
 __all__ = ["Module", "Parameter", "Sequential", "Linear", "Conv2d", "Conv1d", "ReLU", "MaxPool2d",
            "AvgPool2d", "MaxPool1d", "GlobalAvgPool", "Flatten", "BatchNorm", "Dropout", "Embedding",
-           "LayerNorm", "CausalSelfAttention", "LSTM", "GRU", "softmax", "softmax_cross_entropy", "SGD", "Adam", "lr_schedule", "QuantGemm"]
+           "LayerNorm", "CausalSelfAttention", "LSTM", "GRU", "softmax", "softmax_cross_entropy", "SGD", "Adam",
+           "lr_schedule", "QuantGemm"]

@@ -121,7 +121,8 @@ class Conv2d(Module):
         self.padding = int(padding)
         fan_in = self.in_channels * self.kh * self.kw
         bound = math.sqrt(6.0 / fan_in)
-        self.weight = Parameter(_rng(rng).uniform(-bound, bound, (self.out_channels, self.in_channels, self.kh, self.kw)))
+        shape = (self.out_channels, self.in_channels, self.kh, self.kw)
+        self.weight = Parameter(_rng(rng).uniform(-bound, bound, shape))
         self.bias = Parameter(np.zeros(self.out_channels)) if bias else None
         self.gemm = QuantGemm()
 

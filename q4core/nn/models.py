@@ -10,8 +10,21 @@ import numpy as np
 
 from .attention import CausalSelfAttention
 from .core import Module, Parameter, Sequential
-from .layers import (BatchNorm, Conv1d, Conv2d, Dropout, Embedding, Flatten, GlobalAvgPool, LayerNorm, Linear,
-                     MaxPool1d, MaxPool2d, ReLU, _check_positive_int)
+from .layers import (
+    BatchNorm,
+    Conv1d,
+    Conv2d,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool,
+    LayerNorm,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ReLU,
+    _check_positive_int,
+)
 from .recurrent import GRU, LSTM
 
 __all__ = ["Transpose", "TimeMean", "Residual", "PositionEmbedding", "mlp", "cnn", "speech_cnn", "speech_lstm",
