@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ._validation import check_real
+
 __all__ = ["paired_interval", "verdict", "binomial_se"]
 
 
@@ -19,6 +21,7 @@ def paired_interval(diffs, confidence=0.95):
 
     ``sd`` is the sample SD (ddof = 1); the interval is ``mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)``.  With fewer
     than two differences the interval is unbounded (``-inf, inf``): one seed says nothing about the spread."""
+    check_real(confidence, "confidence", min_value=0, max_value=1)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     d = np.asarray([v for v in diffs if v is not None], dtype=np.float64)

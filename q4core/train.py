@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from ._validation import check_int, check_real
 from .nn.losses import softmax_cross_entropy
 from .nn.models import build_model
 from .nn.optim import SGD, Adam, lr_schedule
@@ -107,13 +108,9 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     loss of a model that learns: chance level is ``ln(classes)``).
     ``return_model=True`` returns ``(result, model)``.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
-                                  or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+    epochs = check_int(epochs, "epochs", min_value=0)
+    seed = check_int(seed, "seed", min_value=0)
+    max_steps = check_int(max_steps, "max_steps", min_value=1, allow_none=True)
     config = get_recipe(recipe, ablation, **{"seed": int(seed), **config_overrides})
     if data is not None:
         if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
@@ -134,14 +131,10 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     net = build_model(model_name, ds.input_shape, ds.n_classes, seed=seed, **(model_kwargs or {}))
     net.set_policy(config)
     d_bs, d_opt, d_lr = DEFAULTS.get(key, DEFAULTS["npz"])
-    batch_size = d_bs if batch_size is None else batch_size       # None means the task's default; 0 is an error
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    batch_size = int(batch_size)
+    # None means the task's default; 0 is an error, not the default
+    batch_size = check_int(d_bs if batch_size is None else batch_size, "batch_size", min_value=1)
     opt_name = optimizer or d_opt
-    lr = float(d_lr if lr is None else lr)
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    lr = check_real(d_lr if lr is None else lr, "lr", positive=True)
     named = list(net.named_parameters())
     if opt_name == "sgd":
         opt = SGD(named, lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from .._validation import check_int_list
 from ..metrics import quantization_snr_db
 
 __all__ = ["DATASETS", "load_dataset", "train_mlp", "accuracy_by_recipe", "snr_or_nan", "step_to_step_change"]
@@ -40,9 +41,7 @@ def accuracy_by_recipe(dataset, recipes, seeds, **kwargs):
     """Test accuracy of :func:`train_mlp` per recipe and seed: ``{label: {"recipe", "accuracy": [...], "mean",
     "std", "stopped"}}`` for ``recipes`` = ``{label: recipe name}``.  The same seeds for every recipe (same
     initial weights and batch order), so differences between recipes can be taken per seed."""
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must not be empty")
+    seeds = check_int_list(seeds, "seeds", min_value=0)
     out = {}
     for label, recipe in recipes.items():
         runs = [train_mlp(dataset, recipe, seed=s, **kwargs) for s in seeds]

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from .._validation import check_int, check_int_list
 from ..recipe import operands
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
@@ -133,11 +134,8 @@ def _run(domain, precision, ablation, seed, epochs, max_steps, max_chars, on_ste
 def _check_common(domain, seeds, epochs):
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {domain!r}")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    seeds = check_int_list(seeds, "seeds", min_value=0)
+    check_int(epochs, "epochs", min_value=1)
     return seeds
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import check_int
 from ..recipe import get_recipe, operands
 from ..scaling import minmax_clip, sawb_clip
 from .common import accuracy_by_recipe, snr_or_nan, train_mlp
@@ -44,8 +45,7 @@ def record_ranges(dataset, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, se
     Layers are the Linear layers; activation rows are the inputs of layers 2.. (ReLU outputs).  Step 0 is the
     first training step (the tensors it used, before its update).
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive int, got {every!r}")
+    check_int(every, "every", min_value=1)
     recipe = get_recipe(RECIPES["SAWB + PACT"])
     spec_w, spec_a = recipe.weight, recipe.activation
     fmt_w, fmt_a = operands.operand_format(spec_w), operands.operand_format(spec_a)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .._validation import check_int
 from .core import Module, Parameter
 from .qgemm import QuantGemm
 
@@ -28,9 +29,7 @@ def _rng(rng):
 
 
 def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return check_int(value, name, min_value=1)
 
 
 def _as_f32(x, name, ndim):
@@ -116,7 +115,7 @@ class Conv2d(Module):
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         self.kh, self.kw = (_check_positive_int(v, "kernel_size") for v in k)
         self.stride = _check_positive_int(stride, "stride")
-        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        if not isinstance(padding, (int, np.integer)) or isinstance(padding, bool) or padding < 0:
             raise ValueError(f"padding must be a non-negative int, got {padding!r}")
         self.padding = int(padding)
         fan_in = self.in_channels * self.kh * self.kw

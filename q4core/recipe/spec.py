@@ -38,6 +38,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .._validation import check_bool, check_int, check_one_of, check_real
 from ..formats import FORMAT_NAMES
 
 __all__ = ["OperandSpec", "Recipe", "ROLES", "SCALINGS", "ROUNDINGS", "FLOAT_FORMATS", "INT_FORMATS",
@@ -62,8 +63,7 @@ _GRADSCALE_ALIGN = ("max", "threshold")
 
 
 def _one_of(where, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    check_one_of(value, where, allowed)
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ class OperandSpec:
         _one_of(f"{where}.format", self.format, FLOAT_FORMATS[:1] + tuple(FORMAT_NAMES))
         _one_of(f"{where}.scaling", self.scaling, _ROLE_SCALINGS[role])
         _one_of(f"{where}.rounding", self.rounding, ROUNDINGS)
-        if isinstance(self.phase, bool) or self.phase not in (0, 1):
-            raise ValueError(f"{where}.phase must be 0 or 1; got {self.phase!r}")
+        check_one_of(self.phase, f"{where}.phase", (0, 1))
         if self.format in ("fp32", "fp16"):
             if self.scaling != "none" or self.rounding != "nearest" or self.phase:
                 raise ValueError(f"{where}: {self.format} takes scaling 'none', rounding 'nearest', phase 0")
@@ -185,22 +184,14 @@ class Recipe:
         if not isinstance(self.overrides, dict):
             raise TypeError(f"recipe overrides must be a dict, got {type(self.overrides).__name__}")
         for key in ("static_scale", "simulate"):
-            if not isinstance(getattr(self, key), bool):
-                raise TypeError(f"recipe {key} must be a bool, got {getattr(self, key)!r}")
-        if not self.grad_static_scale > 0:
-            raise ValueError(f"recipe grad_static_scale must be positive, got {self.grad_static_scale!r}")
-        if not (self.pact_init >= 0 and self.pact_l2 >= 0):
-            raise ValueError("recipe pact_init and pact_l2 must be non-negative")
-        if not self.loss_scale_init >= 1:
-            raise ValueError(f"recipe loss_scale_init must be >= 1, got {self.loss_scale_init!r}")
-        if isinstance(self.loss_scale_window, bool) or not isinstance(self.loss_scale_window, int) \
-                or self.loss_scale_window < 1:
-            raise ValueError(f"recipe loss_scale_window must be a positive int, got {self.loss_scale_window!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"recipe seed must be a non-negative int, got {self.seed!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ValueError(f"recipe threads must be a positive int or None, got {self.threads!r}")
+            check_bool(getattr(self, key), f"recipe {key}")
+        check_real(self.grad_static_scale, "recipe grad_static_scale", positive=True)
+        check_real(self.pact_init, "recipe pact_init", min_value=0)
+        check_real(self.pact_l2, "recipe pact_l2", min_value=0)
+        check_real(self.loss_scale_init, "recipe loss_scale_init", min_value=1)
+        check_int(self.loss_scale_window, "recipe loss_scale_window", min_value=1)
+        check_int(self.seed, "recipe seed", min_value=0)
+        check_int(self.threads, "recipe threads", min_value=1, allow_none=True)
         return self
 
     # ------------------------------------------------------------------ what it says
