@@ -61,6 +61,12 @@ _BACKENDS = ("auto", "numpy", "cython")
 NONFINITE_MESSAGE = ("{name} contains NaN or Inf, which this format cannot hold "
                      "(pass nan_policy='propagate' to keep NaN and saturate Inf)")
 NAN_CODE_MESSAGE = "{name} contains NaN, which has no code in this format"
+FN_NONFINITE_MESSAGE = ("{name} contains NaN or Inf (pass nan_policy='propagate' to map NaN to this "
+                        "format's NaN code and saturate Inf; the format has no Inf)")
+#: a finite-only format under nan_policy='raise' never returns Inf: a grid value times the scale
+#: beyond x's dtype is a scale that does not fit x's dtype, reported rather than cast to Inf
+OVERFLOW_MESSAGE = ("x quantized with scale={scale!r} has values beyond the largest finite {dtype} "
+                    "(they would become Inf): use a smaller scale or a wider dtype for x")
 
 
 # --------------------------------------------------------------------------- validation
@@ -90,10 +96,20 @@ def _check_nan_policy(nan_policy):
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
 
 
-def _check_finite(arr, name, nan_policy):
+def _check_finite(arr, name, nan_policy, message=NONFINITE_MESSAGE):
     """Raise on NaN or Inf when ``nan_policy == 'raise'``."""
     if nan_policy == "raise" and arr.size and not np.isfinite(arr).all():
-        raise ValueError(NONFINITE_MESSAGE.format(name=name))
+        raise ValueError(message.format(name=name))
+
+
+def _to_dtype(out, dtype, scale, nan_policy):
+    """The float64 result ``out`` cast to x's ``dtype``, silently where it overflows to Inf except
+    under ``nan_policy='raise'``, which promises a finite result for finite input."""
+    with np.errstate(over="ignore"):
+        res = out.astype(dtype, copy=False)
+    if nan_policy == "raise" and res.size and np.isinf(res).any():
+        raise ValueError(OVERFLOW_MESSAGE.format(scale=scale, dtype=np.dtype(dtype).name))
+    return res
 
 
 def _check_no_nan(arr, name="x"):
@@ -441,41 +457,83 @@ class MiniFloat(NumberFormat):
     """Binary floating point with ``exp_bits`` exponent and ``man_bits`` mantissa bits.
 
     ``value = (-1)**s * 2**(E - bias) * (1 + M / 2**man_bits)`` for exponent field
-    ``E >= 1``, subnormals ``2**(1 - bias) * M / 2**man_bits`` for ``E == 0``.
-    With ``ieee=True`` the top exponent field is reserved for Inf/NaN (IEEE 754: FP16,
-    FP8 E5M2) and overflow goes to Inf; with ``ieee=False`` every field is a number
-    (E2M1; our FP8 E4M3 then reaches 480 - the OCP E4M3FN variant stops at 448 to keep a NaN)
-    and overflow saturates.  ``"nearest"`` rounds half to even, as IEEE 754, so
+    ``E >= 1``, subnormals ``2**(1 - bias) * M / 2**man_bits`` for ``E == 0``; the code is the
+    bit pattern ``s | E | M``.  Three conventions for the top of the range:
+
+    * ``ieee=True`` (the default): the top exponent field is reserved for Inf (``M == 0``) and
+      NaN (IEEE 754: FP16, FP8 E5M2); overflow rounds to Inf as IEEE 754 does.
+    * ``ieee=False``: every code is a number (E2M1 = ``MiniFloat(2, 1, bias=1, ieee=False)``,
+      max 6; note ``MiniFloat(2, 1)`` is the IEEE-style variant, max 3); overflow saturates.
+    * ``ieee=False, fn=True``: the OCP "FN" convention of E4M3FN (ml_dtypes ``float8_e4m3fn``):
+      no Inf, the all-ones magnitude code ``S.11..1.11..1`` is NaN and every other code a number,
+      so ``MiniFloat(4, 3, ieee=False, fn=True)`` stops at 448 (not 480).  Finite input beyond
+      the largest value saturates to +-max - unlike the OCP/ml_dtypes cast, which gives NaN
+      there - because that is what a quantizer with a scale wants (the scale, not the format,
+      decides the range).  NaN, where ``nan_policy='propagate'`` lets it in, becomes NaN
+      (code ``S.11..1.11..1``, sign kept); Inf saturates like any large value.
+
+    Without ``ieee`` the NaN / Inf of the input follow ``nan_policy`` as in the other formats;
+    IEEE formats hold both themselves.  ``"nearest"`` rounds half to even, as IEEE 754, so
     ``MiniFloat(5, 10)`` equals numpy's float64 -> float16 conversion bit for bit.
 
     >>> E2M1.values[E2M1.values >= 0]
     array([0. , 0.5, 1. , 1.5, 2. , 3. , 4. , 6. ])
+    >>> FP8_E4M3.max, FP8_E4M3.quantize([470.0, 1e6, -500.0])
+    (448.0, array([ 448.,  448., -448.]))
     """
 
-    def __init__(self, exp_bits, man_bits, bias=None, ieee=True, rounding="nearest"):
+    def __init__(self, exp_bits, man_bits, bias=None, ieee=True, rounding="nearest", fn=False):
         if not isinstance(exp_bits, (numbers.Integral, np.integer)) or not 1 <= exp_bits <= 8:
             raise ValueError(f"exp_bits must be an integer in [1, 8], got {exp_bits!r}")
         if not isinstance(man_bits, (numbers.Integral, np.integer)) or not 0 <= man_bits <= 23:
             raise ValueError(f"man_bits must be an integer in [0, 23], got {man_bits!r}")
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        for name, flag in (("ieee", ieee), ("fn", fn)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if fn and ieee:
+            raise ValueError("fn=True (no Inf, NaN at the all-ones code) needs ieee=False")
+        if bias is not None and (isinstance(bias, (bool, np.bool_))
+                                 or not isinstance(bias, (numbers.Integral, np.integer))):
+            raise TypeError(f"bias must be an int or None, got {bias!r}")
         self.exp_bits, self.man_bits = int(exp_bits), int(man_bits)
         self.bits = 1 + self.exp_bits + self.man_bits
         self.bias = (1 << (self.exp_bits - 1)) - 1 if bias is None else int(bias)
         self.ieee = bool(ieee)
+        self.fn = bool(fn)
         self.rounding = rounding
+        m = self.man_bits
         top = (1 << self.exp_bits) - 1
         self.max_field = top - 1 if self.ieee else top
-        if self.ieee and (self.max_field < 1 or self.man_bits < 1):
+        if self.ieee and (self.max_field < 1 or m < 1):
             raise ValueError("an IEEE-style format needs at least 2 exponent bits and 1 mantissa bit "
                              "(to tell NaN from Inf)")
+        if self.fn and self.exp_bits + m < 2:
+            raise ValueError("fn=True needs at least 2 exponent + mantissa bits (one code is NaN)")
+        # largest finite magnitude: field max_field with an all-ones mantissa, except that fn
+        # gives the all-ones code to NaN, so its largest number is the code just below
+        max_code = (self.max_field << m) | ((1 << m) - 1)
+        if self.fn:
+            max_code -= 1
+        max_e, max_man = max_code >> m, max_code & ((1 << m) - 1)
         self.emin = 1 - self.bias                      # exponent of the smallest normal
-        self._max = math.ldexp(2.0 - math.ldexp(1.0, -self.man_bits), self.max_field - self.bias)
+        # every grid value must be an exact, finite, nonzero float64: the reference computes in it
+        try:
+            if max_e >= 1:
+                self._max = math.ldexp(float((1 << m) + max_man), max_e - self.bias - m)
+            else:
+                self._max = math.ldexp(float(max_man), self.emin - m)
+        except OverflowError:
+            self._max = math.inf
+        if not math.isfinite(self._max) or math.ldexp(1.0, self.emin - m) == 0.0:
+            raise ValueError(f"bias={self.bias} puts the grid of this {self.exp_bits}-{m} format outside "
+                             f"the finite float64 numbers")
 
     def __repr__(self):
         ties = ", ties=half-to-even" if self.rounding == "nearest" else ""
         return (f"MiniFloat(exp_bits={self.exp_bits}, man_bits={self.man_bits}, bias={self.bias}, "
-                f"ieee={self.ieee}, rounding={self.rounding!r}{ties})")
+                f"ieee={self.ieee}{', fn=True' if self.fn else ''}, rounding={self.rounding!r}{ties})")
 
     @property
     def max(self):
@@ -509,7 +567,7 @@ class MiniFloat(NumberFormat):
         over = out > self._max
         if self.ieee:
             return np.where(over, np.inf, out)
-        return np.where(over, self._max, out)
+        return np.where(over, self._max, out)           # saturate (fn too: no Inf to go to)
 
     def _prepare_minifloat(self, x, scale, nan_policy, backend):
         # IEEE formats hold NaN and Inf themselves, so nan_policy only matters without ieee
@@ -517,22 +575,31 @@ class MiniFloat(NumberFormat):
         _check_backend(backend)
         if backend == "cython":
             raise ValueError(f"backend='cython' has no compiled path for {self!r}")
-        return self._prepare(x, scale, "propagate" if self.ieee else nan_policy)
+        if not self.fn:
+            return self._prepare(x, scale, "propagate" if self.ieee else nan_policy)
+        # fn has a NaN code but no Inf: 'raise' still refuses both, with a message that says
+        # what 'propagate' does here
+        arr, scale = self._prepare(x, scale, "propagate")
+        _check_finite(arr, "x", nan_policy, FN_NONFINITE_MESSAGE)
+        return arr, scale
 
     def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
-        a = np.abs(arr.astype(np.float64)) / scale
-        nan = np.isnan(a)
-        mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
-        out = np.where(nan, np.nan, mag) * scale
-        return np.copysign(out, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore"):                 # |x| / scale beyond float64 saturates
+            a = np.abs(arr.astype(np.float64)) / scale
+            nan = np.isnan(a)
+            mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
+            out = np.copysign(np.where(nan, np.nan, mag) * scale, arr.astype(np.float64))
+        # an IEEE format overflows to Inf by design; the others must not hand back Inf under 'raise'
+        return _to_dtype(out, arr.dtype, scale, "propagate" if self.ieee else nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Bit patterns ``s | E | M`` as unsigned integers (uint16 for FP16)."""
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
-        if not self.ieee:
+        if not (self.ieee or self.fn):
             _check_no_nan(arr)
-        a = np.abs(arr.astype(np.float64)) / scale
+        with np.errstate(over="ignore"):
+            a = np.abs(arr.astype(np.float64)) / scale
         nan = np.isnan(a)
         q = self._round_magnitude(np.where(nan, 0.0, a), rng)
         m = self.man_bits
@@ -547,9 +614,12 @@ class MiniFloat(NumberFormat):
         finite = np.isfinite(q)
         man = np.where(finite, man, 0)
         field = np.where(finite, field, inf_field)
-        if self.ieee:
+        if self.ieee:                                   # the quiet NaN, as numpy's float16
             field = np.where(nan, inf_field, field)
             man = np.where(nan, 1 << (m - 1) if m else 0, man)
+        elif self.fn:                                   # the one NaN code, S.11..1.11..1
+            field = np.where(nan, inf_field, field)
+            man = np.where(nan, (1 << m) - 1, man)
         bits = (np.signbit(arr).astype(np.int64) << (self.exp_bits + m)) | (field.astype(np.int64) << m) \
             | man.astype(np.int64)
         return bits.astype(self.code_dtype)
@@ -571,6 +641,8 @@ class MiniFloat(NumberFormat):
             special = field == (1 << self.exp_bits) - 1
             mag = np.where(special & (man == 0), np.inf, mag)
             mag = np.where(special & (man != 0), np.nan, mag)
+        elif self.fn:
+            mag = np.where((field == (1 << self.exp_bits) - 1) & (man == (1 << m) - 1), np.nan, mag)
         return np.where(sign == 1, -mag, mag) * scale
 
 
@@ -630,7 +702,9 @@ RADIX4_FP4_ODD = RadixFP(4, 3, phase=1)    #: odd grid of two-phase rounding, 2 
 RADIX2_FP4 = RadixFP(2, 3)                 #: radix-2 FP4 (1-3-0), magnitudes 2**-6 .. 1
 LOG10_4BIT = RadixFP(10, 3)                #: the article's base-10 picture, 10**-6 .. 1
 E2M1 = MiniFloat(2, 1, bias=1, ieee=False)  #: FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6
-FP8_E4M3 = MiniFloat(4, 3, ieee=False)     #: HFP8 forward (1-4-3), saturating, max 480
+#: FP8 E4M3 (1-4-3) as OCP E4M3FN / ml_dtypes float8_e4m3fn: max 448, S.1111.111 is NaN, no Inf;
+#: a quantizer, so finite input beyond 448 saturates (the OCP cast would give NaN)
+FP8_E4M3 = MiniFloat(4, 3, ieee=False, fn=True)
 FP8_E5M2 = MiniFloat(5, 2, ieee=True)      #: HFP8 backward (1-5-2), IEEE-style
 FP16 = MiniFloat(5, 10, ieee=True)         #: IEEE half precision
 
@@ -647,7 +721,7 @@ FORMAT_NAMES = {
     "radix16": "radix-16 FP4, magnitudes 16**-6 .. 1 (phase 1: 4 * 16**-6 .. 4)",
     "log10": "the article's base-10 4-bit log scale, 10**-6 .. 1",
     "e2m1": "FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6",
-    "fp8_e4m3": "FP8 E4M3 (1-4-3)",
+    "fp8_e4m3": "FP8 E4M3 (1-4-3), OCP E4M3FN: max 448, S.1111.111 is NaN, no Inf; saturates",
     "fp8_e5m2": "FP8 E5M2 (1-5-2), IEEE-style",
     "fp16": "IEEE half precision",
 }
@@ -676,4 +750,5 @@ def get_format(name, *, phase=0, rounding="nearest"):
     base = {"e2m1": E2M1, "fp8_e4m3": FP8_E4M3, "fp8_e5m2": FP8_E5M2, "fp16": FP16}[name]
     if rounding == "nearest":
         return base
-    return MiniFloat(base.exp_bits, base.man_bits, bias=base.bias, ieee=base.ieee, rounding=rounding)
+    return MiniFloat(base.exp_bits, base.man_bits, bias=base.bias, ieee=base.ieee, rounding=rounding,
+                     fn=base.fn)

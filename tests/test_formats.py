@@ -65,7 +65,7 @@ def test_image_mapping_of_the_article():
 @pytest.mark.parametrize("name,count,lo,hi", [
     ("INT4", 16, -8, 7), ("UINT4", 16, 0, 15), ("INT8", 256, -128, 127),
     ("RADIX4_FP4", 15, -1, 1), ("RADIX4_FP4_ODD", 15, -2, 2), ("RADIX2_FP4", 15, -1, 1),
-    ("LOG10_4BIT", 15, -1, 1), ("E2M1", 15, -6, 6), ("FP8_E4M3", 255, -480, 480),
+    ("LOG10_4BIT", 15, -1, 1), ("E2M1", 15, -6, 6), ("FP8_E4M3", 253, -448, 448),
     ("FP8_E5M2", 2 * (31 * 4 - 1) + 1 + 2, -np.inf, np.inf), ("FP16", 2 * (31 * 1024 - 1) + 1 + 2, -np.inf, np.inf),
 ])
 def test_values_are_sorted_unique_grids(name, count, lo, hi):
@@ -151,8 +151,8 @@ def test_minifloat_ties_overflow_and_subnormals():
     np.testing.assert_array_equal(q(E2M1, [0.25, 0.75, 2.5, 3.5, 5.0, 1.25, 100.0, -7.0]),
                                   [0, 1, 2, 4, 4, 1, 6, -6])
     assert E2M1.decode([1]) == 0.5 and E2M1.max == 6.0
-    # FP8 E4M3 (saturating, max 480) and E5M2 (IEEE: overflow to Inf, tie at max + half ulp)
-    assert q(FP8_E4M3, 1000.0) == 480 and FP8_E4M3.decode([1]) == 2.0 ** -9
+    # FP8 E4M3 (OCP E4M3FN, saturating, max 448) and E5M2 (IEEE: overflow to Inf, tie at max + half ulp)
+    assert q(FP8_E4M3, 1000.0) == 448 and FP8_E4M3.decode([1]) == 2.0 ** -9
     assert q(FP8_E5M2, 57344.0) == 57344 and q(FP8_E5M2, 61439.0) == 57344
     assert q(FP8_E5M2, 61440.0) == np.inf
     assert FP8_E5M2.decode([1]) == 2.0 ** -16
@@ -243,7 +243,7 @@ def test_stochastic_beyond_range_saturates():
     assert np.all(STOCHASTIC[2].quantize(np.full(100, -3.0), rng=0) == -1)
 
 
-@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4, E2M1, FP8_E4M3], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4, E2M1], ids=repr)
 def test_nan_and_inf_follow_nan_policy(fmt):
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
@@ -256,6 +256,56 @@ def test_nan_and_inf_follow_nan_policy(fmt):
     with pytest.raises(ValueError, match="x contains NaN, which has no code"):
         enc(fmt, [np.nan], nan_policy="propagate")
     np.testing.assert_array_equal(enc(fmt, [np.inf], nan_policy="propagate"), enc(fmt, [fmt.max]))
+
+
+def test_fp8_e4m3_is_ocp_e4m3fn():
+    """OCP E4M3FN: max 448, S.1111.111 is NaN, no Inf; every other code a number."""
+    f = FP8_E4M3
+    assert f.fn and not f.ieee and f.max == 448.0 and "fn=True" in repr(f)
+    assert f == MiniFloat(4, 3, ieee=False, fn=True) and f != MiniFloat(4, 3, ieee=False)
+    assert MiniFloat(4, 3, ieee=False).max == 480.0           # the all-finite variant keeps its 480
+    d = f.decode(np.arange(256))
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(d)), [0x7F, 0xFF])
+    assert d[0x7E] == 448 and d[0xFE] == -448 and d[0x78] == 256 and not np.isinf(d).any()
+    # values lists only numbers: 254 non-NaN codes, one of them -0
+    v = f.values
+    assert len(v) == 253 and np.isfinite(v).all() and v[-1] == 448 and v[0] == -448
+    # finite input beyond the range saturates (the OCP cast would give NaN above 464)
+    x = np.array([448.0, 449.0, 463.999, 464.0, 464.001, 480.0, 1e6, 1e300, -470.0])
+    np.testing.assert_array_equal(q(f, x), [448, 448, 448, 448, 448, 448, 448, 448, -448])
+    np.testing.assert_array_equal(enc(f, x), [0x7E] * 8 + [0xFE])
+    np.testing.assert_array_equal(q(f, [900.0, 1e6], 2.0), [896.0, 896.0])
+    # NaN: refused under 'raise' (Inf too), mapped to the NaN code under 'propagate'
+    for bad in (np.nan, np.inf, -np.inf):
+        for fn in (q, enc):
+            with pytest.raises(ValueError, match="x contains NaN or Inf"):
+                fn(f, [1.0, bad])
+    out = q(f, np.array([np.nan, -np.nan, np.inf, -np.inf], np.float32), nan_policy="propagate")
+    np.testing.assert_array_equal(bits(out), bits(np.array([np.nan, -np.nan, 448, -448], np.float32)))
+    np.testing.assert_array_equal(enc(f, [np.nan, -np.nan, np.inf, -np.inf], nan_policy="propagate"),
+                                  [0x7F, 0xFF, 0x7E, 0xFE])
+    # q(q(x)) == q(x) and quantize == decode(encode), NaN included
+    y = np.concatenate([np.linspace(-600, 600, 4801), [np.nan, -np.nan, 0.0, -0.0]])
+    once = q(f, y, nan_policy="propagate")
+    np.testing.assert_array_equal(bits(q(f, once, nan_policy="propagate")), bits(once))
+    np.testing.assert_array_equal(bits(f.decode(enc(f, y, nan_policy="propagate"))), bits(once))
+
+
+def test_minifloat_conventions_are_validated():
+    with pytest.raises(ValueError, match="fn=True .* ieee=False"):
+        MiniFloat(4, 3, fn=True)                               # ieee defaults to True
+    with pytest.raises(TypeError, match="fn must be a bool"):
+        MiniFloat(4, 3, ieee=False, fn=1)
+    with pytest.raises(TypeError, match="ieee must be a bool"):
+        MiniFloat(4, 3, ieee="no")
+    with pytest.raises(ValueError, match="fn=True needs"):
+        MiniFloat(1, 0, ieee=False, fn=True)                   # one magnitude code, and it is NaN
+    # fn with no mantissa bit: the top field is the NaN, the largest number one field below
+    e3m0 = MiniFloat(3, 0, ieee=False, fn=True)
+    assert e3m0.max == 2.0 ** (6 - 3) and np.isnan(e3m0.decode([7, 15])).all()
+    # the IEEE-style E2M1 variant is not the E2M1 preset
+    assert MiniFloat(2, 1).max == 3.0 and E2M1.max == 6.0 and E2M1 == MiniFloat(2, 1, bias=1, ieee=False)
+    assert formats.get_format("fp8_e4m3", rounding="stochastic").fn
 
 
 def test_ieee_formats_hold_nan_and_inf():
