@@ -13,11 +13,11 @@ from hypothesis.extra import numpy as hnp
 from q4core import _quant  # noqa: F401  - the suite needs the built extension, never skips it
 from q4core import quant
 from q4core.formats import (
-    FP16, INT4, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4, RADIX4_FP4_ODD, UINT4, IntFormat,
+    FP16, INT4, INT4_SYM, INT8, LOG10_4BIT, RADIX2_FP4, RADIX4_FP4, RADIX4_FP4_ODD, UINT4, IntFormat,
     RadixFP, pack_nibbles, unpack_nibbles,
 )
 
-FORMATS = [INT4, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,
+FORMATS = [INT4, INT4_SYM, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,
            RadixFP(4, 3, rounding="log"), RadixFP(4, 2), IntFormat(2), IntFormat(3, signed=False)]
 SCALES = [1.0, 0.37, 2.0 ** -7, 3.0, 1e-30, 1e30]
 
@@ -90,6 +90,39 @@ def test_boundaries_codes_and_specials(fmt, dtype, scale):
     check_all_ops(fmt, x, scale)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_written_out_int4_sym_cases(dtype):
+    """INT4_SYM (-7..7): the bottom saturates at -7, not -8; ties half to even; one zero."""
+    x = np.array([-7.5, -8.0, -7.49, -6.5, -100.0, 7.5, 6.5, 8.0, 0.5, -0.5, 1.5, -2.5, -0.0, 1e30, -1e30],
+                 dtype)
+    levels = np.array([-7, -7, -7, -6, -7, 7, 6, 7, 0, 0, 2, -2, 0, 7, -7], np.int8)
+    assert_same(quant.encode(INT4_SYM, x), levels)
+    assert_same(quant.quantize(INT4_SYM, x), levels.astype(dtype))
+    assert not np.signbit(quant.quantize(INT4_SYM, x)[levels == 0]).any()    # +0 only
+    assert_same(quant.encode_packed(INT4_SYM, x), pack_nibbles(levels))
+    # -7 packs as the nibble 0x9, and no code is ever 0x8 (-8)
+    assert_same(quant.encode_packed(INT4_SYM, np.array([-8.0, 8.0], dtype)), np.array([0x79], np.uint8))
+    # at a scale: -7.5 * s is the tie between -7 and -8, and -8 is not on the grid
+    s = 0.25
+    assert_same(quant.quantize(INT4_SYM, (x * s).astype(dtype), s), (levels * s).astype(dtype))
+    check_all_ops(INT4_SYM, x, s)
+    # NaN / Inf policy, as the reference
+    bad = np.array([1.0, np.inf, -np.inf, np.nan], dtype)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        quant.quantize(INT4_SYM, bad)
+    out = quant.quantize(INT4_SYM, bad, nan_policy="propagate")
+    assert_same(out, INT4_SYM.quantize(bad, nan_policy="propagate", backend="numpy"))
+    assert out[2] == -7 and out[1] == 7
+    assert_same(quant.encode(INT4_SYM, bad[:3], nan_policy="propagate"), np.array([1, 7, -7], np.int8))
+    # empty and strided
+    assert_same(quant.encode(INT4_SYM, np.zeros((3, 0), dtype)), np.zeros((3, 0), np.int8))
+    assert_same(quant.encode_packed(INT4_SYM, np.zeros((0, 5), dtype)), np.zeros((0, 3), np.uint8))
+    base = np.linspace(-9, 9, 73 * 4).astype(dtype).reshape(73, 4)
+    view = base[::-3, ::-2]
+    check_all_ops(INT4_SYM, view, 0.5)
+    check_all_ops(INT4_SYM, view.T, 1.0)
+
+
 def test_written_out_int4_and_radix4_cases():
     x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 7.5, -8.5, 100, -100, -0.0, 0.0, 1e-45], np.float32)
     assert_same(quant.encode(INT4, x), np.array([0, 2, 2, 0, -2, 7, -8, 7, -8, 0, 0, 0], np.int8))
@@ -105,7 +138,7 @@ def test_written_out_int4_and_radix4_cases():
     assert_same(quant.encode_packed(RADIX4_FP4, np.array([1.0, -1.0], np.float32)), np.array([0xF7], np.uint8))
 
 
-@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, RADIX4_FP4], ids=repr)
 def test_nan_and_inf_policy_matches_reference(fmt):
     for bad in (np.nan, np.inf, -np.inf):
         x = np.array([1.0, bad, 2.0], np.float32)
@@ -137,7 +170,7 @@ def test_nan_in_a_late_parallel_chunk_is_seen(shape):
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (2,), (0, 3), (3, 0), (1, 1), (5, 1), (4, 7), (2, 3, 5), ()])
-@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, UINT4, RADIX4_FP4], ids=repr)
 def test_shapes_incl_empty_single_and_scalar(shape, fmt):
     rng = np.random.default_rng(sum(shape) + 7)
     x = rng.standard_normal(shape) * 3
@@ -182,7 +215,7 @@ def test_hypothesis_arrays(data, fmt, dtype, scale, threads):
 
 
 @pytest.mark.parametrize("shape", [(3 * (1 << 16) + 11,), (1001, 333), (700, 300)])
-@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4_ODD], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, RADIX4_FP4_ODD], ids=repr)
 def test_threads_one_and_two_agree_on_large_arrays(shape, fmt):
     rng = np.random.default_rng(5)
     x = random_values(rng, int(np.prod(shape)), np.float32).reshape(shape)
