@@ -15,8 +15,9 @@ compare ``x`` with them (no division, no rounding), branch-free so they vectoriz
 
 Inputs: any shape (0-d too), any strides (non-contiguous input is copied first), float32
 or float64 (integers become float64, as in the reference).  ``threads`` is the number of
-OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``); the
-result does not depend on it.  NaN / Inf follow ``nan_policy`` exactly as the reference:
+OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``), clamped
+to the processors OpenMP may use (``omp_get_num_procs()``): more cannot help, and a huge team
+makes libgomp abort or crash.  The result does not depend on it.  NaN / Inf follow ``nan_policy`` exactly as the reference:
 ``'raise'`` refuses both; ``'propagate'`` keeps NaN when quantizing and saturates Inf;
 ``encode`` refuses NaN either way.
 
@@ -97,13 +98,15 @@ def _as_input(x, name="x"):
 
 
 def _threads(threads):
+    """The thread count to run: validated, then clamped to [1, processors] here already (the
+    kernels clamp again) so that a Python int beyond a C int is no OverflowError either."""
     if threads is None:
-        return max(1, _quant.openmp_info()["max_threads"])
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
+        threads = _quant.openmp_info()["max_threads"]      # OMP_NUM_THREADS may exceed the machine
+    elif isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
         raise TypeError(f"threads must be a positive int or None, got {type(threads).__name__}")
-    if threads < 1:
+    elif threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(threads)
+    return max(1, min(int(threads), _quant.num_procs()))
 
 
 def _apply(what, fmt, x, scale, nan_policy, threads):

@@ -320,6 +320,40 @@ def test_openmp_info_and_thread_default():
     assert out.stdout.strip() == "3"
 
 
+# what a thread count larger than the machine's does, run in a child so that a crash (segfault,
+# libgomp abort) fails this test instead of killing pytest
+_HUGE_THREADS_CHILD = """
+import numpy as np
+from q4core import quant
+from q4core.formats import INT4, RADIX4_FP4
+t = {threads}
+x = np.linspace(-9, 9, 1 << 18)
+odd = np.linspace(-2, 2, 1001 * 333).reshape(1001, 333)       # odd rows: the row-parallel path
+for fmt in (INT4, RADIX4_FP4):
+    assert np.array_equal(quant.quantize(fmt, x, threads=t), quant.quantize(fmt, x, threads=1))
+    assert np.array_equal(quant.encode(fmt, x, threads=t), quant.encode(fmt, x, threads=1))
+    for y in (x, odd):
+        assert np.array_equal(quant.encode_packed(fmt, y, threads=t), quant.encode_packed(fmt, y, threads=1))
+packed = quant.encode_packed(INT4, odd)
+for signed in (False, True):
+    assert np.array_equal(quant.unpack_nibbles(packed, 333, signed=signed, threads=t),
+                          quant.unpack_nibbles(packed, 333, signed=signed, threads=1))
+assert np.array_equal(INT4.quantize(x), quant.quantize(INT4, x, threads=1))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads,omp_env", [("100000", None), ("40000", None), ("10 ** 30", None),
+                                             ("None", "100000"), ("None", "40000")])
+def test_thread_counts_beyond_the_machine_are_clamped(threads, omp_env):
+    env = dict(os.environ)
+    if omp_env is not None:
+        env["OMP_NUM_THREADS"] = omp_env
+    out = subprocess.run([sys.executable, "-c", _HUGE_THREADS_CHILD.format(threads=threads)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
 def test_benchmark_runs_and_checks_its_results(capsys):
     from q4core.bench import quantize as bench
     assert bench.main(["--log2n", "11", "--repeat", "1", "--numpy-repeat", "1", "--quantize"]) == 0
