@@ -27,7 +27,12 @@ Rounding modes and their tie rules (named, because an unnamed tie rule bites):
   ``rng`` (an ``int`` seed or a ``numpy.random.Generator``) and draws ``rng.random(x.shape)``.
 
 All arithmetic is done in float64: ``y = float64(x) / scale`` is compared with the grid,
-and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype.
+and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype (byte-swapped
+input gives the native dtype of the same width; longdouble is refused rather than rounded twice).
+``x / scale`` beyond float64 saturates like any large value.  A grid value times ``scale`` that is
+beyond ``x``'s dtype (``INT4.quantize(np.float32([3.4e38]), 6e37)``: level 6, 3.6e38) raises
+``ValueError`` under ``nan_policy='raise'`` - a finite input never comes back as Inf - and becomes
+Inf under ``'propagate'`` (IEEE minifloats overflow to Inf by design).  None of this warns.
 ``quantize`` turns NaN (allowed only with ``nan_policy='propagate'``) into the canonical
 quiet NaN carrying the sign of the input, so results are defined bit for bit.
 
@@ -80,12 +85,18 @@ def _check_scale(scale, name="scale"):
 
 
 def _as_float_array(x, name="x"):
-    """Return ``x`` as a float16/32/64 array (integers -> float64); refuse the rest."""
+    """Return ``x`` as a native-order float16/32/64 array (integers -> float64); refuse the rest.
+
+    Byte-swapped floats (``'>f4'`` on a little-endian machine) keep their width, so they give
+    the same values and dtype as native input.  Wider floats (longdouble) are refused: taking
+    them through float64 first would round twice, so the caller must choose the conversion."""
     arr = np.asarray(x)
     if arr.dtype.kind == "f":
-        if arr.dtype not in (np.float16, np.float32, np.float64):
-            arr = arr.astype(np.float64)
-        return arr
+        if arr.dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"{name} must hold float16, float32 or float64 numbers (or integers), got dtype "
+                            f"{arr.dtype}: convert it explicitly (through float64 it could round twice)")
+        native = np.dtype(f"=f{arr.dtype.itemsize}")
+        return arr if arr.dtype == native else arr.astype(native)
     if arr.dtype.kind in "iu":
         return arr.astype(np.float64)
     raise TypeError(f"{name} must hold real floating-point or integer numbers, got dtype {arr.dtype}")
@@ -192,9 +203,10 @@ class NumberFormat:
                 raise ValueError(f"backend='cython' has no compiled path for {self!r}")
             return None
         dtype = x.dtype if isinstance(x, np.ndarray) else np.asarray(x).dtype
-        if dtype not in (np.float32, np.float64) or not dtype.isnative:
+        # either byte order: q4core.quant hands the kernels a native copy of byte-swapped input
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
             if backend == "cython":
-                raise TypeError(f"backend='cython' needs native float32 or float64 input, got {dtype}")
+                raise TypeError(f"backend='cython' needs float32 or float64 input, got {dtype}")
             return None
         return quant
 
@@ -264,7 +276,8 @@ class IntFormat(NumberFormat):
 
     def _levels(self, arr, scale, rng):
         """Integer levels (float64) of ``arr / scale``; NaN stays NaN."""
-        y = arr.astype(np.float64) / scale
+        with np.errstate(over="ignore", under="ignore"):  # x / scale beyond float64 saturates
+            y = arr.astype(np.float64) / scale
         if self.rounding == "nearest":
             q = np.rint(y)
         else:
@@ -279,8 +292,9 @@ class IntFormat(NumberFormat):
         if (quant := self._fast_path(x, backend)) is not None:
             return quant.quantize(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
-        out = _canonical_nan(self._levels(arr, scale, rng) * scale, arr)
-        return out.astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):
+            out = _canonical_nan(self._levels(arr, scale, rng) * scale, arr)
+        return _to_dtype(out, arr.dtype, scale, nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         if (quant := self._fast_path(x, backend)) is not None:
@@ -309,23 +323,33 @@ def image_to_levels(image, bits=4):
     array([-8,  7,  0], dtype=int16)
     """
     arr = _as_float_array(image, "image").astype(np.float64)
-    if not isinstance(bits, (numbers.Integral, np.integer)) or not 1 <= bits <= 15:
-        raise ValueError(f"bits must be an integer in [1, 15], got {bits!r}")
-    _check_finite(arr, "image", "raise")
+    lo, hi = _image_levels(bits)
+    # no nan_policy here: an image with NaN or Inf has no levels at all
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or Inf; image values must lie in [0, 1]")
     if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
         raise ValueError("image values must lie in [0, 1]")
-    if bits == 1:  # one bit: the two levels -1 and 0
-        lo, hi = -1, 0
-    else:
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return np.asarray(np.rint(arr * (hi - lo) + lo)).astype(np.int16)   # 0-d stays an array
 
 
 def levels_to_image(levels, bits=4):
-    """Inverse of :func:`image_to_levels`: integer levels back to grey values in [0, 1]."""
+    """Inverse of :func:`image_to_levels`: integer levels (in the ``bits``-bit range) back to grey
+    values in [0, 1]."""
+    lo, hi = _image_levels(bits)
     levels = _as_codes(levels, "levels")
-    lo, hi = (-1, 0) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    if levels.size and (levels.min() < lo or levels.max() > hi):
+        raise ValueError(f"levels must lie in [{lo}, {hi}] for bits={bits}")
     return (levels.astype(np.float64) - lo) / (hi - lo)
+
+
+def _image_levels(bits):
+    """(lowest, highest) signed level of ``bits`` bits; one bit has the two levels -1 and 0."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (numbers.Integral, np.integer)):
+        raise TypeError(f"bits must be an int, got {bits!r}")
+    if not 1 <= bits <= 15:                             # int16 levels
+        raise ValueError(f"bits must be an integer in [1, 15], got {bits!r}")
+    bits = int(bits)
+    return (-1, 0) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
 # --------------------------------------------------------------------------- log formats
@@ -362,6 +386,9 @@ class RadixFP(NumberFormat):
             raise ValueError(f"rounding must be 'nearest', 'log' or 'stochastic', got {rounding!r}")
         if phase not in (0, 1):
             raise ValueError(f"phase must be 0 or 1, got {phase!r}")
+        if bias is not None and (isinstance(bias, (bool, np.bool_))
+                                 or not isinstance(bias, (numbers.Integral, np.integer))):
+            raise TypeError(f"bias must be an int or None, got {bias!r}")
         root = math.isqrt(int(radix))
         if phase == 1 and root * root != radix:
             raise ValueError(f"phase=1 needs a radix that is a perfect square (4, 16, ...), got {radix}")
@@ -374,15 +401,23 @@ class RadixFP(NumberFormat):
         self.bias = self.emax if bias is None else int(bias)
         self.factor = float(root) if phase == 1 else 1.0
         e = np.arange(1, self.emax + 1, dtype=np.float64)
-        #: magnitudes m_1 < ... < m_emax at scale 1 (float64, exact for radix 2 and 4)
-        self.magnitudes = self.factor * np.power(float(self.radix), e - self.bias)
-        lower = np.concatenate(([0.0], self.magnitudes[:-1]))
-        if rounding == "log":
-            first = self.magnitudes[0] / math.sqrt(self.radix)
-            self.thresholds = np.concatenate(([first], np.sqrt(lower[1:] * self.magnitudes[1:])))
-        else:
-            #: |y| >= thresholds[k] means exponent field >= k + 1
-            self.thresholds = (lower + self.magnitudes) / 2.0
+        with np.errstate(over="ignore", under="ignore"):  # judged below
+            #: magnitudes m_1 < ... < m_emax at scale 1 (float64, exact for radix 2 and 4)
+            self.magnitudes = self.factor * np.power(float(self.radix), e - self.bias)
+            lower = np.concatenate(([0.0], self.magnitudes[:-1]))
+            if rounding == "log":
+                first = self.magnitudes[0] / math.sqrt(self.radix)
+                self.thresholds = np.concatenate(([first], np.sqrt(lower[1:] * self.magnitudes[1:])))
+            else:
+                #: |y| >= thresholds[k] means exponent field >= k + 1
+                self.thresholds = (lower + self.magnitudes) / 2.0
+        # a grid with Inf (bias=-600: 4**606) or zeros (bias=600) would quantize finite input to
+        # Inf or collapse codes; every magnitude and threshold must be finite, positive, increasing
+        for arr in (self.magnitudes, self.thresholds):
+            if not (np.isfinite(arr).all() and arr[0] > 0 and np.all(np.diff(arr) > 0)):
+                raise ValueError(f"bias={self.bias} puts the grid of RadixFP({self.radix}, {self.exp_bits}) "
+                                 f"(magnitudes {self.factor:g} * {self.radix}**(e - bias), e = 1..{self.emax}) "
+                                 f"or its {rounding!r} thresholds outside the finite positive float64 numbers")
 
     def __repr__(self):
         ties = ", ties=away-from-zero" if self.rounding in ("nearest", "log") else ""
@@ -400,7 +435,8 @@ class RadixFP(NumberFormat):
 
     def _exponents(self, arr, scale, rng):
         """Exponent field (int64, 0 = zero) of ``|arr| / scale``; NaN gives -1."""
-        a = np.abs(arr.astype(np.float64)) / scale
+        with np.errstate(over="ignore", under="ignore"):  # |x| / scale beyond float64 saturates
+            a = np.abs(arr.astype(np.float64)) / scale
         e = np.searchsorted(self.thresholds, a, side="right").astype(np.int64)
         if self.rounding == "stochastic":
             # e is now the nearest-by-midpoint field; recompute the bracketing pair instead
@@ -423,8 +459,9 @@ class RadixFP(NumberFormat):
         arr, scale = self._prepare(x, scale, nan_policy)
         e = self._exponents(arr, scale, rng)
         grid = np.concatenate(([0.0], self.magnitudes))
-        mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
-        return np.copysign(mag, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):
+            mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
+        return _to_dtype(np.copysign(mag, arr.astype(np.float64)), arr.dtype, scale, nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Codes as uint8: ``sign << exp_bits | e`` (sign from the sign bit of ``x``)."""
@@ -585,7 +622,7 @@ class MiniFloat(NumberFormat):
 
     def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
-        with np.errstate(over="ignore"):                 # |x| / scale beyond float64 saturates
+        with np.errstate(over="ignore", under="ignore"):  # |x| / scale beyond float64 saturates
             a = np.abs(arr.astype(np.float64)) / scale
             nan = np.isnan(a)
             mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
@@ -598,7 +635,7 @@ class MiniFloat(NumberFormat):
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
         if not (self.ieee or self.fn):
             _check_no_nan(arr)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             a = np.abs(arr.astype(np.float64)) / scale
         nan = np.isnan(a)
         q = self._round_magnitude(np.where(nan, 0.0, a), rng)
@@ -681,7 +718,8 @@ def unpack_nibbles(packed, n, signed=False):
         raise TypeError(f"packed must be uint8, got {arr.dtype}")
     if arr.ndim == 0:
         raise ValueError("packed must have at least one dimension")
-    if not isinstance(n, (numbers.Integral, np.integer)) or n < 0 or (n + 1) // 2 != arr.shape[-1]:
+    _check_unpack_args(n, signed)
+    if n < 0 or (n + 1) // 2 != arr.shape[-1]:
         raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
     out = np.empty(arr.shape[:-1] + (2 * arr.shape[-1],), np.uint8)
     out[..., 0::2] = arr & 0xF
@@ -690,6 +728,15 @@ def unpack_nibbles(packed, n, signed=False):
     if signed:
         return ((out.astype(np.int16) ^ 8) - 8).astype(np.int8)
     return out.copy()
+
+
+def _check_unpack_args(n, signed):
+    """Shared with q4core.quant.unpack_nibbles: ``n`` an int (not a bool, which is an int to
+    Python but never a count), ``signed`` a bool."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer)):
+        raise TypeError(f"n must be an int (the number of codes), got {n!r}")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed must be a bool, got {signed!r}")
 
 
 # --------------------------------------------------------------------------- named formats

@@ -19,7 +19,8 @@ OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THRE
 to the processors OpenMP may use (``omp_get_num_procs()``): more cannot help, and a huge team
 makes libgomp abort or crash.  The result does not depend on it.  NaN / Inf follow ``nan_policy`` exactly as the reference:
 ``'raise'`` refuses both; ``'propagate'`` keeps NaN when quantizing and saturates Inf;
-``encode`` refuses NaN either way.
+``encode`` refuses NaN either way.  Under ``'raise'`` a quantized value beyond ``x``'s dtype (a
+scale too large for it) raises ``ValueError`` instead of coming back as Inf, as the reference.
 
 >>> from q4core.formats import INT4, RADIX4_FP4
 >>> encode_packed(INT4, np.array([1.0, -2.0, 3.0], dtype=np.float32))
@@ -34,7 +35,8 @@ import numbers
 import numpy as np
 
 from .formats import (
-    NAN_CODE_MESSAGE, NONFINITE_MESSAGE, IntFormat, RadixFP, _check_nan_policy, _check_scale,
+    NAN_CODE_MESSAGE, NONFINITE_MESSAGE, OVERFLOW_MESSAGE, IntFormat, RadixFP, _check_nan_policy,
+    _check_scale, _check_unpack_args,
 )
 
 try:
@@ -131,9 +133,21 @@ def _apply(what, fmt, x, scale, nan_policy, threads):
         raise ValueError(NONFINITE_MESSAGE.format(name="x"))
     if op != _quant.OP_QUANTIZE and flags & _quant.FLAG_NAN:
         raise ValueError(NAN_CODE_MESSAGE.format(name="x"))
+    if op == _quant.OP_QUANTIZE and nan_policy == "raise" and _may_overflow(fmt, scale, arr.dtype) \
+            and np.isinf(out).any():
+        # as the reference: finite input (checked above) never comes back as Inf under 'raise'
+        raise ValueError(OVERFLOW_MESSAGE.format(scale=scale, dtype=arr.dtype.name))
     if op == _quant.OP_ENCODE and isinstance(fmt, IntFormat) and fmt.signed:
         out = out.view(np.int8)
     return out
+
+
+def _may_overflow(fmt, scale, dtype):
+    """Whether the largest value of fmt at this scale, formed as the kernels form it, is Inf in
+    ``dtype`` - only then can a finite input quantize to Inf, and only then is ``out`` scanned."""
+    top = max(-fmt.qmin, fmt.qmax) if isinstance(fmt, IntFormat) else fmt.max
+    with np.errstate(over="ignore"):
+        return not np.isfinite(dtype.type(float(top) * scale))
 
 
 def quantize(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):
@@ -168,8 +182,8 @@ def unpack_nibbles(packed, n, *, signed=False, threads=None):
         raise TypeError(f"packed must be uint8, got {arr.dtype}")
     if arr.ndim == 0:
         raise ValueError("packed must have at least one dimension")
-    if (isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer))
-            or n < 0 or (n + 1) // 2 != arr.shape[-1]):
+    _check_unpack_args(n, signed)
+    if n < 0 or (n + 1) // 2 != arr.shape[-1]:
         raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
     arr = np.asarray(arr, order="C")
     out = np.empty(arr.shape[:-1] + (int(n),), np.uint8)

@@ -305,6 +305,57 @@ def test_big_endian_and_integer_inputs():
     x = np.array([0.4, 1.5, -3.2, 9.0], dtype=">f4")
     assert_same(quant.quantize(INT4, x), INT4.quantize(x.astype(np.float32), backend="numpy"))
     assert_same(quant.encode(INT4, [1, -2, 30]), INT4.encode([1, -2, 30], backend="numpy"))
+    # every path gives the native dtype and the native values for byte-swapped input
+    for fmt in (INT4, INT4_SYM, RADIX4_FP4):
+        for native in (np.float32, np.float64):
+            y = np.linspace(-9, 9, 101).astype(native)
+            swapped = y.astype(np.dtype(native).newbyteorder())
+            want = fmt.quantize(y, 0.3, backend="numpy")
+            for got in (quant.quantize(fmt, swapped, 0.3), fmt.quantize(swapped, 0.3, backend="auto"),
+                        fmt.quantize(swapped, 0.3, backend="cython"), fmt.quantize(swapped, 0.3, backend="numpy")):
+                assert_same(got, want)
+            assert_same(quant.encode_packed(fmt, swapped, 0.3), pack_nibbles(fmt.encode(y, 0.3, backend="numpy")))
+
+
+@pytest.mark.parametrize("fmt,x,scale", [(INT4, np.float32([1.0, 3.4e38]), 6e37),
+                                         (INT4_SYM, np.float32([-3.4e38]), 6e37),
+                                         (RADIX4_FP4, np.float32([3.0e38]), 3.5e38),
+                                         (INT4, np.array([1.7e308]), 1e308)])
+def test_finite_input_never_becomes_inf_under_raise(fmt, x, scale):
+    # the level's value q * scale is beyond x's dtype: an error naming x and scale, not Inf
+    with pytest.raises(ValueError, match=r"x quantized with scale=.* beyond the largest finite"):
+        quant.quantize(fmt, x, scale)
+    with pytest.raises(ValueError, match=r"x quantized with scale="):
+        fmt.quantize(x, scale, backend="numpy")
+    with np.errstate(all="raise"):                       # 'propagate' returns Inf, silently, as the reference
+        assert_same(quant.quantize(fmt, x, scale, nan_policy="propagate"),
+                    fmt.quantize(x, scale, nan_policy="propagate", backend="numpy"))
+    assert np.isinf(quant.quantize(fmt, x, scale, nan_policy="propagate")).any()
+    # codes do not overflow: encode is unaffected
+    assert_same(quant.encode(fmt, x, scale), fmt.encode(x, scale, backend="numpy"))
+    # a scale whose top value overflows but these inputs do not reach it: no error
+    small = np.zeros(3, x.dtype)
+    assert_same(quant.quantize(fmt, small, scale), fmt.quantize(small, scale, backend="numpy"))
+
+
+def test_unpack_refuses_bools_like_the_reference():
+    packed = np.array([0x21], np.uint8)
+    for bad in (True, np.bool_(False), 2.0):
+        with pytest.raises(TypeError, match="n must be"):
+            quant.unpack_nibbles(packed, bad)
+        with pytest.raises(TypeError, match="n must be"):
+            unpack_nibbles(packed, bad)
+    with pytest.raises(TypeError, match="signed must be a bool"):
+        quant.unpack_nibbles(packed, 2, signed="yes")
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="longdouble is float64 on this platform")
+def test_longdouble_is_refused_by_name():
+    x = np.ones(3, np.longdouble)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        quant.quantize(INT4, x)
+    with pytest.raises(TypeError, match="x must hold"):
+        INT4.quantize(x)
 
 
 def test_openmp_info_and_thread_default():
