@@ -30,6 +30,7 @@ array([ 0.25,  1.  ,  1.  , -0.  ])
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -142,12 +143,17 @@ def _apply(what, fmt, x, scale, nan_policy, threads):
     return out
 
 
+#: the smallest float64 that rounds to Inf when cast to the dtype (float32: half an ulp above its
+#: max, a tie that goes to the even Inf); plain floats so the check costs nothing on small calls
+_INF_FROM = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
+
+
 def _may_overflow(fmt, scale, dtype):
-    """Whether the largest value of fmt at this scale, formed as the kernels form it, is Inf in
-    ``dtype`` - only then can a finite input quantize to Inf, and only then is ``out`` scanned."""
-    top = max(-fmt.qmin, fmt.qmax) if isinstance(fmt, IntFormat) else fmt.max
-    with np.errstate(over="ignore"):
-        return not np.isfinite(dtype.type(float(top) * scale))
+    """Whether the largest value of fmt at this scale, formed as the kernels form it (a float64
+    product cast to ``dtype``), is Inf - only then can a finite input quantize to Inf, and only
+    then is ``out`` scanned."""
+    top = float(max(-fmt.qmin, fmt.qmax) if isinstance(fmt, IntFormat) else fmt.max) * scale
+    return top >= _INF_FROM[dtype]
 
 
 def quantize(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):

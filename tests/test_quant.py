@@ -338,6 +338,29 @@ def test_finite_input_never_becomes_inf_under_raise(fmt, x, scale):
     assert_same(quant.quantize(fmt, small, scale), fmt.quantize(small, scale, backend="numpy"))
 
 
+@pytest.mark.parametrize("fmt,level", [(INT4, 7), (INT4, -8), (INT4_SYM, -7), (RADIX4_FP4, 1)])
+def test_overflow_check_at_the_float32_edge(fmt, level):
+    # scales that put |level| * scale right at the float64 value from which the cast to float32
+    # gives Inf (2**128 - 2**103, a tie to even): compiled and reference agree on raising
+    edge = 2.0 ** 128 - 2.0 ** 103
+    x = np.float32([np.sign(level) * np.finfo(np.float32).max])
+    outcomes = set()
+    for k in range(-3, 4):
+        scale = edge / abs(level)
+        for _ in range(abs(k)):                          # k ulps up or down
+            scale = float(np.nextafter(scale, np.copysign(np.inf, k)))
+        try:
+            want = fmt.quantize(x, scale, backend="numpy")
+        except ValueError:
+            outcomes.add("raise")
+            with pytest.raises(ValueError, match="x quantized with scale"):
+                quant.quantize(fmt, x, scale)
+        else:
+            outcomes.add("finite")
+            assert_same(quant.quantize(fmt, x, scale), want)
+    assert outcomes == {"raise", "finite"}               # the edge is inside the swept scales
+
+
 def test_unpack_refuses_bools_like_the_reference():
     packed = np.array([0x21], np.uint8)
     for bad in (True, np.bool_(False), 2.0):
