@@ -599,7 +599,8 @@ class MiniFloat(NumberFormat):
             q = np.rint(y)
         else:
             q = np.floor(y + self._uniform(rng, a.shape))
-        out = np.ldexp(q, quantum_exp)
+        with np.errstate(over="ignore"):                 # 1.7e308 rounds up to 2**1024: Inf, judged below
+            out = np.ldexp(q, quantum_exp)
         out = np.where(np.isinf(a), np.inf, out)
         over = out > self._max
         if self.ieee:

@@ -517,6 +517,7 @@ def test_documented_paths_raise_no_warnings(fmt):
     # x / scale beyond float64 saturates, and casts that overflow are reported (or silent Inf
     # under 'propagate'), never a RuntimeWarning
     cases = [(np.array([1e300, -1e300, 5e-324]), 1e-300), (np.array([1e300]), 1.0),
+             (np.array([1.7e308, -np.finfo(np.float64).max]), 1.0),   # rounds up to 2**1024 in float64
              (np.float32([3.4e38, -3.4e38]), 6e37), (np.float16([6e4]), 7e4), (np.array([1e-300]), 1e300)]
     with np.errstate(all="raise"):
         for x, scale in cases:
