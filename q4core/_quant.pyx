@@ -23,6 +23,8 @@ cdef extern from "quant_kernels.h" nogil:
     int Q4_OP_QUANTIZE, Q4_OP_ENCODE, Q4_OP_ENCODE_PACK
     unsigned Q4_FLAG_NAN, Q4_FLAG_INF
     int q4_max_threads()
+    int q4_num_procs()
+    int q4_clamp_threads(int threads)
     int q4_plan_level(q4_plan *p, int is_f64, double scale, int qmin, int qmax)
     int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *thr,
                         const double *grid, int nb, int sign_shift)
@@ -45,6 +47,12 @@ def openmp_info():
     """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of this build."""
     return {"openmp": bool(Q4CORE_OPENMP), "max_threads": int(q4_max_threads()),
             "simd_clones": Q4_CLONES_NAME.decode()}
+
+
+def num_procs():
+    """Processors OpenMP may use (``omp_get_num_procs()``; 1 in a serial build): the most threads
+    any call here runs, whatever it is asked for."""
+    return int(q4_num_procs())
 
 
 cdef unsigned _run_flat(const q4_plan *p, int op, const char *x, char *out, ptrdiff_t n,
@@ -95,7 +103,8 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     ``fmt_kind`` is ``"level"`` with ``params = (qmin, qmax)`` or ``"signmag"`` with
     ``params = (thresholds, grid, sign_shift)`` (float64 arrays, ``len(grid) == len(thr) + 1``).
     For ``OP_ENCODE_PACK`` the last axis of ``x`` is packed into ``out``'s last axis.
-    Returns the OR of ``FLAG_NAN`` / ``FLAG_INF`` seen in ``x``.
+    Returns the OR of ``FLAG_NAN`` / ``FLAG_INF`` seen in ``x``.  ``threads`` is clamped to
+    [1, num_procs()]: a larger team only risks libgomp failing to create it.
     """
     cdef q4_plan plan
     cdef int is_f64, rc
@@ -144,6 +153,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
         raise ValueError("format parameters outside the compiled kernels' range")
     if n == 0:
         return 0
+    threads = q4_clamp_threads(threads)
     cdef const char *xp = <const char *>cnp.PyArray_DATA(x)
     cdef char *op_out = <char *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t in_size = x.itemsize, out_size = out.itemsize
@@ -157,7 +167,8 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
 
 
 def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
-    """Unpack the last axis of C-contiguous uint8 ``packed`` into ``out`` (n codes per row)."""
+    """Unpack the last axis of C-contiguous uint8 ``packed`` into ``out`` (n codes per row);
+    ``threads`` clamped to [1, num_procs()] as in :func:`run`."""
     if packed.dtype != np.uint8 or out.itemsize != 1:
         raise TypeError("packed must be uint8 and out a byte array")
     if not packed.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
@@ -170,6 +181,7 @@ def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
         raise ValueError("out's shape does not match packed")
     if out.size == 0:
         return
+    threads = q4_clamp_threads(threads)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(packed)
     cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t n = out.size, nchunks, c, start, stop, r, r0, r1, per_block, nblocks

@@ -27,7 +27,12 @@ Rounding modes and their tie rules (named, because an unnamed tie rule bites):
   ``rng`` (an ``int`` seed or a ``numpy.random.Generator``) and draws ``rng.random(x.shape)``.
 
 All arithmetic is done in float64: ``y = float64(x) / scale`` is compared with the grid,
-and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype.
+and the result ``q * scale`` is formed in float64 and then cast to ``x``'s dtype (byte-swapped
+input gives the native dtype of the same width; longdouble is refused rather than rounded twice).
+``x / scale`` beyond float64 saturates like any large value.  A grid value times ``scale`` that is
+beyond ``x``'s dtype (``INT4.quantize(np.float32([3.4e38]), 6e37)``: level 6, 3.6e38) raises
+``ValueError`` under ``nan_policy='raise'`` - a finite input never comes back as Inf - and becomes
+Inf under ``'propagate'`` (IEEE minifloats overflow to Inf by design).  None of this warns.
 ``quantize`` turns NaN (allowed only with ``nan_policy='propagate'``) into the canonical
 quiet NaN carrying the sign of the input, so results are defined bit for bit.
 
@@ -61,6 +66,12 @@ _BACKENDS = ("auto", "numpy", "cython")
 NONFINITE_MESSAGE = ("{name} contains NaN or Inf, which this format cannot hold "
                      "(pass nan_policy='propagate' to keep NaN and saturate Inf)")
 NAN_CODE_MESSAGE = "{name} contains NaN, which has no code in this format"
+FN_NONFINITE_MESSAGE = ("{name} contains NaN or Inf (pass nan_policy='propagate' to map NaN to this "
+                        "format's NaN code and saturate Inf; the format has no Inf)")
+#: a finite-only format under nan_policy='raise' never returns Inf: a grid value times the scale
+#: beyond x's dtype is a scale that does not fit x's dtype, reported rather than cast to Inf
+OVERFLOW_MESSAGE = ("x quantized with scale={scale!r} has values beyond the largest finite {dtype} "
+                    "(they would become Inf): use a smaller scale or a wider dtype for x")
 
 
 # --------------------------------------------------------------------------- validation
@@ -74,12 +85,18 @@ def _check_scale(scale, name="scale"):
 
 
 def _as_float_array(x, name="x"):
-    """Return ``x`` as a float16/32/64 array (integers -> float64); refuse the rest."""
+    """Return ``x`` as a native-order float16/32/64 array (integers -> float64); refuse the rest.
+
+    Byte-swapped floats (``'>f4'`` on a little-endian machine) keep their width, so they give
+    the same values and dtype as native input.  Wider floats (longdouble) are refused: taking
+    them through float64 first would round twice, so the caller must choose the conversion."""
     arr = np.asarray(x)
     if arr.dtype.kind == "f":
-        if arr.dtype not in (np.float16, np.float32, np.float64):
-            arr = arr.astype(np.float64)
-        return arr
+        if arr.dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"{name} must hold float16, float32 or float64 numbers (or integers), got dtype "
+                            f"{arr.dtype}: convert it explicitly (through float64 it could round twice)")
+        native = np.dtype(f"=f{arr.dtype.itemsize}")
+        return arr if arr.dtype == native else arr.astype(native)
     if arr.dtype.kind in "iu":
         return arr.astype(np.float64)
     raise TypeError(f"{name} must hold real floating-point or integer numbers, got dtype {arr.dtype}")
@@ -90,10 +107,20 @@ def _check_nan_policy(nan_policy):
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
 
 
-def _check_finite(arr, name, nan_policy):
+def _check_finite(arr, name, nan_policy, message=NONFINITE_MESSAGE):
     """Raise on NaN or Inf when ``nan_policy == 'raise'``."""
     if nan_policy == "raise" and arr.size and not np.isfinite(arr).all():
-        raise ValueError(NONFINITE_MESSAGE.format(name=name))
+        raise ValueError(message.format(name=name))
+
+
+def _to_dtype(out, dtype, scale, nan_policy):
+    """The float64 result ``out`` cast to x's ``dtype``, silently where it overflows to Inf except
+    under ``nan_policy='raise'``, which promises a finite result for finite input."""
+    with np.errstate(over="ignore"):
+        res = out.astype(dtype, copy=False)
+    if nan_policy == "raise" and res.size and np.isinf(res).any():
+        raise ValueError(OVERFLOW_MESSAGE.format(scale=scale, dtype=np.dtype(dtype).name))
+    return res
 
 
 def _check_no_nan(arr, name="x"):
@@ -176,9 +203,10 @@ class NumberFormat:
                 raise ValueError(f"backend='cython' has no compiled path for {self!r}")
             return None
         dtype = x.dtype if isinstance(x, np.ndarray) else np.asarray(x).dtype
-        if dtype not in (np.float32, np.float64) or not dtype.isnative:
+        # either byte order: q4core.quant hands the kernels a native copy of byte-swapped input
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
             if backend == "cython":
-                raise TypeError(f"backend='cython' needs native float32 or float64 input, got {dtype}")
+                raise TypeError(f"backend='cython' needs float32 or float64 input, got {dtype}")
             return None
         return quant
 
@@ -248,7 +276,8 @@ class IntFormat(NumberFormat):
 
     def _levels(self, arr, scale, rng):
         """Integer levels (float64) of ``arr / scale``; NaN stays NaN."""
-        y = arr.astype(np.float64) / scale
+        with np.errstate(over="ignore", under="ignore"):  # x / scale beyond float64 saturates
+            y = arr.astype(np.float64) / scale
         if self.rounding == "nearest":
             q = np.rint(y)
         else:
@@ -263,8 +292,9 @@ class IntFormat(NumberFormat):
         if (quant := self._fast_path(x, backend)) is not None:
             return quant.quantize(self, x, scale, nan_policy=nan_policy)
         arr, scale = self._prepare(x, scale, nan_policy)
-        out = _canonical_nan(self._levels(arr, scale, rng) * scale, arr)
-        return out.astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):
+            out = _canonical_nan(self._levels(arr, scale, rng) * scale, arr)
+        return _to_dtype(out, arr.dtype, scale, nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         if (quant := self._fast_path(x, backend)) is not None:
@@ -293,23 +323,33 @@ def image_to_levels(image, bits=4):
     array([-8,  7,  0], dtype=int16)
     """
     arr = _as_float_array(image, "image").astype(np.float64)
-    if not isinstance(bits, (numbers.Integral, np.integer)) or not 1 <= bits <= 15:
-        raise ValueError(f"bits must be an integer in [1, 15], got {bits!r}")
-    _check_finite(arr, "image", "raise")
+    lo, hi = _image_levels(bits)
+    # no nan_policy here: an image with NaN or Inf has no levels at all
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or Inf; image values must lie in [0, 1]")
     if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
         raise ValueError("image values must lie in [0, 1]")
-    if bits == 1:  # one bit: the two levels -1 and 0
-        lo, hi = -1, 0
-    else:
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return np.asarray(np.rint(arr * (hi - lo) + lo)).astype(np.int16)   # 0-d stays an array
 
 
 def levels_to_image(levels, bits=4):
-    """Inverse of :func:`image_to_levels`: integer levels back to grey values in [0, 1]."""
+    """Inverse of :func:`image_to_levels`: integer levels (in the ``bits``-bit range) back to grey
+    values in [0, 1]."""
+    lo, hi = _image_levels(bits)
     levels = _as_codes(levels, "levels")
-    lo, hi = (-1, 0) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    if levels.size and (levels.min() < lo or levels.max() > hi):
+        raise ValueError(f"levels must lie in [{lo}, {hi}] for bits={bits}")
     return (levels.astype(np.float64) - lo) / (hi - lo)
+
+
+def _image_levels(bits):
+    """(lowest, highest) signed level of ``bits`` bits; one bit has the two levels -1 and 0."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (numbers.Integral, np.integer)):
+        raise TypeError(f"bits must be an int, got {bits!r}")
+    if not 1 <= bits <= 15:                             # int16 levels
+        raise ValueError(f"bits must be an integer in [1, 15], got {bits!r}")
+    bits = int(bits)
+    return (-1, 0) if bits == 1 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
 # --------------------------------------------------------------------------- log formats
@@ -346,6 +386,9 @@ class RadixFP(NumberFormat):
             raise ValueError(f"rounding must be 'nearest', 'log' or 'stochastic', got {rounding!r}")
         if phase not in (0, 1):
             raise ValueError(f"phase must be 0 or 1, got {phase!r}")
+        if bias is not None and (isinstance(bias, (bool, np.bool_))
+                                 or not isinstance(bias, (numbers.Integral, np.integer))):
+            raise TypeError(f"bias must be an int or None, got {bias!r}")
         root = math.isqrt(int(radix))
         if phase == 1 and root * root != radix:
             raise ValueError(f"phase=1 needs a radix that is a perfect square (4, 16, ...), got {radix}")
@@ -358,15 +401,23 @@ class RadixFP(NumberFormat):
         self.bias = self.emax if bias is None else int(bias)
         self.factor = float(root) if phase == 1 else 1.0
         e = np.arange(1, self.emax + 1, dtype=np.float64)
-        #: magnitudes m_1 < ... < m_emax at scale 1 (float64, exact for radix 2 and 4)
-        self.magnitudes = self.factor * np.power(float(self.radix), e - self.bias)
-        lower = np.concatenate(([0.0], self.magnitudes[:-1]))
-        if rounding == "log":
-            first = self.magnitudes[0] / math.sqrt(self.radix)
-            self.thresholds = np.concatenate(([first], np.sqrt(lower[1:] * self.magnitudes[1:])))
-        else:
-            #: |y| >= thresholds[k] means exponent field >= k + 1
-            self.thresholds = (lower + self.magnitudes) / 2.0
+        with np.errstate(over="ignore", under="ignore"):  # judged below
+            #: magnitudes m_1 < ... < m_emax at scale 1 (float64, exact for radix 2 and 4)
+            self.magnitudes = self.factor * np.power(float(self.radix), e - self.bias)
+            lower = np.concatenate(([0.0], self.magnitudes[:-1]))
+            if rounding == "log":
+                first = self.magnitudes[0] / math.sqrt(self.radix)
+                self.thresholds = np.concatenate(([first], np.sqrt(lower[1:] * self.magnitudes[1:])))
+            else:
+                #: |y| >= thresholds[k] means exponent field >= k + 1
+                self.thresholds = (lower + self.magnitudes) / 2.0
+        # a grid with Inf (bias=-600: 4**606) or zeros (bias=600) would quantize finite input to
+        # Inf or collapse codes; every magnitude and threshold must be finite, positive, increasing
+        for arr in (self.magnitudes, self.thresholds):
+            if not (np.isfinite(arr).all() and arr[0] > 0 and np.all(np.diff(arr) > 0)):
+                raise ValueError(f"bias={self.bias} puts the grid of RadixFP({self.radix}, {self.exp_bits}) "
+                                 f"(magnitudes {self.factor:g} * {self.radix}**(e - bias), e = 1..{self.emax}) "
+                                 f"or its {rounding!r} thresholds outside the finite positive float64 numbers")
 
     def __repr__(self):
         ties = ", ties=away-from-zero" if self.rounding in ("nearest", "log") else ""
@@ -384,7 +435,8 @@ class RadixFP(NumberFormat):
 
     def _exponents(self, arr, scale, rng):
         """Exponent field (int64, 0 = zero) of ``|arr| / scale``; NaN gives -1."""
-        a = np.abs(arr.astype(np.float64)) / scale
+        with np.errstate(over="ignore", under="ignore"):  # |x| / scale beyond float64 saturates
+            a = np.abs(arr.astype(np.float64)) / scale
         e = np.searchsorted(self.thresholds, a, side="right").astype(np.int64)
         if self.rounding == "stochastic":
             # e is now the nearest-by-midpoint field; recompute the bracketing pair instead
@@ -407,8 +459,9 @@ class RadixFP(NumberFormat):
         arr, scale = self._prepare(x, scale, nan_policy)
         e = self._exponents(arr, scale, rng)
         grid = np.concatenate(([0.0], self.magnitudes))
-        mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
-        return np.copysign(mag, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):
+            mag = np.where(e >= 0, grid[np.maximum(e, 0)], np.nan) * scale
+        return _to_dtype(np.copysign(mag, arr.astype(np.float64)), arr.dtype, scale, nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Codes as uint8: ``sign << exp_bits | e`` (sign from the sign bit of ``x``)."""
@@ -441,41 +494,83 @@ class MiniFloat(NumberFormat):
     """Binary floating point with ``exp_bits`` exponent and ``man_bits`` mantissa bits.
 
     ``value = (-1)**s * 2**(E - bias) * (1 + M / 2**man_bits)`` for exponent field
-    ``E >= 1``, subnormals ``2**(1 - bias) * M / 2**man_bits`` for ``E == 0``.
-    With ``ieee=True`` the top exponent field is reserved for Inf/NaN (IEEE 754: FP16,
-    FP8 E5M2) and overflow goes to Inf; with ``ieee=False`` every field is a number
-    (E2M1; our FP8 E4M3 then reaches 480 - the OCP E4M3FN variant stops at 448 to keep a NaN)
-    and overflow saturates.  ``"nearest"`` rounds half to even, as IEEE 754, so
+    ``E >= 1``, subnormals ``2**(1 - bias) * M / 2**man_bits`` for ``E == 0``; the code is the
+    bit pattern ``s | E | M``.  Three conventions for the top of the range:
+
+    * ``ieee=True`` (the default): the top exponent field is reserved for Inf (``M == 0``) and
+      NaN (IEEE 754: FP16, FP8 E5M2); overflow rounds to Inf as IEEE 754 does.
+    * ``ieee=False``: every code is a number (E2M1 = ``MiniFloat(2, 1, bias=1, ieee=False)``,
+      max 6; note ``MiniFloat(2, 1)`` is the IEEE-style variant, max 3); overflow saturates.
+    * ``ieee=False, fn=True``: the OCP "FN" convention of E4M3FN (ml_dtypes ``float8_e4m3fn``):
+      no Inf, the all-ones magnitude code ``S.11..1.11..1`` is NaN and every other code a number,
+      so ``MiniFloat(4, 3, ieee=False, fn=True)`` stops at 448 (not 480).  Finite input beyond
+      the largest value saturates to +-max - unlike the OCP/ml_dtypes cast, which gives NaN
+      there - because that is what a quantizer with a scale wants (the scale, not the format,
+      decides the range).  NaN, where ``nan_policy='propagate'`` lets it in, becomes NaN
+      (code ``S.11..1.11..1``, sign kept); Inf saturates like any large value.
+
+    Without ``ieee`` the NaN / Inf of the input follow ``nan_policy`` as in the other formats;
+    IEEE formats hold both themselves.  ``"nearest"`` rounds half to even, as IEEE 754, so
     ``MiniFloat(5, 10)`` equals numpy's float64 -> float16 conversion bit for bit.
 
     >>> E2M1.values[E2M1.values >= 0]
     array([0. , 0.5, 1. , 1.5, 2. , 3. , 4. , 6. ])
+    >>> FP8_E4M3.max, FP8_E4M3.quantize([470.0, 1e6, -500.0])
+    (448.0, array([ 448.,  448., -448.]))
     """
 
-    def __init__(self, exp_bits, man_bits, bias=None, ieee=True, rounding="nearest"):
+    def __init__(self, exp_bits, man_bits, bias=None, ieee=True, rounding="nearest", fn=False):
         if not isinstance(exp_bits, (numbers.Integral, np.integer)) or not 1 <= exp_bits <= 8:
             raise ValueError(f"exp_bits must be an integer in [1, 8], got {exp_bits!r}")
         if not isinstance(man_bits, (numbers.Integral, np.integer)) or not 0 <= man_bits <= 23:
             raise ValueError(f"man_bits must be an integer in [0, 23], got {man_bits!r}")
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+        for name, flag in (("ieee", ieee), ("fn", fn)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if fn and ieee:
+            raise ValueError("fn=True (no Inf, NaN at the all-ones code) needs ieee=False")
+        if bias is not None and (isinstance(bias, (bool, np.bool_))
+                                 or not isinstance(bias, (numbers.Integral, np.integer))):
+            raise TypeError(f"bias must be an int or None, got {bias!r}")
         self.exp_bits, self.man_bits = int(exp_bits), int(man_bits)
         self.bits = 1 + self.exp_bits + self.man_bits
         self.bias = (1 << (self.exp_bits - 1)) - 1 if bias is None else int(bias)
         self.ieee = bool(ieee)
+        self.fn = bool(fn)
         self.rounding = rounding
+        m = self.man_bits
         top = (1 << self.exp_bits) - 1
         self.max_field = top - 1 if self.ieee else top
-        if self.ieee and (self.max_field < 1 or self.man_bits < 1):
+        if self.ieee and (self.max_field < 1 or m < 1):
             raise ValueError("an IEEE-style format needs at least 2 exponent bits and 1 mantissa bit "
                              "(to tell NaN from Inf)")
+        if self.fn and self.exp_bits + m < 2:
+            raise ValueError("fn=True needs at least 2 exponent + mantissa bits (one code is NaN)")
+        # largest finite magnitude: field max_field with an all-ones mantissa, except that fn
+        # gives the all-ones code to NaN, so its largest number is the code just below
+        max_code = (self.max_field << m) | ((1 << m) - 1)
+        if self.fn:
+            max_code -= 1
+        max_e, max_man = max_code >> m, max_code & ((1 << m) - 1)
         self.emin = 1 - self.bias                      # exponent of the smallest normal
-        self._max = math.ldexp(2.0 - math.ldexp(1.0, -self.man_bits), self.max_field - self.bias)
+        # every grid value must be an exact, finite, nonzero float64: the reference computes in it
+        try:
+            if max_e >= 1:
+                self._max = math.ldexp(float((1 << m) + max_man), max_e - self.bias - m)
+            else:
+                self._max = math.ldexp(float(max_man), self.emin - m)
+        except OverflowError:
+            self._max = math.inf
+        if not math.isfinite(self._max) or math.ldexp(1.0, self.emin - m) == 0.0:
+            raise ValueError(f"bias={self.bias} puts the grid of this {self.exp_bits}-{m} format outside "
+                             f"the finite float64 numbers")
 
     def __repr__(self):
         ties = ", ties=half-to-even" if self.rounding == "nearest" else ""
         return (f"MiniFloat(exp_bits={self.exp_bits}, man_bits={self.man_bits}, bias={self.bias}, "
-                f"ieee={self.ieee}, rounding={self.rounding!r}{ties})")
+                f"ieee={self.ieee}{', fn=True' if self.fn else ''}, rounding={self.rounding!r}{ties})")
 
     @property
     def max(self):
@@ -504,12 +599,13 @@ class MiniFloat(NumberFormat):
             q = np.rint(y)
         else:
             q = np.floor(y + self._uniform(rng, a.shape))
-        out = np.ldexp(q, quantum_exp)
+        with np.errstate(over="ignore"):                 # 1.7e308 rounds up to 2**1024: Inf, judged below
+            out = np.ldexp(q, quantum_exp)
         out = np.where(np.isinf(a), np.inf, out)
         over = out > self._max
         if self.ieee:
             return np.where(over, np.inf, out)
-        return np.where(over, self._max, out)
+        return np.where(over, self._max, out)           # saturate (fn too: no Inf to go to)
 
     def _prepare_minifloat(self, x, scale, nan_policy, backend):
         # IEEE formats hold NaN and Inf themselves, so nan_policy only matters without ieee
@@ -517,22 +613,31 @@ class MiniFloat(NumberFormat):
         _check_backend(backend)
         if backend == "cython":
             raise ValueError(f"backend='cython' has no compiled path for {self!r}")
-        return self._prepare(x, scale, "propagate" if self.ieee else nan_policy)
+        if not self.fn:
+            return self._prepare(x, scale, "propagate" if self.ieee else nan_policy)
+        # fn has a NaN code but no Inf: 'raise' still refuses both, with a message that says
+        # what 'propagate' does here
+        arr, scale = self._prepare(x, scale, "propagate")
+        _check_finite(arr, "x", nan_policy, FN_NONFINITE_MESSAGE)
+        return arr, scale
 
     def quantize(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
-        a = np.abs(arr.astype(np.float64)) / scale
-        nan = np.isnan(a)
-        mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
-        out = np.where(nan, np.nan, mag) * scale
-        return np.copysign(out, arr.astype(np.float64)).astype(arr.dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):  # |x| / scale beyond float64 saturates
+            a = np.abs(arr.astype(np.float64)) / scale
+            nan = np.isnan(a)
+            mag = self._round_magnitude(np.where(nan, 0.0, a), rng)
+            out = np.copysign(np.where(nan, np.nan, mag) * scale, arr.astype(np.float64))
+        # an IEEE format overflows to Inf by design; the others must not hand back Inf under 'raise'
+        return _to_dtype(out, arr.dtype, scale, "propagate" if self.ieee else nan_policy)
 
     def encode(self, x, scale=1.0, rng=None, nan_policy="raise", backend="auto"):
         """Bit patterns ``s | E | M`` as unsigned integers (uint16 for FP16)."""
         arr, scale = self._prepare_minifloat(x, scale, nan_policy, backend)
-        if not self.ieee:
+        if not (self.ieee or self.fn):
             _check_no_nan(arr)
-        a = np.abs(arr.astype(np.float64)) / scale
+        with np.errstate(over="ignore", under="ignore"):
+            a = np.abs(arr.astype(np.float64)) / scale
         nan = np.isnan(a)
         q = self._round_magnitude(np.where(nan, 0.0, a), rng)
         m = self.man_bits
@@ -547,9 +652,12 @@ class MiniFloat(NumberFormat):
         finite = np.isfinite(q)
         man = np.where(finite, man, 0)
         field = np.where(finite, field, inf_field)
-        if self.ieee:
+        if self.ieee:                                   # the quiet NaN, as numpy's float16
             field = np.where(nan, inf_field, field)
             man = np.where(nan, 1 << (m - 1) if m else 0, man)
+        elif self.fn:                                   # the one NaN code, S.11..1.11..1
+            field = np.where(nan, inf_field, field)
+            man = np.where(nan, (1 << m) - 1, man)
         bits = (np.signbit(arr).astype(np.int64) << (self.exp_bits + m)) | (field.astype(np.int64) << m) \
             | man.astype(np.int64)
         return bits.astype(self.code_dtype)
@@ -571,6 +679,8 @@ class MiniFloat(NumberFormat):
             special = field == (1 << self.exp_bits) - 1
             mag = np.where(special & (man == 0), np.inf, mag)
             mag = np.where(special & (man != 0), np.nan, mag)
+        elif self.fn:
+            mag = np.where((field == (1 << self.exp_bits) - 1) & (man == (1 << m) - 1), np.nan, mag)
         return np.where(sign == 1, -mag, mag) * scale
 
 
@@ -609,7 +719,8 @@ def unpack_nibbles(packed, n, signed=False):
         raise TypeError(f"packed must be uint8, got {arr.dtype}")
     if arr.ndim == 0:
         raise ValueError("packed must have at least one dimension")
-    if not isinstance(n, (numbers.Integral, np.integer)) or n < 0 or (n + 1) // 2 != arr.shape[-1]:
+    _check_unpack_args(n, signed)
+    if n < 0 or (n + 1) // 2 != arr.shape[-1]:
         raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
     out = np.empty(arr.shape[:-1] + (2 * arr.shape[-1],), np.uint8)
     out[..., 0::2] = arr & 0xF
@@ -618,6 +729,15 @@ def unpack_nibbles(packed, n, signed=False):
     if signed:
         return ((out.astype(np.int16) ^ 8) - 8).astype(np.int8)
     return out.copy()
+
+
+def _check_unpack_args(n, signed):
+    """Shared with q4core.quant.unpack_nibbles: ``n`` an int (not a bool, which is an int to
+    Python but never a count), ``signed`` a bool."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer)):
+        raise TypeError(f"n must be an int (the number of codes), got {n!r}")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed must be a bool, got {signed!r}")
 
 
 # --------------------------------------------------------------------------- named formats
@@ -630,7 +750,9 @@ RADIX4_FP4_ODD = RadixFP(4, 3, phase=1)    #: odd grid of two-phase rounding, 2 
 RADIX2_FP4 = RadixFP(2, 3)                 #: radix-2 FP4 (1-3-0), magnitudes 2**-6 .. 1
 LOG10_4BIT = RadixFP(10, 3)                #: the article's base-10 picture, 10**-6 .. 1
 E2M1 = MiniFloat(2, 1, bias=1, ieee=False)  #: FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6
-FP8_E4M3 = MiniFloat(4, 3, ieee=False)     #: HFP8 forward (1-4-3), saturating, max 480
+#: FP8 E4M3 (1-4-3) as OCP E4M3FN / ml_dtypes float8_e4m3fn: max 448, S.1111.111 is NaN, no Inf;
+#: a quantizer, so finite input beyond 448 saturates (the OCP cast would give NaN)
+FP8_E4M3 = MiniFloat(4, 3, ieee=False, fn=True)
 FP8_E5M2 = MiniFloat(5, 2, ieee=True)      #: HFP8 backward (1-5-2), IEEE-style
 FP16 = MiniFloat(5, 10, ieee=True)         #: IEEE half precision
 
@@ -647,7 +769,7 @@ FORMAT_NAMES = {
     "radix16": "radix-16 FP4, magnitudes 16**-6 .. 1 (phase 1: 4 * 16**-6 .. 4)",
     "log10": "the article's base-10 4-bit log scale, 10**-6 .. 1",
     "e2m1": "FP4 E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6",
-    "fp8_e4m3": "FP8 E4M3 (1-4-3)",
+    "fp8_e4m3": "FP8 E4M3 (1-4-3), OCP E4M3FN: max 448, S.1111.111 is NaN, no Inf; saturates",
     "fp8_e5m2": "FP8 E5M2 (1-5-2), IEEE-style",
     "fp16": "IEEE half precision",
 }
@@ -676,4 +798,5 @@ def get_format(name, *, phase=0, rounding="nearest"):
     base = {"e2m1": E2M1, "fp8_e4m3": FP8_E4M3, "fp8_e5m2": FP8_E5M2, "fp16": FP16}[name]
     if rounding == "nearest":
         return base
-    return MiniFloat(base.exp_bits, base.man_bits, bias=base.bias, ieee=base.ieee, rounding=rounding)
+    return MiniFloat(base.exp_bits, base.man_bits, bias=base.bias, ieee=base.ieee, rounding=rounding,
+                     fn=base.fn)

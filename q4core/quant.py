@@ -15,10 +15,13 @@ compare ``x`` with them (no division, no rounding), branch-free so they vectoriz
 
 Inputs: any shape (0-d too), any strides (non-contiguous input is copied first), float32
 or float64 (integers become float64, as in the reference).  ``threads`` is the number of
-OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``); the
-result does not depend on it.  NaN / Inf follow ``nan_policy`` exactly as the reference:
+OpenMP threads (default: ``omp_get_max_threads()``, which follows ``OMP_NUM_THREADS``), clamped
+to the processors OpenMP may use (``omp_get_num_procs()``): more cannot help, and a huge team
+makes libgomp abort or crash.  The result does not depend on it.  NaN / Inf follow ``nan_policy``
+exactly as the reference:
 ``'raise'`` refuses both; ``'propagate'`` keeps NaN when quantizing and saturates Inf;
-``encode`` refuses NaN either way.
+``encode`` refuses NaN either way.  Under ``'raise'`` a quantized value beyond ``x``'s dtype (a
+scale too large for it) raises ``ValueError`` instead of coming back as Inf, as the reference.
 
 >>> from q4core.formats import INT4, RADIX4_FP4
 >>> encode_packed(INT4, np.array([1.0, -2.0, 3.0], dtype=np.float32))
@@ -28,6 +31,7 @@ array([ 0.25,  1.  ,  1.  , -0.  ])
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -35,10 +39,12 @@ import numpy as np
 from .formats import (
     NAN_CODE_MESSAGE,
     NONFINITE_MESSAGE,
+    OVERFLOW_MESSAGE,
     IntFormat,
     RadixFP,
     _check_nan_policy,
     _check_scale,
+    _check_unpack_args,
 )
 
 try:
@@ -102,13 +108,15 @@ def _as_input(x, name="x"):
 
 
 def _threads(threads):
+    """The thread count to run: validated, then clamped to [1, processors] here already (the
+    kernels clamp again) so that a Python int beyond a C int is no OverflowError either."""
     if threads is None:
-        return max(1, _quant.openmp_info()["max_threads"])
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
+        threads = _quant.openmp_info()["max_threads"]      # OMP_NUM_THREADS may exceed the machine
+    elif isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
         raise TypeError(f"threads must be a positive int or None, got {type(threads).__name__}")
-    if threads < 1:
+    elif threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(threads)
+    return max(1, min(int(threads), _quant.num_procs()))
 
 
 def _apply(what, fmt, x, scale, nan_policy, threads):
@@ -133,9 +141,26 @@ def _apply(what, fmt, x, scale, nan_policy, threads):
         raise ValueError(NONFINITE_MESSAGE.format(name="x"))
     if op != _quant.OP_QUANTIZE and flags & _quant.FLAG_NAN:
         raise ValueError(NAN_CODE_MESSAGE.format(name="x"))
+    if op == _quant.OP_QUANTIZE and nan_policy == "raise" and _may_overflow(fmt, scale, arr.dtype) \
+            and np.isinf(out).any():
+        # as the reference: finite input (checked above) never comes back as Inf under 'raise'
+        raise ValueError(OVERFLOW_MESSAGE.format(scale=scale, dtype=arr.dtype.name))
     if op == _quant.OP_ENCODE and isinstance(fmt, IntFormat) and fmt.signed:
         out = out.view(np.int8)
     return out
+
+
+#: the smallest float64 that rounds to Inf when cast to the dtype (float32: half an ulp above its
+#: max, a tie that goes to the even Inf); plain floats so the check costs nothing on small calls
+_INF_FROM = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
+
+
+def _may_overflow(fmt, scale, dtype):
+    """Whether the largest value of fmt at this scale, formed as the kernels form it (a float64
+    product cast to ``dtype``), is Inf - only then can a finite input quantize to Inf, and only
+    then is ``out`` scanned."""
+    top = float(max(-fmt.qmin, fmt.qmax) if isinstance(fmt, IntFormat) else fmt.max) * scale
+    return top >= _INF_FROM[dtype]
 
 
 def quantize(fmt, x, scale=1.0, *, nan_policy="raise", threads=None):
@@ -170,8 +195,8 @@ def unpack_nibbles(packed, n, *, signed=False, threads=None):
         raise TypeError(f"packed must be uint8, got {arr.dtype}")
     if arr.ndim == 0:
         raise ValueError("packed must have at least one dimension")
-    if (isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer))
-            or n < 0 or (n + 1) // 2 != arr.shape[-1]):
+    _check_unpack_args(n, signed)
+    if n < 0 or (n + 1) // 2 != arr.shape[-1]:
         raise ValueError(f"n={n!r} does not match the packed length {arr.shape[-1]}")
     arr = np.asarray(arr, order="C")
     out = np.empty(arr.shape[:-1] + (int(n),), np.uint8)

@@ -80,7 +80,7 @@ def test_image_mapping_of_the_article():
 @pytest.mark.parametrize("name,count,lo,hi", [
     ("INT4", 16, -8, 7), ("UINT4", 16, 0, 15), ("INT8", 256, -128, 127),
     ("RADIX4_FP4", 15, -1, 1), ("RADIX4_FP4_ODD", 15, -2, 2), ("RADIX2_FP4", 15, -1, 1),
-    ("LOG10_4BIT", 15, -1, 1), ("E2M1", 15, -6, 6), ("FP8_E4M3", 255, -480, 480),
+    ("LOG10_4BIT", 15, -1, 1), ("E2M1", 15, -6, 6), ("FP8_E4M3", 253, -448, 448),
     ("FP8_E5M2", 2 * (31 * 4 - 1) + 1 + 2, -np.inf, np.inf), ("FP16", 2 * (31 * 1024 - 1) + 1 + 2, -np.inf, np.inf),
 ])
 def test_values_are_sorted_unique_grids(name, count, lo, hi):
@@ -166,8 +166,8 @@ def test_minifloat_ties_overflow_and_subnormals():
     np.testing.assert_array_equal(q(E2M1, [0.25, 0.75, 2.5, 3.5, 5.0, 1.25, 100.0, -7.0]),
                                   [0, 1, 2, 4, 4, 1, 6, -6])
     assert E2M1.decode([1]) == 0.5 and E2M1.max == 6.0
-    # FP8 E4M3 (saturating, max 480) and E5M2 (IEEE: overflow to Inf, tie at max + half ulp)
-    assert q(FP8_E4M3, 1000.0) == 480 and FP8_E4M3.decode([1]) == 2.0 ** -9
+    # FP8 E4M3 (OCP E4M3FN, saturating, max 448) and E5M2 (IEEE: overflow to Inf, tie at max + half ulp)
+    assert q(FP8_E4M3, 1000.0) == 448 and FP8_E4M3.decode([1]) == 2.0 ** -9
     assert q(FP8_E5M2, 57344.0) == 57344 and q(FP8_E5M2, 61439.0) == 57344
     assert q(FP8_E5M2, 61440.0) == np.inf
     assert FP8_E5M2.decode([1]) == 2.0 ** -16
@@ -258,7 +258,7 @@ def test_stochastic_beyond_range_saturates():
     assert np.all(STOCHASTIC[2].quantize(np.full(100, -3.0), rng=0) == -1)
 
 
-@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4, E2M1, FP8_E4M3], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4, E2M1], ids=repr)
 def test_nan_and_inf_follow_nan_policy(fmt):
     for bad in (np.nan, np.inf, -np.inf):
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
@@ -271,6 +271,56 @@ def test_nan_and_inf_follow_nan_policy(fmt):
     with pytest.raises(ValueError, match="x contains NaN, which has no code"):
         enc(fmt, [np.nan], nan_policy="propagate")
     np.testing.assert_array_equal(enc(fmt, [np.inf], nan_policy="propagate"), enc(fmt, [fmt.max]))
+
+
+def test_fp8_e4m3_is_ocp_e4m3fn():
+    """OCP E4M3FN: max 448, S.1111.111 is NaN, no Inf; every other code a number."""
+    f = FP8_E4M3
+    assert f.fn and not f.ieee and f.max == 448.0 and "fn=True" in repr(f)
+    assert f == MiniFloat(4, 3, ieee=False, fn=True) and f != MiniFloat(4, 3, ieee=False)
+    assert MiniFloat(4, 3, ieee=False).max == 480.0           # the all-finite variant keeps its 480
+    d = f.decode(np.arange(256))
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(d)), [0x7F, 0xFF])
+    assert d[0x7E] == 448 and d[0xFE] == -448 and d[0x78] == 256 and not np.isinf(d).any()
+    # values lists only numbers: 254 non-NaN codes, one of them -0
+    v = f.values
+    assert len(v) == 253 and np.isfinite(v).all() and v[-1] == 448 and v[0] == -448
+    # finite input beyond the range saturates (the OCP cast would give NaN above 464)
+    x = np.array([448.0, 449.0, 463.999, 464.0, 464.001, 480.0, 1e6, 1e300, -470.0])
+    np.testing.assert_array_equal(q(f, x), [448, 448, 448, 448, 448, 448, 448, 448, -448])
+    np.testing.assert_array_equal(enc(f, x), [0x7E] * 8 + [0xFE])
+    np.testing.assert_array_equal(q(f, [900.0, 1e6], 2.0), [896.0, 896.0])
+    # NaN: refused under 'raise' (Inf too), mapped to the NaN code under 'propagate'
+    for bad in (np.nan, np.inf, -np.inf):
+        for fn in (q, enc):
+            with pytest.raises(ValueError, match="x contains NaN or Inf"):
+                fn(f, [1.0, bad])
+    out = q(f, np.array([np.nan, -np.nan, np.inf, -np.inf], np.float32), nan_policy="propagate")
+    np.testing.assert_array_equal(bits(out), bits(np.array([np.nan, -np.nan, 448, -448], np.float32)))
+    np.testing.assert_array_equal(enc(f, [np.nan, -np.nan, np.inf, -np.inf], nan_policy="propagate"),
+                                  [0x7F, 0xFF, 0x7E, 0xFE])
+    # q(q(x)) == q(x) and quantize == decode(encode), NaN included
+    y = np.concatenate([np.linspace(-600, 600, 4801), [np.nan, -np.nan, 0.0, -0.0]])
+    once = q(f, y, nan_policy="propagate")
+    np.testing.assert_array_equal(bits(q(f, once, nan_policy="propagate")), bits(once))
+    np.testing.assert_array_equal(bits(f.decode(enc(f, y, nan_policy="propagate"))), bits(once))
+
+
+def test_minifloat_conventions_are_validated():
+    with pytest.raises(ValueError, match="fn=True .* ieee=False"):
+        MiniFloat(4, 3, fn=True)                               # ieee defaults to True
+    with pytest.raises(TypeError, match="fn must be a bool"):
+        MiniFloat(4, 3, ieee=False, fn=1)
+    with pytest.raises(TypeError, match="ieee must be a bool"):
+        MiniFloat(4, 3, ieee="no")
+    with pytest.raises(ValueError, match="fn=True needs"):
+        MiniFloat(1, 0, ieee=False, fn=True)                   # one magnitude code, and it is NaN
+    # fn with no mantissa bit: the top field is the NaN, the largest number one field below
+    e3m0 = MiniFloat(3, 0, ieee=False, fn=True)
+    assert e3m0.max == 2.0 ** (6 - 3) and np.isnan(e3m0.decode([7, 15])).all()
+    # the IEEE-style E2M1 variant is not the E2M1 preset
+    assert MiniFloat(2, 1).max == 3.0 and E2M1.max == 6.0 and E2M1 == MiniFloat(2, 1, bias=1, ieee=False)
+    assert formats.get_format("fp8_e4m3", rounding="stochastic").fn
 
 
 def test_ieee_formats_hold_nan_and_inf():
@@ -367,3 +417,128 @@ def test_pack_order_and_errors():
         unpack_nibbles(np.array([1], np.int8), 2)
     with pytest.raises(ValueError, match="n="):
         unpack_nibbles(np.array([1, 2], np.uint8), 5)
+
+
+# ---------------------------------------------------------------------------- faults found by a hostile tester
+@pytest.mark.parametrize("name", sorted(NAMED))
+@pytest.mark.parametrize("native", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_byte_swapped_input_gives_the_native_result(name, native, backend):
+    # '>f4' came back float64 (and differed from the '<f4' result in the last bits)
+    fmt = NAMED[name]
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(500) * np.exp2(rng.uniform(-12, 12, 500))).astype(native)
+    swapped = x.astype(np.dtype(native).newbyteorder())
+    assert not swapped.dtype.isnative and np.array_equal(swapped, x)
+    want = fmt.quantize(x, 0.5, backend=backend)
+    got = fmt.quantize(swapped, 0.5, backend=backend)
+    assert got.dtype == np.dtype(native) and got.dtype.isnative
+    np.testing.assert_array_equal(bits(got), bits(want))
+    np.testing.assert_array_equal(fmt.encode(swapped, 0.5, backend=backend), fmt.encode(x, 0.5, backend=backend))
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="longdouble is float64 on this platform")
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_longdouble_is_refused_by_name(name):
+    # converting to float64 first would round twice; the caller must choose
+    fmt = NAMED[name]
+    x = np.array([1.25], np.longdouble)
+    for fn in (fmt.quantize, fmt.encode):
+        for backend in ("numpy", "auto"):
+            with pytest.raises(TypeError, match="x must hold .*longdouble|x must hold .*float128"):
+                fn(x, backend=backend)
+    with pytest.raises(TypeError, match="image"):
+        image_to_levels(x)
+
+
+@pytest.mark.parametrize("fmt,x,scale", [
+    (INT4, np.float32([3.4e38]), 6e37),                # 3.4e38 / 6e37 -> level 6 -> 3.6e38 > float32 max
+    (RADIX4_FP4, np.float16([6e4]), 7e4),              # -> magnitude 1 -> 7e4 > float16 max
+    (UINT4, np.float16([-1.0, 6e4]), 5000.0),          # -> level 12 -> 60000 ok; 15 * 5000 would not be
+    (E2M1, np.float32([3.4e38]), 6e37),                # -> 6 -> 3.6e38
+    (FP8_E4M3, np.float16([6e4]), 150.0),              # -> 400 -> 60000 fits: no error (control)
+    (INT4, np.array([1e308]), 1.7e308),                # -> level 1 fits float64 (control)
+    (INT4, np.array([1.7e308]), 1e308),                # -> level 2 -> 2e308 overflows float64 itself
+])
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_finite_input_never_becomes_inf_under_raise(fmt, x, scale, backend):
+    with np.errstate(over="ignore"):
+        exact = fmt.decode(fmt.encode(x, scale, backend="numpy"), scale)
+        fits = bool(np.isfinite(exact.astype(x.dtype)).all())
+    if fits:
+        out = fmt.quantize(x, scale, backend=backend)
+        assert np.isfinite(out).all()
+        return
+    with pytest.raises(ValueError, match=r"x quantized with scale=.* beyond the largest finite"):
+        fmt.quantize(x, scale, backend=backend)
+    # 'propagate' lets Inf through, silently (no RuntimeWarning)
+    with np.errstate(all="raise"):
+        out = fmt.quantize(x, scale, nan_policy="propagate", backend=backend)
+    assert np.isinf(out).any() and out.dtype == x.dtype
+
+
+def test_overflow_cases_of_the_report_raise():
+    # the two written-out cases, so the parametrized control logic above cannot hide them
+    for backend in ("numpy", "auto"):
+        with pytest.raises(ValueError, match="scale"):
+            INT4.quantize(np.float32([3.4e38]), 6e37, backend=backend)
+        with pytest.raises(ValueError, match="scale"):
+            RADIX4_FP4.quantize(np.float16([6e4]), 7e4, backend=backend)
+
+
+def test_grids_that_are_not_finite_are_refused():
+    for bias in (-600, 600, -520, 1000):        # -520: 4**527 = 2**1054 overflows float64
+        with pytest.raises(ValueError, match="bias"):
+            RadixFP(4, 3, bias=bias)                   # 4**(e + 600) is Inf; 4**(e - 600) is 0
+    assert RadixFP(4, 3, bias=-20).max == 4.0 ** 27    # large but finite, thresholds too
+    with pytest.raises(ValueError, match="bias"):
+        RadixFP(10, 3, bias=-300, rounding="log")      # magnitudes finite, a geometric-mean threshold not
+    with pytest.raises(TypeError, match="bias"):
+        RadixFP(4, 3, bias=1.5)
+    with pytest.raises(ValueError, match="bias"):
+        MiniFloat(5, 2, bias=-2000)
+    with pytest.raises(ValueError, match="bias"):
+        MiniFloat(5, 2, bias=1100)
+
+
+def test_image_helpers_validate_their_own_arguments():
+    with pytest.raises(ValueError, match="image") as info:
+        image_to_levels([0.5, np.nan])
+    assert "nan_policy" not in str(info.value)          # image_to_levels has no nan_policy
+    for bad in (0, 16, -1, True, 2.0):
+        with pytest.raises((ValueError, TypeError), match="bits"):
+            levels_to_image([0], bits=bad)
+        with pytest.raises((ValueError, TypeError), match="bits"):
+            image_to_levels([0.5], bits=bad)
+    with pytest.raises(ValueError, match="levels"):
+        levels_to_image([8], bits=4)                   # 4-bit levels are -8..7
+    np.testing.assert_array_equal(levels_to_image([-1, 0], bits=1), [0.0, 1.0])
+    np.testing.assert_array_equal(levels_to_image(image_to_levels([0.0, 1.0], bits=15), bits=15), [0.0, 1.0])
+
+
+def test_unpack_nibbles_refuses_bools():
+    packed = np.array([0x21], np.uint8)
+    for bad in (True, np.bool_(True), 1.0):
+        with pytest.raises(TypeError, match="n must be"):
+            unpack_nibbles(packed, bad)
+    with pytest.raises(TypeError, match="signed must be a bool"):
+        unpack_nibbles(packed, 2, signed=1)
+    np.testing.assert_array_equal(unpack_nibbles(packed, np.int64(1)), [1])
+
+
+@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4, E2M1, FP8_E4M3, FP8_E5M2, FP16,
+                                 STOCHASTIC[0], STOCHASTIC[2], STOCHASTIC[4]], ids=repr)
+def test_documented_paths_raise_no_warnings(fmt):
+    # x / scale beyond float64 saturates, and casts that overflow are reported (or silent Inf
+    # under 'propagate'), never a RuntimeWarning
+    cases = [(np.array([1e300, -1e300, 5e-324]), 1e-300), (np.array([1e300]), 1.0),
+             (np.array([1.7e308, -np.finfo(np.float64).max]), 1.0),   # rounds up to 2**1024 in float64
+             (np.float32([3.4e38, -3.4e38]), 6e37), (np.float16([6e4]), 7e4), (np.array([1e-300]), 1e300)]
+    with np.errstate(all="raise"):
+        for x, scale in cases:
+            for op in (fmt.quantize, fmt.encode):
+                for policy in ("raise", "propagate"):
+                    try:
+                        op(x, scale, rng=0, nan_policy=policy, backend="numpy")
+                    except ValueError as err:
+                        assert "x quantized with scale" in str(err)

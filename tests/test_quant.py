@@ -17,6 +17,7 @@ from q4core import (
 from q4core.formats import (
     FP16,
     INT4,
+    INT4_SYM,
     INT8,
     LOG10_4BIT,
     RADIX2_FP4,
@@ -29,7 +30,7 @@ from q4core.formats import (
     unpack_nibbles,
 )
 
-FORMATS = [INT4, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,
+FORMATS = [INT4, INT4_SYM, UINT4, RADIX4_FP4, RADIX4_FP4_ODD, RADIX2_FP4, LOG10_4BIT,
            RadixFP(4, 3, rounding="log"), RadixFP(4, 2), IntFormat(2), IntFormat(3, signed=False)]
 SCALES = [1.0, 0.37, 2.0 ** -7, 3.0, 1e-30, 1e30]
 
@@ -102,6 +103,39 @@ def test_boundaries_codes_and_specials(fmt, dtype, scale):
     check_all_ops(fmt, x, scale)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_written_out_int4_sym_cases(dtype):
+    """INT4_SYM (-7..7): the bottom saturates at -7, not -8; ties half to even; one zero."""
+    x = np.array([-7.5, -8.0, -7.49, -6.5, -100.0, 7.5, 6.5, 8.0, 0.5, -0.5, 1.5, -2.5, -0.0, 1e30, -1e30],
+                 dtype)
+    levels = np.array([-7, -7, -7, -6, -7, 7, 6, 7, 0, 0, 2, -2, 0, 7, -7], np.int8)
+    assert_same(quant.encode(INT4_SYM, x), levels)
+    assert_same(quant.quantize(INT4_SYM, x), levels.astype(dtype))
+    assert not np.signbit(quant.quantize(INT4_SYM, x)[levels == 0]).any()    # +0 only
+    assert_same(quant.encode_packed(INT4_SYM, x), pack_nibbles(levels))
+    # -7 packs as the nibble 0x9, and no code is ever 0x8 (-8)
+    assert_same(quant.encode_packed(INT4_SYM, np.array([-8.0, 8.0], dtype)), np.array([0x79], np.uint8))
+    # at a scale: -7.5 * s is the tie between -7 and -8, and -8 is not on the grid
+    s = 0.25
+    assert_same(quant.quantize(INT4_SYM, (x * s).astype(dtype), s), (levels * s).astype(dtype))
+    check_all_ops(INT4_SYM, x, s)
+    # NaN / Inf policy, as the reference
+    bad = np.array([1.0, np.inf, -np.inf, np.nan], dtype)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        quant.quantize(INT4_SYM, bad)
+    out = quant.quantize(INT4_SYM, bad, nan_policy="propagate")
+    assert_same(out, INT4_SYM.quantize(bad, nan_policy="propagate", backend="numpy"))
+    assert out[2] == -7 and out[1] == 7
+    assert_same(quant.encode(INT4_SYM, bad[:3], nan_policy="propagate"), np.array([1, 7, -7], np.int8))
+    # empty and strided
+    assert_same(quant.encode(INT4_SYM, np.zeros((3, 0), dtype)), np.zeros((3, 0), np.int8))
+    assert_same(quant.encode_packed(INT4_SYM, np.zeros((0, 5), dtype)), np.zeros((0, 3), np.uint8))
+    base = np.linspace(-9, 9, 73 * 4).astype(dtype).reshape(73, 4)
+    view = base[::-3, ::-2]
+    check_all_ops(INT4_SYM, view, 0.5)
+    check_all_ops(INT4_SYM, view.T, 1.0)
+
+
 def test_written_out_int4_and_radix4_cases():
     x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 7.5, -8.5, 100, -100, -0.0, 0.0, 1e-45], np.float32)
     assert_same(quant.encode(INT4, x), np.array([0, 2, 2, 0, -2, 7, -8, 7, -8, 0, 0, 0], np.int8))
@@ -117,7 +151,7 @@ def test_written_out_int4_and_radix4_cases():
     assert_same(quant.encode_packed(RADIX4_FP4, np.array([1.0, -1.0], np.float32)), np.array([0xF7], np.uint8))
 
 
-@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, RADIX4_FP4], ids=repr)
 def test_nan_and_inf_policy_matches_reference(fmt):
     for bad in (np.nan, np.inf, -np.inf):
         x = np.array([1.0, bad, 2.0], np.float32)
@@ -149,7 +183,7 @@ def test_nan_in_a_late_parallel_chunk_is_seen(shape):
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (2,), (0, 3), (3, 0), (1, 1), (5, 1), (4, 7), (2, 3, 5), ()])
-@pytest.mark.parametrize("fmt", [INT4, UINT4, RADIX4_FP4], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, UINT4, RADIX4_FP4], ids=repr)
 def test_shapes_incl_empty_single_and_scalar(shape, fmt):
     rng = np.random.default_rng(sum(shape) + 7)
     x = rng.standard_normal(shape) * 3
@@ -194,7 +228,7 @@ def test_hypothesis_arrays(data, fmt, dtype, scale, threads):
 
 
 @pytest.mark.parametrize("shape", [(3 * (1 << 16) + 11,), (1001, 333), (700, 300)])
-@pytest.mark.parametrize("fmt", [INT4, RADIX4_FP4_ODD], ids=repr)
+@pytest.mark.parametrize("fmt", [INT4, INT4_SYM, RADIX4_FP4_ODD], ids=repr)
 def test_threads_one_and_two_agree_on_large_arrays(shape, fmt):
     rng = np.random.default_rng(5)
     x = random_values(rng, int(np.prod(shape)), np.float32).reshape(shape)
@@ -284,6 +318,80 @@ def test_big_endian_and_integer_inputs():
     x = np.array([0.4, 1.5, -3.2, 9.0], dtype=">f4")
     assert_same(quant.quantize(INT4, x), INT4.quantize(x.astype(np.float32), backend="numpy"))
     assert_same(quant.encode(INT4, [1, -2, 30]), INT4.encode([1, -2, 30], backend="numpy"))
+    # every path gives the native dtype and the native values for byte-swapped input
+    for fmt in (INT4, INT4_SYM, RADIX4_FP4):
+        for native in (np.float32, np.float64):
+            y = np.linspace(-9, 9, 101).astype(native)
+            swapped = y.astype(np.dtype(native).newbyteorder())
+            want = fmt.quantize(y, 0.3, backend="numpy")
+            for got in (quant.quantize(fmt, swapped, 0.3), fmt.quantize(swapped, 0.3, backend="auto"),
+                        fmt.quantize(swapped, 0.3, backend="cython"), fmt.quantize(swapped, 0.3, backend="numpy")):
+                assert_same(got, want)
+            assert_same(quant.encode_packed(fmt, swapped, 0.3), pack_nibbles(fmt.encode(y, 0.3, backend="numpy")))
+
+
+@pytest.mark.parametrize("fmt,x,scale", [(INT4, np.float32([1.0, 3.4e38]), 6e37),
+                                         (INT4_SYM, np.float32([-3.4e38]), 6e37),
+                                         (RADIX4_FP4, np.float32([3.0e38]), 3.5e38),
+                                         (INT4, np.array([1.7e308]), 1e308)])
+def test_finite_input_never_becomes_inf_under_raise(fmt, x, scale):
+    # the level's value q * scale is beyond x's dtype: an error naming x and scale, not Inf
+    with pytest.raises(ValueError, match=r"x quantized with scale=.* beyond the largest finite"):
+        quant.quantize(fmt, x, scale)
+    with pytest.raises(ValueError, match=r"x quantized with scale="):
+        fmt.quantize(x, scale, backend="numpy")
+    with np.errstate(all="raise"):                       # 'propagate' returns Inf, silently, as the reference
+        assert_same(quant.quantize(fmt, x, scale, nan_policy="propagate"),
+                    fmt.quantize(x, scale, nan_policy="propagate", backend="numpy"))
+    assert np.isinf(quant.quantize(fmt, x, scale, nan_policy="propagate")).any()
+    # codes do not overflow: encode is unaffected
+    assert_same(quant.encode(fmt, x, scale), fmt.encode(x, scale, backend="numpy"))
+    # a scale whose top value overflows but these inputs do not reach it: no error
+    small = np.zeros(3, x.dtype)
+    assert_same(quant.quantize(fmt, small, scale), fmt.quantize(small, scale, backend="numpy"))
+
+
+@pytest.mark.parametrize("fmt,level", [(INT4, 7), (INT4, -8), (INT4_SYM, -7), (RADIX4_FP4, 1)])
+def test_overflow_check_at_the_float32_edge(fmt, level):
+    # scales that put |level| * scale right at the float64 value from which the cast to float32
+    # gives Inf (2**128 - 2**103, a tie to even): compiled and reference agree on raising
+    edge = 2.0 ** 128 - 2.0 ** 103
+    x = np.float32([np.sign(level) * np.finfo(np.float32).max])
+    outcomes = set()
+    for k in range(-3, 4):
+        scale = edge / abs(level)
+        for _ in range(abs(k)):                          # k ulps up or down
+            scale = float(np.nextafter(scale, np.copysign(np.inf, k)))
+        try:
+            want = fmt.quantize(x, scale, backend="numpy")
+        except ValueError:
+            outcomes.add("raise")
+            with pytest.raises(ValueError, match="x quantized with scale"):
+                quant.quantize(fmt, x, scale)
+        else:
+            outcomes.add("finite")
+            assert_same(quant.quantize(fmt, x, scale), want)
+    assert outcomes == {"raise", "finite"}               # the edge is inside the swept scales
+
+
+def test_unpack_refuses_bools_like_the_reference():
+    packed = np.array([0x21], np.uint8)
+    for bad in (True, np.bool_(False), 2.0):
+        with pytest.raises(TypeError, match="n must be"):
+            quant.unpack_nibbles(packed, bad)
+        with pytest.raises(TypeError, match="n must be"):
+            unpack_nibbles(packed, bad)
+    with pytest.raises(TypeError, match="signed must be a bool"):
+        quant.unpack_nibbles(packed, 2, signed="yes")
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="longdouble is float64 on this platform")
+def test_longdouble_is_refused_by_name():
+    x = np.ones(3, np.longdouble)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        quant.quantize(INT4, x)
+    with pytest.raises(TypeError, match="x must hold"):
+        INT4.quantize(x)
 
 
 def test_openmp_info_and_thread_default():
@@ -297,6 +405,40 @@ def test_openmp_info_and_thread_default():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+# what a thread count larger than the machine's does, run in a child so that a crash (segfault,
+# libgomp abort) fails this test instead of killing pytest
+_HUGE_THREADS_CHILD = """
+import numpy as np
+from q4core import quant
+from q4core.formats import INT4, RADIX4_FP4
+t = {threads}
+x = np.linspace(-9, 9, 1 << 18)
+odd = np.linspace(-2, 2, 1001 * 333).reshape(1001, 333)       # odd rows: the row-parallel path
+for fmt in (INT4, RADIX4_FP4):
+    assert np.array_equal(quant.quantize(fmt, x, threads=t), quant.quantize(fmt, x, threads=1))
+    assert np.array_equal(quant.encode(fmt, x, threads=t), quant.encode(fmt, x, threads=1))
+    for y in (x, odd):
+        assert np.array_equal(quant.encode_packed(fmt, y, threads=t), quant.encode_packed(fmt, y, threads=1))
+packed = quant.encode_packed(INT4, odd)
+for signed in (False, True):
+    assert np.array_equal(quant.unpack_nibbles(packed, 333, signed=signed, threads=t),
+                          quant.unpack_nibbles(packed, 333, signed=signed, threads=1))
+assert np.array_equal(INT4.quantize(x), quant.quantize(INT4, x, threads=1))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads,omp_env", [("100000", None), ("40000", None), ("10 ** 30", None),
+                                             ("None", "100000"), ("None", "40000")])
+def test_thread_counts_beyond_the_machine_are_clamped(threads, omp_env):
+    env = dict(os.environ)
+    if omp_env is not None:
+        env["OMP_NUM_THREADS"] = omp_env
+    out = subprocess.run([sys.executable, "-c", _HUGE_THREADS_CHILD.format(threads=threads)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
 
 
 def test_benchmark_runs_and_checks_its_results(capsys):

@@ -32,9 +32,22 @@
 #if Q4CORE_OPENMP
 #include <omp.h>
 static int q4_max_threads(void) { return omp_get_max_threads(); }
+static int q4_num_procs(void) { return omp_get_num_procs(); }
 #else
 static int q4_max_threads(void) { return 1; }
+static int q4_num_procs(void) { return 1; }
 #endif
+
+/* The thread count a parallel region here really asks for: at least 1, at most the processors
+ * OpenMP may use.  More never helps (every element's result is independent of the split) and a
+ * huge request - threads=100000 or OMP_NUM_THREADS=100000 - makes libgomp fail to create its
+ * threads (abort) or crash, so every entry point clamps before its region starts. */
+static int q4_clamp_threads(int threads) {
+    int procs = q4_num_procs();
+    if (procs < 1) procs = 1;
+    if (threads < 1) return 1;
+    return threads < procs ? threads : procs;
+}
 
 /* One clone per ISA level, chosen by the dynamic loader (ifunc) from what the CPU reports.
  * Never -march=native: the default clone is plain x86-64 (or whatever the compiler targets). */
