@@ -357,3 +357,49 @@ def test_sigkill_of_the_runner_takes_workers_and_kernels_with_it(project, tmp_pa
     assert not [p for p in figures.iterdir() if p.name.endswith(".tmp")]
     assert sorted(p.name for p in figures.glob("0[34]_*")) == sorted(
         f"{n}_fig{i}.{e}" for n in ("03", "04") for i in range(2) for e in ("json", "pdf", "png"))
+
+
+_CATCH_SIGINT = """
+import pathlib, signal
+def _mark(signum, frame):
+    pathlib.Path({marker!r}).write_text("SIGINT")
+get_ipython().kernel.saved_sigint_handler = _mark   # ipykernel restores this handler after the cell
+"""
+
+
+@slow
+def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(tmp_path, monkeypatch):
+    """jupyter_client (>= 8) sends SIGINT before shutdown; ipykernel then logs 'KeyboardInterrupt caught in
+    kernel.' after a successful notebook whenever the signal lands in a message handler."""
+    import asyncio
+    manager_class = reproduce._kernel_manager_class()
+    root = reproduce.kernel_environment()
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    marker = tmp_path / "sigint"
+
+    async def scenario():
+        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            reply = await kc.execute_interactive(_CATCH_SIGINT.format(marker=str(marker)), timeout=60)
+            assert reply["content"]["status"] == "ok"
+            await km.interrupt_kernel()                  # a real interrupt still reaches the kernel ...
+            for _ in range(100):
+                if marker.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert marker.exists(), "the kernel did not see a deliberate interrupt"
+            marker.unlink()
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()                   # ... but shutting down sends none
+        await asyncio.sleep(0.5)
+    try:
+        asyncio.run(scenario())
+    finally:
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+    assert not marker.exists(), "the kernel was interrupted while being shut down"
