@@ -611,6 +611,22 @@ def _watch_parent(parent_pid, interval=0.2):
     threading.Thread(target=watch, name="q4core-parent-watch", daemon=True).start()
 
 
+def check_destinations(figures_dir, numbers):
+    """UsageError before anything runs if a figure file of these notebooks in ``figures_dir`` (or its
+    ``manifest.json``) exists and is not a regular file: publishing would have to replace it."""
+    from .plotting import check_replaceable
+    folder = Path(figures_dir)
+    if not folder.is_dir():
+        return
+    paths = [folder / "manifest.json"] + sorted(p for n in numbers for p in folder.glob(f"{n}_*")
+                                                if p.suffix in _FIGURE_SUFFIXES)
+    for path in paths:
+        try:
+            check_replaceable(path, "figure file")
+        except ValueError as exc:
+            raise UsageError(f"--figures-dir: {exc}") from None
+
+
 def _check_folder(folder, option):
     """Create ``folder`` if needed; UsageError naming the option if it is a file or cannot be made."""
     folder = Path(folder)
@@ -644,6 +660,7 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
             raise UsageError(f"{option} {folder}: exists and is not a folder")
     notebooks = select(find_notebooks(notebooks_dir), only)
     work = plan(notebooks, profile, dict(overrides or {}), figures_dir)
+    check_destinations(figures_dir, [number for number, _, _ in work])
     _check_folder(figures_dir, "--figures-dir")
     _check_folder(output_dir, "--output-dir")
     remove_stale_files(figures_dir)

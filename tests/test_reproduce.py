@@ -403,3 +403,11 @@ def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(tmp_path, monk
         import shutil
         shutil.rmtree(root, ignore_errors=True)
     assert not marker.exists(), "the kernel was interrupted while being shut down"
+
+
+def test_a_figure_destination_that_is_not_a_regular_file_stops_the_run_before_it_starts(project, capsys):
+    figures = project / "figures"
+    (figures / "01_fig1.png").mkdir(parents=True)
+    assert run(project, "--only", "01") == 2
+    assert "01_fig1.png exists and is a folder; refusing to replace it" in capsys.readouterr().err
+    assert sorted(p.name for p in figures.iterdir()) == ["01_fig1.png"] and not (project / "executed").exists()
