@@ -34,14 +34,18 @@ What a run does
   ``JUPYTER_PATH``, so the notebooks always run in the environment the runner runs in, even where no
   ``python3`` kernel is installed or it points elsewhere.  ipykernel missing -> a clear error.
 * The kernel's environment gets ``MPLBACKEND=Agg``, ``SOURCE_DATE_EPOCH=0``, ``PYTHONHASHSEED=0`` and
-  ``Q4CORE_FIGURES_DIR``.
+  ``Q4CORE_FIGURES_DIR`` (the notebook's staging folder, see below).
+* The kernel manager does not interrupt a kernel it is shutting down (jupyter_client >= 8 sends SIGINT first,
+  and ipykernel logged ``KeyboardInterrupt caught in kernel.`` after successful notebooks).
 * Executed notebooks go to ``--output-dir`` (default ``notebooks/executed/``) with papermill's timestamps and
   durations and nbclient's ``execution`` cell metadata removed, so re-runs diff cleanly.
 * Staging: a notebook saves its figures into ``figures_dir/.q4core-staging/NN_name/`` (that is the
   ``figures_dir`` it is given), a folder the runner holds under an exclusive ``fcntl.flock`` for the whole run
   and removes afterwards.  Only when the notebook succeeds are its figures published: each moved into
-  ``figures_dir`` by an atomic rename, then the manifest updated - all under the manifest lock.  A failing notebook publishes
-  nothing: all its previous figures stay as they were, never a mix of two runs.
+  ``figures_dir`` by an atomic rename, then the manifest updated - all under the manifest lock.  A failing
+  notebook publishes nothing: all its previous figures stay as they were, never a mix of two runs.  (The
+  executed notebook therefore shows the staging folder as its ``figures_dir`` parameter.)  Destinations are
+  checked before anything runs: a figure file that exists and is not a regular file stops the run.
 * ``figures_dir/manifest.json`` records each figure file (``NN_*.pdf|png|json``) a successful run wrote:
   notebook, parameters, profile, code version (``git describe --always --dirty`` of the repository, else the
   package version) and sha256.  Files the run did not write (a figure the default profile makes and quick
@@ -739,7 +743,8 @@ def build_parser():
     parser.add_argument("--list", action="store_true", help="list notebooks, parameters and profiles; run nothing")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="parameter passed to every selected notebook (Python literal or string)")
-    parser.add_argument("--notebooks-dir", default=None, help="folder of NN_name.ipynb (default: notebooks/)")
+    parser.add_argument("--notebooks-dir", default=None, help="folder of NN_name.ipynb (default: notebooks/ of the checkout q4core "
+                        "runs from, else of the current folder; needed with a wheel install)")
     parser.add_argument("--figures-dir", default=None, help="where figures go (default: figures/)")
     parser.add_argument("--output-dir", default=None, help="executed notebooks (default: notebooks/executed/)")
     return parser
