@@ -14,12 +14,15 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint_path"]
 
 _META = "meta_json"
 
 
-def _check_destination(path):
+def check_checkpoint_path(path):
+    """``ValueError`` naming ``path`` if a checkpoint could not be saved there (it exists and is not a regular
+    file, or its folder does not exist); call it before long work that ends in :func:`save_checkpoint`.
+    Returns ``path`` as a string."""
     path = os.fspath(path)
     try:
         mode = os.lstat(path).st_mode
@@ -40,7 +43,7 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     ``ValueError`` if ``path`` exists and is not a regular file or its folder does not exist (checked before
     anything is written).  The old file stays complete until the new one replaces it; no temporary is left
     behind on failure."""
-    path = _check_destination(path)
+    path = check_checkpoint_path(path)
     arrays = dict(model.state_dict())
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
@@ -51,7 +54,7 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
         os.chmod(tmp, 0o644)
-        _check_destination(path)
+        check_checkpoint_path(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

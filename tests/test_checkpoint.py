@@ -97,3 +97,13 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary(tmp_path):
         save_checkpoint(path, HalfWritten(), meta={"v": 2})
     assert path.read_bytes() == old and sorted(os.listdir(tmp_path)) == ["ck.npz"]
     assert load_checkpoint(path, build_model("mlp", (4,), 3, seed=5)) == {"v": 1}
+
+
+def test_check_checkpoint_path_before_the_work(tmp_path):
+    from q4core.checkpoint import check_checkpoint_path
+    assert check_checkpoint_path(tmp_path / "new.npz") == str(tmp_path / "new.npz")
+    (tmp_path / "file.npz").write_bytes(b"old")
+    assert check_checkpoint_path(tmp_path / "file.npz") == str(tmp_path / "file.npz")   # a file may be replaced
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(ValueError, match="fifo.npz exists and is not a regular file"):
+        check_checkpoint_path(tmp_path / "fifo.npz")
