@@ -57,8 +57,8 @@ What a run does
 * Processes: with ``--jobs N`` the workers poll the runner and exit when it dies (even by SIGKILL); each kernel
   polls its parent the same way (ipykernel's ``JPY_PARENT_PID`` poller), so nothing goes on running or writing
   after the runner is gone.  At start the runner removes what dead runs left behind: ``q4core-jupyter-<pid>-*``
-  kernelspec folders and ``.NAME.EXT.<pid>-*.tmp`` files of processes that no longer run, and staging
-  folders no live run holds.
+  kernelspec folders and ``.NAME.EXT.<pid>-*.tmp`` files of processes that no longer run, figure temporaries
+  in the older pid-less form (``.NN_name.png.XXXXXXXX.tmp``), and staging folders no live run holds.
 * Errors in the command (unknown notebook, unknown parameter, a parameter whose type differs from its
   default's, missing profile, a figures/output folder that is a file, no notebooks found - the message says
   where the runner looked) exit 2 before anything runs.
@@ -587,6 +587,13 @@ def remove_stale_files(figures_dir):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     removed += remove_stale_temporaries(figures_dir)
+    # before q4core put the writer's pid in the name (.NAME.EXT.XXXXXXXX.tmp, mkstemp's 8 characters): no
+    # current version writes these, so they are leftovers of killed runs
+    legacy = re.compile(r"^\.\d\d_[A-Za-z0-9_.-]+\.(pdf|png|json)\.[A-Za-z0-9_]{8}\.tmp$")
+    for path in sorted(Path(figures_dir).glob(".*.tmp")):
+        if legacy.match(path.name) and stat.S_ISREG(os.lstat(path).st_mode):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     staging = Path(figures_dir) / STAGING
     if staging.is_dir():
         for folder in sorted(p for p in staging.iterdir() if p.is_dir() and not p.is_symlink()):

@@ -411,3 +411,32 @@ def test_a_figure_destination_that_is_not_a_regular_file_stops_the_run_before_it
     assert run(project, "--only", "01") == 2
     assert "01_fig1.png exists and is a folder; refusing to replace it" in capsys.readouterr().err
     assert sorted(p.name for p in figures.iterdir()) == ["01_fig1.png"] and not (project / "executed").exists()
+
+
+def test_stale_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))     # where kernel_environment() makes its folder
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [temp / f"q4core-jupyter-{dead.pid}-abc", figures / f".01_a.png.{dead.pid}-abcd1234.tmp",
+             figures / ".01_a.png.ab_cd123.tmp", figures / reproduce.STAGING / "01_a"]
+    live = [temp / f"q4core-jupyter-{os.getpid()}-abc", figures / f".01_a.png.{os.getpid()}-abcd1234.tmp",
+            temp / "q4core-jupyter-old", figures / "01_a.png", figures / ".keep.tmp"]
+    for path in stale + live:
+        if path.suffix in (".tmp", ".png"):
+            path.write_text("x")
+        else:
+            path.mkdir(parents=True)
+    (figures / reproduce.STAGING / "01_a" / "01_a.png").write_text("x")
+    held = reproduce._lock_dir(figures / reproduce.STAGING / "02_b")     # a live run staging notebook 02
+    try:
+        (figures / reproduce.STAGING / "02_b" / "02_b.png").write_text("x")
+        removed = reproduce.remove_stale_files(figures)
+        assert sorted(removed) == sorted(stale)
+        assert all(p.exists() for p in live) and not any(p.exists() for p in stale)
+        assert (figures / reproduce.STAGING / "02_b" / "02_b.png").exists()
+    finally:
+        os.close(held)
