@@ -1,9 +1,10 @@
-"""Regenerate ``data/spoken_digits.npz``: English spoken digits 0-9 synthesised offline with espeak-ng.
+"""Regenerate ``q4core/datasets/spoken_digits.npz`` (package data, shipped in the wheel): English spoken digits 0-9
+synthesised offline with espeak-ng.
 
 Usage (espeak-ng is needed only here, never by users of the data)::
 
     apt-get install -y espeak-ng
-    python data/make_spoken_digits.py [--seed 0] [--renditions 3] [--out data/spoken_digits.npz]
+    python data/make_spoken_digits.py [--seed 0] [--renditions 3] [--out q4core/datasets/spoken_digits.npz]
 
 What it does, step by step (every random draw comes from ``numpy.random.default_rng(seed)`` in a fixed order,
 and espeak-ng is deterministic, so the same seed and espeak-ng version give a byte-identical file):
@@ -58,6 +59,9 @@ GAIN_DB = (-20.0, 0.0)       # peak level of the speech
 SNR_DB = (5.0, 30.0)         # speech power over noise power
 NOISE_COLOURS = ("white", "pink", "brown")
 
+
+#: where the loader (q4core.data.load_spoken_digits) reads it: inside the package, so wheels ship it
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "q4core" / "datasets" / "spoken_digits.npz"
 
 def hz_to_mel(hz):
     """HTK mel scale: 2595 * log10(1 + f / 700)."""
@@ -225,7 +229,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--renditions", type=int, default=3, help="clips per speaker and digit")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("spoken_digits.npz"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     arrays = build(args.seed, args.renditions, log=lambda msg: print(msg, file=sys.stderr))
     save_npz_deterministic(args.out, arrays)

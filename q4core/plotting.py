@@ -7,10 +7,19 @@ plain :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state, nothing sh
 shows exactly the PNG that was saved (:func:`show`).
 
 :func:`save_figure` writes ``name.pdf``, ``name.png`` and, when ``data`` or ``caption`` is given, ``name.json``
-(the numbers the figure shows).  Every file is written to a temporary file in the target directory and then
-``os.replace``-d, so a run that dies half way leaves the previous good version in place.  The bytes do not
+(the numbers the figure shows).  Every file is written to a temporary file in the target directory
+(``.NAME.EXT.<pid>-XXXXXXXX.tmp``, the pid of the writing process, so a later run can remove the temporaries of a
+process that died - :func:`remove_stale_temporaries`) and then ``os.replace``-d, so a run that dies half way leaves
+the previous good version in place.  Only regular files are ever replaced: a destination that exists and is
+anything else (a folder, a device, a symlink, a FIFO) is refused before anything is written.  The bytes do not
 depend on when or where the figure was made: PDF ``CreationDate``/``Producer`` and PNG ``Software`` metadata are
 dropped, ``svg.hashsalt`` is fixed, ``SOURCE_DATE_EPOCH`` is pinned while saving.
+
+The JSON is written at the precision its numbers carry, so it is byte-identical across machines: every float is
+rounded to :data:`JSON_SIGNIFICANT_DIGITS` (6) significant digits (``float(f"{x:.6g}")``), which hides the
+last-bit differences that float32 BLAS reductions give on different CPUs (AVX2 vs AVX-512 summation order) - except
+for a value that falls on a rounding boundary, which is rare - and is still finer than any figure can show; integers
+and booleans are written exactly, non-finite floats as strings.
 
 Figure names start with the number of the notebook that makes them (``01_levels``): the batch runner
 (:mod:`q4core.reproduce`) uses that prefix to know which notebook owns which figure.
@@ -20,7 +29,7 @@ import math
 import numbers
 import os
 import re
-import tempfile
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +37,8 @@ import matplotlib
 import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
+
+from ._io import check_replaceable, write_atomic
 
 STYLE_PATH = Path(__file__).with_name("q4core.mplstyle")
 SINGLE_COLUMN = 3.4   # inches
@@ -43,6 +54,9 @@ _SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "q4core", "sv
 _PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "q4core"}
 _PNG_METADATA = {"Software": None}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: significant digits of every float in a figure's JSON (see the module docstring)
+JSON_SIGNIFICANT_DIGITS = 6
+_TMP_RE = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
 def use_style():
@@ -92,7 +106,9 @@ def _jsonable(value):
         return int(value)
     if isinstance(value, numbers.Real):
         value = float(value)
-        return value if math.isfinite(value) else repr(value)
+        if not math.isfinite(value):
+            return repr(value)
+        return float(f"{value:.{JSON_SIGNIFICANT_DIGITS}g}")
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Path):
@@ -100,18 +116,34 @@ def _jsonable(value):
     raise TypeError(f"data holds a value JSON cannot store: {type(value).__name__}")
 
 
-def _write_atomic(path, write):
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _pid_alive(pid):
     try:
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; figures are for everyone to read
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete ``.NAME.EXT.<pid>-XXXX.tmp`` files in ``folder`` left by processes that no longer run; returns
+    the removed paths (sorted).  Temporaries of live processes are left alone."""
+    removed = []
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for path in entries:
+        match = _TMP_RE.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def default_figures_dir():
@@ -122,7 +154,9 @@ def default_figures_dir():
 def save_figure(fig, name, figures_dir=None, data=None, caption=None, dpi=300):
     """Write ``fig`` as ``figures_dir/name.pdf`` and ``name.png`` (+ ``name.json`` with ``data``/``caption``).
 
-    Byte-stable and atomic (see the module docstring).  ``name``: letters, digits, ``_ . -``, no directory
+    Byte-stable and atomic (see the module docstring); floats in the JSON carry
+    :data:`JSON_SIGNIFICANT_DIGITS` significant digits.  A destination that exists and is not a regular file
+    raises ``ValueError`` before anything is written.  ``name``: letters, digits, ``_ . -``, no directory
     part, no extension.  Returns a dict ``{"pdf": Path, "png": Path[, "json": Path]}``.
     """
     if not isinstance(fig, Figure):
@@ -132,18 +166,22 @@ def save_figure(fig, name, figures_dir=None, data=None, caption=None, dpi=300):
     if caption is not None and not isinstance(caption, str):
         raise TypeError(f"caption must be a string, got {type(caption).__name__}")
     folder = Path(figures_dir) if figures_dir is not None else default_figures_dir()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"figures_dir {os.fspath(folder)} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     payload = None
     if data is not None or caption is not None:   # convert before writing anything: a bad value writes nothing
         payload = json.dumps({"name": name, "caption": caption, "data": _jsonable(data if data is not None else {})},
                              indent=1, sort_keys=True, allow_nan=False) + "\n"
     paths = {"pdf": folder / f"{name}.pdf", "png": folder / f"{name}.png"}
+    for path in [*paths.values(), *([folder / f"{name}.json"] if payload is not None else [])]:
+        check_replaceable(path, "figure file")   # before anything is written
     old_epoch = os.environ.get("SOURCE_DATE_EPOCH")
     os.environ["SOURCE_DATE_EPOCH"] = "0"
     try:
         with matplotlib.rc_context(_SAVE_RC):
-            _write_atomic(paths["pdf"], lambda p: fig.savefig(p, format="pdf", metadata=_PDF_METADATA))
-            _write_atomic(paths["png"], lambda p: fig.savefig(p, format="png", dpi=dpi, metadata=_PNG_METADATA))
+            write_atomic(paths["pdf"], lambda p: fig.savefig(p, format="pdf", metadata=_PDF_METADATA))
+            write_atomic(paths["png"], lambda p: fig.savefig(p, format="png", dpi=dpi, metadata=_PNG_METADATA))
     finally:
         if old_epoch is None:
             os.environ.pop("SOURCE_DATE_EPOCH", None)
@@ -155,7 +193,7 @@ def save_figure(fig, name, figures_dir=None, data=None, caption=None, dpi=300):
         def write_json(p):
             with open(p, "w", encoding="utf-8") as fh:
                 fh.write(payload)
-        _write_atomic(paths["json"], write_json)
+        write_atomic(paths["json"], write_json)
     return paths
 
 

@@ -34,37 +34,65 @@ What a run does
   ``JUPYTER_PATH``, so the notebooks always run in the environment the runner runs in, even where no
   ``python3`` kernel is installed or it points elsewhere.  ipykernel missing -> a clear error.
 * The kernel's environment gets ``MPLBACKEND=Agg``, ``SOURCE_DATE_EPOCH=0``, ``PYTHONHASHSEED=0`` and
-  ``Q4CORE_FIGURES_DIR``.
+  ``Q4CORE_FIGURES_DIR`` (the notebook's staging folder, see below).
+* The kernel manager does not interrupt a kernel it is shutting down (jupyter_client >= 8 sends SIGINT first,
+  and ipykernel logged ``KeyboardInterrupt caught in kernel.`` after successful notebooks).
 * Executed notebooks go to ``--output-dir`` (default ``notebooks/executed/``) with papermill's timestamps and
   durations and nbclient's ``execution`` cell metadata removed, so re-runs diff cleanly.
-* ``figures_dir/manifest.json`` records each figure file (``NN_*.pdf|png|json``) of each notebook that
-  succeeded: notebook, parameters, profile, code version (``git describe --always --dirty`` of the
-  repository, else the package version) and sha256.  Entries of notebooks that failed or did not run are
-  kept as they were.
+* Staging: a notebook saves its figures into ``figures_dir/.q4core-staging/NN_name/`` (that is the
+  ``figures_dir`` it is given), a folder the runner holds under an exclusive ``fcntl.flock`` for the whole run
+  and removes afterwards.  Only when the notebook succeeds are its figures published: each moved into
+  ``figures_dir`` by an atomic rename, then the manifest updated - all under the manifest lock.  A failing
+  notebook publishes nothing: all its previous figures stay as they were, never a mix of two runs.  (The
+  executed notebook therefore shows the staging folder as its ``figures_dir`` parameter.)  Destinations are
+  checked before anything runs: a figure file that exists and is not a regular file stops the run.
+* ``figures_dir/manifest.json`` records each figure file (``NN_*.pdf|png|json``) a successful run wrote:
+  notebook, parameters, profile, code version (``git describe --always --dirty`` of the repository, else the
+  package version) and sha256.  Files the run did not write (a figure the default profile makes and quick
+  does not) keep the entry of the run that wrote them; entries of files that no longer exist are dropped.
+  Updates are read-modify-write under an ``fcntl.flock`` of the ``figures_dir`` folder itself (no lock file
+  left among the figures) and written atomically, so concurrent runners never lose an entry.
 * A failing notebook does not stop the others; at the end the runner reports notebook, cell and error and
-  exits 1.  Because :func:`~q4core.plotting.save_figure` writes atomically, the figures a failed notebook had
-  not reached keep their previous good versions.
-* Errors in the command (unknown notebook, unknown parameter, missing profile) exit 2 before anything runs.
+  exits 1.
+* Processes: with ``--jobs N`` the workers poll the runner and exit when it dies (even by SIGKILL); each kernel
+  polls its parent the same way (ipykernel's ``JPY_PARENT_PID`` poller), so nothing goes on running or writing
+  after the runner is gone.  At start the runner removes what dead runs left behind: ``q4core-jupyter-<pid>-*``
+  kernelspec folders and ``.NAME.EXT.<pid>-*.tmp`` files of processes that no longer run, figure temporaries
+  in the older pid-less form (``.NN_name.png.XXXXXXXX.tmp``), and staging folders no live run holds.
+* Errors in the command (unknown notebook, unknown parameter, a parameter whose type differs from its
+  default's, missing profile, a figures/output folder that is a file, no notebooks found - the message says
+  where the runner looked) exit 2 before anything runs.
+* Installed from a wheel, the package holds no notebooks: pass ``--notebooks-dir`` (a clone's ``notebooks/``).
 """
 import argparse
 import ast
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
+
+from ._io import check_replaceable, write_atomic
 
 PROFILES = ("quick", "default", "full")
 KERNEL_NAME = "python3"
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 REQUIRED_PARAMETERS = ("profile", "seed", "figures_dir")
 _TIMING_KEYS = ("start_time", "end_time", "duration")
+STAGING = ".q4core-staging"
+_FIGURE_SUFFIXES = (".pdf", ".png", ".json")
+_JUPYTER_PREFIX = "q4core-jupyter-"
 
 
 class UsageError(ValueError):
@@ -79,9 +107,32 @@ def repository_root():
     return Path.cwd()
 
 
+def _candidate_notebook_dirs():
+    here = Path(__file__).resolve().parent.parent / "notebooks"
+    cwd = Path.cwd() / "notebooks"
+    return [here] if here == cwd else [here, cwd]
+
+
+def default_notebooks_dir():
+    """``notebooks/`` of the checkout this package lives in, else of the current folder; UsageError saying where
+    it looked if neither exists (a wheel install holds no notebooks: use ``--notebooks-dir``)."""
+    candidates = _candidate_notebook_dirs()
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise UsageError(f"no notebooks folder: looked in {' and '.join(map(str, candidates))}; q4core installed from "
+                     f"a wheel holds no notebooks - pass --notebooks-dir (the notebooks/ folder of a q4core clone)")
+
+
 # ----------------------------------------------------------------------------------------- notebooks
 def find_notebooks(notebooks_dir):
-    """``{"01": Path(...01_image_precision.ipynb), ...}`` for every ``NN_name.ipynb`` in the folder."""
+    """``{"01": Path(...01_image_precision.ipynb), ...}`` for every ``NN_name.ipynb`` in the folder.
+
+    UsageError if the folder does not exist or holds no such notebook (the message names the folder)."""
+    notebooks_dir = Path(notebooks_dir)
+    if not notebooks_dir.is_dir():
+        raise UsageError(f"--notebooks-dir {notebooks_dir}: " +
+                         ("not a folder" if notebooks_dir.exists() else "no such folder"))
     found = {}
     for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
         match = NOTEBOOK_RE.match(path.name)
@@ -89,6 +140,8 @@ def find_notebooks(notebooks_dir):
             if match.group(1) in found:
                 raise UsageError(f"two notebooks numbered {match.group(1)}: {found[match.group(1)].name}, {path.name}")
             found[match.group(1)] = path
+    if not found:
+        raise UsageError(f"no notebooks NN_name.ipynb in {notebooks_dir.resolve()}")
     return found
 
 
@@ -129,6 +182,52 @@ def parse_value(text):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _kind(default):
+    if isinstance(default, bool):
+        return "a bool (True/False)"
+    if isinstance(default, int):
+        return "an int"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return f"a {type(default).__name__}"
+
+
+def _fits(value, default):
+    """Whether ``value`` has the type of the parameter's ``default`` (None: anything; float accepts int; a
+    list's elements are checked against the default's when those all have one type)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return False
+        kinds = {_kind(d) for d in default if d is not None}
+        if len(kinds) == 1:
+            model = next(d for d in default if d is not None)
+            return all(_fits(v, model) for v in value)
+        return True
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return isinstance(value, type(default))
+
+
+def check_parameter_types(path, defaults, values, source):
+    """UsageError naming the parameter if a value's type differs from its default's in the parameters cell."""
+    for name, value in values.items():
+        if name in defaults and not _fits(value, defaults[name]):
+            raise UsageError(f"{Path(path).name}: parameter {name} ({source}) must be {_kind(defaults[name])} like "
+                             f"its default {defaults[name]!r}, got {value!r} ({type(value).__name__})")
 
 
 def select(notebooks, only):
@@ -174,8 +273,10 @@ def plan(notebooks, profile, overrides, figures_dir):
         if unknown:
             raise UsageError(f"{path.name}: unknown parameter(s) {', '.join(unknown)}; "
                              f"its parameters are {', '.join(defaults)}")
+        check_parameter_types(path, defaults, profiles.get(profile, {}), f"profile {profile}")
+        check_parameter_types(path, defaults, overrides, "-p")
         params["profile"] = profile
-        params["figures_dir"] = str(Path(figures_dir).resolve())
+        params["figures_dir"] = str(staging_dir(figures_dir, path.stem))
         jobs.append((number, path, params))
     return jobs
 
@@ -187,7 +288,7 @@ def kernel_environment():
     if importlib.util.find_spec("ipykernel") is None:
         raise UsageError(f"ipykernel is not installed for {sys.executable}; the notebooks need it: "
                          f"{sys.executable} -m pip install ipykernel")
-    root = Path(tempfile.mkdtemp(prefix="q4core-jupyter-"))
+    root = Path(tempfile.mkdtemp(prefix=f"{_JUPYTER_PREFIX}{os.getpid()}-"))
     spec_dir = root / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -228,51 +329,167 @@ def strip_timing(nb):
 
 
 def _kernel_manager_class():
-    """A kernel manager that encrypts the kernel's ZMQ sockets (CurveZMQ) where jupyter_client, pyzmq and the
-    kernelspec support it, so ipykernel (>= 7.3) does not warn about plain TCP on every notebook; None (papermill's
-    default manager) elsewhere."""
+    """papermill's kernel manager with two changes.
+
+    * No interrupt at shutdown: jupyter_client (>= 8) sends SIGINT to the kernel before asking it to shut down,
+      and ipykernel, idle by then, logs ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` after every
+      successful notebook.  The notebook has finished when papermill shuts the kernel down, so there is nothing
+      to interrupt; a real interrupt (not shutting down) still goes through.
+    * It encrypts the kernel's ZMQ sockets (CurveZMQ) where jupyter_client, pyzmq and the kernelspec support it,
+      so ipykernel (>= 7.3) does not warn about plain TCP on every notebook.
+    None (papermill's default manager) if jupyter_client is missing."""
     try:
         import zmq
         from jupyter_client.manager import AsyncKernelManager
         from traitlets import default
     except ImportError:
         return None
-    if not hasattr(AsyncKernelManager, "transport_encryption") or not zmq.has("curve"):
-        return None
 
-    class EncryptedKernelManager(AsyncKernelManager):
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self):
+            if getattr(self, "shutting_down", False):
+                return
+            await super()._async_interrupt_kernel()
+
+    if not hasattr(AsyncKernelManager, "transport_encryption") or not zmq.has("curve"):
+        return QuietShutdownKernelManager
+
+    class EncryptedKernelManager(QuietShutdownKernelManager):
         @default("transport_encryption")
         def _default_transport_encryption(self):
             return "auto"      # provisions keys only when the kernelspec says the kernel supports them
     return EncryptedKernelManager
 
 
-def run_notebook(path, params, output_path, env):
-    """Execute one notebook with papermill; returns ``{"ok": bool, "cell", "error"}`` (never raises)."""
+def staging_dir(figures_dir, stem):
+    """Where notebook ``stem`` saves its figures before they are published: ``figures_dir/.q4core-staging/stem``."""
+    return Path(figures_dir).resolve() / STAGING / stem
+
+
+def _lock_dir(folder, blocking=True):
+    """An fd of ``folder`` (created if missing) under an exclusive ``fcntl.flock``; None if ``blocking`` is False
+    and another process holds it.  The lock dies with the process (even on SIGKILL).  If the folder was removed or
+    replaced while we waited, the new one is locked instead."""
+    folder = Path(folder)
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:      # a parent removed meanwhile (an emptied staging folder): again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        mine = os.fstat(fd)
+        try:
+            now = os.stat(folder)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            return fd
+        os.close(fd)                   # removed by the previous holder: lock the folder that is there now
+
+
+@contextlib.contextmanager
+def _locked(folder):
+    """Exclusive ``fcntl.flock`` of the folder itself for the block (no lock file left lying about)."""
+    fd = _lock_dir(folder)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _empty(folder):
+    for entry in Path(folder).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def run_notebook(path, params, output_path, env, figures_dir=None, record=None):
+    """Execute one notebook with papermill; returns ``{"ok": bool, "cell", "error", "published"}`` (never raises).
+
+    With ``figures_dir``, the notebook's ``figures_dir`` parameter must be its staging folder
+    (:func:`staging_dir`); the folder is emptied first and held under a lock for the whole run, and on success
+    its figures are published (:func:`publish`) with ``record`` = ``{"profile", "parameters", "code_version"}``
+    for the manifest."""
     import nbformat
     import papermill
     os.environ.update(env)
-    result = {"notebook": Path(path).stem, "ok": True, "cell": None, "error": None}
+    result = {"notebook": Path(path).stem, "ok": True, "cell": None, "error": None, "published": []}
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    manager = _kernel_manager_class()
-    extra = {"kernel_manager_class": manager} if manager is not None else {}
-    try:
-        papermill.execute_notebook(str(path), str(output_path), parameters=params, kernel_name=KERNEL_NAME,
-                                   cwd=str(Path(path).parent), progress_bar=False, log_output=False, **extra)
-    except papermill.PapermillExecutionError as exc:
-        result.update(ok=False, cell=(exc.cell_index, exc.exec_count), error=f"{exc.ename}: {exc.evalue}")
-    except Exception as exc:   # kernel died, bad notebook ...: report, keep going with the others
-        result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-    if output_path.exists():
+    stage = Path(params["figures_dir"]) if figures_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        if stage is not None:
+            os.environ["Q4CORE_FIGURES_DIR"] = str(stage)   # plotting.default_figures_dir() stages too
+            stack.enter_context(_locked(stage))
+            _empty(stage)   # whatever is there was left by a dead run (we hold the lock)
+            stack.callback(_remove_stage, stage)   # runs before the lock is released
         try:
-            nb = nbformat.read(output_path, as_version=4)
-            nbformat.write(strip_timing(nb), output_path)
-        except Exception:   # a half-written output notebook must not hide the real error
-            pass
-    if result["cell"] is not None:
-        result["cell"] = _describe_cell(output_path if output_path.exists() else path, *result["cell"])
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            result.update(ok=False, error=f"output folder {output_path.parent}: {exc}")
+            return result
+        manager = _kernel_manager_class()
+        extra = {"kernel_manager_class": manager} if manager is not None else {}
+        try:
+            papermill.execute_notebook(str(path), str(output_path), parameters=params, kernel_name=KERNEL_NAME,
+                                       cwd=str(Path(path).parent), progress_bar=False, log_output=False, **extra)
+        except papermill.PapermillExecutionError as exc:
+            result.update(ok=False, cell=(exc.cell_index, exc.exec_count), error=f"{exc.ename}: {exc.evalue}")
+        except Exception as exc:   # kernel died, bad notebook ...: report, keep going with the others
+            result.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        if output_path.exists():
+            try:
+                nb = nbformat.read(output_path, as_version=4)
+                nbformat.write(strip_timing(nb), output_path)
+            except Exception:   # a half-written output notebook must not hide the real error
+                pass
+        if result["cell"] is not None:
+            result["cell"] = _describe_cell(output_path if output_path.exists() else path, *result["cell"])
+        if stage is not None:
+            if result["ok"]:
+                try:
+                    number = Path(path).name[:2]
+                    result["published"] = publish(stage, figures_dir, number, Path(path).stem, record or {})
+                except Exception as exc:
+                    result.update(ok=False, error=f"publishing the figures: {type(exc).__name__}: {exc}")
     return result
+
+
+def _remove_stage(stage):
+    """Remove a staging folder (its holder calls this before unlocking) and the staging root if now empty."""
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        Path(stage).parent.rmdir()
+    except OSError:
+        pass   # another notebook is staging there
+
+
+def publish(stage, figures_dir, number, notebook, record):
+    """Move the figures ``NN_*.pdf|png|json`` from ``stage`` into ``figures_dir`` (each an atomic rename) and
+    record exactly those files in the manifest, all under the manifest lock.  Every destination is checked
+    first: one that exists and is not a regular file -> ValueError, nothing moved.  Returns the names moved."""
+    figures_dir = Path(figures_dir)
+    files = sorted(p for p in Path(stage).iterdir()
+                   if p.name.startswith(f"{number}_") and p.suffix in _FIGURE_SUFFIXES
+                   and stat.S_ISREG(os.lstat(p).st_mode))
+    if not files:
+        return []
+    with _locked(figures_dir):
+        for file in files:
+            check_replaceable(figures_dir / file.name, "figure file")
+        entries = {}
+        for file in files:
+            entries[file.name] = {"notebook": notebook, **record, "sha256": _sha256(file)}
+        for file in files:
+            os.replace(file, figures_dir / file.name)
+        _write_manifest(figures_dir, entries)
+    return [f.name for f in files]
 
 
 def _describe_cell(path, index, exec_count):
@@ -313,31 +530,119 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def update_manifest(figures_dir, succeeded, profile, version):
-    """Rewrite ``manifest.json``: entries of the notebooks in ``succeeded`` replaced, others kept."""
+def _write_manifest(figures_dir, entries):
+    """Merge ``{file name: entry}`` into ``manifest.json`` and write it atomically; the caller holds the lock.
+    Entries of files that no longer exist are dropped."""
     figures_dir = Path(figures_dir)
     path = figures_dir / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         manifest = {}
-    figures = manifest.get("figures", {})
-    for number, notebook, params in succeeded:
-        figures = {k: v for k, v in figures.items() if v.get("notebook") != notebook}
-        for file in sorted(figures_dir.glob(f"{number}_*")):
-            if file.suffix in (".pdf", ".png", ".json"):
-                shown = {k: v for k, v in params.items() if k != "figures_dir"}
-                figures[file.name] = {"notebook": notebook, "profile": profile, "parameters": shown,
-                                      "code_version": version, "sha256": _sha256(file)}
+    figures = dict(manifest.get("figures", {}))
+    figures.update(entries)
+    figures = {name: entry for name, entry in figures.items() if (figures_dir / name).is_file()}
     manifest = {"about": "figures made by q4-reproduce (q4core.reproduce); sha256 of each file",
                 "figures": dict(sorted(figures.items()))}
-    fd, tmp = tempfile.mkstemp(dir=figures_dir, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+    write_atomic(path, write, "manifest")
     return path
+
+
+def update_manifest(figures_dir, entries):
+    """Merge ``{file name: entry}`` into ``figures_dir/manifest.json`` under its lock (read-modify-write by
+    concurrent runners loses nothing); returns the manifest's path."""
+    figures_dir = Path(figures_dir)
+    with _locked(figures_dir):
+        return _write_manifest(figures_dir, entries)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_files(figures_dir):
+    """Remove what dead runs left: ``q4core-jupyter-<pid>-*`` folders in the temp folder and temporary files
+    in ``figures_dir`` of processes no longer running, staging folders no live run holds.  Returns the paths."""
+    from .plotting import remove_stale_temporaries
+    removed = []
+    pattern = re.compile(rf"^{_JUPYTER_PREFIX}(\d+)-")
+    for folder in sorted(Path(tempfile.gettempdir()).glob(f"{_JUPYTER_PREFIX}*")):
+        match = pattern.match(folder.name)
+        if match and folder.is_dir() and not folder.is_symlink() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    removed += remove_stale_temporaries(figures_dir)
+    # before q4core put the writer's pid in the name (.NAME.EXT.XXXXXXXX.tmp, mkstemp's 8 characters): no
+    # current version writes these, so they are leftovers of killed runs
+    legacy = re.compile(r"^\.\d\d_[A-Za-z0-9_.-]+\.(pdf|png|json)\.[A-Za-z0-9_]{8}\.tmp$")
+    for path in sorted(Path(figures_dir).glob(".*.tmp")):
+        if legacy.match(path.name) and stat.S_ISREG(os.lstat(path).st_mode):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    staging = Path(figures_dir) / STAGING
+    if staging.is_dir():
+        for folder in sorted(p for p in staging.iterdir() if p.is_dir() and not p.is_symlink()):
+            fd = _lock_dir(folder, blocking=False)
+            if fd is None:
+                continue            # a live run is using it
+            try:
+                _remove_stage(folder)
+                removed.append(folder)
+            finally:
+                os.close(fd)
+        try:
+            staging.rmdir()
+        except OSError:
+            pass
+    return removed
+
+
+def _watch_parent(parent_pid, interval=0.2):
+    """In a worker: exit at once when the runner (``parent_pid``) is gone, even if it was SIGKILLed."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(interval)
+    threading.Thread(target=watch, name="q4core-parent-watch", daemon=True).start()
+
+
+def check_destinations(figures_dir, numbers):
+    """UsageError before anything runs if a figure file of these notebooks in ``figures_dir`` (or its
+    ``manifest.json``) exists and is not a regular file: publishing would have to replace it."""
+    folder = Path(figures_dir)
+    if not folder.is_dir():
+        return
+    paths = [folder / "manifest.json"] + sorted(p for n in numbers for p in folder.glob(f"{n}_*")
+                                                if p.suffix in _FIGURE_SUFFIXES)
+    for path in paths:
+        try:
+            check_replaceable(path, "figure file")
+        except ValueError as exc:
+            raise UsageError(f"--figures-dir: {exc}") from None
+
+
+def _check_folder(folder, option):
+    """Create ``folder`` if needed; UsageError naming the option if it is a file or cannot be made."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: not writable")
 
 
 def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=None, figures_dir=None,
@@ -352,45 +657,56 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
     if not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a positive integer, got {jobs!r}")
     root = repository_root()
-    notebooks_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
     figures_dir = Path(figures_dir) if figures_dir else root / "figures"
     output_dir = Path(output_dir) if output_dir else notebooks_dir / "executed"
+    for folder, option in ((figures_dir, "--figures-dir"), (output_dir, "--output-dir")):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder}: exists and is not a folder")
     notebooks = select(find_notebooks(notebooks_dir), only)
-    if not notebooks:
-        raise UsageError(f"no notebooks NN_name.ipynb in {notebooks_dir}")
     work = plan(notebooks, profile, dict(overrides or {}), figures_dir)
-    jupyter_root = kernel_environment()
-    env = _kernel_env(figures_dir, jupyter_root)
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    check_destinations(figures_dir, [number for number, _, _ in work])
+    _check_folder(figures_dir, "--figures-dir")
+    _check_folder(output_dir, "--output-dir")
+    remove_stale_files(figures_dir)
     version = code_version(root)
     results = []
-    args = [(path, params, output_dir / path.name, env) for _, path, params in work]
-    print(f"q4-reproduce: profile {profile}, {len(work)} notebook(s), jobs {jobs}, figures -> {figures_dir}",
-          file=out, flush=True)
-    if jobs == 1 or len(work) == 1:
-        saved = dict(os.environ)
-        try:
-            for a in args:
-                results.append(run_notebook(*a))
-                _print_result(results[-1], out)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-    else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_notebook, *a) for a in args]
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except Exception:   # the worker process itself died
-                    results.append({"notebook": "?", "ok": False, "cell": None, "error": traceback.format_exc()})
-                _print_result(results[-1], out)
-    succeeded = [(number, path.stem, params) for (number, path, params), r in zip(work, results) if r["ok"]]
-    update_manifest(figures_dir, succeeded, profile, version)
-    shutil.rmtree(jupyter_root, ignore_errors=True)
+    jupyter_root = kernel_environment()
+    try:
+        env = _kernel_env(figures_dir, jupyter_root)
+        args = []
+        for _, path, params in work:
+            record = {"profile": profile, "code_version": version,
+                      "parameters": {k: v for k, v in params.items() if k != "figures_dir"}}
+            args.append((path, params, output_dir / path.name, env, figures_dir, record))
+        print(f"q4-reproduce: profile {profile}, {len(work)} notebook(s), jobs {jobs}, figures -> {figures_dir}",
+              file=out, flush=True)
+        if jobs == 1 or len(work) == 1:
+            saved = dict(os.environ)
+            try:
+                for a in args:
+                    results.append(run_notebook(*a))
+                    _print_result(results[-1], out)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+        else:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, initializer=_watch_parent,
+                                                        initargs=(os.getpid(),)) as pool:
+                futures = [pool.submit(run_notebook, *a) for a in args]
+                for (_, path, _), future in zip(work, futures):
+                    try:
+                        results.append(future.result())
+                    except Exception:   # the worker process itself died
+                        results.append({"notebook": path.stem, "ok": False, "cell": None,
+                                        "error": traceback.format_exc()})
+                    _print_result(results[-1], out)
+    finally:
+        shutil.rmtree(jupyter_root, ignore_errors=True)
     failed = [r for r in results if not r["ok"]]
     if failed:
-        print(f"\n{len(failed)} notebook(s) failed (their unfinished figures keep their previous versions):",
+        print(f"\n{len(failed)} notebook(s) failed (nothing of theirs published: their figures keep their "
+              f"previous versions):",
               file=out)
         for r in failed:
             print(f"  {r['notebook']}: {r['cell'] or 'before/outside a cell'}: {r['error']}", file=out)
@@ -402,9 +718,11 @@ def _print_result(result, out):
     print(f"  {result['notebook']}: {status}", file=out, flush=True)
 
 
-def list_notebooks(notebooks_dir, out=None):
+def list_notebooks(notebooks_dir=None, out=None):
+    """Print each notebook's parameters and profiles; UsageError if the folder is missing or holds none."""
     import nbformat
     out = out if out is not None else sys.stdout
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
     for path in find_notebooks(notebooks_dir).values():
         nb = nbformat.read(path, as_version=4)
         print(f"{path.stem}", file=out)
@@ -426,7 +744,9 @@ def build_parser():
     parser.add_argument("--list", action="store_true", help="list notebooks, parameters and profiles; run nothing")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="parameter passed to every selected notebook (Python literal or string)")
-    parser.add_argument("--notebooks-dir", default=None, help="folder of NN_name.ipynb (default: notebooks/)")
+    parser.add_argument("--notebooks-dir", default=None,
+                        help="folder of NN_name.ipynb (default: notebooks/ of the checkout q4core runs from, else of "
+                             "the current folder; needed with a wheel install)")
     parser.add_argument("--figures-dir", default=None, help="where figures go (default: figures/)")
     parser.add_argument("--output-dir", default=None, help="executed notebooks (default: notebooks/executed/)")
     return parser
@@ -434,7 +754,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    notebooks_dir = Path(args.notebooks_dir) if args.notebooks_dir else repository_root() / "notebooks"
+    notebooks_dir = Path(args.notebooks_dir) if args.notebooks_dir else None
     try:
         if args.list:
             list_notebooks(notebooks_dir)

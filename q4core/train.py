@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
 import numpy as np
 
+from ._io import check_replaceable, write_atomic
 from ._validation import check_int, check_real
 from .nn.losses import softmax_cross_entropy
 from .nn.models import build_model
@@ -111,6 +113,9 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     epochs = check_int(epochs, "epochs", min_value=0)
     seed = check_int(seed, "seed", min_value=0)
     max_steps = check_int(max_steps, "max_steps", min_value=1, allow_none=True)
+    if checkpoint is not None:
+        from .checkpoint import check_checkpoint_path
+        check_checkpoint_path(checkpoint)     # before the work, not after the first epoch
     config = get_recipe(recipe, ablation, **{"seed": int(seed), **config_overrides})
     if data is not None:
         if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
@@ -329,6 +334,9 @@ def main(argv=None):
     if args.threads is not None:
         extra["threads"] = args.threads
     try:
+        check_replaceable(args.out, "--out")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ValueError(f"--out {args.out}: its folder does not exist")
         result = train(task=args.task, data=args.data, model=args.model, recipe=recipe,
                        ablation=args.ablation, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, max_steps=args.max_steps,
@@ -336,8 +344,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with open(args.out, "w") as fh:
-        json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
+    write_atomic(args.out, write, "--out")
     m = result["metric"]
     print(f"{result['task']} {result['recipe']['name']}: test {m} = {result.get('test_' + m)}"
           + (f" ({result['stopped']})" if result["stopped"] else ""))

@@ -12,6 +12,7 @@ import pytest
 from q4core import data
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_SPEECH = REPO / "q4core" / "datasets" / "spoken_digits.npz"
 
 
 @pytest.fixture
@@ -188,8 +189,25 @@ def test_npz_writer_is_byte_stable(tmp_path):
         np.testing.assert_array_equal(loaded["b"], arrays["b"])
 
 
+def test_speech_file_is_package_data_where_the_loader_and_the_script_look():
+    """``pip install .`` must ship it: it lives inside the package and pyproject's package-data names it."""
+    import fnmatch
+
+    import tomllib
+    assert data.DATASETS_DIR.resolve() == SHIPPED_SPEECH.parent.resolve()
+    assert Path(data.__file__).resolve().parent in data.DATASETS_DIR.resolve().parents
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["q4core"]
+    relative = SHIPPED_SPEECH.relative_to(REPO / "q4core").as_posix()
+    assert any(fnmatch.fnmatch(relative, g) for g in globs), f"{relative} is not package data"
+    assert not (REPO / "data" / "spoken_digits.npz").exists()     # one copy, the one that ships
+    spec = importlib.util.spec_from_file_location("make_spoken_digits", REPO / "data" / "make_spoken_digits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.DEFAULT_OUT.resolve() == SHIPPED_SPEECH.resolve()
+
+
 def test_shipped_npz_matches_recorded_hash():
-    shipped = REPO / "data" / "spoken_digits.npz"
+    shipped = SHIPPED_SPEECH
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == data.SHA256["spoken_digits.npz"]
     assert shipped.stat().st_size < 6_000_000
 
@@ -261,7 +279,7 @@ def test_checksum_mismatch_mnist(tmp_path):
 
 
 def test_checksum_mismatch_spoken_digits_and_photo(tmp_path):
-    bad = corrupt_copy(REPO / "data" / "spoken_digits.npz", tmp_path / "spoken_digits.npz")
+    bad = corrupt_copy(SHIPPED_SPEECH, tmp_path / "spoken_digits.npz")
     with pytest.raises(data.DataChecksumError, match="make_spoken_digits.py"):
         data.load_spoken_digits(path=bad)
     jpg = data._sklearn_dir() / "datasets" / "images" / "china.jpg"

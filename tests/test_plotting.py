@@ -86,3 +86,66 @@ def test_style_sizes_and_palette():
     cycle = [c.lower() for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
     assert cycle == [c.lower() for c in plotting.COLORS]   # Okabe-Ito, in order
     assert plotting.STYLE_PATH.exists()
+
+
+def test_json_floats_carry_six_significant_digits(tmp_path):
+    """Float32 results that differ only in their last bits (BLAS summation order on AVX2 vs AVX-512) give the
+    same bytes."""
+    x = np.float32(0.1)
+    y = np.nextafter(x, np.float32(1))
+    rng = np.random.default_rng(0)
+    v = rng.random(10_000).astype(np.float32)
+    s1, s2 = np.sum(v), np.float32(sum(float(t) for t in v[::-1]))   # two reduction orders
+    a = plotting.save_figure(_figure(), "06_a", tmp_path / "a", data={"x": x, "s": [s1, 1 / 3, 123456789.0, 7]})
+    b = plotting.save_figure(_figure(), "06_a", tmp_path / "b", data={"x": y, "s": [s2, 1 / 3, 123456789.0, 7]})
+    assert x != y
+    assert a["json"].read_bytes() == b["json"].read_bytes()
+    record = json.loads(a["json"].read_text())["data"]
+    assert record["x"] == 0.1 and record["s"][1:] == [0.333333, 123457000.0, 7]
+    assert isinstance(record["s"][3], int)
+    assert plotting.JSON_SIGNIFICANT_DIGITS == 6
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink", "device"])
+def test_save_figure_refuses_to_replace_what_is_not_a_regular_file(tmp_path, kind):
+    target = tmp_path / "07_x.png"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.png").write_bytes(b"keep")
+        target.symlink_to(tmp_path / "elsewhere.png")
+    else:
+        try:
+            os.mknod(target, 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 7))   # like /dev/full
+        except PermissionError:
+            pytest.skip("creating a character device needs root")
+    before = os.lstat(target)
+    with pytest.raises(ValueError, match="07_x.png exists and is"):
+        plotting.save_figure(_figure(), "07_x", tmp_path, data={"v": 1})
+    after = os.lstat(target)
+    assert (before.st_mode, before.st_ino) == (after.st_mode, after.st_ino)
+    # nothing written: not the pdf, not the json, no temporaries
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["07_x.png"] + (["elsewhere.png"] if kind == "symlink"
+                                                                                else []))
+
+
+def test_figures_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="figures_dir .* is not a folder"):
+        plotting.save_figure(_figure(), "08_x", tmp_path / "f")
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".09_x.png.{dead_pid}-abcd1234.tmp"
+    live = tmp_path / f".09_x.pdf.{os.getpid()}-abcd1234.tmp"
+    other = tmp_path / "09_x.png"
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    assert plotting.remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -1,8 +1,16 @@
-"""q4core.reproduce: the papermill runner - selection, parameter checks, failures, manifest, clean re-runs.
+"""q4core.reproduce: the papermill runner - selection, parameter checks, failures, manifest, clean re-runs,
+staging and publishing, locking, process lifetime.
 
-Uses tiny temporary notebooks (a few seconds each); the real notebooks are run in test_notebooks.py.
+Uses tiny temporary notebooks (a few seconds each); the real notebooks are run in test_notebooks.py.  Tests that
+start Jupyter kernels are marked slow.
 """
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -10,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from q4core import reproduce
 
-pytestmark = pytest.mark.slow   # starts Jupyter kernels
+slow = pytest.mark.slow   # starts Jupyter kernels
 
 PARAMS = 'profile = "default"\nseed = 0\nfigures_dir = "figures"\nvalue = 1.0\nfail = False\n'
 FIGURE = """
@@ -52,6 +60,7 @@ def run(project, *args):
                            "--output-dir", str(project / "executed"), *args])
 
 
+@slow
 def test_failing_notebook_keeps_previous_figures_and_others_run(project, capsys):
     assert run(project, "--profile", "quick", "-p", "seed", "1") == 0
     figures = project / "figures"
@@ -64,17 +73,19 @@ def test_failing_notebook_keeps_previous_figures_and_others_run(project, capsys)
     report = capsys.readouterr().out
     assert "02_flaky" in report and "RuntimeError: deliberate failure" in report and "In [" in report
     assert "01_good: ok" in report
-    # 02's first figure was redone, its second (never reached) is the previous good one
-    assert (figures / "02_fig0.json").read_bytes() != old["02_fig0.json"]
-    for ext in ("pdf", "png", "json"):
-        assert (figures / f"02_fig1.{ext}").read_bytes() == old[f"02_fig1.{ext}"]
+    # 02 failed after saving its first figure: nothing of this run is published, not even that figure -
+    # all of 02's figures are the previous run's (never a mix of two runs)
+    assert {p.name: p.read_bytes() for p in figures.glob("02_*")} == old
     assert json.loads((figures / "01_fig1.json").read_text())["data"] == {"value": 2.0, "seed": 2}
     manifest = json.loads((figures / "manifest.json").read_text())["figures"]
     assert manifest["01_fig0.pdf"]["parameters"]["seed"] == 2        # 01 succeeded: updated
-    assert manifest["02_fig1.pdf"] == old_manifest["02_fig1.pdf"]    # 02 failed: entries kept
+    for name in old:
+        assert manifest[name] == old_manifest[name]                  # 02 failed: entries kept
     assert not [p for p in figures.iterdir() if p.name.endswith(".tmp")]
+    assert not list((figures / reproduce.STAGING).glob("*/*"))      # staging emptied
 
 
+@slow
 def test_manifest_records_each_figure(project):
     assert run(project, "--profile", "quick", "--only", "1") == 0
     manifest = json.loads((project / "figures" / "manifest.json").read_text())["figures"]
@@ -87,6 +98,7 @@ def test_manifest_records_each_figure(project):
         assert entry["sha256"] == hashlib.sha256((project / "figures" / name).read_bytes()).hexdigest()
 
 
+@slow
 def test_reruns_are_identical(project):
     assert run(project, "--profile", "default", "--only", "01") == 0
     first = {p.name: p.read_bytes() for p in (project / "figures").iterdir()}
@@ -160,3 +172,271 @@ def test_missing_ipykernel_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipykernel" else real(name, *a))
     with pytest.raises(reproduce.UsageError, match="ipykernel is not installed"):
         reproduce.kernel_environment()
+
+
+# ------------------------------------------------------------------ staging, manifest, locking, processes
+def cli(project, *args, env=None, timeout=300):
+    """The real command in a subprocess (its own TMPDIR so its temporary folders can be inspected)."""
+    tmp = project / "tmp"
+    tmp.mkdir(exist_ok=True)
+    full_env = {**os.environ, "TMPDIR": str(tmp), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "q4core.reproduce", "--notebooks-dir", str(project / "notebooks"),
+                           "--figures-dir", str(project / "figures"), "--output-dir", str(project / "executed"),
+                           *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def test_parameter_types_are_checked_against_the_defaults(project, capsys):
+    assert run(project, "-p", "seed", "x") == 2
+    assert "parameter seed (-p) must be an int like its default 0, got 'x' (str)" in capsys.readouterr().err
+    assert run(project, "-p", "fail", "1") == 2
+    assert "parameter fail (-p) must be a bool" in capsys.readouterr().err
+    assert run(project, "-p", "seed", "1.5") == 2
+    assert not (project / "figures").exists() and not (project / "executed").exists()
+    path = project / "notebooks" / "03_typed.ipynb"
+    make_notebook(path, n_figures=1, params=PARAMS + "bits = [8, 4]\n")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["q4core"]["profiles"]["quick"] = {"bits": [8, "x"]}
+    nbformat.write(nb, path)
+    assert run(project, "--profile", "quick", "--only", "03") == 2
+    assert "parameter bits (profile quick) must be a list like its default [8, 4]" in capsys.readouterr().err
+    notebooks = reproduce.find_notebooks(project / "notebooks")
+    # an int where the default is a float is fine; so is a list of ints for a list of ints
+    jobs = reproduce.plan({"03": notebooks["03"]}, "default", {"value": 2, "bits": [2]}, project / "figures")
+    assert jobs[0][2]["value"] == 2 and jobs[0][2]["bits"] == [2]
+
+
+def _notebook_with_profile_dependent_figures(path):
+    make_notebook(path, n_figures=0, params=PARAMS + "n = 2\n")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(new_code_cell("for i in range(n):\n" + "\n".join(
+        "    " + line for line in FIGURE.format(name="05_fig{i}").replace("{i}", "{i}").strip().splitlines())))
+    nb.cells[-1].source = nb.cells[-1].source.replace('"05_fig{i}"', 'f"05_fig{i}"')
+    nb.metadata["q4core"]["profiles"] = {"quick": {"n": 1}, "default": {"n": 2}, "full": {}}
+    nbformat.write(nb, path)
+
+
+@slow
+def test_manifest_records_only_what_the_run_wrote(project):
+    _notebook_with_profile_dependent_figures(project / "notebooks" / "05_varies.ipynb")
+    assert run(project, "--profile", "default", "--only", "05") == 0
+    figures = project / "figures"
+    default_entries = json.loads((figures / "manifest.json").read_text())["figures"]
+    assert sorted(default_entries) == [f"05_fig{i}.{e}" for i in range(2) for e in ("json", "pdf", "png")]
+    assert run(project, "--profile", "quick", "--only", "05") == 0
+    manifest = json.loads((figures / "manifest.json").read_text())["figures"]
+    for ext in ("json", "pdf", "png"):
+        assert manifest[f"05_fig0.{ext}"]["profile"] == "quick"
+        assert manifest[f"05_fig1.{ext}"] == default_entries[f"05_fig1.{ext}"]   # not made by quick: untouched
+    assert manifest["05_fig1.json"]["parameters"]["n"] == 2
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from q4core import reproduce
+folder, who, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for i in range(count):
+    name = f"{who}_{i:03d}.json"
+    (folder / name).write_text(name)
+    reproduce.update_manifest(folder, {name: {"notebook": who, "sha256": "x"}})
+"""
+
+
+def test_concurrent_manifest_updates_lose_nothing(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), who, "60"]) for who in ("11", "12", "13")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["figures"]
+    assert sorted(manifest) == sorted(f"{w}_{i:03d}.json" for w in ("11", "12", "13") for i in range(60))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_publish_refuses_a_destination_that_is_not_a_regular_file(tmp_path):
+    stage = tmp_path / "stage"
+    figures = tmp_path / "figures"
+    stage.mkdir(), figures.mkdir()
+    for ext in ("pdf", "png"):
+        (stage / f"06_x.{ext}").write_text(ext)
+    (figures / "06_x.png").mkdir()
+    with pytest.raises(ValueError, match=r"06_x.png exists and is a folder"):
+        reproduce.publish(stage, figures, "06", "06_x", {})
+    assert sorted(p.name for p in figures.iterdir()) == ["06_x.png"]   # nothing moved
+    assert (figures / "06_x.png").is_dir()
+
+
+def test_runner_errors_say_what_and_where(project, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    r = cli(project, "--figures-dir", str(tmp_path / "a_file"))
+    assert r.returncode == 2 and "--figures-dir" in r.stderr and "is not a folder" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert list((project / "tmp").iterdir()) == []                      # no temporary folder leaked
+    r = cli(project, "--list", "--notebooks-dir", str(tmp_path / "missing"))
+    assert r.returncode == 2 and f"{tmp_path / 'missing'}: no such folder" in r.stderr
+    (tmp_path / "empty").mkdir()
+    for extra in ([], ["--list"]):
+        r = cli(project, *extra, "--notebooks-dir", str(tmp_path / "empty"))
+        assert r.returncode == 2 and f"no notebooks NN_name.ipynb in {tmp_path / 'empty'}" in r.stderr
+
+
+def test_default_notebooks_folder_is_found_or_the_error_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    candidates = reproduce._candidate_notebook_dirs()
+    if any(c.is_dir() for c in candidates):      # a checkout: found there
+        assert reproduce.default_notebooks_dir() == next(c for c in candidates if c.is_dir())
+    else:                                         # a wheel install
+        with pytest.raises(reproduce.UsageError, match="looked in .*--notebooks-dir"):
+            reproduce.default_notebooks_dir()
+    (tmp_path / "notebooks").mkdir()
+    assert reproduce.default_notebooks_dir() in candidates
+
+
+@slow
+def test_a_successful_run_is_quiet_about_kernel_shutdown(project):
+    r = cli(project, "--profile", "quick", "--only", "01")
+    assert r.returncode == 0, r.stderr
+    assert "KeyboardInterrupt" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+SLEEPER = """
+import os, time, pathlib
+pathlib.Path(marker_dir, f"{os.getpid()}").write_text(str(os.getppid()))
+time.sleep(sleep)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:     # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@slow
+def test_sigkill_of_the_runner_takes_workers_and_kernels_with_it(project, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    params = PARAMS + f"sleep = 0\nmarker_dir = {str(markers)!r}\n"
+    for stem in ("03_sleepy", "04_sleepy"):
+        make_notebook(project / "notebooks" / f"{stem}.ipynb", n_figures=0, params=params)
+        nb = nbformat.read(project / "notebooks" / f"{stem}.ipynb", as_version=4)
+        nb.cells.append(new_code_cell(FIGURE.format(name=f"{stem[:2]}_fig0")))     # a first figure ...
+        nb.cells.append(new_code_cell(SLEEPER))                                     # ... then a long cell ...
+        nb.cells.append(new_code_cell(FIGURE.format(name=f"{stem[:2]}_fig1")))     # ... then another figure
+        nbformat.write(nb, project / "notebooks" / f"{stem}.ipynb")
+    (project / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(project / "tmp")}
+    cmd = [sys.executable, "-m", "q4core.reproduce", "--notebooks-dir", str(project / "notebooks"),
+           "--figures-dir", str(project / "figures"), "--output-dir", str(project / "executed"),
+           "--only", "03,04", "--jobs", "2", "-p", "sleep", "20"]
+    runner = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(markers.iterdir())) < 2:
+        assert runner.poll() is None and time.monotonic() < deadline, "the kernels never started"
+        time.sleep(0.2)
+    kernels = [int(p.name) for p in markers.iterdir()]
+    workers = [int(p.read_text()) for p in markers.iterdir()]
+    assert runner.pid not in workers                    # the kernels run under worker processes
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in kernels + workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in kernels + workers if _alive(pid)], "orphans survived the runner"
+    figures = project / "figures"
+    assert not list(figures.glob("0[34]_*"))            # nothing published by the killed run
+    left = list((figures / reproduce.STAGING).glob("*/*")) + list((project / "tmp").glob("q4core-jupyter-*"))
+    assert left                                         # the kill left staged figures and the kernelspec folder
+    # the next run cleans what the dead run left, and works
+    r = subprocess.run(cmd[:-2] + ["sleep", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list((project / "tmp").glob("q4core-jupyter-*"))
+    assert not list((figures / reproduce.STAGING).glob("*/*"))
+    assert not [p for p in figures.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in figures.glob("0[34]_*")) == sorted(
+        f"{n}_fig{i}.{e}" for n in ("03", "04") for i in range(2) for e in ("json", "pdf", "png"))
+
+
+_CATCH_SIGINT = """
+import pathlib, signal
+def _mark(signum, frame):
+    pathlib.Path({marker!r}).write_text("SIGINT")
+get_ipython().kernel.saved_sigint_handler = _mark   # ipykernel restores this handler after the cell
+"""
+
+
+@slow
+def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(tmp_path, monkeypatch):
+    """jupyter_client (>= 8) sends SIGINT before shutdown; ipykernel then logs 'KeyboardInterrupt caught in
+    kernel.' after a successful notebook whenever the signal lands in a message handler."""
+    import asyncio
+    manager_class = reproduce._kernel_manager_class()
+    root = reproduce.kernel_environment()
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    marker = tmp_path / "sigint"
+
+    async def scenario():
+        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            reply = await kc.execute_interactive(_CATCH_SIGINT.format(marker=str(marker)), timeout=60)
+            assert reply["content"]["status"] == "ok"
+            await km.interrupt_kernel()                  # a real interrupt still reaches the kernel ...
+            for _ in range(100):
+                if marker.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert marker.exists(), "the kernel did not see a deliberate interrupt"
+            marker.unlink()
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()                   # ... but shutting down sends none
+        await asyncio.sleep(0.5)
+    try:
+        asyncio.run(scenario())
+    finally:
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+    assert not marker.exists(), "the kernel was interrupted while being shut down"
+
+
+def test_a_figure_destination_that_is_not_a_regular_file_stops_the_run_before_it_starts(project, capsys):
+    figures = project / "figures"
+    (figures / "01_fig1.png").mkdir(parents=True)
+    assert run(project, "--only", "01") == 2
+    assert "01_fig1.png exists and is a folder; refusing to replace it" in capsys.readouterr().err
+    assert sorted(p.name for p in figures.iterdir()) == ["01_fig1.png"] and not (project / "executed").exists()
+
+
+def test_stale_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))     # where kernel_environment() makes its folder
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [temp / f"q4core-jupyter-{dead.pid}-abc", figures / f".01_a.png.{dead.pid}-abcd1234.tmp",
+             figures / ".01_a.png.ab_cd123.tmp", figures / reproduce.STAGING / "01_a"]
+    live = [temp / f"q4core-jupyter-{os.getpid()}-abc", figures / f".01_a.png.{os.getpid()}-abcd1234.tmp",
+            temp / "q4core-jupyter-old", figures / "01_a.png", figures / ".keep.tmp"]
+    for path in stale + live:
+        if path.suffix in (".tmp", ".png"):
+            path.write_text("x")
+        else:
+            path.mkdir(parents=True)
+    (figures / reproduce.STAGING / "01_a" / "01_a.png").write_text("x")
+    held = reproduce._lock_dir(figures / reproduce.STAGING / "02_b")     # a live run staging notebook 02
+    try:
+        (figures / reproduce.STAGING / "02_b" / "02_b.png").write_text("x")
+        removed = reproduce.remove_stale_files(figures)
+        assert sorted(removed) == sorted(stale)
+        assert all(p.exists() for p in live) and not any(p.exists() for p in stale)
+        assert (figures / reproduce.STAGING / "02_b" / "02_b.png").exists()
+    finally:
+        os.close(held)

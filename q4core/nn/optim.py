@@ -58,7 +58,39 @@ class _Optimizer:
                 out[f"{key}/{name}"] = arr.copy()
         return out
 
+    def check_state_dict(self, state):
+        """Raise ``ValueError`` (naming the entries and shapes) unless ``state`` fits this optimizer exactly:
+        a scalar integer ``steps`` and every slot with this optimizer's shape - no broadcasting, nothing
+        missing, nothing extra."""
+        problems = []
+        expected = {"steps"}
+        if "steps" not in state:
+            problems.append("missing entry 'steps'")
+        else:
+            steps = np.asarray(state["steps"])
+            if steps.shape != () or steps.dtype.kind not in "iu" or int(steps) < 0:
+                problems.append(f"'steps' must be a non-negative integer scalar, got {steps.dtype} shape {steps.shape}")
+        for key, slots in self._slots().items():
+            for name, arr in slots.items():
+                entry = f"{key}/{name}"
+                expected.add(entry)
+                if entry not in state:
+                    problems.append(f"missing entry {entry!r} (shape {arr.shape})")
+                    continue
+                value = np.asarray(state[entry])
+                if value.shape != arr.shape:
+                    problems.append(f"{entry!r}: shape {value.shape} in the state, {arr.shape} in the optimizer")
+                elif value.dtype.kind not in "fiu":
+                    problems.append(f"{entry!r}: dtype {value.dtype} is not numeric")
+        extra = sorted(set(state) - expected)
+        if extra:
+            problems.append(f"unexpected entries {', '.join(map(repr, extra))}")
+        if problems:
+            raise ValueError(f"optimizer state does not fit this {type(self).__name__}: " + "; ".join(problems))
+
     def load_state_dict(self, state):
+        """Load a :meth:`state_dict`; all or nothing (:meth:`check_state_dict` first, then assign)."""
+        self.check_state_dict(state)
         self.steps = int(state["steps"])
         for key, slots in self._slots().items():
             for name in slots:

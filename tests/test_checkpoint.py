@@ -1,0 +1,109 @@
+"""q4core.checkpoint and optimizer state: all-or-nothing loading, precise errors, safe atomic saving."""
+import os
+
+import numpy as np
+import pytest
+
+from q4core.checkpoint import load_checkpoint, save_checkpoint
+from q4core.nn.optim import SGD, Adam
+from q4core.train import build_model
+
+
+def _state(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+def test_loading_into_the_wrong_model_changes_nothing(tmp_path):
+    saved = build_model("mlp", (4,), 3, seed=1)
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, saved)
+    other = build_model("mlp", (4,), 5, seed=2)     # same first layers, different last one
+    before = _state(other)
+    assert any(np.array_equal(before[k], v) is False for k, v in saved.state_dict().items() if k in before
+               and np.shape(before[k]) == np.shape(v))   # something that would have been overwritten
+    with pytest.raises(ValueError, match=r"does not fit the model.*shape \(\d+, 3\) in the file, \(\d+, 5\)"):
+        load_checkpoint(path, other)
+    assert _same(_state(other), before)
+
+
+def test_optimizer_mismatch_changes_neither_model_nor_optimizer(tmp_path):
+    model = build_model("mlp", (4,), 3, seed=1)
+    opt = Adam(model.named_parameters(), lr=1e-3)
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, model, opt)
+    fresh = build_model("mlp", (4,), 3, seed=7)
+    sgd = SGD(fresh.named_parameters(), lr=0.1)
+    before = _state(fresh)
+    with pytest.raises(ValueError, match="optimizer state does not fit this SGD.*missing entry 'velocity/"):
+        load_checkpoint(path, fresh, sgd)
+    assert _same(_state(fresh), before)
+
+
+def test_optimizer_slot_of_the_wrong_shape_is_refused_not_broadcast():
+    w = np.zeros((8, 256), np.float32)
+
+    class P:
+        data, grad, decay = w, np.zeros_like(w), True
+    opt = Adam([("fc.weight", P())])
+    state = opt.state_dict()
+    state["m/fc.weight"] = np.ones((1, 256), np.float32)
+    with pytest.raises(ValueError, match=r"'m/fc.weight': shape \(1, 256\) in the state, \(8, 256\) in the optimizer"):
+        opt.load_state_dict(state)
+    assert not opt.m["fc.weight"].any() and opt.steps == 0
+    with pytest.raises(ValueError, match="unexpected entries 'x/y'"):
+        opt.load_state_dict({**opt.state_dict(), "x/y": np.zeros(1)})
+    with pytest.raises(ValueError, match="'steps' must be a non-negative integer"):
+        opt.load_state_dict({**opt.state_dict(), "steps": np.zeros(2)})
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04trunc", b"not a zip"])
+def test_unreadable_files_raise_value_error(tmp_path, content):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable .npz checkpoint"):
+        load_checkpoint(path, build_model("mlp", (4,), 3, seed=0))
+
+
+def test_a_folder_is_never_replaced_and_no_temporary_is_left(tmp_path):
+    model = build_model("mlp", (4,), 3, seed=0)
+    target = tmp_path / "ck.npz"
+    target.mkdir()
+    with pytest.raises(ValueError, match=r"ck.npz exists and is a folder"):
+        save_checkpoint(target, model)
+    assert target.is_dir() and sorted(os.listdir(tmp_path)) == ["ck.npz"]
+    with pytest.raises(ValueError, match="does not exist"):
+        save_checkpoint(tmp_path / "no" / "ck.npz", model)
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
+
+
+def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary(tmp_path):
+    model = build_model("mlp", (4,), 3, seed=0)
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, model, meta={"v": 1})
+    old = path.read_bytes()
+
+    class Exploding:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("disk on fire")
+
+    class HalfWritten:      # the first array is written, the second fails: a half-written temporary
+        def state_dict(self):
+            return {"param/a": np.zeros(1000), "param/b": Exploding()}
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        save_checkpoint(path, HalfWritten(), meta={"v": 2})
+    assert path.read_bytes() == old and sorted(os.listdir(tmp_path)) == ["ck.npz"]
+    assert load_checkpoint(path, build_model("mlp", (4,), 3, seed=5)) == {"v": 1}
+
+
+def test_check_checkpoint_path_before_the_work(tmp_path):
+    from q4core.checkpoint import check_checkpoint_path
+    assert check_checkpoint_path(tmp_path / "new.npz") == str(tmp_path / "new.npz")
+    (tmp_path / "file.npz").write_bytes(b"old")
+    assert check_checkpoint_path(tmp_path / "file.npz") == str(tmp_path / "file.npz")   # a file may be replaced
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(ValueError, match="fifo.npz exists and is not a regular file"):
+        check_checkpoint_path(tmp_path / "fifo.npz")
