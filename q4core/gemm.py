@@ -546,7 +546,7 @@ def _int4_fp4_run(a, a_signed, g, kid, nthreads):
 #   b_packed a PackedInt4 from pack_int4 (a plain int8/uint8 array is accepted too, packed
 #            for this call only);
 #   threads  None (the default, OMP_NUM_THREADS) or a positive int; clamped like everywhere.
-# Shapes must agree (a.shape[1] == b.shape[0]); empty dimensions give zeros.
+# Shapes must agree (checked: O(1), ValueError); empty dimensions give zeros.
 def _engine_threads(threads):
     return 0 if threads is None else _clamp_threads(threads)
 
@@ -558,19 +558,29 @@ def _engine_packed(b):
     return _trusted_packed(b, b.dtype.type is np.int8)
 
 
+def _engine_inner(a_shape, b_shape, a_name, b_name):
+    # O(1), and a mismatch would otherwise be a silently wrong (zero-padded) product
+    if a_shape[1] != b_shape[0]:
+        _check_inner(a_shape, b_shape, a_name, b_name)
+
+
 def int4_matmul_unchecked(a, b_packed, threads=None):
     """``int4_matmul`` without operand checks: ``a`` int8/uint8 levels, ``b_packed`` a PackedInt4."""
-    return _int4_run(a, a.dtype.type is np.int8, _engine_packed(b_packed), _engine_kernel_id(),
+    packed = _engine_packed(b_packed)
+    _engine_inner(a.shape, packed.shape, "a", "b_packed")
+    return _int4_run(a, a.dtype.type is np.int8, packed, _engine_kernel_id(),
                      _engine_threads(threads))
 
 
 def fp4_int4_matmul_unchecked(g_codes, b_packed, threads=None):
     """``fp4_int4_matmul`` without operand checks: ``g_codes`` uint8 radix-4 codes, ``b_packed`` packed."""
-    return _fp4_int4_run(g_codes, _engine_packed(b_packed), _engine_kernel_id(),
-                         _engine_threads(threads))
+    packed = _engine_packed(b_packed)
+    _engine_inner(g_codes.shape, packed.shape, "g_codes", "b_packed")
+    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads))
 
 
 def int4_fp4_matmul_unchecked(a, g_codes, threads=None):
     """``int4_fp4_matmul`` without operand checks: levels ``a`` (int8/uint8) and codes ``g_codes``."""
+    _engine_inner(a.shape, g_codes.shape, "a", "g_codes")
     return _int4_fp4_run(a, a.dtype.type is np.int8, g_codes, _engine_kernel_id(),
                          _engine_threads(threads))

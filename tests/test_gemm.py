@@ -570,6 +570,7 @@ def test_unchecked_skips_validation_but_keeps_k_chunks(monkeypatch):
     b = rand_int4(rng, (300, 5), False)
     g = rand_fp4(rng, (7, 300))
     packed = gemm.pack_int4(b)
+    short = gemm.pack_int4(b[:299])
 
     def no_checks(*args, **kw):
         raise AssertionError("an engine entry point ran a validation scan")
@@ -588,6 +589,13 @@ def test_unchecked_skips_validation_but_keeps_k_chunks(monkeypatch):
                                       oracle(b.T, units_from_formats(g).T))
         # a plain (unpacked) right operand is accepted too
         np.testing.assert_array_equal(gemm.int4_matmul_unchecked(a, b), oracle(a, b))
+    # the one check kept: inner dimensions (O(1); a mismatch would be silently zero-padded)
+    with pytest.raises(ValueError, match="shape mismatch: a is 7x300 and b_packed is 299x5"):
+        gemm.int4_matmul_unchecked(a, short)
+    with pytest.raises(ValueError, match="g_codes.shape.1. must equal b_packed"):
+        gemm.fp4_int4_matmul_unchecked(g[:, :299], packed)
+    with pytest.raises(ValueError, match="a.shape.1. must equal g_codes"):
+        gemm.int4_fp4_matmul_unchecked(a, g[:, :5].copy())
 
 
 def test_unchecked_kernel_is_cached_and_follows_the_env_var(monkeypatch):
