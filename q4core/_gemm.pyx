@@ -167,7 +167,7 @@ def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
     if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
         raise ValueError("internal error: bad tables, Kp or rows in prep_a")
     buf = np.zeros((T, Mp, lda), np.uint8)
-    seen = np.zeros(256, np.uint8)
+    seen = np.zeros(256 if want_seen else 1, np.uint8)
     cdef uint8_t[:, :, ::1] b = buf
     cdef uint8_t[::1] sv = seen
     if M and K:
