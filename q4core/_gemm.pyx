@@ -2,8 +2,8 @@
 """Compiled INT4 / FP4 x INT4 GEMM kernels (private; use :mod:`q4core.gemm`).
 
 The C kernels live in ``q4core/src/gemm_*.h``.  Every kernel computes the exact product of
-an unsigned byte matrix A (row-major, K padded to a multiple of 64) and a signed byte
-matrix B packed in 16-column panels; :mod:`q4core.gemm` maps INT4 and FP4 operands onto
+an unsigned byte matrix A (row-major, K padded to a multiple of K_ALIGN = 64) and a signed
+byte matrix B packed in PANEL_COLS = 16-column panels; :mod:`q4core.gemm` maps INT4 and FP4 operands onto
 that (offsets, exponent groups) and validates everything before it gets here.
 """
 import numpy as np
@@ -13,7 +13,7 @@ from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
 cnp.import_array()
 
 cdef extern from "gemm_pack.h" nogil:
-    int Q4_MAX_TABLES
+    int Q4_MAX_TABLES, Q4_LDA_ALIAS, Q4_LDA_SKEW
     void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                    const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                    int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads)
@@ -30,11 +30,16 @@ cdef extern from "gemm_driver.h" nogil:
         int amx_tile, amx_int8, amx_bf16
         int os_avx, os_avx512, os_amx
         int amx_permission
+    # layout constants (gemm_portable.h, gemm_driver.h)
+    int Q4_NKERNELS, Q4_PANEL, Q4_KGROUP, Q4_GROUP_BYTES, Q4_KALIGN, Q4_KC
     const q4_cpu_features *q4_features()
+    const char *q4_kernel_name(int kernel)
+    const char *q4_kernel_requires(int kernel)
     int q4_kernel_compiled(int kernel)
     int q4_kernel_supported(int kernel, const q4_cpu_features *f)
     int q4_openmp_enabled()
     int q4_default_threads()
+    int q4_thread_limit()
     int q4_row_multiple(int kernel)
     int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int64_t lda,
                        int64_t M, int64_t Mp, const int8_t *const *B, int64_t Kp,
@@ -42,17 +47,28 @@ cdef extern from "gemm_driver.h" nogil:
                        const int32_t *const *corr, const int *shift, int mode,
                        void *out, int64_t ldo, int nthreads, int64_t max_product)
 
-# same order as q4core.gemm.KERNEL_NAMES (without "reference")
-KERNELS = ("amx", "vnni", "avxvnni", "avx2", "portable")
-_REQUIRES = {
-    "amx": "CPUID AMX-TILE + AMX-INT8, OS tile state (XCR0 bits 17, 18) and Linux XTILEDATA permission",
-    "vnni": "CPUID AVX-512 F + BW + VNNI and OS zmm state (XCR0 bits 5-7)",
-    "avxvnni": "CPUID AVX2 + AVX-VNNI and OS ymm state",
-    "avx2": "CPUID AVX2 and OS ymm state",
-    "portable": "nothing",
-}
+#: columns of B per packed panel: N is padded to a multiple
+PANEL_COLS = Q4_PANEL
+#: K is padded to a multiple of this (and every K chunk is one)
+K_ALIGN = Q4_KALIGN
+#: row strides of prep_a's buffers that are a multiple of LDA_ALIAS get LDA_SKEW more bytes
+LDA_ALIAS = Q4_LDA_ALIAS
+LDA_SKEW = Q4_LDA_SKEW
 
-q4_features()   # detect once at import, under the GIL
+q4_features()       # detect once at import, under the GIL
+q4_thread_limit()   # likewise: the processor count the thread clamp uses
+
+#: the C kernel table (gemm_kernels.h), in its order - the kernel id is the index
+KERNEL_TABLE = tuple(
+    {"id": i, "name": q4_kernel_name(i).decode("ascii"),
+     "requires": q4_kernel_requires(i).decode("ascii"),
+     "row_multiple": q4_row_multiple(i), "compiled": bool(q4_kernel_compiled(i)),
+     "supported": bool(q4_kernel_supported(i, q4_features()))}
+    for i in range(Q4_NKERNELS))
+#: kernel names in table order (q4core.gemm.KERNEL_NAMES without "reference")
+KERNELS = tuple(k["name"] for k in KERNEL_TABLE)
+#: row multiple of each kernel id, for the callers that pad A
+ROW_MULTIPLES = tuple(k["row_multiple"] for k in KERNEL_TABLE)
 
 
 def cpu_features():
@@ -66,14 +82,13 @@ def cpu_features():
         "avx_vnni": bool(f.avxvnni), "amx_tile": bool(f.amx_tile), "amx_int8": bool(f.amx_int8),
         "amx_bf16": bool(f.amx_bf16), "os_avx": bool(f.os_avx), "os_avx512": bool(f.os_avx512),
         "os_amx": bool(f.os_amx), "amx_xtiledata_permission": perm,
-        "compiled_kernels": [k for i, k in enumerate(KERNELS) if q4_kernel_compiled(i)],
+        "compiled_kernels": [k["name"] for k in KERNEL_TABLE if k["compiled"]],
     }
 
 
 def available_kernels():
     """Compiled kernels that this CPU and OS can run, fastest first."""
-    return [k for i, k in enumerate(KERNELS)
-            if q4_kernel_compiled(i) and q4_kernel_supported(i, q4_features())]
+    return [k["name"] for k in KERNEL_TABLE if k["compiled"] and k["supported"]]
 
 
 def unavailable_reason(name):
@@ -81,7 +96,7 @@ def unavailable_reason(name):
     if not q4_kernel_compiled(i):
         return f"the {name} kernel was not compiled (compiler too old or not x86-64)"
     if not q4_kernel_supported(i, q4_features()):
-        return f"this CPU/OS lacks what the {name} kernel needs ({_REQUIRES[name]})"
+        return f"this CPU/OS lacks what the {name} kernel needs ({KERNEL_TABLE[i]['requires']})"
     return "it is available"
 
 
@@ -90,7 +105,14 @@ def openmp_enabled():
 
 
 def default_threads():
+    """Threads a call uses by default: OpenMP's default (OMP_NUM_THREADS) after the clamp."""
     return q4_default_threads()
+
+
+def thread_limit():
+    """Most threads any GEMM-side parallel region starts: the processors this process may
+    run on (and OMP_THREAD_LIMIT); larger requests are clamped to it (gemm_threads.h)."""
+    return q4_thread_limit()
 
 
 def _round_up(n, m):
@@ -102,12 +124,12 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
     kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
 
     Returns (packed int8 (T, Kp * Np), Kp, Np, column sums int64 (T, Np), seen bool (256,))
-    with Kp = K rounded up to 64 and Np = N rounded up to 16 (zero padding adds nothing to
+    with Kp = K rounded up to K_ALIGN and Np = N rounded up to PANEL_COLS (zero padding adds nothing to
     any product); ``seen[v]`` tells whether byte value v occurs in B.  Column panels are
     spread over ``nthreads`` OpenMP threads (0: the default count).
     """
     cdef Py_ssize_t K = src.shape[0], N = src.shape[1], T = tables.shape[0]
-    cdef Py_ssize_t Kp = _round_up(max(K, 1), 64), Np = _round_up(max(N, 1), 16)
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN), Np = _round_up(max(N, 1), Q4_PANEL)
     if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
     packed = np.zeros((T, Kp * Np), np.int8)
@@ -129,29 +151,32 @@ def row_multiple(int kernel):
 
 
 def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
-           Py_ssize_t rows=32, int nthreads=0):
+           Py_ssize_t rows, int nthreads=0, bint want_seen=True):
     """Map A (M x K bytes, any strides) through each row of ``tables`` (T x 256) into T
     zero-padded row-major buffers, in one pass over A.
 
-    Returns (buffers uint8 (T, Mp, lda), seen bool (256,)): Mp = M rounded up to ``rows``;
-    the row stride lda is Kp plus 64 bytes when Kp is a multiple of 512, so that the rows a
-    micro-kernel reads together do not all fall into the same L1 cache set (a power-of-two
-    stride would alias them); ``seen[v]`` tells whether byte value v occurs in A.
+    Returns (buffers uint8 (T, Mp, lda), seen bool (256,)): Mp = M rounded up to ``rows``
+    (the kernel's row multiple); the row stride lda is Kp plus LDA_SKEW bytes when Kp is a
+    multiple of LDA_ALIAS, so that the rows a micro-kernel reads together do not all fall
+    into the same L1 cache set (a power-of-two stride would alias them); ``seen[v]`` tells
+    whether byte value v occurs in A (None when ``want_seen`` is false: the scan is skipped).
     """
     cdef Py_ssize_t M = src.shape[0], K = src.shape[1], T = tables.shape[0]
     cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
-    cdef Py_ssize_t lda = Kp + 64 if Kp % 512 == 0 else Kp
-    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp:
-        raise ValueError("internal error: bad tables or Kp in prep_a")
+    cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
+    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
+        raise ValueError("internal error: bad tables, Kp or rows in prep_a")
     buf = np.zeros((T, Mp, lda), np.uint8)
-    seen = np.zeros(256, np.uint8)
+    seen = np.zeros(256 if want_seen else 1, np.uint8)
     cdef uint8_t[:, :, ::1] b = buf
     cdef uint8_t[::1] sv = seen
     if M and K:
         with nogil:
             q4_prep_a(&src[0, 0], src.strides[0], src.strides[1], M, K, &tables[0, 0], T,
-                      &b[0, 0, 0], Mp * lda, lda, &sv[0], nthreads)
-    return buf, seen.astype(bool)
+                      &b[0, 0, 0], Mp * lda, lda, &sv[0] if want_seen else NULL, nthreads)
+    if not want_seen:
+        return buf, None
+    return buf, seen.view(np.bool_)     # 0 / 1 bytes: a view, not a converted copy
 
 
 def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):
@@ -169,13 +194,34 @@ cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_
     cdef int64_t acc
     with nogil:
         for j in range(Np):
-            panel = &packed[(j >> 4) * Kp * 16 + (j & 15) * 4]
+            panel = &packed[(j // Q4_PANEL) * Kp * Q4_PANEL + (j % Q4_PANEL) * Q4_KGROUP]
             acc = 0
-            for g in range(k0 >> 2, k1 >> 2):
-                for q in range(4):
-                    acc += panel[g * 64 + q]
+            for g in range(k0 // Q4_KGROUP, k1 // Q4_KGROUP):
+                for q in range(Q4_KGROUP):
+                    acc += panel[g * Q4_GROUP_BYTES + q]
             s[j] = acc
     return sums
+
+
+cdef cnp.ndarray _correction(const int64_t[::1] sums, int64_t offset):
+    """int32 ``offset * sums``: the zero-point correction the driver subtracts.
+
+    ``|offset * column sum| <= max_product * kchunk < 2**31`` by the caller's K chunk;
+    checked anyway, since a wrapped correction would be a silent wrong answer."""
+    cdef Py_ssize_t j, n = sums.shape[0]
+    cdef int64_t v
+    cdef bint bad = False
+    corr = np.empty(n, np.int32)
+    cdef int32_t[::1] c = corr
+    with nogil:
+        for j in range(n):
+            v = sums[j] * offset
+            if v > 2147483647 or v < -2147483647:
+                bad = True
+            c[j] = <int32_t>v
+    if bad:
+        raise ValueError("internal error: zero-point correction exceeds int32; K chunk too long")
+    return corr
 
 
 def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
@@ -184,18 +230,18 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
     One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
-    (a multiple of 64) so that no int32 accumulator can wrap; the chunks are summed in
+    (a multiple of K_ALIGN) so that no int32 accumulator can wrap; the chunks are summed in
     int64.  Returns int32 when there is one group, no shift and one chunk, else int64.
     ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.
     """
     cdef int ngroups = len(a_bufs)
-    if kernel < 0 or kernel >= len(KERNELS):
+    if kernel < 0 or kernel >= Q4_NKERNELS:
         raise ValueError(f"unknown kernel id {kernel}")
     if ngroups not in (1, 2) or len(packs) != ngroups or len(a_offsets) != ngroups \
             or len(shifts) != ngroups or (colsums is not None and len(colsums) != ngroups):
         raise ValueError("internal error: one or two groups, with matching operand tuples")
-    if kchunk <= 0 or kchunk % 64:
-        raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of 64")
+    if kchunk <= 0 or kchunk % Q4_KALIGN:
+        raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of {Q4_KALIGN}")
     cdef const uint8_t *a_ptr[2]
     cdef const int8_t *b_ptr[2]
     cdef const int32_t *corr_ptr[2]
@@ -209,7 +255,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         bv = packs[g]
         if g == 0:
             Mp, lda = av.shape[0], av.shape[1]
-        if av.shape[0] != Mp or av.shape[1] != lda or lda < Kp or lda % 64 or Mp < M \
+        if av.shape[0] != Mp or av.shape[1] != lda or lda < Kp or lda % Q4_KALIGN or Mp < M \
                 or bv.shape[0] != Kp * Np:
             raise ValueError("internal error: operand buffers do not match the packed shapes")
         a_ptr[g] = &av[0, 0]
@@ -233,12 +279,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
                     sums = colsums[g]
                 else:
                     sums = _column_sums(packs[g], Kp, Np, k0, k1)
-                # |offset * column sum| <= max_product * kchunk < 2**31 by the caller's kchunk;
-                # checked anyway, since a wrapped correction would be a silent wrong answer
-                corr64 = sums * a_offsets[g]
-                if corr64.size and np.abs(corr64).max() > 2147483647:
-                    raise ValueError("internal error: zero-point correction exceeds int32; K chunk too long")
-                corr_keep[g] = corr64.astype(np.int32)
+                corr_keep[g] = _correction(sums, a_offsets[g])
                 cv = corr_keep[g]
                 corr_ptr[g] = &cv[0]
         with nogil:

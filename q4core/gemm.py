@@ -33,6 +33,16 @@ Kernels (``kernel=`` or the ``Q4CORE_KERNEL`` environment variable)
 ``reference`` (numpy int64, the test oracle), ``portable`` (plain C), ``avx2``
 (vpmaddubsw + vpmaddwd), ``vnni`` (AVX-512 VNNI vpdpbusd), ``avxvnni`` (VEX vpdpbusd),
 ``amx`` (AMX-INT8 tdpbusd tiles).  The default is the fastest one the CPU *and* OS allow.
+The compiled kernels are listed once, in the C kernel table (``q4core/src/gemm_kernels.h``);
+``KERNEL_NAMES``, ``available_kernels()`` and ``kernel_info()["kernels"]`` come from it.
+
+Threads (``threads=`` or ``OMP_NUM_THREADS``) are clamped to ``kernel_info()["thread_limit"]``,
+the processors this process may run on: an absurd request used to crash thread creation.
+
+Engine entry points
+-------------------
+``int4_matmul_unchecked``, ``fp4_int4_matmul_unchecked``, ``int4_fp4_matmul_unchecked``: the
+same products without operand validation, for the training engine (see the end of this file).
 """
 from __future__ import annotations
 
@@ -52,8 +62,11 @@ __all__ = [
     "kernel_info", "available_kernels", "KERNEL_NAMES",
 ]
 
-#: every kernel name, fastest first (``reference`` is the numpy oracle)
-KERNEL_NAMES = ("amx", "vnni", "avxvnni", "avx2", "portable", "reference")
+#: the numpy int64 oracle: a Python-only kernel, always last and always available
+_REFERENCE = "reference"
+#: every kernel name, fastest first: the compiled ones in the order of the C kernel table
+#: (q4core/src/gemm_kernels.h, exposed by q4core._gemm at import), then ``reference``
+KERNEL_NAMES = (tuple(_gemm.KERNELS) if _gemm is not None else ()) + (_REFERENCE,)
 _ENV = "Q4CORE_KERNEL"
 _INT32_MAX = np.iinfo(np.int32).max
 _INT32_MIN = np.iinfo(np.int32).min
@@ -113,13 +126,20 @@ def _check_inner(a_shape, b_shape, a_name, b_name):
 
 
 def _check_threads(threads):
+    """0 (OpenMP's default) for None, else a positive int clamped to the thread limit."""
     if threads is None:
         return 0
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (numbers.Integral, np.integer)):
         raise TypeError(f"threads must be a positive int or None, got {threads!r}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(threads)
+    return _clamp_threads(threads)
+
+
+def _clamp_threads(threads):
+    """At most the processors this process may run on (the C code clamps too; this also
+    keeps a huge Python int from overflowing the C ``int`` it is passed as)."""
+    return min(int(threads), _THREAD_LIMIT)
 
 
 def _check_scale(scale, name):
@@ -138,11 +158,19 @@ def _check_phase(phase):
 
 
 # --------------------------------------------------------------------------- kernel choice
+#: kernel name -> id in the C kernel table; the reference has none (-1 below)
+_KERNEL_ID = {name: i for i, name in enumerate(KERNEL_NAMES[:-1])}
+_REFERENCE_ID = -1
+#: the most threads a GEMM-side parallel region starts (gemm_threads.h): the processors this
+#: process may run on and OMP_THREAD_LIMIT.  ``threads=`` and OMP_NUM_THREADS are clamped to it.
+_THREAD_LIMIT = int(_gemm.thread_limit()) if _gemm is not None else 1
+#: the compiled kernels usable here, fastest first (CPU features are detected once at import)
+_AVAILABLE = tuple(_gemm.available_kernels()) if _gemm is not None else ()
+
+
 def available_kernels():
     """Kernel names usable on this CPU and OS, fastest first; always ends with 'reference'."""
-    if _gemm is None:
-        return ["reference"]
-    return [k for k in _gemm.available_kernels()] + ["reference"]
+    return list(_AVAILABLE) + [_REFERENCE]
 
 
 def _resolve_kernel(kernel):
@@ -153,7 +181,8 @@ def _resolve_kernel(kernel):
     if kernel is None:
         return available_kernels()[0]
     if not isinstance(kernel, str) or kernel not in KERNEL_NAMES:
-        raise ValueError(f"{source} must be one of {', '.join(KERNEL_NAMES)}; got {kernel!r}")
+        extra = "" if _gemm is not None else " (the compiled extension q4core._gemm is not built)"
+        raise ValueError(f"{source} must be one of {', '.join(KERNEL_NAMES)}{extra}; got {kernel!r}")
     if kernel not in available_kernels():
         why = ("the compiled extension q4core._gemm is not built" if _gemm is None
                else _gemm.unavailable_reason(kernel))
@@ -162,22 +191,52 @@ def _resolve_kernel(kernel):
     return kernel
 
 
+def _kernel_id(kernel):
+    """Kernel id for a ``kernel=`` argument (None: environment or default); -1 is the reference."""
+    return _KERNEL_ID.get(_resolve_kernel(kernel), _REFERENCE_ID)
+
+
+# (Q4CORE_KERNEL value, kernel id) of the engine entry points' last resolution
+_ENGINE_KERNEL = (object(), None)
+
+
+def _engine_kernel_id():
+    """The default kernel id, resolved once and again only when Q4CORE_KERNEL changes."""
+    global _ENGINE_KERNEL
+    env = os.environ.get(_ENV)
+    cached_env, kid = _ENGINE_KERNEL
+    if env != cached_env or kid is None:
+        kid = _kernel_id(None)          # raises, naming Q4CORE_KERNEL, if it is bad
+        _ENGINE_KERNEL = (env, kid)     # one tuple: a concurrent reader sees old or new
+    return kid
+
+
 def kernel_info():
-    """What the CPU and OS offer, which kernels are usable, which one is chosen, threads."""
+    """What the CPU and OS offer, which kernels are usable, which one is chosen, threads.
+
+    ``kernels`` is the kernel table (q4core/src/gemm_kernels.h) plus the numpy reference;
+    ``threads`` is the default thread count after the clamp to ``thread_limit``."""
     env = os.environ.get(_ENV) or None
     try:
         chosen = _resolve_kernel(None)
         error = None
     except (ValueError, RuntimeError) as exc:
         chosen, error = None, str(exc)
+    table = [dict(k) for k in _gemm.KERNEL_TABLE] if _gemm is not None else []
+    table.append({"id": None, "name": _REFERENCE, "requires": "nothing (numpy int64 product)",
+                  "row_multiple": None, "compiled": False, "supported": True})
     info = {
         "compiled": _gemm is not None,
         "cpu": _gemm.cpu_features() if _gemm is not None else {},
+        "kernels": table,
         "available_kernels": available_kernels(),
         "chosen_kernel": chosen,
         "env_override": env,
         "openmp": bool(_gemm.openmp_enabled()) if _gemm is not None else False,
         "threads": int(_gemm.default_threads()) if _gemm is not None else 1,
+        "thread_limit": _THREAD_LIMIT,
+        "thread_clamp": ("threads= and OMP_NUM_THREADS are clamped to thread_limit: the processors "
+                         "this process may run on (and OMP_THREAD_LIMIT); results do not depend on it"),
     }
     if error:
         info["env_error"] = error
@@ -225,11 +284,23 @@ def pack_int4(b):
     return packed
 
 
+def _trusted_packed(arr, signed):
+    """A PackedInt4 around an operand already known to hold INT4 values, for one call: no
+    range scan and no private copy (nothing keeps it after the call)."""
+    packed = PackedInt4.__new__(PackedInt4)
+    packed.values = arr.view(np.int8)
+    packed.signed = signed
+    packed.shape = arr.shape
+    packed._kernel_cache = {}
+    return packed
+
+
 def _right_int4(b, name="b"):
+    """(PackedInt4, values, signed) of a right-hand INT4 operand, validated unless packed."""
     if isinstance(b, PackedInt4):
         return b, b.as_array(), b.signed
     arr, signed = _check_int4(b, name)
-    return None, arr, signed
+    return _trusted_packed(arr, signed), arr, signed
 
 
 def fp4_units(codes):
@@ -264,25 +335,10 @@ def int4_matmul(a, b, *, threads=None, kernel=None):
     :class:`PackedInt4`.  Raises ``OverflowError`` if an exact entry exceeds int32.
     """
     a, a_signed = _check_int4(a, "a")
-    packed, b_arr, b_signed = _right_int4(b)
+    packed, b_arr, _ = _right_int4(b)
     _check_inner(a.shape, b_arr.shape, "a", "b")
     nthreads = _check_threads(threads)
-    kernel = _resolve_kernel(kernel)
-    if kernel == "reference":
-        c64 = _ref_product(a.astype(np.int64), b_arr.astype(np.int64))
-    else:
-        if a.size == 0 or b_arr.size == 0:
-            return np.zeros((a.shape[0], b_arr.shape[1]), np.int32)
-        if packed is None:
-            packed = PackedInt4(b_arr)
-        layout = _kernel_operand(packed, nthreads)
-        bufs, _ = _left_buffers(a, [_offset_table(a_signed)], kernel, layout[1], nthreads)
-        c = _launch(kernel, nthreads, bufs, [8 if a_signed else 0], [layout], [0], 15 * 15,
-                    a.shape[0], b_arr.shape[1])
-        if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
-            return c
-        c64 = c
-    return _to_int32(c64, a.shape[1])
+    return _int4_run(a, a_signed, packed, _kernel_id(kernel), nthreads)
 
 
 def int4_matmul_scaled(a, b, scale_a, scale_b, **kw):
@@ -295,31 +351,10 @@ def int4_matmul_scaled(a, b, scale_a, scale_b, **kw):
 def fp4_int4_matmul(g_codes, b, *, threads=None, kernel=None):
     """Exact int64 ``units(G) @ B``: FP4 gradient codes (M x K) times INT4 (K x N)."""
     g = _check_fp4(g_codes, "g_codes")
-    packed, b_arr, b_signed = _right_int4(b)
+    packed, b_arr, _ = _right_int4(b)
     _check_inner(g.shape, b_arr.shape, "g_codes", "b")
     nthreads = _check_threads(threads)
-    kernel = _resolve_kernel(kernel)
-    if kernel == "reference":
-        return _ref_product(_FP4_UNITS[g.astype(np.intp)], b_arr.astype(np.int64))
-    M, N = g.shape[0], b_arr.shape[1]
-    if g.size == 0 or b_arr.size == 0:
-        return np.zeros((M, N), np.int64)
-    if packed is None:
-        packed = PackedInt4(b_arr)
-    layout = _kernel_operand(packed, nthreads)
-    # exponents 1..4 (units +-1..64) and 5..7 (units / 256 = +-1..16) each fit int8; the
-    # FP4 operand gets +64 / +16 so it is unsigned for vpdpbusd / tdpbusd, and the kernel
-    # subtracts offset * column sums of B; the two int32 results combine as lo + (hi << 8)
-    offsets = (64, 16)
-    bufs, seen = _left_buffers(g, [_fp4_left_table(0, 64), _fp4_left_table(1, 16)], kernel,
-                               layout[1], nthreads)
-    groups = _groups_present(seen)
-    if not groups:
-        return np.zeros((M, N), np.int64)
-    # offset FP4 operand <= 128 (low group) times |int4| <= 15
-    c = _launch(kernel, nthreads, [bufs[i] for i in groups], [offsets[i] for i in groups],
-                [layout] * len(groups), [8 * i for i in groups], 128 * 15, M, N)
-    return c.astype(np.int64, copy=False)
+    return _fp4_int4_run(g, packed, _kernel_id(kernel), nthreads)
 
 
 def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
@@ -328,24 +363,7 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
     g = _check_fp4(g_codes, "g_codes")
     _check_inner(a.shape, g.shape, "a", "g_codes")
     nthreads = _check_threads(threads)
-    kernel = _resolve_kernel(kernel)
-    if kernel == "reference":
-        return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
-    M, N = a.shape[0], g.shape[1]
-    if a.size == 0 or g.size == 0:
-        return np.zeros((M, N), np.int64)
-    tables = np.zeros((2, 256), np.int8)
-    tables[0, :16], tables[1, :16] = _fp4_group_units(0), _fp4_group_units(1)
-    bpacked, Kp, Np, sums, seen = _gemm.pack_b(g.view(np.uint8), tables, nthreads)
-    groups = _groups_present(seen)
-    if not groups:
-        return np.zeros((M, N), np.int64)
-    bufs, _ = _left_buffers(a, [_offset_table(a_signed)], kernel, Kp, nthreads)
-    layouts = [(bpacked[i], Kp, Np, sums[i]) for i in groups]
-    # offset INT4 operand <= 15 times |FP4 group units| <= 64
-    c = _launch(kernel, nthreads, [bufs[0]] * len(groups), [8 if a_signed else 0] * len(groups),
-                layouts, [8 * i for i in groups], 15 * 64, M, N)
-    return c.astype(np.int64, copy=False)
+    return _int4_fp4_run(a, a_signed, g, _kernel_id(kernel), nthreads)
 
 
 def fp4_int4_matmul_scaled(g_codes, b, g_scale, b_scale, phase=0, **kw):
@@ -365,11 +383,24 @@ def int4_fp4_matmul_scaled(a, g_codes, a_scale, g_scale, phase=0, **kw):
 
 
 # --------------------------------------------------------------------------- fast path plumbing
+# How INT4 and FP4 operands become the kernels' u8 x s8 products (see the module docstring):
+_INT4_OFFSET = 8          # signed nibble + 8 -> 0..15, unsigned as vpdpbusd / tdpbusd need
+_INT4_MAX = 15            # |INT4 operand| after the offset (or unsigned): <= 15
+_FP4_HI_SHIFT = 8         # exponent group 1 (e = 5..7) is stored as units / 2**8
+_FP4_GROUP_MAX = 64       # |units| of either exponent group as stored: <= 64
+_FP4_LEFT_OFFSETS = (64, 16)  # FP4 on the left: + offset makes each group unsigned
+_FP4_LEFT_MAX = 128       # offset left FP4 operand: <= 64 + 64
+# bounds on one product |a * b| of each GEMM: they set the K chunk and the AVX2 int16 span
+_INT4_INT4_BOUND = _INT4_MAX * _INT4_MAX               # 225
+_FP4_INT4_BOUND = _FP4_LEFT_MAX * _INT4_MAX            # 1920
+_INT4_FP4_BOUND = _INT4_MAX * _FP4_GROUP_MAX           # 960
+
+
 def _offset_table(signed):
     """Byte -> unsigned left operand: signed nibbles get +8 (two's complement byte in)."""
     t = np.arange(256, dtype=np.int64)
     if signed:
-        t = (t.astype(np.uint8).view(np.int8).astype(np.int64) + 8)
+        t = (t.astype(np.uint8).view(np.int8).astype(np.int64) + _INT4_OFFSET)
     return (t & 0xFF).astype(np.uint8)
 
 
@@ -378,7 +409,7 @@ def _fp4_group_units(group):
     if group == 0:
         u = np.where((_E >= 1) & (_E <= 4), _FP4_UNITS, 0)
     else:
-        u = np.where(_E >= 5, _FP4_UNITS // 256, 0)
+        u = np.where(_E >= 5, _FP4_UNITS // (1 << _FP4_HI_SHIFT), 0)
     return u.astype(np.int64)
 
 
@@ -388,64 +419,168 @@ def _fp4_left_table(group, offset):
     return t.astype(np.uint8)
 
 
+def _frozen(x):
+    x.setflags(write=False)
+    return x
+
+
+# byte tables, built once: (T, 256) arrays for prep_a / pack_b
+_LEFT_INT4_TABLES = {True: _frozen(_offset_table(True)[None, :]),
+                     False: _frozen(_offset_table(False)[None, :])}
+_LEFT_FP4_TABLES = _frozen(np.stack([_fp4_left_table(0, _FP4_LEFT_OFFSETS[0]),
+                                     _fp4_left_table(1, _FP4_LEFT_OFFSETS[1])]))
+_RIGHT_FP4_TABLES = np.zeros((2, 256), np.int8)
+_RIGHT_FP4_TABLES[0, :16], _RIGHT_FP4_TABLES[1, :16] = _fp4_group_units(0), _fp4_group_units(1)
+_frozen(_RIGHT_FP4_TABLES)
+_IDENTITY_TABLE = _frozen(np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)[None, :])
+# the FP4 codes of each exponent group (low: e = 1..4, high: e = 5..7, either sign)
+_GROUP_CODES = (tuple(int(c) for c in _CODES if 1 <= _E[c] <= 4),
+                tuple(int(c) for c in _CODES if _E[c] >= 5))
+
+
 def _groups_present(seen):
     """Indices of the FP4 exponent groups with at least one code: 0 (e = 1..4), 1 (e = 5..7)."""
-    e = _E[np.asarray(seen[:16], bool)]
-    present = (bool(((e >= 1) & (e <= 4)).any()), bool((e >= 5).any()))
-    return [i for i in (0, 1) if present[i]]
+    flags = np.asarray(seen[:16], bool).tolist()
+    return [i for i in (0, 1) if any(flags[c] for c in _GROUP_CODES[i])]
 
 
 def _kernel_operand(packed, nthreads=0):
     """(packed bytes, Kp, Np, column sums int64) of a PackedInt4, built once per object.
 
-    K is padded to a multiple of 64 and N to one of 16 with zeros (gemm_portable.h).
+    K is padded to a multiple of ``_gemm.K_ALIGN`` (64) and N to one of ``_gemm.PANEL_COLS``
+    (16) with zeros (gemm_portable.h).
     """
-    cache = packed._kernel_cache
-    if "layout" not in cache:
-        identity = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8)
-        bpacked, Kp, Np, sums, _ = _gemm.pack_b(packed.values.view(np.uint8), identity[None, :],
+    layout = packed._kernel_cache.get("layout")
+    if layout is None:
+        bpacked, Kp, Np, sums, _ = _gemm.pack_b(packed.values.view(np.uint8), _IDENTITY_TABLE,
                                                 nthreads)
-        cache["layout"] = (bpacked[0], Kp, Np, sums[0])
-    return cache["layout"]
+        layout = packed._kernel_cache["layout"] = (bpacked[0], Kp, Np, sums[0])
+    return layout
 
 
-def _left_buffers(a, tables, kernel, Kp, nthreads):
-    """Map the left operand through each byte table into the kernel's padded row-major buffers."""
-    rows = _gemm.row_multiple(KERNEL_NAMES.index(kernel))
-    bufs, seen = _gemm.prep_a(a.view(np.uint8), np.stack(tables), Kp, rows, nthreads)
-    return list(bufs), seen
-
-
-def _launch(kernel, nthreads, a_bufs, offsets, layouts, shifts, max_product, M, N):
-    """Exact ``sum_g ((a_bufs[g] - offsets[g]) @ B_g) << shifts[g]`` through a compiled kernel.
-
-    Returns int32 for one unshifted group that needs one K chunk, else int64.  The K chunk
-    (a multiple of 64) is the longest over which ``max_product * K`` - a bound on every
-    int32 accumulator and on every zero-point correction - stays inside int32.
-    """
-    Kp, Np = layouts[0][1], layouts[0][2]
-    kchunk = (_INT32_MAX // max_product) // 64 * 64
+def _kchunk(max_product):
+    """The longest K chunk (a multiple of K_ALIGN) over which ``max_product * K`` - a bound on
+    every int32 accumulator and on every zero-point correction - stays inside int32."""
+    kchunk = (_INT32_MAX // max_product) // _gemm.K_ALIGN * _gemm.K_ALIGN
     if _KCHUNK_LIMIT is not None:
         kchunk = min(kchunk, int(_KCHUNK_LIMIT))
-    return _gemm.gemm(tuple(a_bufs), M, tuple(lay[0] for lay in layouts), N, Kp, Np, kchunk,
-                      tuple(offsets), tuple(shifts), max_product, KERNEL_NAMES.index(kernel),
-                      nthreads, tuple(lay[3] for lay in layouts))
+    return kchunk
+
+
+# The three products below are shared by the public functions (after validation) and the
+# engine entry points (which trust their operands), so both give the same bits by construction.
+# ``kid`` is a kernel id of the C table or _REFERENCE_ID; ``nthreads`` 0 means the default.
+def _int4_run(a, a_signed, packed, kid, nthreads):
+    """int32 A @ B: ``a`` 2-D int8/uint8 INT4 levels (any strides), ``packed`` a PackedInt4."""
+    M, K, N = a.shape[0], a.shape[1], packed.shape[1]
+    if kid == _REFERENCE_ID:
+        return _to_int32(_ref_product(a.astype(np.int64), packed.as_array().astype(np.int64)), K)
+    if M == 0 or K == 0 or N == 0:
+        return np.zeros((M, N), np.int32)
+    bpacked, Kp, Np, sums = _kernel_operand(packed, nthreads)
+    bufs, _ = _gemm.prep_a(a.view(np.uint8), _LEFT_INT4_TABLES[a_signed], Kp,
+                           _gemm.ROW_MULTIPLES[kid], nthreads, False)
+    c = _gemm.gemm((bufs[0],), M, (bpacked,), N, Kp, Np, _kchunk(_INT4_INT4_BOUND),
+                   (_INT4_OFFSET if a_signed else 0,), (0,), _INT4_INT4_BOUND, kid, nthreads,
+                   (sums,))
+    if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
+        return c
+    return _to_int32(c, K)
+
+
+def _fp4_int4_run(g, packed, kid, nthreads):
+    """int64 units(G) @ B: ``g`` 2-D uint8 FP4 codes 0..15 (any strides), ``packed`` a PackedInt4."""
+    M, K, N = g.shape[0], g.shape[1], packed.shape[1]
+    if kid == _REFERENCE_ID:
+        return _ref_product(_FP4_UNITS[g.astype(np.intp)], packed.as_array().astype(np.int64))
+    if M == 0 or K == 0 or N == 0:
+        return np.zeros((M, N), np.int64)
+    bpacked, Kp, Np, sums = _kernel_operand(packed, nthreads)
+    # exponents 1..4 (units +-1..64) and 5..7 (units / 256 = +-1..16) each fit int8; the
+    # FP4 operand gets +64 / +16 so it is unsigned for vpdpbusd / tdpbusd, and the kernel
+    # subtracts offset * column sums of B; the two int32 results combine as lo + (hi << 8)
+    bufs, seen = _gemm.prep_a(g.view(np.uint8), _LEFT_FP4_TABLES, Kp, _gemm.ROW_MULTIPLES[kid],
+                              nthreads)
+    groups = _groups_present(seen)
+    if not groups:
+        return np.zeros((M, N), np.int64)
+    n = len(groups)
+    c = _gemm.gemm(tuple(bufs[i] for i in groups), M, (bpacked,) * n, N, Kp, Np,
+                   _kchunk(_FP4_INT4_BOUND), tuple(_FP4_LEFT_OFFSETS[i] for i in groups),
+                   tuple(_FP4_HI_SHIFT * i for i in groups), _FP4_INT4_BOUND, kid, nthreads,
+                   (sums,) * n)
+    return c.astype(np.int64, copy=False)
+
+
+def _int4_fp4_run(a, a_signed, g, kid, nthreads):
+    """int64 A @ units(G): ``a`` 2-D INT4 levels, ``g`` 2-D uint8 FP4 codes 0..15 (any strides)."""
+    M, K, N = a.shape[0], a.shape[1], g.shape[1]
+    if kid == _REFERENCE_ID:
+        return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
+    if M == 0 or K == 0 or N == 0:
+        return np.zeros((M, N), np.int64)
+    bpacked, Kp, Np, sums, seen = _gemm.pack_b(g.view(np.uint8), _RIGHT_FP4_TABLES, nthreads)
+    groups = _groups_present(seen)
+    if not groups:
+        return np.zeros((M, N), np.int64)
+    bufs, _ = _gemm.prep_a(a.view(np.uint8), _LEFT_INT4_TABLES[a_signed], Kp,
+                           _gemm.ROW_MULTIPLES[kid], nthreads, False)
+    n = len(groups)
+    c = _gemm.gemm((bufs[0],) * n, M, tuple(bpacked[i] for i in groups), N, Kp, Np,
+                   _kchunk(_INT4_FP4_BOUND), ((_INT4_OFFSET if a_signed else 0),) * n,
+                   tuple(_FP4_HI_SHIFT * i for i in groups), _INT4_FP4_BOUND, kid, nthreads,
+                   tuple(sums[i] for i in groups))
+    return c.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- engine entry points
-# The training engine calls these on operands it has just made itself (codes in range, C-contiguous,
-# the right dtypes, B packed with pack_int4), so they skip the public functions' validation scans.
-# Preconditions are the caller's to keep; the public functions above stay the validated API.
-def int4_matmul_unchecked(a, b, threads=None):
-    """``int4_matmul`` without operand checks: ``a`` C-contiguous int8/uint8 levels, ``b`` a PackedInt4."""
-    return int4_matmul(a, b, threads=threads)
+# The training engine calls these on operands it has just made itself, so they skip the public
+# functions' validation scans (dtype / shape / range checks), resolve the kernel once (again
+# only when Q4CORE_KERNEL changes) and run the same code as the public functions after their
+# checks: identical results.  Preconditions are the caller's to keep - a value out of range
+# gives a wrong answer, not an error; the public functions above stay the validated API.
+#   a        C-contiguous 2-D int8 levels -8..7 (signed) or uint8 0..15 (unsigned); the
+#            signedness is the dtype (int8 or not);
+#   g_codes  C-contiguous 2-D uint8 radix-4 FP4 codes 0..15 (either phase: the phase is a
+#            scale, applied by the caller);
+#   b_packed a PackedInt4 from pack_int4 (a plain int8/uint8 array is accepted too, packed
+#            for this call only);
+#   threads  None (the default, OMP_NUM_THREADS) or a positive int; clamped like everywhere.
+# Shapes must agree (checked: O(1), ValueError); empty dimensions give zeros.
+def _engine_threads(threads):
+    return 0 if threads is None else _clamp_threads(threads)
 
 
-def fp4_int4_matmul_unchecked(g_codes, b, threads=None):
-    """``fp4_int4_matmul`` without operand checks: ``g_codes`` C-contiguous uint8 radix-4 codes, ``b`` packed."""
-    return fp4_int4_matmul(g_codes, b, threads=threads)
+def _engine_packed(b):
+    if isinstance(b, PackedInt4):
+        return b
+    b = np.asarray(b)
+    return _trusted_packed(b, b.dtype.type is np.int8)
+
+
+def _engine_inner(a_shape, b_shape, a_name, b_name):
+    # O(1), and a mismatch would otherwise be a silently wrong (zero-padded) product
+    if a_shape[1] != b_shape[0]:
+        _check_inner(a_shape, b_shape, a_name, b_name)
+
+
+def int4_matmul_unchecked(a, b_packed, threads=None):
+    """``int4_matmul`` without operand checks: ``a`` int8/uint8 levels, ``b_packed`` a PackedInt4."""
+    packed = _engine_packed(b_packed)
+    _engine_inner(a.shape, packed.shape, "a", "b_packed")
+    return _int4_run(a, a.dtype.type is np.int8, packed, _engine_kernel_id(),
+                     _engine_threads(threads))
+
+
+def fp4_int4_matmul_unchecked(g_codes, b_packed, threads=None):
+    """``fp4_int4_matmul`` without operand checks: ``g_codes`` uint8 radix-4 codes, ``b_packed`` packed."""
+    packed = _engine_packed(b_packed)
+    _engine_inner(g_codes.shape, packed.shape, "g_codes", "b_packed")
+    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads))
 
 
 def int4_fp4_matmul_unchecked(a, g_codes, threads=None):
-    """``int4_fp4_matmul`` without operand checks: C-contiguous levels ``a`` and codes ``g_codes``."""
-    return int4_fp4_matmul(a, g_codes, threads=threads)
+    """``int4_fp4_matmul`` without operand checks: levels ``a`` (int8/uint8) and codes ``g_codes``."""
+    _engine_inner(a.shape, g_codes.shape, "a", "g_codes")
+    return _int4_fp4_run(a, a.dtype.type is np.int8, g_codes, _engine_kernel_id(),
+                         _engine_threads(threads))

@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,12 +125,16 @@ def test_int4_overflow_raises_instead_of_wrapping():
     for kernel in KERNELS:
         with pytest.raises(OverflowError, match="int32"):
             gemm.int4_matmul(a, packed, kernel=kernel)
+    with pytest.raises(OverflowError, match="int32"):
+        gemm.int4_matmul_unchecked(a, packed)
     # the same K with a result that fits int32: exact, through two K chunks
     a2 = a.copy()
     a2[0, 1::2] = 0
     for kernel in KERNELS:
         c = gemm.int4_matmul(a2, packed, kernel=kernel)
         assert c.dtype == np.int32 and int(c[0, 0]) == 15 * 15 * (k // 2)
+    c = gemm.int4_matmul_unchecked(a2, packed)
+    assert c.dtype == np.int32 and int(c[0, 0]) == 15 * 15 * (k // 2)
 
 
 @pytest.mark.parametrize("kernel", FAST)
@@ -271,6 +276,9 @@ def test_fp4_long_k_real_chunks():
     for kernel in KERNELS:
         np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel), ref)
         np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel), ref.T)
+    # the engine entry points split K the same way (default kernel)
+    np.testing.assert_array_equal(gemm.fp4_int4_matmul_unchecked(g, gemm.pack_int4(b)), ref)
+    np.testing.assert_array_equal(gemm.int4_fp4_matmul_unchecked(b.T.copy(), g.T.copy()), ref.T)
 
 
 @pytest.mark.parametrize("phase", [0, 1])
@@ -451,3 +459,211 @@ def test_bench_gemm_smoke(tmp_path, capsys):
             assert (op, kernel) in ops
     assert all(r["gops"] > 0 and r["ratio_vs_fp32"] > 0 for r in result["records"])
     assert "M=N=K=40, threads=1" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the kernel table
+def _header_table():
+    """(ID, name, rows macro) of every X(...) row of the C kernel table, parsed from the header."""
+    import re
+    text = (Path(gemm.__file__).parent / "src" / "gemm_kernels.h").read_text()
+    body = text[text.index("#define Q4_KERNEL_TABLE(X)"):text.index("/* kernel ids")]
+    return re.findall(r"X\((\w+), (\w+), (\w+),", body)
+
+
+def test_kernel_names_come_from_the_c_table():
+    rows = _header_table()
+    assert len(rows) >= 5
+    assert list(gemm.KERNEL_NAMES) == [name for _, name, _ in rows] + ["reference"]
+    if not gemm.kernel_info()["compiled"]:
+        pytest.skip("q4core._gemm is not built")
+    from q4core import _gemm
+    assert list(_gemm.KERNELS) == [name for _, name, _ in rows]
+    table = gemm.kernel_info()["kernels"]
+    assert [k["name"] for k in table] == list(gemm.KERNEL_NAMES)
+    for i, k in enumerate(table[:-1]):
+        assert k["id"] == i and k["row_multiple"] == _gemm.row_multiple(i) == _gemm.ROW_MULTIPLES[i]
+        assert k["requires"]
+    # what each register block steps over, unchanged by the table (AMX tiles are 16 rows)
+    assert {k["name"]: k["row_multiple"] for k in table[:-1]} == {
+        "amx": 16, "vnni": 8, "avxvnni": 4, "avx2": 4, "portable": 4}
+    assert table[-1]["name"] == "reference" and table[-1]["supported"]
+    assert [k["name"] for k in table if k["compiled"] and k["supported"]] + ["reference"] \
+        == gemm.available_kernels()
+    assert (_gemm.PANEL_COLS, _gemm.K_ALIGN) == (16, 64)
+
+
+def test_c_enum_follows_the_table(tmp_path):
+    """The C enum ids (used by the driver) are the Python kernel ids, in table order."""
+    cc = shutil.which(os.environ.get("CC", "cc").split()[0])
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    src = tmp_path / "enum.c"
+    src.write_text('#include <stdio.h>\n#define Q4CORE_OPENMP 0\n#include "gemm_driver.h"\n'
+                   'int main(void) { for (int i = 0; i < Q4_NKERNELS; i++) '
+                   'printf("%s %d\\n", q4_kernel_name(i), q4_row_multiple(i));\n'
+                   'printf("%d %d %d %d %d\\n", Q4_AMX, Q4_VNNI, Q4_AVXVNNI, Q4_AVX2, Q4_PORTABLE);'
+                   ' return 0; }\n')
+    exe = tmp_path / "enum"
+    subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I",
+                    str(Path(gemm.__file__).parent / "src"), str(src), "-o", str(exe)],
+                   check=True, capture_output=True)
+    lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    names = [line.split()[0] for line in lines[:-2]]
+    assert names == list(gemm.KERNEL_NAMES[:-1])
+    assert lines[-2].split() == [str(names.index(n)) for n in
+                                 ("amx", "vnni", "avxvnni", "avx2", "portable")]
+
+
+# --------------------------------------------------------------------------- engine entry points
+def _fp4_codes(rng, shape, phase):
+    x = rng.normal(size=shape) * np.exp2(rng.uniform(-14, 2, size=shape))
+    x[rng.random(shape) < 0.2] = 0.0
+    return RadixFP(4, 3, phase).encode(x, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(0, 40), k=st.integers(0, 200), n=st.integers(0, 40),
+       a_signed=st.booleans(), b_signed=st.booleans(), phase=st.sampled_from([0, 1]),
+       threads=st.sampled_from([None, 1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_unchecked_equals_public_equals_oracle(m, k, n, a_signed, b_signed, phase, threads, seed):
+    rng = np.random.default_rng(seed)
+    a = rand_int4(rng, (m, k), a_signed)
+    b = rand_int4(rng, (k, n), b_signed)
+    packed = gemm.pack_int4(b)
+    g_left = _fp4_codes(rng, (m, k), phase)
+    g_right = _fp4_codes(rng, (k, n), phase)
+    # the oracle's units come from the formats module (a phase only scales the values)
+    units_l, units_r = units_from_formats(g_left), units_from_formats(g_right)
+    for kernel in KERNELS:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("Q4CORE_KERNEL", kernel)
+            for got, public, ref in [
+                (gemm.int4_matmul_unchecked(a, packed, threads=threads),
+                 gemm.int4_matmul(a, packed, threads=threads), oracle(a, b)),
+                (gemm.fp4_int4_matmul_unchecked(g_left, packed, threads=threads),
+                 gemm.fp4_int4_matmul(g_left, packed, threads=threads), oracle(units_l, b)),
+                (gemm.int4_fp4_matmul_unchecked(a, g_right, threads=threads),
+                 gemm.int4_fp4_matmul(a, g_right, threads=threads), oracle(a, units_r)),
+            ]:
+                assert got.dtype == public.dtype and got.shape == public.shape == ref.shape
+                np.testing.assert_array_equal(got, public, err_msg=kernel)
+                np.testing.assert_array_equal(got, ref, err_msg=kernel)
+
+
+def test_unchecked_phase_codes_decode_to_the_same_product():
+    """Both TPR phases produce codes of one kind: the unchecked product times f * 4**-6 is the
+    float product of the decoded values (phase 1: f = 2)."""
+    rng = np.random.default_rng(21)
+    b = rand_int4(rng, (70, 9), True)
+    packed = gemm.pack_int4(b)
+    for phase in (0, 1):
+        fmt = RadixFP(4, 3, phase)
+        codes = fmt.encode(rng.normal(size=(5, 70)), 1.0)
+        f = 2.0 if phase else 1.0
+        c = gemm.fp4_int4_matmul_unchecked(codes, packed, threads=1)
+        np.testing.assert_array_equal(c * (f * 4.0 ** -6), fmt.decode(codes, 1.0) @ b)
+
+
+def test_unchecked_skips_validation_but_keeps_k_chunks(monkeypatch):
+    rng = np.random.default_rng(22)
+    a = rand_int4(rng, (7, 300), True)
+    b = rand_int4(rng, (300, 5), False)
+    g = rand_fp4(rng, (7, 300))
+    packed = gemm.pack_int4(b)
+    short = gemm.pack_int4(b[:299])
+
+    def no_checks(*args, **kw):
+        raise AssertionError("an engine entry point ran a validation scan")
+
+    monkeypatch.setattr(gemm, "_check_int4", no_checks)
+    monkeypatch.setattr(gemm, "_check_fp4", no_checks)
+    monkeypatch.setattr(gemm, "_KCHUNK_LIMIT", 64)          # five K chunks summed in int64
+    for kernel in KERNELS:
+        monkeypatch.setenv("Q4CORE_KERNEL", kernel)
+        c = gemm.int4_matmul_unchecked(a, packed)
+        assert c.dtype == np.int32
+        np.testing.assert_array_equal(c, oracle(a, b))
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul_unchecked(g, packed),
+                                      oracle(units_from_formats(g), b))
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul_unchecked(b.T.copy(), g.T.copy()),
+                                      oracle(b.T, units_from_formats(g).T))
+        # a plain (unpacked) right operand is accepted too
+        np.testing.assert_array_equal(gemm.int4_matmul_unchecked(a, b), oracle(a, b))
+    # the one check kept: inner dimensions (O(1); a mismatch would be silently zero-padded)
+    with pytest.raises(ValueError, match="shape mismatch: a is 7x300 and b_packed is 299x5"):
+        gemm.int4_matmul_unchecked(a, short)
+    with pytest.raises(ValueError, match="g_codes.shape.1. must equal b_packed"):
+        gemm.fp4_int4_matmul_unchecked(g[:, :299], packed)
+    with pytest.raises(ValueError, match="a.shape.1. must equal g_codes"):
+        gemm.int4_fp4_matmul_unchecked(a, g[:, :5].copy())
+
+
+def test_unchecked_kernel_is_cached_and_follows_the_env_var(monkeypatch):
+    rng = np.random.default_rng(23)
+    a = rand_int4(rng, (3, 10), True)
+    packed = gemm.pack_int4(rand_int4(rng, (10, 4), True))
+    monkeypatch.delenv("Q4CORE_KERNEL", raising=False)
+    gemm.int4_matmul_unchecked(a, packed)
+    default_id = gemm._ENGINE_KERNEL[1]
+    assert gemm.KERNEL_NAMES[default_id] == KERNELS[0]
+    calls = []
+    real = gemm._resolve_kernel
+    monkeypatch.setattr(gemm, "_resolve_kernel", lambda k: calls.append(k) or real(k))
+    for _ in range(3):
+        gemm.int4_matmul_unchecked(a, packed)
+    assert calls == []                                       # resolved once, then cached
+    monkeypatch.setenv("Q4CORE_KERNEL", "reference")
+    np.testing.assert_array_equal(gemm.int4_matmul_unchecked(a, packed), oracle(a, packed.as_array()))
+    assert calls == [None] and gemm._ENGINE_KERNEL[1] == gemm._REFERENCE_ID
+    monkeypatch.setenv("Q4CORE_KERNEL", "sse")
+    with pytest.raises(ValueError, match="Q4CORE_KERNEL must be one of"):
+        gemm.int4_matmul_unchecked(a, packed)
+
+
+# --------------------------------------------------------------------------- threads bound
+THREADS_SCRIPT = """
+import sys
+import numpy as np
+from q4core import gemm
+rng = np.random.default_rng(0)
+a = rng.integers(-8, 8, (70, 130)).astype(np.int8)
+b = rng.integers(0, 16, (130, 50)).astype(np.uint8)
+g = rng.integers(0, 16, (70, 130)).astype(np.uint8)
+ref = a.astype(np.int64) @ b.astype(np.int64)
+t = eval(sys.argv[1])
+packed = gemm.pack_int4(b)
+assert (gemm.int4_matmul(a, packed, threads=t) == ref).all()
+assert (gemm.int4_matmul(a, b, threads=t) == ref).all()
+assert (gemm.int4_matmul_unchecked(a, packed, threads=t) == ref).all()
+gu = gemm.fp4_units(g)
+assert (gemm.fp4_int4_matmul(g, packed, threads=t) == gu @ b.astype(np.int64)).all()
+assert (gemm.fp4_int4_matmul_unchecked(g, packed, threads=t) == gu @ b.astype(np.int64)).all()
+assert (gemm.int4_fp4_matmul(a.T.copy(), g, threads=t) == a.T.astype(np.int64) @ gu).all()
+assert (gemm.int4_fp4_matmul_unchecked(a.T.copy(), g, threads=t) == a.T.astype(np.int64) @ gu).all()
+info = gemm.kernel_info()
+assert 1 <= info["threads"] <= info["thread_limit"], info
+print("ok", info["threads"], info["thread_limit"])
+"""
+
+
+@pytest.mark.parametrize("threads, env", [("100000", None), ("2**40", None), ("None", "100000"),
+                                          ("None", "2147483647"), ("1", "100000")])
+def test_huge_thread_requests_are_clamped_not_fatal(threads, env):
+    """threads=100000 or OMP_NUM_THREADS=100000 used to segfault while libgomp created the
+    threads; run in a subprocess so that a crash fails this test instead of killing pytest."""
+    run_env = dict(os.environ)
+    run_env.pop("Q4CORE_KERNEL", None)
+    if env is not None:
+        run_env["OMP_NUM_THREADS"] = env
+    proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, threads], env=run_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("ok")
+
+
+def test_thread_limit_is_reported():
+    info = gemm.kernel_info()
+    assert info["thread_limit"] >= 1 and info["threads"] <= info["thread_limit"]
+    assert "clamped" in info["thread_clamp"]
+    if info["compiled"] and info["openmp"]:
+        assert info["thread_limit"] <= max(os.cpu_count() or 1, 1)

@@ -15,6 +15,10 @@
 #include "gemm_cpu.h"
 #include "gemm_portable.h"
 
+#define Q4_AMX_ROWS 16      /* rows of one A / C tile: A is padded to a multiple (gemm_kernels.h) */
+#define Q4_AMX_COLS 16      /* int32 columns of one C tile = one packed B panel */
+#define Q4_AMX_TILE_BYTES 64  /* bytes per tile row: 64 k of A, one k-group of a B panel */
+
 #if Q4_HAVE_AMX_CC || defined(Q4_AMX_EMULATE)
 #define Q4_HAVE_AMX 1
 
@@ -45,8 +49,8 @@ static void q4_amx_thread_begin(void) {
     memset(&cfg, 0, sizeof(cfg));
     cfg.palette_id = 1;
     for (int t = 0; t < 8; t++) {   /* every tile is 16 rows x 64 bytes */
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
+        cfg.rows[t] = Q4_AMX_ROWS;
+        cfg.colsb[t] = Q4_AMX_TILE_BYTES;
     }
     Q4_LDTILECFG(cfg);
 }
@@ -66,18 +70,18 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
     /* the tile intrinsics are asm statements that do not declare the memory they touch:
      * fence the compiler so no access to A, B or C moves across this function's edges */
     __asm__ volatile("" : : : "memory");
-    for (int64_t jp = 0; jp < ncols; jp += 32) {
-        const int8_t *p0 = B + (jp / 16) * Kp * 16;
-        const int8_t *p1 = p0 + Kp * 16;
-        const int two_n = ncols - jp >= 32;
-        for (int64_t i = 0; i < mrows; i += 32) {
-            const int two_m = mrows - i >= 32;
+    for (int64_t jp = 0; jp < ncols; jp += 2 * Q4_AMX_COLS) {
+        const int8_t *p0 = B + (jp / Q4_PANEL) * Kp * Q4_PANEL;
+        const int8_t *p1 = p0 + Kp * Q4_PANEL;
+        const int two_n = ncols - jp >= 2 * Q4_AMX_COLS;
+        for (int64_t i = 0; i < mrows; i += 2 * Q4_AMX_ROWS) {
+            const int two_m = mrows - i >= 2 * Q4_AMX_ROWS;
             int32_t *c = C + i * ldc + jp;
             if (accumulate) {
                 _tile_loadd(0, c, cstride);
-                if (two_n) _tile_loadd(1, c + 16, cstride);
-                if (two_m) _tile_loadd(2, c + 16 * ldc, cstride);
-                if (two_m && two_n) _tile_loadd(3, c + 16 * ldc + 16, cstride);
+                if (two_n) _tile_loadd(1, c + Q4_AMX_COLS, cstride);
+                if (two_m) _tile_loadd(2, c + Q4_AMX_ROWS * ldc, cstride);
+                if (two_m && two_n) _tile_loadd(3, c + Q4_AMX_ROWS * ldc + Q4_AMX_COLS, cstride);
             } else {
                 _tile_zero(0);
                 _tile_zero(1);
@@ -85,25 +89,25 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
                 _tile_zero(3);
             }
             const uint8_t *a0 = A + i * lda;
-            const uint8_t *a1 = a0 + 16 * lda;
+            const uint8_t *a1 = a0 + Q4_AMX_ROWS * lda;
             if (two_m && two_n) {
-                for (int64_t k = k0; k < k1; k += 64) {
+                for (int64_t k = k0; k < k1; k += Q4_AMX_TILE_BYTES) {
                     _tile_loadd(4, a0 + k, (long)lda);
                     _tile_loadd(5, a1 + k, (long)lda);
-                    _tile_loadd(6, p0 + k * 16, 64);   /* k-group k/4 starts at byte (k/4)*64 */
-                    _tile_loadd(7, p1 + k * 16, 64);
+                    _tile_loadd(6, p0 + k * Q4_PANEL, Q4_GROUP_BYTES);   /* k-group k/4 starts at byte (k/4)*64 */
+                    _tile_loadd(7, p1 + k * Q4_PANEL, Q4_GROUP_BYTES);
                     _tile_dpbusd(0, 4, 6);
                     _tile_dpbusd(1, 4, 7);
                     _tile_dpbusd(2, 5, 6);
                     _tile_dpbusd(3, 5, 7);
                 }
             } else {
-                for (int64_t k = k0; k < k1; k += 64) {
+                for (int64_t k = k0; k < k1; k += Q4_AMX_TILE_BYTES) {
                     _tile_loadd(4, a0 + k, (long)lda);
-                    _tile_loadd(6, p0 + k * 16, 64);
+                    _tile_loadd(6, p0 + k * Q4_PANEL, Q4_GROUP_BYTES);
                     _tile_dpbusd(0, 4, 6);
                     if (two_n) {
-                        _tile_loadd(7, p1 + k * 16, 64);
+                        _tile_loadd(7, p1 + k * Q4_PANEL, Q4_GROUP_BYTES);
                         _tile_dpbusd(1, 4, 7);
                     }
                     if (two_m) {
@@ -113,15 +117,16 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
                 }
             }
             _tile_stored(0, c, cstride);
-            if (two_n) _tile_stored(1, c + 16, cstride);
-            if (two_m) _tile_stored(2, c + 16 * ldc, cstride);
-            if (two_m && two_n) _tile_stored(3, c + 16 * ldc + 16, cstride);
+            if (two_n) _tile_stored(1, c + Q4_AMX_COLS, cstride);
+            if (two_m) _tile_stored(2, c + Q4_AMX_ROWS * ldc, cstride);
+            if (two_m && two_n) _tile_stored(3, c + Q4_AMX_ROWS * ldc + Q4_AMX_COLS, cstride);
         }
     }
     __asm__ volatile("" : : : "memory");
 }
 #else
 #define Q4_HAVE_AMX 0
+#define q4_tile_amx ((q4_tile_fn)0)   /* not compiled: a null entry in the kernel table */
 #endif
 
 #endif /* Q4_GEMM_AMX_H */

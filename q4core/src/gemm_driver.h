@@ -20,42 +20,63 @@
 #endif
 
 #include "gemm_cpu.h"
+#include "gemm_kernels.h"
+#include "gemm_threads.h"
 #include "gemm_portable.h"
 #include "gemm_avx2.h"
 #include "gemm_vnni.h"
 #include "gemm_avxvnni.h"
 #include "gemm_amx.h"
 
-/* kernel ids: the order of q4core.gemm.KERNEL_NAMES */
-enum { Q4_AMX = 0, Q4_VNNI = 1, Q4_AVXVNNI = 2, Q4_AVX2 = 3, Q4_PORTABLE = 4, Q4_NKERNELS = 5 };
+/* Cache blocking of the driver (each thread owns whole MC x NC output tiles) */
+#define Q4_MC 128    /* output tile rows    (a multiple of every kernel's row step, and of 2 AMX tiles) */
+#define Q4_NC 256    /* output tile columns (a multiple of 2 panels: the VNNI / AMX column step) */
+#define Q4_KC 512    /* K block             (a multiple of Q4_KALIGN) */
+#define Q4_CACHE_LINE 64   /* alignment of the per-thread scratch tiles */
+#define Q4_MAX_SHIFT 16    /* largest group shift: an int32 sum << 16 stays far inside int64 */
 
-#define Q4_MC 128    /* output tile rows    (multiple of 32) */
-#define Q4_NC 256   /* output tile columns (multiple of 32) */
-#define Q4_KC 512    /* K block             (multiple of 64) */
+/* the layout facts the kernels rely on, checked where they meet */
+_Static_assert(Q4_GROUP_BYTES == Q4_KALIGN, "one packed k-group row is one K alignment unit");
+_Static_assert(Q4_AMX_COLS == Q4_PANEL && Q4_AMX_TILE_BYTES == Q4_GROUP_BYTES,
+               "an AMX B tile is 16 k-groups of one packed panel");
+_Static_assert(Q4_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_MC % Q4_VNNI_ROWS == 0
+               && Q4_MC % Q4_AVX2_ROWS == 0 && Q4_MC % Q4_AVXVNNI_ROWS == 0
+               && Q4_MC % Q4_PORTABLE_ROWS == 0, "MC is a multiple of every row step");
+_Static_assert(Q4_NC % (2 * Q4_PANEL) == 0 && Q4_KC % Q4_KALIGN == 0, "blocking fits the layout");
 
+/* --- everything below about individual kernels is generated from Q4_KERNEL_TABLE --- */
+
+#define Q4_X_NAME(ID, name, rows, ok, words) #name,
+#define Q4_X_WORDS(ID, name, rows, ok, words) words,
+#define Q4_X_ROWS(ID, name, rows, ok, words) rows,
+#define Q4_X_COMPILED(ID, name, rows, ok, words) Q4_HAVE_##ID,
+#define Q4_X_FN(ID, name, rows, ok, words) q4_tile_##name,
+#define Q4_X_OK(ID, name, rows, ok, words) case Q4_##ID: return (ok);
+static const char *const q4_kernel_names[Q4_NKERNELS] = { Q4_KERNEL_TABLE(Q4_X_NAME) };
+static const char *const q4_kernel_words[Q4_NKERNELS] = { Q4_KERNEL_TABLE(Q4_X_WORDS) };
+static const int q4_kernel_rows[Q4_NKERNELS] = { Q4_KERNEL_TABLE(Q4_X_ROWS) };
+static const int q4_kernel_compiled_flags[Q4_NKERNELS] = { Q4_KERNEL_TABLE(Q4_X_COMPILED) };
+
+static inline int q4_valid_kernel(int kernel) { return kernel >= 0 && kernel < Q4_NKERNELS; }
+
+static inline const char *q4_kernel_name(int kernel) {
+    return q4_valid_kernel(kernel) ? q4_kernel_names[kernel] : "";
+}
+
+/* what CPU + OS must offer, in words (for error messages) */
+static inline const char *q4_kernel_requires(int kernel) {
+    return q4_valid_kernel(kernel) ? q4_kernel_words[kernel] : "";
+}
+
+/* Whether the compiler built the kernel. */
 static inline int q4_kernel_compiled(int kernel) {
-    switch (kernel) {
-    case Q4_AMX: return Q4_HAVE_AMX;
-    case Q4_VNNI: return Q4_HAVE_VNNI;
-    case Q4_AVXVNNI: return Q4_HAVE_AVXVNNI;
-    case Q4_AVX2: return Q4_HAVE_AVX2;
-    case Q4_PORTABLE: return 1;
-    default: return 0;
-    }
+    return q4_valid_kernel(kernel) ? q4_kernel_compiled_flags[kernel] : 0;
 }
 
 /* Whether CPU + OS allow the kernel (ignores whether it was compiled). */
 static inline int q4_kernel_supported(int kernel, const q4_cpu_features *f) {
     switch (kernel) {
-#if defined(Q4_AMX_EMULATE)
-    case Q4_AMX: (void)f; return 1;      /* test-only build with scalar tile emulation */
-#else
-    case Q4_AMX: return f->amx_tile && f->amx_int8 && f->os_amx && f->amx_permission == 1;
-#endif
-    case Q4_VNNI: return f->avx512f && f->avx512bw && f->avx512vnni && f->os_avx512;
-    case Q4_AVXVNNI: return f->avx2 && f->avxvnni && f->os_avx;
-    case Q4_AVX2: return f->avx2 && f->os_avx;
-    case Q4_PORTABLE: return 1;
+    Q4_KERNEL_TABLE(Q4_X_OK)
     default: return 0;
     }
 }
@@ -69,42 +90,23 @@ static inline const q4_cpu_features *q4_features(void) {
 }
 
 static inline q4_tile_fn q4_kernel_fn(int kernel) {
-    switch (kernel) {
-#if Q4_HAVE_AMX
-    case Q4_AMX: return q4_tile_amx;
-#endif
-#if Q4_HAVE_VNNI
-    case Q4_VNNI: return q4_tile_vnni;
-#endif
-#if Q4_HAVE_AVXVNNI
-    case Q4_AVXVNNI: return q4_tile_avxvnni;
-#endif
-#if Q4_HAVE_AVX2
-    case Q4_AVX2: return q4_tile_avx2;
-#endif
-    case Q4_PORTABLE: return q4_tile_portable;
-    default: return NULL;
-    }
+    static const q4_tile_fn fns[Q4_NKERNELS] = { Q4_KERNEL_TABLE(Q4_X_FN) };
+    return q4_valid_kernel(kernel) ? fns[kernel] : NULL;
 }
 
 /* rows of A (and of the output) each kernel steps over; A must be padded to a multiple */
 static inline int q4_row_multiple(int kernel) {
-    switch (kernel) {
-    case Q4_AMX: return 16;
-    case Q4_VNNI: return 8;
-    default: return 4;
-    }
+    return q4_valid_kernel(kernel) ? q4_kernel_rows[kernel] : Q4_PORTABLE_ROWS;
 }
+
+#undef Q4_X_NAME
+#undef Q4_X_WORDS
+#undef Q4_X_ROWS
+#undef Q4_X_COMPILED
+#undef Q4_X_FN
+#undef Q4_X_OK
 
 static inline int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
-
-static inline int q4_default_threads(void) {
-#if Q4CORE_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 /* One or two operand pairs ("groups") summed into one output: the FP4 x INT4 products are
  * two int8 GEMMs (exponent groups) whose int32 results are combined as g0 + (g1 << 8).
@@ -126,12 +128,12 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #if Q4_HAVE_AVX2
     if (kernel == Q4_AVX2) fn = q4_avx2_for_product(max_product);
 #endif
-    if (Mp % q4_row_multiple(kernel) != 0 || Np % 16 != 0 || Kp % 64 != 0 || k0 % 64 != 0
-        || (k1 % 64 != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
+    if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KALIGN != 0
+        || k0 % Q4_KALIGN != 0 || (k1 % Q4_KALIGN != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
         || mode < 0 || mode > 2 || (mode == 0 && (ngroups != 1 || shift[0] != 0)))
         return -4;
     for (int g = 0; g < ngroups; g++)
-        if (shift[g] < 0 || shift[g] > 16) return -4;
+        if (shift[g] < 0 || shift[g] > Q4_MAX_SHIFT) return -4;
 #if Q4_HAVE_AVX2
     if (kernel == Q4_AVX2 && max_product > Q4_AVX2_MAX_PRODUCT) return -3;
 #else
@@ -141,14 +143,13 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     const int64_t ntiles = tiles_m * tiles_n;
     const size_t tile_ints = (size_t)Q4_MC * Q4_NC;
     int failed = 0;
+    nthreads = q4_threads(nthreads, ntiles);    /* clamped: gemm_threads.h */
     (void)nthreads;
 #if Q4CORE_OPENMP
-    if (nthreads <= 0) nthreads = omp_get_max_threads();
-    if (nthreads > ntiles) nthreads = (int)(ntiles > 0 ? ntiles : 1);
     #pragma omp parallel num_threads(nthreads) reduction(|:failed)
 #endif
     {
-        int32_t *scratch = (int32_t *)aligned_alloc(64, sizeof(int32_t) * tile_ints * ngroups);
+        int32_t *scratch = (int32_t *)aligned_alloc(Q4_CACHE_LINE, sizeof(int32_t) * tile_ints * ngroups);
         if (scratch == NULL) failed = 1;
         {
 #if Q4_HAVE_AMX
@@ -167,7 +168,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
                     int32_t *sg = scratch + g * tile_ints;
                     for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
                         const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
-                        fn(A[g] + i0 * lda, lda, B[g] + (j0 / 16) * Kp * 16, Kp, kb, ke,
+                        fn(A[g] + i0 * lda, lda, B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL, Kp, kb, ke,
                            sg, Q4_NC, mrows, ncols, kb != k0);
                     }
                     if (k1 <= k0) memset(sg, 0, sizeof(int32_t) * tile_ints);

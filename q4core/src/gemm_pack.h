@@ -12,11 +12,14 @@
 
 #include <stdint.h>
 #include <string.h>
-#if Q4CORE_OPENMP
-#include <omp.h>
-#endif
+#include "gemm_portable.h"
+#include "gemm_threads.h"
 
 #define Q4_MAX_TABLES 2
+/* prep_a's row stride: Kp, plus Q4_LDA_SKEW bytes when Kp is a multiple of Q4_LDA_ALIAS, so
+ * that the rows a micro-kernel reads together do not all map to the same L1 cache set */
+#define Q4_LDA_ALIAS 512
+#define Q4_LDA_SKEW 64
 
 /* OR a thread's byte-presence flags into the shared ones */
 static inline void q4_merge_seen(uint8_t *seen, const uint8_t *local) {
@@ -30,10 +33,10 @@ static inline void q4_merge_seen(uint8_t *seen, const uint8_t *local) {
 static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                              const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                              int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads) {
-    const int64_t npanels = Np / 16;
+    const int64_t npanels = Np / Q4_PANEL;
+    nthreads = q4_threads(nthreads, npanels);   /* clamped: gemm_threads.h */
     (void)nthreads;
 #if Q4CORE_OPENMP
-    if (nthreads <= 0) nthreads = omp_get_max_threads();
     #pragma omp parallel num_threads(nthreads)
 #endif
     {
@@ -43,19 +46,20 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
         #pragma omp for schedule(static)
 #endif
         for (int64_t pj = 0; pj < npanels; pj++) {
-            const int64_t j0 = pj * 16, jend = N - j0 < 16 ? N - j0 : 16;
-            int64_t acc[Q4_MAX_TABLES][16];
+            const int64_t j0 = pj * Q4_PANEL, jend = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
+            int64_t acc[Q4_MAX_TABLES][Q4_PANEL];
             memset(acc, 0, sizeof(acc));
             for (int64_t k = 0; k < K; k++) {
                 const uint8_t *row = src + k * sk + j0 * sj;
-                const int64_t off = pj * Kp * 16 + (k >> 2) * 64 + (k & 3);
+                const int64_t off = pj * Kp * Q4_PANEL + (k / Q4_KGROUP) * Q4_GROUP_BYTES
+                                    + (k % Q4_KGROUP);
                 for (int64_t j = 0; j < jend; j++) local[row[j * sj]] = 1;
                 for (int t = 0; t < T; t++) {
                     const int8_t *tab = tables + 256 * t;
                     int8_t *dst = out + t * out_stride + off;
                     for (int64_t j = 0; j < jend; j++) {
                         int8_t v = tab[row[j * sj]];
-                        dst[4 * j] = v;
+                        dst[Q4_KGROUP * j] = v;
                         acc[t][j] += v;
                     }
                 }
@@ -70,9 +74,9 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
                              const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
                              int64_t lda, uint8_t *seen, int nthreads) {
+    nthreads = q4_threads(nthreads, M);         /* clamped: gemm_threads.h */
     (void)nthreads;
 #if Q4CORE_OPENMP
-    if (nthreads <= 0) nthreads = omp_get_max_threads();
     #pragma omp parallel num_threads(nthreads)
 #endif
     {

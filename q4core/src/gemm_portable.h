@@ -8,13 +8,24 @@
  *      This is the operand order of vpdpbusd / vpmaddubsw (4 consecutive k per 32-bit lane)
  *      and exactly the AMX B-tile row layout (K/4 rows of N*4 bytes).
  *   C  int32 tile, row stride ldc; rows [0, mrows) with mrows a multiple of the kernel's
- *      row step (4; AVX-512 VNNI 8; AMX 16), columns [0, ncols) with ncols a multiple of 16;
- *      k-range [k0, k1) with k0, k1 multiples of 64.
+ *      row step (gemm_kernels.h: 4; AVX-512 VNNI 8; AMX 16), columns [0, ncols) with ncols a
+ *      multiple of 16; k-range [k0, k1) with k0, k1 multiples of 64.
  * C (+)= A[:, k0:k1] @ B[k0:k1, :].  The caller guarantees that no int32 sum can wrap. */
 #ifndef Q4_GEMM_PORTABLE_H
 #define Q4_GEMM_PORTABLE_H
 
 #include <stdint.h>
+
+/* Layout constants shared by every kernel, the packing (gemm_pack.h), the driver and
+ * q4core/_gemm.pyx (which exposes them to q4core.gemm). */
+#define Q4_PANEL 16                          /* columns of B per packed panel             */
+#define Q4_KGROUP 4                          /* consecutive k in one 32-bit lane          */
+#define Q4_GROUP_BYTES (Q4_PANEL * Q4_KGROUP)  /* bytes of one k-group of a panel (64)      */
+#define Q4_KALIGN 64                         /* K is padded to a multiple of this: one AMX
+                                                A-tile row, and the driver's K blocks start
+                                                on it                                     */
+#define Q4_PORTABLE_ROWS 4                   /* rows of the portable register block       */
+#define Q4_HAVE_PORTABLE 1                   /* builds everywhere                         */
 
 typedef void (*q4_tile_fn)(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
                            int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
@@ -23,25 +34,25 @@ typedef void (*q4_tile_fn)(const uint8_t *A, int64_t lda, const int8_t *B, int64
 static void q4_tile_portable(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
                              int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
                              int64_t mrows, int64_t ncols, int accumulate) {
-    for (int64_t jp = 0; jp < ncols; jp += 16) {
-        const int8_t *panel = B + (jp / 16) * Kp * 16;
-        for (int64_t i = 0; i < mrows; i += 4) {
-            int32_t acc[4][16];
-            for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 16; j++)
+    for (int64_t jp = 0; jp < ncols; jp += Q4_PANEL) {
+        const int8_t *panel = B + (jp / Q4_PANEL) * Kp * Q4_PANEL;
+        for (int64_t i = 0; i < mrows; i += Q4_PORTABLE_ROWS) {
+            int32_t acc[Q4_PORTABLE_ROWS][Q4_PANEL];
+            for (int r = 0; r < Q4_PORTABLE_ROWS; r++)
+                for (int j = 0; j < Q4_PANEL; j++)
                     acc[r][j] = accumulate ? C[(i + r) * ldc + jp + j] : 0;
-            for (int64_t g = k0 / 4; g < k1 / 4; g++) {
-                const int8_t *bg = panel + g * 64;
-                for (int r = 0; r < 4; r++) {
-                    const uint8_t *a = A + (i + r) * lda + 4 * g;
+            for (int64_t g = k0 / Q4_KGROUP; g < k1 / Q4_KGROUP; g++) {
+                const int8_t *bg = panel + g * Q4_GROUP_BYTES;
+                for (int r = 0; r < Q4_PORTABLE_ROWS; r++) {
+                    const uint8_t *a = A + (i + r) * lda + Q4_KGROUP * g;
                     int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-                    for (int j = 0; j < 16; j++)
+                    for (int j = 0; j < Q4_PANEL; j++)
                         acc[r][j] += a0 * bg[4 * j] + a1 * bg[4 * j + 1]
                                    + a2 * bg[4 * j + 2] + a3 * bg[4 * j + 3];
                 }
             }
-            for (int r = 0; r < 4; r++)
-                for (int j = 0; j < 16; j++)
+            for (int r = 0; r < Q4_PORTABLE_ROWS; r++)
+                for (int j = 0; j < Q4_PANEL; j++)
                     C[(i + r) * ldc + jp + j] = acc[r][j];
         }
     }
