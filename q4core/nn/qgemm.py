@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import gemm as _gemm
 from ..recipe import operands
-from ..recipe.spec import Recipe
+from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
 from .core import Module, Parameter
 
@@ -107,6 +107,15 @@ class _Sequence:
         self.parts, self.sg, self.gmax = [], None, 0.0
 
 
+def _operand_kind(spec):
+    """The kind of operand ``spec`` makes (see :mod:`q4core.recipe.operands`): float, int, fp4 or values."""
+    if spec.format in ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2"):
+        return "float"
+    if spec.format in INT_FORMATS:
+        return "int"
+    return "fp4" if spec.format == "radix4" else "values"
+
+
 def _product_kind(a, b):
     """Strategy of ``a @ b`` from the operand kinds: float, int, fp4-left, fp4-right or generic."""
     if a == "float" and b == "float":
@@ -147,6 +156,11 @@ class QuantGemm(Module):
         self.fmt_gx = operands.operand_format(r.grad_dx)
         self.fmt_gw = operands.operand_format(r.grad_dw)
         self.backend = "numpy" if r.simulate else "auto"
+        # each product's strategy, decided here once (an activation spec keeps its kind for signed inputs)
+        kind_w, kind_a = _operand_kind(r.weight), _operand_kind(r.activation)
+        self.strategy = {"forward": _product_kind(kind_a, kind_w),
+                         "grad_dx": _product_kind(_operand_kind(r.grad_dx), kind_w),
+                         "grad_dw": _product_kind(kind_a, _operand_kind(r.grad_dw))}
         self.quantized = r.four_bit
         self.pact = r.activation.scaling == "pact"
         g = r.grad_dx
@@ -241,9 +255,9 @@ class QuantGemm(Module):
         return _Input(x, op, clip)
 
     # ------------------------------------------------------------------ products
-    def _product(self, a, b, b_packed=None):
-        """``a @ b`` of two operands as float32 (strategy from their kinds; see the module docstring)."""
-        kind = _product_kind(a.kind, b.kind)
+    def _product(self, which, a, b, b_packed=None):
+        """``a @ b`` of two operands as float32 by the strategy of product ``which`` (see the module docstring)."""
+        kind = self.strategy[which]
         if kind == "float":
             return a.units @ b.units
         K = a.units.shape[1]
@@ -276,7 +290,7 @@ class QuantGemm(Module):
         self.last["weight"] = wop.w
         if self.quantized:
             self.last["act_scale"], self.last["weight_scale"] = xop.scale, wop.op.scale
-        return self._product(xop, wop.op, wop.packed), _Ctx(xop, wop, inp)
+        return self._product("forward", xop, wop.op, wop.packed), _Ctx(xop, wop, inp)
 
     def pact_backward(self, grad_x, inp):
         """PACT's straight-through gradient for an input prepared by :meth:`prepare_input` (same shape as
@@ -317,7 +331,7 @@ class QuantGemm(Module):
                 G = operands.Operand(g0.kind, np.concatenate([g.units for _, g in items]), g0.scale, g0.fmt)
             else:
                 X, G = x0, g0
-            part = self._product(X.T, G)
+            part = self._product("grad_dw", X.T, G)
             total = part if total is None else total + part
         return total
 
@@ -368,13 +382,13 @@ class QuantGemm(Module):
             if spec_x.scaling == "gradscale" and seq is None:
                 self.gradscale.observe(gmax)
         w_t, w_t_packed = self._weight_t(ctx.wop)
-        gx = self._product(g_x, w_t, w_t_packed)
+        gx = self._product("grad_dx", g_x, w_t, w_t_packed)
         if pact:
             gx = self.pact_backward(gx, ctx.inp)
         if seq is not None:
             seq.parts.append((ctx.xop, g_w))
             return gx, None
-        return gx, self._product(ctx.xop.T, g_w)
+        return gx, self._product("grad_dw", ctx.xop.T, g_w)
 
     # ------------------------------------------------------------------ state
     def buffers(self):
