@@ -40,24 +40,34 @@ def test_results_table_per_seed_gap_mean_and_spread():
     table = ft.results_table(runs)
     v = table["vision"]
     assert v["precisions"]["fp32"]["mean"] == pytest.approx(97.5)
-    assert v["precisions"]["fp32"]["std"] == pytest.approx(0.5)
+    assert v["precisions"]["fp32"]["std"] == pytest.approx(0.5 ** 0.5)   # sample SD of 98, 97
     assert v["gap"]["values"] == pytest.approx([0.5, 2.0])          # paired by seed
     assert v["gap"]["mean"] == pytest.approx(1.25)
-    assert v["gap"]["std"] == pytest.approx(0.75)
-    assert v["meets_target"] is False                                # 1.25 > 1 point
+    assert v["gap"]["std"] == pytest.approx(1.5 / 2 ** 0.5)
+    # two seeds: t_{0.975, 1} = 12.706, half-width 12.706 * 1.0607 / sqrt(2) = 9.53: nothing is resolved
+    assert v["gap"]["low"] == pytest.approx(1.25 - 9.5297, abs=1e-3)
+    assert v["verdict"] == "inconclusive"                            # mean 1.25 > 1, but the interval spans it
     lang = table["language"]
     assert lang["gap"]["mean"] == pytest.approx(0.01)
     assert lang["gap_in_target_unit"]["mean"] == pytest.approx(0.5)    # 0.01 bits = 0.5 % of 2.0
-    assert lang["meets_target"] is True
+    assert lang["verdict"] == "inconclusive"                           # one seed: no interval
     text = ft.format_table(table)
-    assert "vision" in text and "language" in text and "missed" in text and "met" in text
-    assert "97.50 +- 0.50" in text
+    assert "vision" in text and "language" in text and "inconclusive" in text
+    assert "97.50 +- 0.71" in text
+
+
+def test_target_verdict_follows_the_interval():
+    tight = ft._stats([0.2, 0.3, 0.25, 0.3])
+    assert ft.target_verdict(tight, 1.0) == "met"
+    assert ft.target_verdict(ft._stats([2.0, 2.2, 2.1, 2.05]), 1.0) == "missed"
+    assert ft.target_verdict(ft._stats([0.0, 2.0, 1.0]), 1.0) == "inconclusive"
+    assert ft.target_verdict(ft._stats([None]), 1.0) is None
 
 
 def test_results_table_diverged_run_and_mixed_metrics():
     runs = [_run("speech", "fp16", 0, 90.0), _run("speech", "q4", 0, None, stopped="training stopped: nan")]
     e = ft.results_table(runs)["speech"]
-    assert e["gap"]["mean"] is None and e["meets_target"] is None
+    assert e["gap"]["mean"] is None and e["verdict"] is None
     assert e["stopped"] == {"q4": "training stopped: nan"}
     assert "diverged" in ft.format_table({"speech": e})
     with pytest.raises(ValueError, match="mixes metrics"):

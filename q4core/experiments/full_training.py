@@ -27,6 +27,7 @@ import numpy as np
 
 from .._validation import check_int, check_int_list
 from ..recipe import operands
+from ..stats import paired_interval
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
            "ablation_table", "ablation_study", "format_table", "to_points", "gap", "QuantErrorRecorder",
@@ -89,10 +90,28 @@ def _target_gap(g, reference, metric):
 
 
 def _stats(values):
+    """Mean, sample SD (ddof = 1) and the 95 % Student-t interval of the mean over seeds (None entries: runs
+    that diverged, left out)."""
     vals = [v for v in values if v is not None]
     if not vals:
-        return {"values": list(values), "mean": None, "std": None, "n": 0}
-    return {"values": list(values), "mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
+        return {"values": list(values), "mean": None, "std": None, "n": 0, "low": None, "high": None}
+    ci = paired_interval(vals)
+    return {"values": list(values), "mean": ci["mean"], "std": ci["sd"] if ci["sd"] is not None else 0.0,
+            "n": ci["n"], "low": ci["low"] if ci["n"] > 1 else None, "high": ci["high"] if ci["n"] > 1 else None}
+
+
+def target_verdict(interval, target):
+    """``met`` when the whole 95 % interval of the gap is at or below ``target``, ``missed`` when it is all
+    above, ``inconclusive`` otherwise (also with one seed: no interval); None without a gap."""
+    if interval["mean"] is None:
+        return None
+    if interval["low"] is None:
+        return "inconclusive"
+    if interval["high"] <= target:
+        return "met"
+    if interval["low"] > target:
+        return "missed"
+    return "inconclusive"
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -206,9 +225,10 @@ def ablation_study(domains, seeds=(0,), epochs=None, max_steps=None, max_chars=N
 
 # ---------------------------------------------------------------------------------------------- tables
 def results_table(runs, reference="fp16", candidate="q4"):
-    """One row per domain: per precision the test metric over seeds (values, mean, std), the gap of
-    ``candidate`` to ``reference`` per seed (positive = worse) with mean and std, the target and whether the
-    mean gap meets it.  Runs that diverged count as None (and the row's gap is None for that seed)."""
+    """One row per domain: per precision the test metric over seeds (values, mean, sample SD, 95 % t-interval),
+    the gap of ``candidate`` to ``reference`` paired by seed (positive = worse) with its interval, the target and
+    the verdict the interval supports (:func:`target_verdict`: met / missed / inconclusive).  Runs that diverged
+    count as None (and the row's gap is None for that seed)."""
     table = {}
     for domain in dict.fromkeys(r["domain"] for r in runs):
         rows = [r for r in runs if r["domain"] == domain]
@@ -229,8 +249,7 @@ def results_table(runs, reference="fp16", candidate="q4"):
             target, unit = TARGETS[metric]
             g_stats, t_stats = _stats(gaps), _stats(rel)
             entry.update(gap=g_stats, gap_in_target_unit=t_stats, target=target, target_unit=unit,
-                         reference=reference, candidate=candidate,
-                         meets_target=None if t_stats["mean"] is None else bool(t_stats["mean"] <= target))
+                         reference=reference, candidate=candidate, verdict=target_verdict(t_stats, target))
         table[domain] = entry
     return table
 
@@ -254,19 +273,21 @@ def ablation_table(runs, baseline="fp16", baseline_runs=None):
     return out
 
 
-def _fmt(stats, digits):
+def _fmt(stats, digits, interval=False):
     if stats["mean"] is None:
         return "diverged"
     s = f"{stats['mean']:.{digits}f}"
     if stats["n"] > 1:
-        s += f" +- {stats['std']:.{digits}f}"
+        s += f" [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]" if interval else \
+            f" +- {stats['std']:.{digits}f}"
     return s
 
 
 def format_table(table):
     """The results table as fixed-width text (the paper's layout: metric per precision, then the gap)."""
     precs = list(dict.fromkeys(p for e in table.values() for p in e["precisions"]))
-    head = f"{'domain':<10} {'metric':<12}" + "".join(f" {p:>17}" for p in precs) + f" {'4-bit gap':>22} {'target':>7}"
+    head = (f"{'domain':<10} {'metric':<12}" + "".join(f" {p:>17}" for p in precs)
+            + f" {'4-bit gap [95% CI]':>26} {'1-point aim':>13}")
     lines = [head, "-" * len(head)]
     for domain, e in table.items():
         digits = 2 if e["metric"] == "accuracy" else 3
@@ -274,11 +295,10 @@ def format_table(table):
         row = f"{domain:<10} {name:<12}" + "".join(
             f" {_fmt(e['precisions'][p], digits) if p in e['precisions'] else '':>17}" for p in precs)
         if "gap" in e:
-            g = _fmt(e["gap"], digits)
+            g = _fmt(e["gap_in_target_unit"], 2 if e["metric"] == "accuracy" else 1, interval=True)
             if e["metric"] == "bpc" and e["gap_in_target_unit"]["mean"] is not None:
-                g += f" ({e['gap_in_target_unit']['mean']:.1f}%)"
-            verdict = "-" if e["meets_target"] is None else ("met" if e["meets_target"] else "missed")
-            row += f" {g:>22} {verdict:>7}"
+                g += " %"
+            row += f" {g:>26} {e['verdict'] or '-':>13}"
         lines.append(row)
     return "\n".join(lines)
 
