@@ -13,7 +13,7 @@ import numpy as np
 
 from ._validation import check_real
 
-__all__ = ["paired_interval", "verdict", "binomial_se"]
+__all__ = ["paired_interval", "verdict", "binomial_se", "paired_difference", "describe"]
 
 
 def paired_interval(diffs, confidence=0.95):
@@ -57,3 +57,29 @@ def binomial_se(p, n):
     if n <= 0:
         raise ValueError(f"n must be positive, got {n!r}")
     return math.sqrt(p * (1 - p) / n)
+
+
+def paired_difference(a, b, confidence=0.95):
+    """Interval of ``a - b`` paired by position (seed), ``None`` entries (diverged runs) dropped pairwise; adds
+    ``"verdict"`` (:func:`verdict` with no margin: ``"above"`` = ``a`` higher, ``"below"`` = ``b`` higher)."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b must pair up seed by seed, got {len(a)} and {len(b)} values")
+    diffs = [None if x is None or y is None else float(x) - float(y) for x, y in zip(a, b)]
+    iv = paired_interval(diffs, confidence)
+    return {**iv, "verdict": verdict(iv)}
+
+
+def describe(iv, a_name, b_name, unit="points", higher_is_better=True):
+    """One sentence for a paired difference ``a - b`` from :func:`paired_difference`: the mean, the interval,
+    the seeds, and what it supports - ``"<a> is better"`` / ``"<b> is better"`` only where the interval excludes
+    zero, else ``"not resolved"``."""
+    if iv["mean"] is None:
+        return f"{a_name} minus {b_name}: no pair of finished runs"
+    if iv["n"] < 2:
+        return f"{a_name} minus {b_name}: {iv['mean']:+.2f} {unit} from one seed: not resolved (no interval)"
+    better = {"above": a_name if higher_is_better else b_name,
+              "below": b_name if higher_is_better else a_name}.get(iv["verdict"])
+    said = f"{better} is better" if better else "not resolved"
+    pct = round(100 * iv["confidence"])
+    return (f"{a_name} minus {b_name}: {iv['mean']:+.2f} {unit}, {pct}% interval [{iv['low']:+.2f}, "
+            f"{iv['high']:+.2f}] over {iv['n']} seeds: {said}")

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -12,3 +14,39 @@ def test_readme_python_blocks_run(capsys):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert "[-4]" in out          # the article's worked example 0.3 -> -3.5 -> -4
+
+
+def test_readme_tables_match_the_figure_json():
+    """The README's result tables are what `python -m q4core.readme_tables` makes from figures/*.json."""
+    from q4core import readme_tables
+    assert readme_tables.update_readme(check=True) == [], \
+        "README tables differ from the figure JSON: run `python -m q4core.readme_tables`"
+
+
+def test_readme_tables_detect_drift(tmp_path):
+    """A changed number in the JSON makes --check fail and names the table; a rewrite fixes it."""
+    import json
+    import shutil
+
+    from q4core import readme_tables
+    figs = tmp_path / "figures"
+    shutil.copytree(README.parent / "figures", figs)
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
+    assert readme_tables.update_readme(readme, figs, check=True) == []
+    path = figs / "04_results.json"
+    doc = json.loads(path.read_text())
+    doc["data"]["vision"]["precisions"]["q4"]["mean"] += 1.0
+    path.write_text(json.dumps(doc))
+    assert readme_tables.main(["--check", "--readme", str(readme), "--figures-dir", str(figs)]) == 1
+    before = readme.read_text()
+    assert readme_tables.update_readme(readme, figs) == ["accuracy"]
+    assert readme.read_text() != before and readme_tables.update_readme(readme, figs, check=True) == []
+
+
+def test_readme_tables_refuse_unknown_and_missing(tmp_path):
+    from q4core import readme_tables
+    with pytest.raises(ValueError, match="unknown table 'nope'"):
+        readme_tables.render("nope")
+    with pytest.raises(FileNotFoundError, match="04_results.json is missing"):
+        readme_tables.render("accuracy", tmp_path)

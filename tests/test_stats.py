@@ -31,3 +31,20 @@ def test_degenerate_inputs():
     assert stats.binomial_se(0.96, 1000) == pytest.approx(0.0062, abs=1e-4)
     with pytest.raises(ValueError, match="n must be positive"):
         stats.binomial_se(0.5, 0)
+
+
+def test_paired_difference_and_describe():
+    a, b = [93.0, 94.0, 95.0], [90.0, 90.5, 91.5]
+    iv = stats.paired_difference(a, b)
+    assert iv["n"] == 3 and iv["verdict"] == "above"
+    assert iv["mean"] == pytest.approx(10 / 3)
+    text = stats.describe(iv, "radix 2", "radix 4")
+    assert "radix 2 is better" in text and "over 3 seeds" in text
+    assert "radix 4 is better" in stats.describe(iv, "radix 2", "radix 4", higher_is_better=False)
+    noisy = stats.paired_difference([93.0, 90.0, 95.0], [92.0, 92.0, 92.0])
+    assert noisy["verdict"] == "not resolved" and "not resolved" in stats.describe(noisy, "x", "y")
+    # a diverged run drops its pair; one pair left gives no interval
+    one = stats.paired_difference([93.0, None], [92.0, 91.0])
+    assert one["n"] == 1 and "one seed" in stats.describe(one, "x", "y")
+    with pytest.raises(ValueError, match="pair up seed by seed"):
+        stats.paired_difference([1.0], [1.0, 2.0])

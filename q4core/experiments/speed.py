@@ -10,10 +10,31 @@ import numpy as np
 from ..bench.gemm import GEMM_OPS, records_of
 from ..bench.memory import STORAGE
 
-__all__ = ["plot_gemm_throughput", "plot_memory", "plot_efficiency", "plot_train_steps"]
+__all__ = ["plot_gemm_throughput", "plot_memory", "plot_efficiency", "plot_train_steps", "cpu_label"]
 
 _OP_TITLES = {"int4xint4": "forward  INT4 x INT4", "fp4xint4": "grad-input  FP4 x INT4",
               "int4xfp4": "grad-weight  INT4 x FP4"}
+
+
+def cpu_label():
+    """The CPU the timings were taken on, for the figure JSON and the README: model name (Linux
+    ``/proc/cpuinfo``, else :func:`platform.processor`), the integer units found and the logical CPUs usable."""
+    import os
+    import platform
+
+    from .. import kernel_info
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    cpu = kernel_info()["cpu"]
+    units = [label for flag, label in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
+                                        ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")) if cpu.get(flag)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name} ({', '.join(units) or 'no integer vector units'}), {cores} logical CPUs"
 
 
 def _kernel_colors(kernels):
@@ -71,6 +92,7 @@ def plot_gemm_throughput(result, threads=1):
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=6)
     data["series"].insert(0, {"op": "fp32", "kernel": "numpy", "sizes": [r["size"] for r in fp32],
                               "gops": [r["gops"] for r in fp32]})
+    data["cpu"] = cpu_label()
     return fig, data
 
 
@@ -161,4 +183,4 @@ def plot_train_steps(rows):
         ax.set_title(model)
         ax.set_ylabel("ms per training step")
         ax.set_ylim(0, max(ms) * 1.2 if ms and max(ms) > 0 else 1)
-    return fig, {"rows": rows}
+    return fig, {"rows": rows, "cpu": cpu_label()}
