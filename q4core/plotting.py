@@ -48,7 +48,8 @@ PALETTE = {
     "orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
     "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
 }
-COLORS = list(PALETTE.values())
+#: the palette in plotting order, without yellow (too light on white for lines, dots and text)
+COLORS = [c for name, c in PALETTE.items() if name != "yellow"]
 
 _SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "q4core", "svg.fonttype": "path"}
 _PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "q4core"}
@@ -90,6 +91,56 @@ def new_figure(width="single", aspect=0.7, nrows=1, ncols=1, **subplot_kw):
     fig = Figure(figsize=(inches, inches * aspect))
     axes = fig.subplots(nrows, ncols, **subplot_kw)
     return fig, axes
+
+
+def seed_intervals(ax, groups, *, colors=None, reference=None, reference_label=None, ylabel=None,
+                   confidence=0.95, horizontal=False, jitter=0.12, seed=0):
+    """Dots for seeds and a mean with its Student-t interval per group, on an axis that is not truncated to make
+    differences look large (a reviewer's objection to bars on cut axes).
+
+    ``groups``: ``{label: values}`` (``None`` = a diverged run, shown as a cross at the axis edge and left out of
+    the interval).  ``reference``: a number drawn as a dashed line (e.g. the 1-point aim or the float32 mean).
+    ``horizontal=True`` puts the groups on the y axis (long labels).  Dots are offset deterministically
+    (``seed``) so that equal values stay visible.  Returns ``{label: interval dict}`` from
+    :func:`q4core.stats.paired_interval` (the one-sample interval of the values)."""
+    from . import stats
+    colors = colors or COLORS
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (label, values) in enumerate(groups.items()):
+        vals = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        finite = vals[np.isfinite(vals)]
+        iv = stats.paired_interval(finite, confidence)
+        out[label] = iv
+        c = colors[i % len(colors)]
+        off = rng.uniform(-jitter, jitter, finite.size)
+        pos = np.full(finite.size, float(i)) + off
+        xy = (finite, pos) if horizontal else (pos, finite)
+        ax.plot(*xy, "o", ms=3, mfc="none", mec=c, mew=0.8, zorder=3)
+        if iv["mean"] is not None:
+            lo, hi = iv["low"], iv["high"]
+            err = None if not np.isfinite(lo) else [[iv["mean"] - lo], [hi - iv["mean"]]]
+            if horizontal:
+                ax.errorbar(iv["mean"], i + 0.3, xerr=err, fmt="D", ms=4, color=c, capsize=2, lw=1.0, zorder=4)
+            else:
+                ax.errorbar(i + 0.3, iv["mean"], yerr=err, fmt="D", ms=4, color=c, capsize=2, lw=1.0, zorder=4)
+        n_div = int(np.sum(~np.isfinite(vals)))
+        if n_div:
+            ax.annotate(f"{n_div} diverged", (i, 0) if not horizontal else (0, i), xycoords=(
+                ("data", "axes fraction") if not horizontal else ("axes fraction", "data")),
+                fontsize=6, color=c, ha="center" if not horizontal else "left", va="bottom")
+    if reference is not None:
+        line = ax.axvline if horizontal else ax.axhline
+        line(reference, color="0.35", ls="--", lw=0.8, label=reference_label, zorder=1)
+    ticks = (ax.set_yticks if horizontal else ax.set_xticks)
+    ticks(range(len(groups)), list(groups))
+    if horizontal:
+        ax.set_ylim(len(groups) - 0.5, -0.5)
+    else:
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+    if ylabel:
+        (ax.set_xlabel if horizontal else ax.set_ylabel)(ylabel)
+    return out
 
 
 def _jsonable(value):

@@ -188,3 +188,12 @@ def test_tiny_run_returns_well_formed_curves_and_errors():
     assert {e["step"] for e in errs} == {1, 2, 3}
     assert all(0.0 < e["rel_error"] < 1.0 for e in errs)
     assert ft.q4_layers("speech") == sorted({e["layer"] for e in errs})
+
+
+def test_layer_labels_are_readable_and_say_the_precision():
+    labels = ft.layer_labels("vision")
+    assert set(ft.q4_layers("vision")) < set(labels)
+    for name, label in labels.items():
+        assert "layers." not in label and label.endswith(("(4-bit)", "(fp16)"))
+        assert label.endswith("(4-bit)") == (name in ft.q4_layers("vision"))
+    assert ft.layer_labels("language", max_chars=20000)["layers.1.hidden"] == "LSTM 1 hidden (4-bit)"

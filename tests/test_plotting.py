@@ -85,6 +85,7 @@ def test_style_sizes_and_palette():
     assert matplotlib.rcParams["pdf.fonttype"] == 42
     cycle = [c.lower() for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
     assert cycle == [c.lower() for c in plotting.COLORS]   # Okabe-Ito, in order
+    assert plotting.PALETTE["yellow"] not in plotting.COLORS   # too light on white
     assert plotting.STYLE_PATH.exists()
 
 
@@ -149,3 +150,17 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
         p.write_bytes(b"x")
     assert plotting.remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_seed_intervals_draws_dots_means_and_intervals():
+    fig, ax = plotting.new_figure()
+    out = plotting.seed_intervals(ax, {"a": [1.0, 2.0, 3.0], "b": [2.0, None, 2.5], "c": [None]},
+                                  reference=1.5, reference_label="aim", ylabel="accuracy (%)")
+    assert out["a"]["n"] == 3 and out["a"]["mean"] == 2.0 and out["a"]["low"] < 1.0
+    assert out["b"]["n"] == 2 and out["c"]["mean"] is None
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert ax.get_ylabel() == "accuracy (%)"
+    assert any("1 diverged" == t.get_text() for t in ax.texts)
+    fig2, ax2 = plotting.new_figure()
+    plotting.seed_intervals(ax2, {"long label": [1.0, 2.0]}, horizontal=True, ylabel="gap (points)")
+    assert ax2.get_xlabel() == "gap (points)"

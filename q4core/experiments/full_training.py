@@ -396,6 +396,10 @@ def diagnose(summary):
 def q4_layers(domain, max_chars=None):
     """Names of the layers that run in 4 bits under the ``q4`` preset (the first and last GEMM layers stay
     in 16 bits), in order - the layers :func:`layer_sensitivity` can switch to fp16 one at a time."""
+    return [name for name, layer in _q4_model(domain, max_chars).gemm_layers() if layer.gemm.quantized]
+
+
+def _q4_model(domain, max_chars=None):
     from ..train import train
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {domain!r}")
@@ -403,7 +407,28 @@ def q4_layers(domain, max_chars=None):
     kw = {"max_chars": int(max_chars)} if spec["task"] == "chars" and max_chars is not None else {}
     # epochs=0: the model is built and given the q4 policy, nothing is trained (the public way to get it)
     _, net = train(spec["task"], "q4", epochs=0, model=spec["model"], progress=False, return_model=True, **kw)
-    return [name for name, layer in net.gemm_layers() if layer.gemm.quantized]
+    return net
+
+
+def layer_labels(domain, max_chars=None):
+    """``{module path: readable label}`` of every GEMM layer of ``domain``'s model, for figures: the layer kind,
+    its number among layers of that kind, the attribute it is (e.g. ``hidden``) and its precision under q4
+    (``"Conv2d 2 (4-bit)"`` instead of ``layers.4``)."""
+    net = _q4_model(domain, max_chars)
+    modules = dict(net.named_modules())
+    counts, out = {}, {}
+    for name, layer in net.gemm_layers():
+        parent, _, leaf = name.rpartition(".")
+        # a GEMM held as an attribute (Conv1d's conv, an LSTM's input/hidden projection) is named by its owner
+        owner = layer if leaf.isdigit() or parent not in modules else modules[parent]
+        kind = type(owner).__name__.strip("_")
+        if owner is layer or (kind, parent) not in counts:
+            counts[kind] = counts.get(kind, 0) + 1
+            counts[(kind, parent)] = counts[kind]
+        what = f"{kind} {counts[(kind, parent)] if owner is not layer else counts[kind]}"
+        what += "" if owner is layer or leaf == "conv" else f" {leaf}"
+        out[name] = f"{what} ({'4-bit' if layer.gemm.quantized else 'fp16'})"
+    return out
 
 
 def layer_sensitivity(domain, layers, seeds=(0,), epochs=1, max_steps=None, max_chars=None, train_kwargs=None):

@@ -39,7 +39,7 @@ def cpu_label():
 
 def _kernel_colors(kernels):
     from ..plotting import PALETTE
-    order = ["blue", "vermillion", "green", "purple", "orange", "sky_blue", "yellow"]
+    order = ["blue", "vermillion", "green", "purple", "orange", "sky_blue", "black"]
     return {k: PALETTE[order[i % len(order)]] for i, k in enumerate(kernels)}
 
 
