@@ -66,3 +66,12 @@ def test_notebook_runs_quick_and_reruns_identically(number, tmp_path):
     executed = nbformat.read(tmp_path / "first" / "executed" / NOTEBOOKS[number].name, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # the rendered report of this run holds the notebook's page and every figure it made
+    from q4core.report import build_report
+    done = build_report(tmp_path / "first" / "executed", tmp_path / "first" / "figures", tmp_path / "report")
+    assert done["pages"] == [NOTEBOOKS[number].with_suffix(".html").name]
+    index = (tmp_path / "report" / "index.html").read_text()
+    for stem in stems:
+        assert f"figures/{stem}.png" in index and (tmp_path / "report" / "figures" / f"{stem}.pdf").is_file()
+    page = (tmp_path / "report" / done["pages"][0]).read_text()
+    assert '<details class="q4-code">' in page and "data:image/png;base64" in page
