@@ -95,15 +95,17 @@ class MissingDaskError(ImportError):
 
 # ---------------------------------------------------------------------------------------------- identity
 @functools.lru_cache(maxsize=None)
-def numerics_version():
+def numerics_version(package=None):
     """sha256 of the package sources that can change a run's numbers (:data:`NUMERICS_SOURCES`), each file
-    hashed with its path relative to the package, in sorted order."""
+    hashed with its path relative to the package, in sorted order.  ``package``: the q4core folder (this one
+    by default)."""
+    package = _PACKAGE if package is None else Path(package)
     h = hashlib.sha256()
-    files = sorted({p for pattern in NUMERICS_SOURCES for p in _PACKAGE.glob(pattern) if p.is_file()})
+    files = sorted({p for pattern in NUMERICS_SOURCES for p in package.glob(pattern) if p.is_file()})
     if not files:
-        raise RuntimeError(f"no numerics sources found under {_PACKAGE}")
+        raise RuntimeError(f"no numerics sources found under {package}")
     for path in files:
-        h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        h.update(path.relative_to(package).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
@@ -206,7 +208,10 @@ class RunConfig:
         return f"RunConfig({what}, recipe={recipe!r}, seed={self.seed}, {self.train_kwargs!r})"
 
     def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+        state = {name: getattr(self, name) for name in self.__slots__}
+        if state["data"] is not None and not isinstance(state["data"], (str, bytes, os.PathLike, _ShippedData)):
+            state["data"] = _ShippedData(state["data"])
+        return state
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -225,6 +230,17 @@ class RunConfig:
         if self.data is not None:
             return _dataset_checksum(self.data)
         return _task_checksum(self.task, self.seed, self.train_kwargs.get("max_chars"))
+
+
+class _ShippedData:
+    """What ``train`` reads of a :class:`q4core.data.Dataset` (splits and class names), picklable (a Dataset's
+    ``info`` mapping proxy is not): the form in which a run's data set travels to a worker."""
+
+    _FIELDS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "classes")
+
+    def __init__(self, data):
+        for name in self._FIELDS:
+            setattr(self, name, getattr(data, name, None))
 
 
 @functools.lru_cache(maxsize=1)
