@@ -212,6 +212,40 @@ def test_serial_processes_and_local_cluster_agree_bit_for_bit(digits, tmp_path):
     assert out["serial"] == out["processes:2"] == out["local:2"]
 
 
+def test_a_worker_killed_mid_sweep_is_rescheduled_and_no_partial_entry_is_left(digits, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+    pytest.importorskip("distributed")
+    configs = [_small(digits, "q4", s, steps=120, epochs=3) for s in range(8)]
+    expected = [runs.numbers_of(r) for r in runs.map(configs, "serial", runs.RunCache(read=False, write=False))]
+    cache = runs.RunCache(tmp_path / "c", tmp_path / "r")
+    executor = runs.Dask("local:2")
+    killed = {}
+    try:
+        pids = sorted(executor.client().run(os.getpid).values())
+
+        def kill_one_worker_after_the_first_run():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not cache.entries():
+                time.sleep(0.02)
+            killed["finished_before"] = len(cache.entries())
+            os.kill(pids[0], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_one_worker_after_the_first_run)
+        killer.start()
+        out = runs.map(configs, executor, cache)
+        killer.join()
+        assert pids[0] not in executor.client().run(os.getpid).values()      # the worker was really killed
+    finally:
+        runs.close_executors()
+    assert 1 <= killed["finished_before"] < len(configs)
+    assert [runs.numbers_of(r) for r in out] == expected
+    assert sorted(p.name for p in cache.folder.rglob("*") if p.is_file()) == sorted(f"{c.key()}.json"
+                                                                                  for c in configs)
+
+
 def test_missing_dask_is_a_precise_error():
     code = ("import sys; sys.modules['distributed'] = None\n"
             "from q4core import runs\n"
