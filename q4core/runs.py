@@ -597,7 +597,7 @@ def map(configs, executor=None, cache=None, progress=None):  # noqa: A001 - the 
     n_cached = sum(t is not None for t in texts)
     jobs = [(i, configs[i], identities[i]["data"]) for i in todo.values()]
     show = progress if progress is not None else (len(jobs) > 0 and os.environ.get("Q4CORE_PROGRESS", "1") != "0")
-    bar = _progress_bar(len(configs), n_cached, executor.name) if show and jobs else None
+    bar = _progress_bar(n_cached + len(jobs), n_cached, executor.name) if show and jobs else None
     failures = []
     by_key = {}
     try:
@@ -622,6 +622,7 @@ def map(configs, executor=None, cache=None, progress=None):  # noqa: A001 - the 
 
 
 def _progress_bar(total, cached, name):
+    """Distinct runs: ``cached`` of ``total`` done before anything runs."""
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=cached, desc=f"runs ({name})", unit="run", file=sys.stderr, leave=False)
 
