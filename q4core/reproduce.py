@@ -7,6 +7,10 @@ Usage::
     q4-reproduce --only 02 --only 03     # or --only 02,03 ; a number or a full stem (02_adaptive_rescaling)
     q4-reproduce --jobs 2                # notebooks in parallel processes
     q4-reproduce -p seed 3 --list        # list notebooks, their parameters and profiles; nothing runs
+    q4-reproduce --scheduler local:2     # every training run of the notebooks on a 2-worker Dask LocalCluster
+    q4-reproduce --scheduler tcp://HOST:8786   # ... on a running Dask cluster (pip install 'q4core[cluster]')
+    q4-reproduce --cache-info --profile quick  # what the run cache holds, what the profile would still run
+    q4-reproduce --recompute             # re-run every training run (overwrite the cache); --no-cache: ignore it
 
 Conventions every notebook follows (notebooks 04, 05 ... too)
 ---------------------------------------------------------------
@@ -63,6 +67,10 @@ What a run does
   default's, missing profile, a figures/output folder that is a file, no notebooks found - the message says
   where the runner looked) exit 2 before anything runs.
 * Installed from a wheel, the package holds no notebooks: pass ``--notebooks-dir`` (a clone's ``notebooks/``).
+* Training runs (:mod:`q4core.runs`): the kernels get ``Q4CORE_SCHEDULER`` (``--scheduler``; ``local:N`` starts
+  one ``LocalCluster`` in the runner that every kernel connects to), ``Q4CORE_NO_CACHE`` / ``Q4CORE_RECOMPUTE``
+  (``--no-cache`` / ``--recompute``), and ``Q4CORE_RUN_LABEL`` = ``NN_name/profile``, under which the runs a
+  notebook asks for are logged so that ``--cache-info`` can say how many of them are cached.
 """
 import argparse
 import ast
@@ -298,9 +306,9 @@ def kernel_environment():
     return root
 
 
-def _kernel_env(figures_dir, jupyter_root):
+def _kernel_env(figures_dir, jupyter_root, runs_env=None):
     env = {"MPLBACKEND": "Agg", "SOURCE_DATE_EPOCH": "0", "PYTHONHASHSEED": "0",
-           "Q4CORE_FIGURES_DIR": str(Path(figures_dir).resolve())}
+           "Q4CORE_FIGURES_DIR": str(Path(figures_dir).resolve()), **(runs_env or {})}
     old = os.environ.get("JUPYTER_PATH")
     env["JUPYTER_PATH"] = str(jupyter_root) + (os.pathsep + old if old else "")
     return env
@@ -645,9 +653,43 @@ def _check_folder(folder, option):
         raise UsageError(f"{option} {folder}: not writable")
 
 
+def _runs_environment(scheduler, no_cache, recompute):
+    """The kernels' Q4CORE_* run settings; a ``local:N`` scheduler is started here, once, for every kernel.
+    UsageError for a bad scheduler or a missing Dask."""
+    from . import runs
+    env = {}     # what is not asked for is inherited from the runner's environment
+    if no_cache:
+        env["Q4CORE_NO_CACHE"] = "1"
+    if recompute:
+        env["Q4CORE_RECOMPUTE"] = "1"
+    if scheduler is None:
+        return env
+    try:
+        executor = runs.executor_from_spec(scheduler)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f"--scheduler: {exc}") from None
+    if isinstance(executor, runs.Dask) and scheduler.startswith("local:"):
+        scheduler = executor.client().scheduler.address     # one cluster for all kernels
+    env["Q4CORE_SCHEDULER"] = scheduler
+    return env
+
+
+def cache_info(profile="default", only=(), notebooks_dir=None, out=None):
+    """Print what the run cache holds and, per selected notebook, how many of the runs it asked for at its last
+    execution with this profile are cached (:func:`q4core.runs.cache_info`)."""
+    from . import runs
+    if profile not in PROFILES:
+        raise UsageError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
+    notebooks = select(find_notebooks(notebooks_dir), only)
+    runs.cache_info(labels=[f"{path.stem}/{profile}" for path in notebooks.values()], out=out)
+
+
 def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=None, figures_dir=None,
-              output_dir=None, out=None):
+              output_dir=None, out=None, scheduler=None, no_cache=False, recompute=False):
     """Run the notebooks; returns the list of per-notebook results (dicts with ``ok``, ``cell``, ``error``).
+    ``scheduler``, ``no_cache``, ``recompute``: where and whether the notebooks' training runs run
+    (:mod:`q4core.runs`).
 
     Raises :class:`UsageError` before anything runs on a bad request.
     """
@@ -673,12 +715,14 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
     results = []
     jupyter_root = kernel_environment()
     try:
-        env = _kernel_env(figures_dir, jupyter_root)
+        env = _kernel_env(figures_dir, jupyter_root, _runs_environment(scheduler, no_cache, recompute))
         args = []
+        session = f"{os.getpid()}-{time.time_ns()}"
         for _, path, params in work:
             record = {"profile": profile, "code_version": version,
                       "parameters": {k: v for k, v in params.items() if k != "figures_dir"}}
-            args.append((path, params, output_dir / path.name, env, figures_dir, record))
+            nb_env = {**env, "Q4CORE_RUN_LABEL": f"{path.stem}/{profile}", "Q4CORE_RUN_SESSION": session}
+            args.append((path, params, output_dir / path.name, nb_env, figures_dir, record))
         print(f"q4-reproduce: profile {profile}, {len(work)} notebook(s), jobs {jobs}, figures -> {figures_dir}",
               file=out, flush=True)
         if jobs == 1 or len(work) == 1:
@@ -703,6 +747,9 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
                     _print_result(results[-1], out)
     finally:
         shutil.rmtree(jupyter_root, ignore_errors=True)
+        if scheduler is not None and scheduler.startswith("local:"):
+            from .runs import close_executors
+            close_executors()
     failed = [r for r in results if not r["ok"]]
     if failed:
         print(f"\n{len(failed)} notebook(s) failed (nothing of theirs published: their figures keep their "
@@ -749,6 +796,13 @@ def build_parser():
                              "the current folder; needed with a wheel install)")
     parser.add_argument("--figures-dir", default=None, help="where figures go (default: figures/)")
     parser.add_argument("--output-dir", default=None, help="executed notebooks (default: notebooks/executed/)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the notebooks' training runs on Dask: tcp://HOST:8786 (a running scheduler) or "
+                             "local:N (a LocalCluster of N single-threaded workers); also processes:N, serial")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the run cache")
+    parser.add_argument("--recompute", action="store_true", help="re-run every training run, overwrite the cache")
+    parser.add_argument("--cache-info", action="store_true",
+                        help="what the run cache holds and what the profile would still run; run nothing")
     return parser
 
 
@@ -759,9 +813,13 @@ def main(argv=None):
         if args.list:
             list_notebooks(notebooks_dir)
             return 0
+        if args.cache_info:
+            cache_info(args.profile, args.only, notebooks_dir)
+            return 0
         overrides = {name: parse_value(value) for name, value in args.parameter}
         results = reproduce(args.profile, args.only, overrides, args.jobs, notebooks_dir, args.figures_dir,
-                            args.output_dir)
+                            args.output_dir, scheduler=args.scheduler, no_cache=args.no_cache,
+                            recompute=args.recompute)
     except UsageError as exc:
         print(f"q4-reproduce: error: {exc}", file=sys.stderr)
         return 2

@@ -160,9 +160,9 @@ def test_ablation_study_reuses_runs_with_the_same_schedule(monkeypatch):
     trained = []
     real_train = __import__("q4core.train", fromlist=["train"]).train
 
-    def counting_train(task, precision, ablation=None, **kw):
-        trained.append((precision, ablation))
-        return real_train(task, precision, ablation=ablation, **kw)
+    def counting_train(task="digits", recipe="fp32", ablation=None, **kw):   # called as q4core.runs calls it
+        trained.append((recipe, ablation))
+        return real_train(task, recipe, ablation=ablation, **kw)
     monkeypatch.setattr("q4core.train.train", counting_train)
     reused = ft.ablation_study(["speech"], seeds=[0], epochs={"speech": 1}, max_steps=2, done=main)
     assert reused == fresh                           # deterministic: reuse changes no number

@@ -17,7 +17,8 @@ batch order) and reported as mean and standard deviation over seeds.
 Diagnosis (:class:`QuantErrorRecorder`): an ``on_step`` callback that, at recorded steps, quantizes each 4-bit
 layer's last weight, input and output gradient with the reference quantizers of :mod:`q4core.formats` at the
 scales the layer used, and keeps their relative error ``||q(x) - x|| / ||x||`` (SNR in dB = -20 log10 of it).
-Nothing is cached on disk: the notebook saves its numbers only as the JSON beside each figure.
+Every run without a recorder is a cached task of :mod:`q4core.runs` (a sweep is one :func:`q4core.runs.map`, so
+a parallel executor runs it in parallel); the q4 runs with a :class:`QuantErrorRecorder` train in this process.
 """
 from __future__ import annotations
 
@@ -131,23 +132,52 @@ def _schedule(domain, epochs, max_steps, max_chars, train_kwargs):
     return {"epochs": int(epochs), "max_steps": max_steps, "train_kwargs": kw}
 
 
-def _run(domain, precision, ablation, seed, epochs, max_steps, max_chars, on_step, train_kwargs, done=()):
-    """Train one run, or take it from ``done`` (earlier run dicts) when one has the same domain, precision,
-    ablation, seed and schedule: training is deterministic, so it would give the same numbers."""
-    schedule = _schedule(domain, epochs, max_steps, max_chars, train_kwargs)
-    for r in done:
-        if (r["domain"], r["precision"], r["ablation"], r["seed"], r["schedule"]) == (
-                domain, precision, ablation, int(seed), schedule):
-            return dict(r)
-    from ..train import train
+def _config(domain, precision, ablation, seed, schedule):
+    """The cached run (:class:`q4core.runs.RunConfig`) of one domain, precision, ablation and seed."""
+    from ..runs import RunConfig
     spec = DOMAINS[domain]
-    kw = dict(schedule["train_kwargs"])
-    result = train(spec["task"], precision, ablation=ablation, epochs=int(epochs), seed=int(seed),
-                   model=spec["model"], max_steps=max_steps, on_step=on_step, progress=False, **kw)
+    return RunConfig(task=spec["task"], recipe=precision, seed=int(seed), ablation=ablation,
+                     epochs=int(schedule["epochs"]), model=spec["model"], max_steps=schedule["max_steps"],
+                     **schedule["train_kwargs"])
+
+
+def _run_dict(domain, precision, ablation, seed, schedule, result):
     m = result["metric"]
     return {"domain": domain, "precision": precision, "ablation": ablation, "seed": int(seed), "metric": m,
             "test": to_points(result.get("test_" + m), m), "stopped": result["stopped"], "steps": result["steps"],
             "curves": curves_of(result), "wall_seconds": float(result["wall_seconds"]), "schedule": schedule}
+
+
+def _run_all(items, epochs, max_steps, max_chars, done=()):
+    """Run dicts of ``items`` = ``(domain, precision, ablation, seed, on_step, train_kwargs)``, in order.
+
+    A run with the same domain, precision, ablation, seed and schedule as one in ``done`` (earlier run dicts)
+    is taken from there (training is deterministic); one with an ``on_step`` recorder trains in this process;
+    all the others go to :func:`q4core.runs.map` together (cached, and parallel on a parallel executor)."""
+    from .. import runs
+    out, pending = [None] * len(items), []
+    for i, (domain, precision, ablation, seed, on_step, train_kwargs) in enumerate(items):
+        schedule = _schedule(domain, epochs, max_steps, max_chars, train_kwargs)
+        if on_step is not None:
+            from ..train import train
+            spec = DOMAINS[domain]
+            result = train(spec["task"], precision, ablation=ablation, epochs=int(epochs), seed=int(seed),
+                           model=spec["model"], max_steps=max_steps, on_step=on_step, progress=False,
+                           **schedule["train_kwargs"])
+            out[i] = _run_dict(domain, precision, ablation, seed, schedule, result)
+            continue
+        for r in done:
+            if (r["domain"], r["precision"], r["ablation"], r["seed"], r["schedule"]) == (
+                    domain, precision, ablation, int(seed), schedule):
+                out[i] = dict(r)
+                break
+        else:
+            pending.append((i, schedule, _config(domain, precision, ablation, seed, schedule)))
+    results = runs.map([config for _, _, config in pending]) if pending else []
+    for (i, schedule, _), result in zip(pending, results):
+        domain, precision, ablation, seed = items[i][:4]
+        out[i] = _run_dict(domain, precision, ablation, seed, schedule, result)
+    return out
 
 
 def _check_common(domain, seeds, epochs):
@@ -165,15 +195,15 @@ def run_domain(domain, seeds=(0,), epochs=1, precisions=PRECISIONS, max_steps=No
     units).  With ``recorder_every``, the q4 runs carry ``errors``: the :class:`QuantErrorRecorder` records.
     Runs in ``done`` with the same schedule are reused (not the q4 runs when errors are to be recorded)."""
     seeds = _check_common(domain, seeds, epochs)
-    runs = []
+    items = []
     for precision in precisions:
         for s in seeds:
             rec = QuantErrorRecorder(recorder_every) if recorder_every and precision == "q4" else None
-            run = _run(domain, precision, None, s, epochs, max_steps, max_chars, rec, train_kwargs,
-                       () if rec is not None else done)
-            if rec is not None:
-                run["errors"] = rec.records
-            runs.append(run)
+            items.append((domain, precision, None, s, rec, train_kwargs))
+    runs = _run_all(items, epochs, max_steps, max_chars, done)
+    for item, run in zip(items, runs):
+        if item[4] is not None:
+            run["errors"] = item[4].records
     return runs
 
 
@@ -183,12 +213,11 @@ def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, 
     :func:`run_domain`, with ``label`` added.  Runs already in ``done`` with the same schedule are reused."""
     seeds = _check_common(domain, seeds, epochs)
     ablations = ABLATIONS if ablations is None else ablations
-    runs = []
-    for label, name in ablations.items():
-        for s in seeds:
-            run = _run(domain, "q4", name, s, epochs, max_steps, max_chars, None, train_kwargs, done)
-            run["label"] = label
-            runs.append(run)
+    labels = [label for label in ablations for _ in seeds]
+    runs = _run_all([(domain, "q4", name, s, None, train_kwargs) for name in ablations.values() for s in seeds],
+                    epochs, max_steps, max_chars, done)
+    for label, run in zip(labels, runs):
+        run["label"] = label
     return runs
 
 
@@ -436,12 +465,14 @@ def layer_sensitivity(domain, layers, seeds=(0,), epochs=1, max_steps=None, max_
     switch closes most of the 4-bit gap is the one whose quantization costs the accuracy.  Run dicts as
     :func:`run_domain`, with ``label`` = the layer kept in fp16."""
     seeds = _check_common(domain, seeds, epochs)
-    runs = []
+    items, labels = [], []
     for layer in layers:
         kw = dict(train_kwargs or {})
         kw["overrides"] = {**kw.get("overrides", {}), layer: "fp16"}
         for s in seeds:
-            run = _run(domain, "q4", None, s, epochs, max_steps, max_chars, None, kw)
-            run["label"] = layer
-            runs.append(run)
+            items.append((domain, "q4", None, s, None, kw))
+            labels.append(layer)
+    runs = _run_all(items, epochs, max_steps, max_chars)
+    for label, run in zip(labels, runs):
+        run["label"] = label
     return runs

@@ -32,19 +32,22 @@ GRADIENT_CONFIGS = {
 def compare_on_stack(configs, task="digits", seeds=(0,), epochs=2, max_steps=None):
     """Test accuracy per config and seed with :func:`q4core.train.train`.
 
+    The whole sweep is one :func:`q4core.runs.map` (cached runs are not trained again).
     Returns ``{label: {"accuracy": [...], "mean", "std", "stopped": [...], "precision", "ablation"}}``;
     a run that diverged reports the accuracy it stopped at and its reason in ``stopped``.
     """
-    from ..train import train
+    from .. import runs
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
+    results = iter(runs.map([runs.RunConfig(task=task, recipe=precision, seed=s, ablation=ablation, epochs=epochs,
+                                            max_steps=max_steps)
+                             for precision, ablation in configs.values() for s in seeds]))
     out = {}
     for label, (precision, ablation) in configs.items():
         accs, stopped = [], []
-        for s in seeds:
-            result = train(task, precision, ablation=ablation, epochs=epochs, seed=s, max_steps=max_steps,
-                           progress=False)
+        for _ in seeds:
+            result = next(results)
             accs.append(float(result["test_accuracy"]))
             stopped.append(result["stopped"])
         out[label] = {"accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
