@@ -222,8 +222,10 @@ def save_figure(fig, name, figures_dir=None, data=None, caption=None, dpi=300):
     folder.mkdir(parents=True, exist_ok=True)
     payload = None
     if data is not None or caption is not None:   # convert before writing anything: a bad value writes nothing
-        payload = json.dumps({"name": name, "caption": caption, "data": _jsonable(data if data is not None else {})},
-                             indent=1, sort_keys=True, allow_nan=False) + "\n"
+        doc = {"name": name, "caption": caption, "data": _jsonable(data if data is not None else {})}
+        if os.environ.get("Q4CORE_DIRTY_TREE"):   # q4-reproduce --allow-dirty: say the tree was not committed
+            doc["dirty_tree"] = os.environ["Q4CORE_DIRTY_TREE"]
+        payload = json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n"
     paths = {"pdf": folder / f"{name}.pdf", "png": folder / f"{name}.png"}
     for path in [*paths.values(), *([folder / f"{name}.json"] if payload is not None else [])]:
         check_replaceable(path, "figure file")   # before anything is written

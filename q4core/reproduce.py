@@ -685,11 +685,39 @@ def cache_info(profile="default", only=(), notebooks_dir=None, out=None):
     runs.cache_info(labels=[f"{path.stem}/{profile}" for path in notebooks.values()], out=out)
 
 
+def default_folders(profile, root, notebooks_dir):
+    """``(figures_dir, output_dir)`` when none are given.  Publication profiles (``default``, ``full``) write the
+    committed ``figures/`` of the repository root (:func:`repository_root`: the checkout this package runs from,
+    else the current folder) and ``notebooks/executed/``; ``quick`` writes a scratch ``build/quick/figures`` and
+    ``build/quick/executed`` there instead, so a smoke test never overwrites the publication figures."""
+    if profile == "quick":
+        return root / "build" / "quick" / "figures", root / "build" / "quick" / "executed"
+    return root / "figures", notebooks_dir / "executed"
+
+
+def check_provenance(profile, figures_dir, root, version, allow_dirty):
+    """Publication figures come from a clean, committed tree: a ``default``/``full`` run into the repository's
+    ``figures/`` from a checkout with uncommitted changes is refused (UsageError) unless ``allow_dirty``; then the
+    figures' JSON carry ``"dirty_tree"`` (returned here, passed to the kernels as ``Q4CORE_DIRTY_TREE``)."""
+    if profile == "quick" or not version.endswith("-dirty"):
+        return None
+    if Path(figures_dir).resolve() != (root / "figures").resolve():
+        return None
+    if not allow_dirty:
+        raise UsageError(f"the checkout has uncommitted changes ({version}): publication figures are made from a "
+                         "clean, committed tree - commit first, write elsewhere with --figures-dir, or pass "
+                         "--allow-dirty (each figure's JSON then records the dirty tree)")
+    return version
+
+
 def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=None, figures_dir=None,
-              output_dir=None, out=None, scheduler=None, no_cache=False, recompute=False):
+              output_dir=None, out=None, scheduler=None, no_cache=False, recompute=False, allow_dirty=False,
+              report_dir=None):
     """Run the notebooks; returns the list of per-notebook results (dicts with ``ok``, ``cell``, ``error``).
     ``scheduler``, ``no_cache``, ``recompute``: where and whether the notebooks' training runs run
-    (:mod:`q4core.runs`).
+    (:mod:`q4core.runs`).  Folders default to :func:`default_folders`; :func:`check_provenance` decides whether
+    a dirty tree may write publication figures (``allow_dirty``).  ``report_dir``: when every notebook
+    succeeded, build the HTML report there (:func:`q4core.report.build_report`).
 
     Raises :class:`UsageError` before anything runs on a bad request.
     """
@@ -700,8 +728,9 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
         raise UsageError(f"jobs must be a positive integer, got {jobs!r}")
     root = repository_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
-    figures_dir = Path(figures_dir) if figures_dir else root / "figures"
-    output_dir = Path(output_dir) if output_dir else notebooks_dir / "executed"
+    default_figures, default_output = default_folders(profile, root, notebooks_dir)
+    figures_dir = Path(figures_dir) if figures_dir else default_figures
+    output_dir = Path(output_dir) if output_dir else default_output
     for folder, option in ((figures_dir, "--figures-dir"), (output_dir, "--output-dir")):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{option} {folder}: exists and is not a folder")
@@ -710,12 +739,17 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
     check_destinations(figures_dir, [number for number, _, _ in work])
     _check_folder(figures_dir, "--figures-dir")
     _check_folder(output_dir, "--output-dir")
-    remove_stale_files(figures_dir)
     version = code_version(root)
+    dirty = check_provenance(profile, figures_dir, root, version, allow_dirty)
+    if report_dir is not None and Path(report_dir).exists() and not Path(report_dir).is_dir():
+        raise UsageError(f"--report {report_dir}: exists and is not a folder")
+    remove_stale_files(figures_dir)
     results = []
     jupyter_root = kernel_environment()
     try:
         env = _kernel_env(figures_dir, jupyter_root, _runs_environment(scheduler, no_cache, recompute))
+        if dirty:
+            env["Q4CORE_DIRTY_TREE"] = dirty
         args = []
         session = f"{os.getpid()}-{time.time_ns()}"
         for _, path, params in work:
@@ -751,6 +785,11 @@ def reproduce(profile="default", only=(), overrides=None, jobs=1, notebooks_dir=
             from .runs import close_executors
             close_executors()
     failed = [r for r in results if not r["ok"]]
+    if report_dir is not None and results and not failed:
+        from .report import build_report
+        done = build_report(output_dir, figures_dir, report_dir)
+        print(f"report: {len(done['pages'])} notebook page(s), {len(done['figures'])} figure(s) -> "
+              f"{Path(report_dir) / 'index.html'}", file=out, flush=True)
     if failed:
         print(f"\n{len(failed)} notebook(s) failed (nothing of theirs published: their figures keep their "
               f"previous versions):",
@@ -794,8 +833,15 @@ def build_parser():
     parser.add_argument("--notebooks-dir", default=None,
                         help="folder of NN_name.ipynb (default: notebooks/ of the checkout q4core runs from, else of "
                              "the current folder; needed with a wheel install)")
-    parser.add_argument("--figures-dir", default=None, help="where figures go (default: figures/)")
-    parser.add_argument("--output-dir", default=None, help="executed notebooks (default: notebooks/executed/)")
+    parser.add_argument("--figures-dir", default=None,
+                        help="where figures go (default: figures/ of the repository root - the checkout q4core runs "
+                             "from, else the current folder; build/quick/figures there for --profile quick)")
+    parser.add_argument("--output-dir", default=None,
+                        help="executed notebooks (default: notebooks/executed/; build/quick/executed for quick)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="let a checkout with uncommitted changes write publication figures (their JSON say so)")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="after a successful run, render the executed notebooks and figures as HTML into DIR")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="run the notebooks' training runs on Dask: tcp://HOST:8786 (a running scheduler) or "
                              "local:N (a LocalCluster of N single-threaded workers); also processes:N, serial")
@@ -819,7 +865,7 @@ def main(argv=None):
         overrides = {name: parse_value(value) for name, value in args.parameter}
         results = reproduce(args.profile, args.only, overrides, args.jobs, notebooks_dir, args.figures_dir,
                             args.output_dir, scheduler=args.scheduler, no_cache=args.no_cache,
-                            recompute=args.recompute)
+                            recompute=args.recompute, allow_dirty=args.allow_dirty, report_dir=args.report)
     except UsageError as exc:
         print(f"q4-reproduce: error: {exc}", file=sys.stderr)
         return 2

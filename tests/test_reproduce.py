@@ -440,3 +440,45 @@ def test_stale_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monke
         assert (figures / reproduce.STAGING / "02_b" / "02_b.png").exists()
     finally:
         os.close(held)
+
+
+def test_quick_writes_a_scratch_folder_publication_profiles_the_committed_one(tmp_path):
+    root = tmp_path
+    assert reproduce.default_folders("quick", root, root / "notebooks") == \
+        (root / "build" / "quick" / "figures", root / "build" / "quick" / "executed")
+    for profile in ("default", "full"):
+        assert reproduce.default_folders(profile, root, root / "notebooks") == \
+            (root / "figures", root / "notebooks" / "executed")
+
+
+def test_publication_figures_need_a_clean_tree(tmp_path):
+    figures = tmp_path / "figures"
+    with pytest.raises(reproduce.UsageError, match="uncommitted changes.*--allow-dirty"):
+        reproduce.check_provenance("default", figures, tmp_path, "git:abc1234-dirty", allow_dirty=False)
+    assert reproduce.check_provenance("full", figures, tmp_path, "git:abc1234-dirty", True) == "git:abc1234-dirty"
+    # clean trees, the quick profile and other folders are not publication figures
+    assert reproduce.check_provenance("default", figures, tmp_path, "git:abc1234", False) is None
+    assert reproduce.check_provenance("quick", figures, tmp_path, "git:abc1234-dirty", False) is None
+    assert reproduce.check_provenance("default", tmp_path / "elsewhere", tmp_path, "git:abc-dirty", False) is None
+
+
+def test_dirty_tree_is_recorded_in_the_figure_json(tmp_path, monkeypatch):
+    from q4core import plotting
+    fig, _ = plotting.new_figure()
+    monkeypatch.setenv("Q4CORE_DIRTY_TREE", "git:abc1234-dirty")
+    paths = plotting.save_figure(fig, "09_x", tmp_path, data={"v": 1}, caption="c")
+    assert json.loads(paths["json"].read_text())["dirty_tree"] == "git:abc1234-dirty"
+    monkeypatch.delenv("Q4CORE_DIRTY_TREE")
+    paths = plotting.save_figure(fig, "09_x", tmp_path, data={"v": 1}, caption="c")
+    assert "dirty_tree" not in json.loads(paths["json"].read_text())
+
+
+@slow
+def test_report_after_a_successful_run(project, capsys):
+    assert run(project, "--profile", "quick", "--only", "01", "--report", str(project / "report")) == 0
+    assert "report: 1 notebook page(s)" in capsys.readouterr().out
+    index = (project / "report" / "index.html").read_text()
+    assert "01_good.html" in index and "figures/01_fig0.png" in index
+    (project / "afile").write_text("x")
+    assert run(project, "--profile", "quick", "--only", "01", "--report", str(project / "afile")) == 2
+    assert "is not a folder" in capsys.readouterr().err
