@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
+from .._io import check_replaceable, write_atomic
 from . import gemm, quantize, report, train
 
 COMMANDS = {
@@ -22,12 +26,51 @@ def _parser(name):
     return argparse.ArgumentParser(prog=f"python -m q4core.bench {name}", description=COMMANDS[name])
 
 
+def _int_in(lo, hi):
+    """argparse type: an int in ``[lo, hi]`` (argparse names the option in its error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _check_output(parser, path, option):
+    """Refuse an output path that cannot be written, before anything is measured (argparse error naming
+    ``option``): its folder must exist and the path must be absent or a regular file."""
+    if path is None:
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        parser.error(f"argument {option}: folder {os.fspath(folder)} does not exist")
+    try:
+        check_replaceable(path, f"argument {option}:")
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def _quantize(argv):
     ap = _parser("quantize")
-    ap.add_argument("--log2n", type=int, default=24, help="number of values is 2**LOG2N (default 24)")
+    ap.add_argument("--log2n", type=_int_in(*quantize.LOG2N_RANGE), default=24,
+                    help="number of values is 2**LOG2N, %d..%d (default 24)" % quantize.LOG2N_RANGE)
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median)")
     ap.add_argument("--numpy-repeat", type=int, default=3, help="timed runs of the slow numpy chain")
-    ap.add_argument("--scale", type=float, default=0.37, help="quantization scale (any positive)")
+    ap.add_argument("--scale", type=_positive_float, default=0.37, help="quantization scale (any finite > 0)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random input")
     ap.add_argument("--quantize", action="store_true",
                     help="also time float -> float quantize (fake quantization) against the reference")
@@ -57,6 +100,7 @@ def _gemm(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the random operands (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
     args = p.parse_args(argv)
+    _check_output(p, args.json, "--json")
     try:
         result = gemm.measure_gemm(args.sizes, threads=args.threads, repeat=args.repeat, kernels=args.kernels,
                                    seed=args.seed, portable_max_size=args.portable_max_size,
@@ -68,8 +112,7 @@ def _gemm(argv):
         return 1
     print("\n".join(report.gemm_lines(result)))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)), "argument --json:")
         print(f"\nwrote {args.json}")
     return 0
 
