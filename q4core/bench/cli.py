@@ -17,7 +17,8 @@ from . import gemm, quantize, report, train
 
 COMMANDS = {
     "quantize": "INT4 / radix-4 FP4 quantize+pack throughput against the numpy chain",
-    "gemm": "INT4 and FP4 x INT4 GEMM GOP/s of every kernel path against numpy float32",
+    "gemm": "INT4 and FP4 x INT4 GEMM GOP/s of every kernel path against numpy float32, ONNX Runtime and the "
+            "ISA ceilings",
     "train": "time of one training step under fp32, q4 and simulated q4",
 }
 
@@ -97,6 +98,8 @@ def _gemm(argv):
     p.add_argument("--portable-max-size", type=int, default=1024,
                    help="skip the slow portable C kernel above this size (default: %(default)s)")
     p.add_argument("--no-fakequant", action="store_true", help="skip the fake-quantization baseline")
+    p.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime peers (MatMulInteger, MatMulNBits)")
+    p.add_argument("--no-ceilings", action="store_true", help="skip measuring the per-ISA ceilings")
     p.add_argument("--seed", type=int, default=0, help="seed of the random operands (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
     args = p.parse_args(argv)
@@ -104,7 +107,8 @@ def _gemm(argv):
     try:
         result = gemm.measure_gemm(args.sizes, threads=args.threads, repeat=args.repeat, kernels=args.kernels,
                                    seed=args.seed, portable_max_size=args.portable_max_size,
-                                   fakequant=not args.no_fakequant)
+                                   fakequant=not args.no_fakequant, peers=not args.no_peers,
+                                   ceilings=not args.no_ceilings)
     except ValueError as exc:       # bad sizes, threads, repeat or kernel names
         p.error(str(exc))
     except RuntimeError as exc:     # a kernel that disagrees with the reference

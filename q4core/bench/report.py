@@ -10,7 +10,7 @@ from .quantize import paths_of, threads_of
 from .train import PRECISIONS, summarize_train
 from .train import TARGETS as TRAIN_TARGETS
 
-__all__ = ["gemm_lines", "quantize_lines", "train_lines"]
+__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines"]
 
 
 def _threads(t):
@@ -21,7 +21,7 @@ def gemm_lines(result):
     """A :func:`q4core.bench.gemm.measure_gemm` result as a table: per size and thread count the median
     time, GOP/s and ratio to numpy float32 of every path, then issue 3's targets (when 2048 was measured)."""
     info = result["kernel_info"]
-    lines = [f"q4core GEMM benchmark - {result['machine']}, numpy {result['numpy']}",
+    lines = [f"q4core GEMM benchmark - {result.get('cpu_model', result['machine'])}, numpy {result['numpy']}",
              "CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True),
              f"kernels timed: {', '.join(result['kernels'])}; default choice: {info['chosen_kernel']}; "
              f"OpenMP: {info['openmp']}; repeat={result['repeat']}; medians (on a shared machine they are noisy)"]
@@ -30,11 +30,19 @@ def gemm_lines(result):
         blocks.setdefault((r["size"], r["threads"]), []).append(r)
     for (n, t), rows in blocks.items():
         fp32 = next(r for r in rows if r["op"] == "fp32")
+        mmi = next((r for r in rows if r["op"] == "ort_matmulint"), None)
         lines.append(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
-        lines.append(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
+        lines.append(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s} {'x ORT':>6s} "
+                     f"{'of ceiling':>10s}")
         for r in rows:
+            vs_ort = f"{mmi['seconds'] / r['seconds']:6.2f}" if mmi and r["op"] == "int4xint4" else f"{'':6s}"
+            frac = (f"{r['fraction_of_ceiling']:10.2f}" if "fraction_of_ceiling" in r else f"{'':10s}")
+            exact = {True: "  exact", False: "  NOT EXACT vs ours"}.get(r.get("exact"), "")
             lines.append(f"  {r['op']:16s} {r['kernel']:9s} {r['seconds'] * 1e3:10.2f} "
-                         f"{r['gops']:9.1f} {r['ratio_vs_fp32']:7.2f}")
+                         f"{r['gops']:9.1f} {r['ratio_vs_fp32']:7.2f} {vs_ort} {frac}{exact}")
+    if "peer" in result:
+        lines.append("\npeer: " + result["peer"]["message"] + "; 'x ORT': ORT MatMulInteger time / this time")
+    lines.extend(ceiling_lines(result))
     verdicts = target_verdicts(result)
     if verdicts:
         lines.append("\ntargets at 2048^3, one thread (ratio to numpy float32 in this run):")
@@ -44,6 +52,17 @@ def gemm_lines(result):
                 lines.append(f"{head} not measured (kernel not available here)")
             else:
                 lines.append(f"{head} {v['ratio']:.2f}x {'met' if v['met'] else 'SHORT'}")
+    return lines
+
+
+def ceiling_lines(result):
+    """The ISA ceilings of a GEMM result (:mod:`q4core.bench.ceiling`), or why there are none."""
+    if "ceilings" not in result:
+        return [f"\nceilings: {result['ceiling_note']}"] if "ceiling_note" in result else []
+    lines = ["\nceilings (fastest run of independent instruction chains, GOP/s = 2 ops per MAC; 'of ceiling' below "
+             "is a path's GOP/s over its instruction's):"]
+    for c in result["ceilings"]:
+        lines.append(f"  {c['probe']:24s} {_threads(c['threads']):10s} {c['gops']:9.1f}")
     return lines
 
 
