@@ -28,7 +28,8 @@ def test_which_probe_bounds_which_path():
     assert ceiling.probe_for("int4xint4", "avx2", AVX2_ONLY) == "avx2 vpmaddubsw+vpaddw"
     assert ceiling.probe_for("fp32", "numpy", EVERYTHING) == "fma zmm"
     assert ceiling.probe_for("fp32", "numpy", AVX2_ONLY) == "fma ymm"
-    assert ceiling.probe_for("ort_matmulint", "mlas", EVERYTHING) == "avx512 vpdpbusd zmm"
+    assert ceiling.probe_for("ort_matmulint", "mlas", EVERYTHING) == "amx tdpbssd"
+    assert ceiling.probe_for("ort_matmulint", "mlas", dict(EVERYTHING, amx_int8=False)) == "avx512 vpdpbusd zmm"
     assert ceiling.probe_for("ort_matmulint", "mlas", AVX2_ONLY) == "avx2 vpmaddubsw+vpaddw"
     assert ceiling.probe_for("int4xint4", "vnni", AVX2_ONLY) is None         # kernel the CPU cannot run
     assert ceiling.probe_for("int4xint4", "portable", EVERYTHING) is None

@@ -17,8 +17,9 @@ probe                        instruction(s)                 MACs each   the ceil
 
 Rates are in GOP/s with 2 ops per MAC, the unit of the GEMM benchmark.  With ``threads`` > 1 that many probes
 run at once (ctypes releases the GIL), one per thread.  Interference from other processes only slows a
-register-only loop, so the ceiling is the fastest of ``repeat`` runs (the kernels' times are medians: their
-fractions of the ceiling are, if anything, low).  Without a C compiler :class:`CeilingUnavailable` says so.
+register-only loop, so the ceiling is the fastest of ``repeat`` short runs (many short runs catch a quiet
+moment of a shared machine; the kernels' times are medians: their fractions of the ceiling are, if anything,
+low).  Without a C compiler :class:`CeilingUnavailable` says so.
 """
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ def _run(name, iters, threads):
     return seconds
 
 
-def measure_ceilings(threads=(1, 2), repeat=10, seconds=0.02, probes=None):
+def measure_ceilings(threads=(1, 2), repeat=30, seconds=0.005, probes=None):
     """GOP/s (2 ops per MAC) of every probe this CPU runs, at each thread count.
 
     ``seconds``: the target length of one run (the iteration count is calibrated on a short run first);
@@ -279,14 +280,14 @@ def measure_ceilings(threads=(1, 2), repeat=10, seconds=0.02, probes=None):
 def probe_for(op, kernel, cpu=None):
     """The probe bounding a GEMM record (``op``, ``kernel``) of :func:`q4core.bench.gemm.measure_gemm`, or
     ``None`` (the numpy paths of fake quantization, the portable C kernel).  numpy float32 is bounded by the
-    widest FMA this CPU has; a peer's u8 x s8 GEMM (kernel ``mlas``) by the widest int8 dot-product instruction
-    short of AMX (MLAS may use AMX too: then its fraction can exceed 1)."""
+    widest FMA this CPU has; a peer's u8 x s8 GEMM (kernel ``mlas``) by the widest int8 instruction the CPU
+    has, AMX included (MLAS dispatches its u8 x s8 GEMM to AMX where the CPU has it)."""
     usable = set(available_probes(cpu))
     if op == "fp32":
         return next((p for p in ("fma zmm", "fma ymm") if p in usable), None)
     if kernel in KERNEL_PROBE:
         return KERNEL_PROBE[kernel] if KERNEL_PROBE[kernel] in usable else None
     if kernel == "mlas":
-        return next((p for p in ("avx512 vpdpbusd zmm", "avx-vnni vpdpbusd ymm", "avx2 vpmaddubsw+vpaddw")
-                     if p in usable), None)
+        return next((p for p in ("amx tdpbssd", "avx512 vpdpbusd zmm", "avx-vnni vpdpbusd ymm",
+                                 "avx2 vpmaddubsw+vpaddw") if p in usable), None)
     return None

@@ -132,16 +132,25 @@ def _train(argv):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--first-last", default="fp16", choices=("fp32", "fp16", "q4"),
                    help="mode of the first and last layers under q4 (default fp16, the training default)")
+    p.add_argument("--heavy", nargs="*", default=list(train.HEAVY_WORKLOADS), choices=train.HEAVY_WORKLOADS,
+                   help="GEMM-heavy workloads to time as well (default: all; none with a bare --heavy)")
+    p.add_argument("--heavy-batch", type=int, default=256, help="rows of the mlp1024 batch (default 256)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timed runs, instrumented q4 steps: fraction of the step in the integer GEMMs, "
+                        "operand making, the int32 rescale and the rest")
     args = p.parse_args(argv)
+    common = {"threads": args.threads, "batch": args.batch, "language_models": args.lm, "lm_batch": args.lm_batch,
+              "seq_len": args.seq_len, "first_last": args.first_last, "heavy": args.heavy,
+              "heavy_batch": args.heavy_batch}
     print(f"one training step, median of {args.repeat}, {args.threads} thread(s); q4 first/last layers: "
           f"{args.first_last}")
-    try:
-        result = train.train_step_times(repeat=args.repeat, threads=args.threads, batch=args.batch,
-                                        language_models=args.lm, lm_batch=args.lm_batch, seq_len=args.seq_len,
-                                        first_last=args.first_last)
+    try:    # checks every argument before it runs anything; the breakdown below takes the same ones
+        result = train.train_step_times(repeat=args.repeat, **common)
     except ValueError as exc:
         p.error(str(exc))
     print("\n".join(report.train_lines(result)))
+    if args.breakdown:
+        print("\n".join(report.breakdown_lines(train.step_breakdown(repeat=args.repeat, **common))))
     return 0 if all(result["identical_losses"].values()) else 1
 
 

@@ -10,7 +10,7 @@ from .quantize import paths_of, threads_of
 from .train import PRECISIONS, summarize_train
 from .train import TARGETS as TRAIN_TARGETS
 
-__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines"]
+__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines", "breakdown_lines"]
 
 
 def _threads(t):
@@ -107,4 +107,17 @@ def train_lines(result):
                      f"{'met' if r_fp32 <= max_fp32 else 'short'}")
         lines.append(f"  simulated / q4 {r_sim:9.2f}x   target >= {min_sim:g}x   : "
                      f"{'met' if r_sim >= min_sim else 'short'}")
+    return lines
+
+
+def breakdown_lines(result):
+    """A :func:`q4core.bench.train.step_breakdown` result: per model the instrumented q4 step time and the
+    percentage of it in each part."""
+    parts = result["parts"]
+    lines = [f"\nwhere a q4 step's time goes ({result['note']}, {result['repeat']} steps, "
+             f"{_threads(result['threads'])})",
+             f"  {'model':36s} {'step ms':>8s} " + " ".join(f"{p:>14s}" for p in parts)]
+    for r in result["records"]:
+        lines.append(f"  {r['model']:36s} {r['step_seconds'] * 1e3:8.2f} "
+                     + " ".join(f"{100 * r['fractions'][p]:13.1f}%" for p in parts))
     return lines
