@@ -5,7 +5,7 @@ import math
 import pytest
 
 from q4core import gemm
-from q4core.bench import ceiling
+from q4core.bench import ceiling, report
 from q4core.bench import gemm as bench_gemm
 
 AVX2_ONLY = {"avx2": True, "fma": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False,
@@ -92,3 +92,10 @@ def test_gemm_records_carry_their_fraction_of_the_ceiling():
             assert r["ceiling_probe"] == ceiling.probe_for(r["op"], r["kernel"])
             assert r["ceiling_gops"] == rate[r["ceiling_probe"]]
             assert r["fraction_of_ceiling"] == pytest.approx(r["gops"] / r["ceiling_gops"])
+
+
+def test_not_requested_means_not_in_the_result():
+    result = bench_gemm.measure_gemm([8], threads=[1], repeat=1, kernels=["portable"], fakequant=False)
+    assert "peer" not in result and "ceilings" not in result and "ceiling_note" not in result
+    text = "\n".join(report.gemm_lines(result))
+    assert "peer:" not in text and "ceilings" not in text

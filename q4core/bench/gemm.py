@@ -143,8 +143,8 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
     Up to size 1024 every kernel's INT4 x INT4 output is checked against the
     reference first (``RuntimeError`` if it differs).  Also in the result: ``kernel_info``, ``kernels``,
     ``sizes``, ``threads``, ``repeat``, ``seed``, ``numpy``, ``platform``, ``machine``, ``cpu_model``,
-    ``unix_time``, ``note``, ``peer`` (:func:`q4core.bench.peers.peer_status`), ``ceilings`` (the probe
-    records) or ``ceiling_note`` (why there are none).
+    ``unix_time``, ``note``; with ``peers``, ``peer`` (:func:`q4core.bench.peers.peer_status`); with
+    ``ceilings``, ``ceilings`` (the probe records) or ``ceiling_note`` (why there are none).
     """
     from .. import gemm
     from ..formats import INT4, RADIX4_FP4
@@ -157,7 +157,7 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
         raise ValueError(f"seed must be >= 0, got {seed}")
     kernels = _fast_kernels(kernels)
     info = gemm.kernel_info()
-    peer = {"available": False, "message": "ONNX Runtime peer not requested"}
+    peer = {"available": False}     # not requested: no "peer" entry in the result
     if peers:
         from .peers import peer_status
         peer = peer_status()
@@ -201,13 +201,13 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
                 records.append(rec)
     result = {"kernel_info": info, "kernels": kernels, "sizes": sizes, "threads": threads, "numpy": np.__version__,
               "platform": platform.platform(), "machine": platform.processor() or platform.machine(),
-              "cpu_model": cpu_model(), "unix_time": time.time(), "repeat": repeat, "seed": seed, "peer": peer,
+              "cpu_model": cpu_model(), "unix_time": time.time(), "repeat": repeat, "seed": seed,
               "note": "median wall times; each ratio uses numpy float32 at the same size and "
                       "thread count measured in the same run", "records": records}
+    if peers:
+        result["peer"] = peer
     if ceilings:
         _add_ceilings(result, threads, info)
-    else:
-        result["ceiling_note"] = "ceilings not requested"
     return result
 
 
