@@ -17,9 +17,11 @@ probe                        instruction(s)                 MACs each   the ceil
 
 Rates are in GOP/s with 2 ops per MAC, the unit of the GEMM benchmark.  With ``threads`` > 1 that many probes
 run at once (ctypes releases the GIL), one per thread.  Interference from other processes only slows a
-register-only loop, so the ceiling is the fastest of ``repeat`` short runs (many short runs catch a quiet
-moment of a shared machine; the kernels' times are medians: their fractions of the ceiling are, if anything,
-low).  Without a C compiler :class:`CeilingUnavailable` says so.
+register-only loop, so the ceiling is the fastest of ``repeat`` short runs, taken round-robin over the probes
+(many short runs catch a quiet moment of a shared machine; the kernels' times are medians: their fractions of
+the ceiling are, if anything, low).  On a loaded virtual machine single probes were seen at 1/3 to 1/15 of
+their usual rate for a whole run while the others ran at theirs: compare ceilings across runs before trusting
+a fraction.  Without a C compiler :class:`CeilingUnavailable` says so.
 """
 from __future__ import annotations
 
@@ -57,9 +59,28 @@ _SOURCE = r"""
 
 #define REP4(x) x x x x
 
+/* Every register a probe touches starts at zero: whatever a register held before could be a denormal float,
+   and an FMA on a denormal takes a microcode assist (a 30x slower "ceiling" was seen without this). */
+#define ZERO12_YMM __asm__ volatile( \
+    "vpxor %%ymm0, %%ymm0, %%ymm0\n\t" "vpxor %%ymm1, %%ymm1, %%ymm1\n\t" "vpxor %%ymm2, %%ymm2, %%ymm2\n\t" \
+    "vpxor %%ymm3, %%ymm3, %%ymm3\n\t" "vpxor %%ymm4, %%ymm4, %%ymm4\n\t" "vpxor %%ymm5, %%ymm5, %%ymm5\n\t" \
+    "vpxor %%ymm6, %%ymm6, %%ymm6\n\t" "vpxor %%ymm7, %%ymm7, %%ymm7\n\t" "vpxor %%ymm8, %%ymm8, %%ymm8\n\t" \
+    "vpxor %%ymm9, %%ymm9, %%ymm9\n\t" "vpxor %%ymm10, %%ymm10, %%ymm10\n\t" "vpxor %%ymm11, %%ymm11, %%ymm11\n\t" \
+    "vpxor %%ymm14, %%ymm14, %%ymm14\n\t" "vpxor %%ymm15, %%ymm15, %%ymm15" \
+    ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
+        "xmm14", "xmm15")
+#define ZERO12_ZMM __asm__ volatile( \
+    "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" "vpxord %%zmm1, %%zmm1, %%zmm1\n\t" "vpxord %%zmm2, %%zmm2, %%zmm2\n\t" \
+    "vpxord %%zmm3, %%zmm3, %%zmm3\n\t" "vpxord %%zmm4, %%zmm4, %%zmm4\n\t" "vpxord %%zmm5, %%zmm5, %%zmm5\n\t" \
+    "vpxord %%zmm6, %%zmm6, %%zmm6\n\t" "vpxord %%zmm7, %%zmm7, %%zmm7\n\t" "vpxord %%zmm8, %%zmm8, %%zmm8\n\t" \
+    "vpxord %%zmm9, %%zmm9, %%zmm9\n\t" "vpxord %%zmm10, %%zmm10, %%zmm10\n\t" "vpxord %%zmm11, %%zmm11, %%zmm11\n\t" \
+    "vpxord %%zmm30, %%zmm30, %%zmm30\n\t" "vpxord %%zmm31, %%zmm31, %%zmm31" \
+    ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
+        "xmm30", "xmm31")
+
 /* AVX2: vpmaddubsw (32 u8 x s8 products, pairwise sums to int16) + vpaddw (int16 accumulate); 6 chains x 4 */
 __attribute__((target("avx2"))) static void avx2_pairs(long iters) {
-    __asm__ volatile("vpxor %%ymm14, %%ymm14, %%ymm14\n\tvpxor %%ymm15, %%ymm15, %%ymm15" ::: "xmm14", "xmm15");
+    ZERO12_YMM;
     for (long i = 0; i < iters; i++)
         __asm__ volatile(REP4(
             "vpmaddubsw %%ymm15, %%ymm14, %%ymm0\n\t" "vpaddw %%ymm0, %%ymm6, %%ymm6\n\t"
@@ -74,7 +95,7 @@ __attribute__((target("avx2"))) static void avx2_pairs(long iters) {
 
 /* AVX-512 VNNI: vpdpbusd zmm (64 u8 x s8 MACs into int32); 10 chains x 4 */
 __attribute__((target("avx512f"))) static void vnni_zmm(long iters) {
-    __asm__ volatile("vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31" ::: "xmm30", "xmm31");
+    ZERO12_ZMM;
     for (long i = 0; i < iters; i++)
         __asm__ volatile(REP4(
             "vpdpbusd %%zmm31, %%zmm30, %%zmm0\n\t" "vpdpbusd %%zmm31, %%zmm30, %%zmm1\n\t"
@@ -88,7 +109,7 @@ __attribute__((target("avx512f"))) static void vnni_zmm(long iters) {
 
 /* AVX-VNNI: VEX-encoded vpdpbusd ymm (32 MACs); 10 chains x 4 */
 __attribute__((target("avx2"))) static void vnni_ymm(long iters) {
-    __asm__ volatile("vpxor %%ymm14, %%ymm14, %%ymm14\n\tvpxor %%ymm15, %%ymm15, %%ymm15" ::: "xmm14", "xmm15");
+    ZERO12_YMM;
     for (long i = 0; i < iters; i++)
         __asm__ volatile(REP4(
             "%{vex%} vpdpbusd %%ymm15, %%ymm14, %%ymm0\n\t" "%{vex%} vpdpbusd %%ymm15, %%ymm14, %%ymm1\n\t"
@@ -102,7 +123,7 @@ __attribute__((target("avx2"))) static void vnni_ymm(long iters) {
 
 /* FP32 FMA ymm (8 MACs); 12 chains x 4 */
 __attribute__((target("avx2,fma"))) static void fma_ymm(long iters) {
-    __asm__ volatile("vxorps %%ymm14, %%ymm14, %%ymm14\n\tvxorps %%ymm15, %%ymm15, %%ymm15" ::: "xmm14", "xmm15");
+    ZERO12_YMM;
     for (long i = 0; i < iters; i++)
         __asm__ volatile(REP4(
             "vfmadd231ps %%ymm15, %%ymm14, %%ymm0\n\t" "vfmadd231ps %%ymm15, %%ymm14, %%ymm1\n\t"
@@ -117,7 +138,7 @@ __attribute__((target("avx2,fma"))) static void fma_ymm(long iters) {
 
 /* FP32 FMA zmm (16 MACs); 12 chains x 4 */
 __attribute__((target("avx512f"))) static void fma_zmm(long iters) {
-    __asm__ volatile("vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31" ::: "xmm30", "xmm31");
+    ZERO12_ZMM;
     for (long i = 0; i < iters; i++)
         __asm__ volatile(REP4(
             "vfmadd231ps %%zmm31, %%zmm30, %%zmm0\n\t" "vfmadd231ps %%zmm31, %%zmm30, %%zmm1\n\t"
@@ -237,7 +258,7 @@ def _run(name, iters, threads):
     return seconds
 
 
-def measure_ceilings(threads=(1, 2), repeat=30, seconds=0.005, probes=None):
+def measure_ceilings(threads=(1, 2), repeat=40, seconds=0.005, probes=None):
     """GOP/s (2 ops per MAC) of every probe this CPU runs, at each thread count.
 
     ``seconds``: the target length of one run (the iteration count is calibrated on a short run first);
@@ -261,18 +282,22 @@ def measure_ceilings(threads=(1, 2), repeat=30, seconds=0.005, probes=None):
         missing = [p for p in probes if p not in usable]
         if missing:
             raise ValueError(f"probes {missing} need CPU features this machine lacks")
-    records = []
+    iters = {}
     for name in probes:
-        macs = PROBES[name][1]
         calib = 200
         elapsed = _run(name, calib, 1)
         while elapsed < 2e-3:
             calib *= 8
             elapsed = _run(name, calib, 1)
-        iters = max(1, int(calib * seconds / elapsed))
-        for t in threads:
-            samples = [2.0 * macs * iters * t / _run(name, iters, t) / 1e9 for _ in range(repeat)]
-            records.append({"probe": name, "threads": t, "gops": max(samples), "samples_gops": samples})
+        iters[name] = max(1, int(calib * seconds / elapsed))
+    # round-robin, one run of each probe per round: a slow phase of a shared machine (or of its hypervisor)
+    # then costs every probe a sample or two, not one probe all of its samples
+    samples = {(name, t): [] for name in probes for t in threads}
+    for _ in range(repeat):
+        for (name, t), out in samples.items():
+            out.append(2.0 * PROBES[name][1] * iters[name] * t / _run(name, iters[name], t) / 1e9)
+    records = [{"probe": name, "threads": t, "gops": max(out), "samples_gops": out}
+               for (name, t), out in samples.items()]
     return {"records": records, "skipped": [p for p in PROBES if p not in usable],
             "note": "fastest of repeat runs of independent instruction chains on registers; GOP/s = 2 ops per MAC"}
 
