@@ -45,6 +45,14 @@ def test_matmul_integer_equals_ours_any_shape(m, k, n, seed):
     assert peers.check_matmul_integer(_codes(rng, (m, k)), _codes(rng, (k, n)))[0]
 
 
+def test_int4_to_uint8_maps_codes_and_refuses_others():
+    assert peers.int4_to_uint8(np.array([-8, -1, 0, 7], np.int8)).tolist() == [0, 7, 8, 15]
+    with pytest.raises(ValueError, match="a_codes must be integer INT4 codes in -8..7, got dtype int8, range -9..0"):
+        peers.int4_to_uint8(np.array([-9, 0], np.int8))
+    with pytest.raises(ValueError, match="a_codes.*float32"):
+        peers.int4_to_uint8(np.zeros(3, np.float32))
+
+
 def test_matmul_nbits_packs_our_int4_weights():
     """With float32 accumulation (accuracy_level 0) the integer sums are exact in float32 here, so the 4-bit
     weight GEMM must give our product: the block packing (zero point 8, low nibble first) is right."""

@@ -86,14 +86,18 @@ def matmul_integer(b_codes, threads=1):
 
 def int4_to_uint8(a_codes):
     """Signed INT4 codes (-8..7, int8) as MatMulInteger's uint8 left operand with zero point 8."""
-    return (np.asarray(a_codes, dtype=np.int16) + 8).astype(np.uint8)
+    a = np.asarray(a_codes)
+    if a.dtype.kind not in "iu" or (a.size and (a.min() < -8 or a.max() > 7)):
+        raise ValueError(f"a_codes must be integer INT4 codes in -8..7, got dtype {a.dtype}"
+                         + (f", range {a.min()}..{a.max()}" if a.size and a.dtype.kind in "iu" else ""))
+    return (a.astype(np.int16) + 8).astype(np.uint8)
 
 
 def has_matmul_nbits():
     """Whether the installed onnxruntime registers the ``com.microsoft`` ``MatMulNBits`` CPU kernel."""
     try:
         matmul_nbits(np.zeros((_NBITS_BLOCK, 1), np.int8))
-    except Exception:       # noqa: BLE001 - any failure to build or load the op means: not there
+    except Exception:       # any failure to build or load the op means: not there
         return False
     return True
 
