@@ -114,3 +114,30 @@ def test_report_shows_peer_ratio_and_ceiling_fraction():
     del result["ceilings"]
     result["ceiling_note"] = "no compiler"
     assert "ceilings: no compiler" in "\n".join(report.gemm_lines(result))
+
+
+def test_limit_verdicts_against_ceiling_and_peer():
+    """Issue 12's two INT4 targets from hand-made records (not measurements)."""
+    from q4core.bench import report
+
+    def rec(op, kernel, seconds, **extra):
+        return {"size": 2048, "threads": 1, "op": op, "kernel": kernel, "seconds": seconds, "gops": 1 / seconds,
+                "ratio_vs_fp32": 1.0, **extra}
+    recs = [rec("fp32", "numpy", 8.0), rec("int4xint4", "vnni", 1.0, fraction_of_ceiling=0.85),
+            rec("int4xint4", "avx2", 2.0, fraction_of_ceiling=0.5), rec("int4xint4", "portable", 4.0),
+            rec("fp4xint4", "vnni", 1.0, fraction_of_ceiling=0.9), rec("ort_matmulint", "mlas", 1.6)]
+    rows = {v["kernel"]: v for v in bench_gemm.limit_verdicts(recs)}
+    assert set(rows) == {"vnni", "avx2", "portable"}                     # INT4 x INT4 of ours only
+    assert rows["vnni"]["ceiling_met"] is True and rows["vnni"]["vs_ort"] == pytest.approx(1.6)
+    assert rows["vnni"]["ort_met"] is True
+    assert rows["avx2"]["ceiling_met"] is False and rows["avx2"]["ort_met"] is False     # 0.8x ORT
+    assert rows["portable"]["fraction_of_ceiling"] is None and rows["portable"]["ceiling_met"] is None
+    no_peer = [r for r in recs if r["op"] != "ort_matmulint"]
+    assert all(v["vs_ort"] is None for v in bench_gemm.limit_verdicts(no_peer))
+    assert bench_gemm.limit_verdicts(recs, threads=2) == []
+    result = {"records": recs, "kernel_info": {"cpu": {}, "chosen_kernel": "vnni", "openmp": True},
+              "kernels": ["vnni", "avx2", "portable"], "machine": "x86_64", "numpy": "2", "repeat": 1}
+    text = "\n".join(report.gemm_lines(result))
+    assert "  vnni      of ceiling 0.85 met      x ORT 1.60x met" in text
+    assert "  avx2      of ceiling 0.50 SHORT    x ORT 0.80x SHORT" in text
+    assert "  portable  of ceiling not measured  x ORT 0.40x SHORT" in text

@@ -41,7 +41,7 @@ import numpy as np
 from ._timing import median_seconds, positive_int, positive_ints, thread_limit
 
 __all__ = ["GEMM_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
-           "target_verdicts", "records_of", "cpu_model"]
+           "target_verdicts", "limit_verdicts", "records_of", "cpu_model", "CEILING_TARGET", "ORT_TARGET"]
 
 #: the three GEMMs of a layer's training step: forward, grad-input, grad-weight
 GEMM_OPS = ("int4xint4", "fp4xint4", "int4xfp4")
@@ -49,6 +49,9 @@ DEFAULT_SIZES = (512, 1024, 2048, 4096)
 #: issue 3's targets at 2048^3, one thread: (op, kernel, minimum ratio to numpy float32)
 TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "amx", 5.0),
            ("int4xint4", "vnni", 2.0), ("int4xint4", "avx2", 1.0))
+#: issue 12's targets at 2048^3, one thread: INT4 x INT4 at this fraction of its ISA's ceiling, and this many
+#: times ONNX Runtime's MatMulInteger speed
+CEILING_TARGET, ORT_TARGET = 0.8, 1.5
 #: outputs of kernels are checked against the reference during timing up to this size
 _CHECK_MAX_SIZE = 1024
 
@@ -303,6 +306,24 @@ def target_verdicts(result, size=2048, threads=1):
         ratio = None if rec is None else rec["ratio_vs_fp32"]
         rows.append({"op": op, "kernel": kernel, "goal": goal, "ratio": ratio,
                      "met": None if ratio is None else ratio >= goal})
+    return rows
+
+
+def limit_verdicts(result, size=2048, threads=1):
+    """Issue 12's targets for each kernel's INT4 x INT4 at ``size`` and ``threads``: ``[{"kernel",
+    "fraction_of_ceiling", "ceiling_met", "vs_ort", "ort_met"}]`` (``None`` where the run has no ceiling or no
+    ORT peer); ``[]`` when the run has no such records."""
+    recs = [r for r in records_of(result) if r["size"] == size and r["threads"] == threads]
+    ort = next((r for r in recs if r["op"] == "ort_matmulint"), None)
+    rows = []
+    for r in recs:
+        if r["op"] != "int4xint4":
+            continue
+        frac = r.get("fraction_of_ceiling")
+        vs_ort = None if ort is None else ort["seconds"] / r["seconds"]
+        rows.append({"kernel": r["kernel"], "fraction_of_ceiling": frac,
+                     "ceiling_met": None if frac is None else frac >= CEILING_TARGET,
+                     "vs_ort": vs_ort, "ort_met": None if vs_ort is None else vs_ort >= ORT_TARGET})
     return rows
 
 

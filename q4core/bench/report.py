@@ -4,7 +4,7 @@ Each function takes the dict a measurement function returned and formats it; not
 """
 from __future__ import annotations
 
-from .gemm import target_verdicts
+from .gemm import CEILING_TARGET, ORT_TARGET, limit_verdicts, target_verdicts
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import paths_of, threads_of
 from .train import PRECISIONS, summarize_train
@@ -52,6 +52,16 @@ def gemm_lines(result):
                 lines.append(f"{head} not measured (kernel not available here)")
             else:
                 lines.append(f"{head} {v['ratio']:.2f}x {'met' if v['met'] else 'SHORT'}")
+    limits = [v for v in limit_verdicts(result) if v["ceiling_met"] is not None or v["ort_met"] is not None]
+    if limits:
+        lines.append(f"\nissue 12 at 2048^3, one thread: INT4 x INT4 >= {CEILING_TARGET:g} of its ceiling and "
+                     f">= {ORT_TARGET:g}x ORT MatMulInteger:")
+
+        def verdict(value, met, unit):
+            return "not measured" if value is None else f"{value:.2f}{unit} {'met' if met else 'SHORT'}"
+        for v in limits:
+            lines.append(f"  {v['kernel']:9s} of ceiling {verdict(v['fraction_of_ceiling'], v['ceiling_met'], ''):12s}"
+                         f"  x ORT {verdict(v['vs_ort'], v['ort_met'], 'x')}")
     return lines
 
 
