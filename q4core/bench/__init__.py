@@ -4,8 +4,11 @@ Every measurement is a plain function returning plain dicts and lists - no print
 
 * :mod:`.gemm` - GEMM throughput of every kernel path against numpy float32 measured in the same run
   (:func:`~.gemm.measure_gemm`), the kernels' exactness (:func:`~.gemm.check_kernels`), speed-up summaries;
+* :mod:`.ceiling` - the per-ISA ceiling: the rate of each kernel's inner instruction issued back to back (a
+  small C probe built at bench time); :mod:`.peers` - ONNX Runtime's MLAS integer GEMMs, timed next to ours;
 * :mod:`.quantize` - compiled INT4 / radix-4 FP4 encode+pack throughput against the numpy chain;
-* :mod:`.train` - one training step under fp32, q4 and simulated q4;
+* :mod:`.train` - one training step under fp32, q4 and simulated q4, GEMM-heavy workloads, and where a q4
+  step's time goes (integer GEMMs, operand making, rescale, the rest);
 * :mod:`.memory` - bytes per stored value, per parameter and per activation, counted on real arrays;
 * :mod:`.cpu` - what this CPU offers: features, kernels, MACs per instruction of its units.
 

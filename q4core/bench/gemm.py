@@ -10,7 +10,16 @@
   - ``int4xfp4``       :func:`q4core.gemm.int4_fp4_matmul` (dL/dW = X^T @ dL/dy), FP4 packed per call;
   - ``fakequant_int4`` the simulation baseline: quantize both float32 operands to INT4 (to the
     grid, i.e. quantize + dequantize) with the numpy reference, then float32 matmul;
-  - ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid.
+  - ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid;
+  - with ``peers=True`` (the CLI's default): ``ort_matmulint`` (kernel ``mlas``), ONNX Runtime's u8 x s8
+    ``MatMulInteger`` on the same INT4 codes, and ``ort_matmulnbits``, its 4-bit-weight ``MatMulNBits``
+    (:mod:`q4core.bench.peers`), when onnxruntime is installed (else ``result["peer"]["message"]`` says it
+    was skipped and how to install it).  Each peer record has ``exact``: whether its output equals our INT4
+    product (MatMulInteger must).
+
+  With ``ceilings=True`` (the CLI's default) each record also carries its ceiling (:mod:`q4core.bench.ceiling`:
+  the rate of the kernel's inner instruction issued back to back, measured in the same run),
+  ``ceiling_probe``, ``ceiling_gops`` and ``fraction_of_ceiling``.
 
   Every time includes the wrapper's work (validation, operand mapping, packing of the per-call operand).
   One "op" is a multiply or an add: 2 * M * N * K ops per GEMM.  The machine may be shared: read medians
@@ -32,7 +41,7 @@ import numpy as np
 from ._timing import median_seconds, positive_int, positive_ints, thread_limit
 
 __all__ = ["GEMM_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
-           "target_verdicts", "records_of"]
+           "target_verdicts", "limit_verdicts", "records_of", "cpu_model", "CEILING_TARGET", "ORT_TARGET"]
 
 #: the three GEMMs of a layer's training step: forward, grad-input, grad-weight
 GEMM_OPS = ("int4xint4", "fp4xint4", "int4xfp4")
@@ -40,6 +49,9 @@ DEFAULT_SIZES = (512, 1024, 2048, 4096)
 #: issue 3's targets at 2048^3, one thread: (op, kernel, minimum ratio to numpy float32)
 TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "amx", 5.0),
            ("int4xint4", "vnni", 2.0), ("int4xint4", "avx2", 1.0))
+#: issue 12's targets at 2048^3, one thread: INT4 x INT4 at this fraction of its ISA's ceiling, and this many
+#: times ONNX Runtime's MatMulInteger speed
+CEILING_TARGET, ORT_TARGET = 0.8, 1.5
 #: outputs of kernels are checked against the reference during timing up to this size
 _CHECK_MAX_SIZE = 1024
 
@@ -85,8 +97,45 @@ def _time_round_robin(paths, repeat, threads):
     return [float(np.median(times)) for times in samples]
 
 
+def _peer_paths(d, n, t, ours, status):
+    """The ONNX Runtime peers' timed paths at size ``n`` and ``t`` threads, and their exactness against ``ours``
+    (our INT4 product of the same codes)."""
+    from . import peers
+    a, b = d["a"], d["b"]
+    a_u8 = peers.int4_to_uint8(a)
+    mmi = peers.matmul_integer(b, t)
+    exact = {"ort_matmulint": bool(np.array_equal(mmi(a_u8), ours))}
+    paths = [("ort_matmulint", "mlas", lambda: mmi(a_u8))]
+    if "matmul_nbits" not in status:    # once per run: whether this onnxruntime has the contrib op
+        status["matmul_nbits"] = peers.has_matmul_nbits()
+    if status["matmul_nbits"] and n % 32 == 0:
+        nbits = peers.matmul_nbits(b, t)
+        a_f32 = a.astype(np.float32)
+        exact["ort_matmulnbits"] = bool(np.array_equal(nbits(a_f32), ours.astype(np.float32)))
+        paths.append(("ort_matmulnbits", "mlas", lambda: nbits(a_f32)))
+    return paths, exact
+
+
+def _add_ceilings(result, threads, kernels_info):
+    """Measure the ceilings and put ``ceiling_probe``, ``ceiling_gops``, ``fraction_of_ceiling`` on every record
+    that has one; ``result["ceilings"]`` the probe records or ``result["ceiling_note"]`` why there are none."""
+    from . import ceiling
+    try:
+        measured = ceiling.measure_ceilings(threads=threads)
+    except ceiling.CeilingUnavailable as exc:
+        result["ceiling_note"] = str(exc)
+        return
+    result["ceilings"] = measured["records"]
+    rate = {(c["probe"], c["threads"]): c["gops"] for c in measured["records"]}
+    for r in result["records"]:
+        probe = ceiling.probe_for(r["op"], r["kernel"], kernels_info["cpu"])
+        if probe is not None and (probe, r["threads"]) in rate:
+            r["ceiling_probe"], r["ceiling_gops"] = probe, rate[(probe, r["threads"])]
+            r["fraction_of_ceiling"] = r["gops"] / r["ceiling_gops"]
+
+
 def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, seed=0, portable_max_size=1024,
-                 fakequant=True):
+                 fakequant=True, peers=False, ceilings=False):
     """Time every kernel path and numpy float32 at each size and thread count; return the result dict.
 
     ``result["records"]``: one dict per (size, threads, op, kernel) with ``seconds`` (median wall time of
@@ -94,9 +143,13 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
     same size and threads, measured in the same run, over this time).  ``op`` is ``fp32``,
     ``fakequant_int4``, ``fakequant_fp4`` (kernel ``numpy``) or one of :data:`GEMM_OPS`.  ``kernels``:
     the paths to time (default: every available one but ``reference``); ``portable`` is skipped above
-    ``portable_max_size``.  Up to size 1024 every kernel's INT4 x INT4 output is checked against the
+    ``portable_max_size``.  ``peers``: also time ONNX Runtime (skipped with ``result["peer"]["message"]``
+    when it is not installed); ``ceilings``: measure the ISA ceilings and give each record its fraction.
+    Up to size 1024 every kernel's INT4 x INT4 output is checked against the
     reference first (``RuntimeError`` if it differs).  Also in the result: ``kernel_info``, ``kernels``,
-    ``sizes``, ``threads``, ``repeat``, ``seed``, ``numpy``, ``platform``, ``machine``, ``unix_time``, ``note``.
+    ``sizes``, ``threads``, ``repeat``, ``seed``, ``numpy``, ``platform``, ``machine``, ``cpu_model``,
+    ``unix_time``, ``note``; with ``peers``, ``peer`` (:func:`q4core.bench.peers.peer_status`); with
+    ``ceilings``, ``ceilings`` (the probe records) or ``ceiling_note`` (why there are none).
     """
     from .. import gemm
     from ..formats import INT4, RADIX4_FP4
@@ -109,6 +162,10 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
         raise ValueError(f"seed must be >= 0, got {seed}")
     kernels = _fast_kernels(kernels)
     info = gemm.kernel_info()
+    peer = {"available": False}     # not requested: no "peer" entry in the result
+    if peers:
+        from .peers import peer_status
+        peer = peer_status()
     records = []
     rng = np.random.default_rng(seed)
     for n in sizes:
@@ -117,6 +174,7 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
         packed = gemm.pack_int4(d["b"])
         x, w, a, gc = d["x"], d["w"], d["a"], d["gc"]
         check_ref = None    # the ground truth of this size's operands, once, to check every fast path's output
+        ours = gemm.int4_matmul(a, packed) if peer["available"] else None   # what the peers must equal
         for t in threads:
             paths = [("fp32", "numpy", lambda: x @ w)]
             if fakequant:
@@ -134,16 +192,40 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
                 paths.append(("int4xint4", k, lambda k=k: gemm.int4_matmul(a, packed, threads=t, kernel=k)))
                 paths.append(("fp4xint4", k, lambda k=k: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k)))
                 paths.append(("int4xfp4", k, lambda k=k: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k)))
+            exact = {}
+            if peer["available"]:
+                peer_paths, exact = _peer_paths(d, n, t, ours, peer)
+                paths.extend(peer_paths)
             seconds = _time_round_robin(paths, repeat, t)
             fp32_s = seconds[0]
-            records.extend({"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": s,
-                            "gops": ops / s / 1e9, "ratio_vs_fp32": fp32_s / s}
-                           for (op, kernel, _), s in zip(paths, seconds))
-    return {"kernel_info": info, "kernels": kernels, "sizes": sizes, "threads": threads, "numpy": np.__version__,
-            "platform": platform.platform(), "machine": platform.processor() or platform.machine(),
-            "unix_time": time.time(), "repeat": repeat, "seed": seed,
-            "note": "median wall times; each ratio uses numpy float32 at the same size and "
-                    "thread count measured in the same run", "records": records}
+            for (op, kernel, _), s in zip(paths, seconds):
+                rec = {"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": s,
+                       "gops": ops / s / 1e9, "ratio_vs_fp32": fp32_s / s}
+                if op in exact:
+                    rec["exact"] = exact[op]
+                records.append(rec)
+    result = {"kernel_info": info, "kernels": kernels, "sizes": sizes, "threads": threads, "numpy": np.__version__,
+              "platform": platform.platform(), "machine": platform.processor() or platform.machine(),
+              "cpu_model": cpu_model(), "unix_time": time.time(), "repeat": repeat, "seed": seed,
+              "note": "median wall times; each ratio uses numpy float32 at the same size and "
+                      "thread count measured in the same run", "records": records}
+    if peers:
+        result["peer"] = peer
+    if ceilings:
+        _add_ceilings(result, threads, info)
+    return result
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def check_kernels(m=67, k=131, n=45, seed=0, kernels=None):
@@ -200,7 +282,7 @@ def summarize_gemm(result, size=None, threads=1):
     if not recs:
         raise ValueError(f"no records with size={size}; measured sizes: {sizes}")
     fp32 = next(r for r in recs if r["op"] == "fp32")
-    best = {}
+    best = {}   # ours only: the peers have ops of their own
     for op in GEMM_OPS:
         cands = [r for r in recs if r["op"] == op]
         if cands:
@@ -224,6 +306,24 @@ def target_verdicts(result, size=2048, threads=1):
         ratio = None if rec is None else rec["ratio_vs_fp32"]
         rows.append({"op": op, "kernel": kernel, "goal": goal, "ratio": ratio,
                      "met": None if ratio is None else ratio >= goal})
+    return rows
+
+
+def limit_verdicts(result, size=2048, threads=1):
+    """Issue 12's targets for each kernel's INT4 x INT4 at ``size`` and ``threads``: ``[{"kernel",
+    "fraction_of_ceiling", "ceiling_met", "vs_ort", "ort_met"}]`` (``None`` where the run has no ceiling or no
+    ORT peer); ``[]`` when the run has no such records."""
+    recs = [r for r in records_of(result) if r["size"] == size and r["threads"] == threads]
+    ort = next((r for r in recs if r["op"] == "ort_matmulint"), None)
+    rows = []
+    for r in recs:
+        if r["op"] != "int4xint4":
+            continue
+        frac = r.get("fraction_of_ceiling")
+        vs_ort = None if ort is None else ort["seconds"] / r["seconds"]
+        rows.append({"kernel": r["kernel"], "fraction_of_ceiling": frac,
+                     "ceiling_met": None if frac is None else frac >= CEILING_TARGET,
+                     "vs_ort": vs_ort, "ort_met": None if vs_ort is None else vs_ort >= ORT_TARGET})
     return rows
 
 

@@ -20,11 +20,16 @@ machine are noisy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._timing import median_seconds, positive_int
 
-__all__ = ["measure_quantize", "paths_of", "threads_of", "TARGETS"]
+__all__ = ["measure_quantize", "paths_of", "threads_of", "TARGETS", "LOG2N_RANGE"]
+
+#: bounds of ``log2n``: 2**28 float32 values are 1 GiB, and a run holds several arrays of that size
+LOG2N_RANGE = (1, 28)
 
 #: issue 2's targets for encode+pack: speed-up over the numpy chain on one thread, copy time / compiled time
 TARGETS = {"x_numpy_1thread": 5.0, "copy_over_compiled": 0.33}
@@ -43,6 +48,11 @@ def measure_quantize(log2n=24, repeat=7, numpy_repeat=3, scale=0.37, seed=0, qua
     from ..formats import INT4, RADIX4_FP4, pack_nibbles
 
     log2n = positive_int(log2n, "log2n")
+    if not LOG2N_RANGE[0] <= log2n <= LOG2N_RANGE[1]:
+        raise ValueError(f"log2n must be between {LOG2N_RANGE[0]} and {LOG2N_RANGE[1]}, got {log2n}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     repeat, numpy_repeat = positive_int(repeat, "repeat"), positive_int(numpy_repeat, "numpy_repeat")
     if not quant.AVAILABLE:
         raise RuntimeError("q4core._quant is not built: run `python setup.py build_ext --inplace`")

@@ -4,13 +4,13 @@ Each function takes the dict a measurement function returned and formats it; not
 """
 from __future__ import annotations
 
-from .gemm import target_verdicts
+from .gemm import CEILING_TARGET, ORT_TARGET, limit_verdicts, target_verdicts
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import paths_of, threads_of
 from .train import PRECISIONS, summarize_train
 from .train import TARGETS as TRAIN_TARGETS
 
-__all__ = ["gemm_lines", "quantize_lines", "train_lines"]
+__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines", "breakdown_lines"]
 
 
 def _threads(t):
@@ -21,7 +21,7 @@ def gemm_lines(result):
     """A :func:`q4core.bench.gemm.measure_gemm` result as a table: per size and thread count the median
     time, GOP/s and ratio to numpy float32 of every path, then issue 3's targets (when 2048 was measured)."""
     info = result["kernel_info"]
-    lines = [f"q4core GEMM benchmark - {result['machine']}, numpy {result['numpy']}",
+    lines = [f"q4core GEMM benchmark - {result.get('cpu_model', result['machine'])}, numpy {result['numpy']}",
              "CPU features: " + ", ".join(k for k, v in info["cpu"].items() if v is True),
              f"kernels timed: {', '.join(result['kernels'])}; default choice: {info['chosen_kernel']}; "
              f"OpenMP: {info['openmp']}; repeat={result['repeat']}; medians (on a shared machine they are noisy)"]
@@ -30,11 +30,19 @@ def gemm_lines(result):
         blocks.setdefault((r["size"], r["threads"]), []).append(r)
     for (n, t), rows in blocks.items():
         fp32 = next(r for r in rows if r["op"] == "fp32")
+        mmi = next((r for r in rows if r["op"] == "ort_matmulint"), None)
         lines.append(f"\nM=N=K={n}, threads={t}  (numpy float32: {fp32['gops']:.1f} GFLOP/s)")
-        lines.append(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s}")
+        lines.append(f"  {'op':16s} {'kernel':9s} {'median ms':>10s} {'GOP/s':>9s} {'x fp32':>7s} {'x ORT':>6s} "
+                     f"{'of ceiling':>10s}")
         for r in rows:
+            vs_ort = f"{mmi['seconds'] / r['seconds']:6.2f}" if mmi and r["op"] == "int4xint4" else f"{'':6s}"
+            frac = (f"{r['fraction_of_ceiling']:10.2f}" if "fraction_of_ceiling" in r else f"{'':10s}")
+            exact = {True: "  exact", False: "  NOT EXACT vs ours"}.get(r.get("exact"), "")
             lines.append(f"  {r['op']:16s} {r['kernel']:9s} {r['seconds'] * 1e3:10.2f} "
-                         f"{r['gops']:9.1f} {r['ratio_vs_fp32']:7.2f}")
+                         f"{r['gops']:9.1f} {r['ratio_vs_fp32']:7.2f} {vs_ort} {frac}{exact}")
+    if "peer" in result:
+        lines.append("\npeer: " + result["peer"]["message"] + "; 'x ORT': ORT MatMulInteger time / this time")
+    lines.extend(ceiling_lines(result))
     verdicts = target_verdicts(result)
     if verdicts:
         lines.append("\ntargets at 2048^3, one thread (ratio to numpy float32 in this run):")
@@ -44,6 +52,27 @@ def gemm_lines(result):
                 lines.append(f"{head} not measured (kernel not available here)")
             else:
                 lines.append(f"{head} {v['ratio']:.2f}x {'met' if v['met'] else 'SHORT'}")
+    limits = [v for v in limit_verdicts(result) if v["ceiling_met"] is not None or v["ort_met"] is not None]
+    if limits:
+        lines.append(f"\nissue 12 at 2048^3, one thread: INT4 x INT4 >= {CEILING_TARGET:g} of its ceiling and "
+                     f">= {ORT_TARGET:g}x ORT MatMulInteger:")
+
+        def verdict(value, met, unit):
+            return "not measured" if value is None else f"{value:.2f}{unit} {'met' if met else 'SHORT'}"
+        for v in limits:
+            lines.append(f"  {v['kernel']:9s} of ceiling {verdict(v['fraction_of_ceiling'], v['ceiling_met'], ''):12s}"
+                         f"  x ORT {verdict(v['vs_ort'], v['ort_met'], 'x')}")
+    return lines
+
+
+def ceiling_lines(result):
+    """The ISA ceilings of a GEMM result (:mod:`q4core.bench.ceiling`), or why there are none."""
+    if "ceilings" not in result:
+        return [f"\nceilings: {result['ceiling_note']}"] if "ceiling_note" in result else []
+    lines = ["\nceilings (fastest run of independent instruction chains, GOP/s = 2 ops per MAC; 'of ceiling' below "
+             "is a path's GOP/s over its instruction's):"]
+    for c in result["ceilings"]:
+        lines.append(f"  {c['probe']:24s} {_threads(c['threads']):10s} {c['gops']:9.1f}")
     return lines
 
 
@@ -88,4 +117,17 @@ def train_lines(result):
                      f"{'met' if r_fp32 <= max_fp32 else 'short'}")
         lines.append(f"  simulated / q4 {r_sim:9.2f}x   target >= {min_sim:g}x   : "
                      f"{'met' if r_sim >= min_sim else 'short'}")
+    return lines
+
+
+def breakdown_lines(result):
+    """A :func:`q4core.bench.train.step_breakdown` result: per model the instrumented q4 step time and the
+    percentage of it in each part."""
+    parts = result["parts"]
+    lines = [f"\nwhere a q4 step's time goes ({result['note']}, {result['repeat']} steps, "
+             f"{_threads(result['threads'])})",
+             f"  {'model':36s} {'step ms':>8s} " + " ".join(f"{p:>14s}" for p in parts)]
+    for r in result["records"]:
+        lines.append(f"  {r['model']:36s} {r['step_seconds'] * 1e3:8.2f} "
+                     + " ".join(f"{100 * r['fractions'][p]:13.1f}%" for p in parts))
     return lines
