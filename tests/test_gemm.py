@@ -363,6 +363,31 @@ def test_amx_kernel_logic_under_emulation(amx_emulated):
             np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n}")
 
 
+@pytest.mark.parametrize("shape,dtype", [((0,), np.uint8), ((1,), np.int8), ((3, 65), np.uint8),
+                                         ((2, 17, 129), np.int32), ((5, 7), np.int64)])
+def test_aligned_zeros_are_zero_and_start_on_a_cache_line(shape, dtype):
+    from q4core import _gemm
+    for _ in range(4):      # different allocations land at different offsets
+        x = _gemm.aligned_zeros(shape, dtype)
+        assert x.shape == shape and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable
+        assert not x.any()
+        assert x.size == 0 or x.ctypes.data % _gemm.OPERAND_ALIGN == 0   # empty: no data to align
+
+
+def test_operand_buffers_start_on_a_cache_line():
+    """AMX tile rows are 64 bytes: a buffer 16 bytes off (numpy's default for large arrays)
+    splits every row over two cache lines and halves the kernel's speed."""
+    from q4core import _gemm
+    rng = np.random.default_rng(21)
+    for (m, k, n) in [(5, 70, 9), (33, 200, 40), (300, 1100, 17)]:
+        b = rand_fp4(rng, (k, n))
+        packed, kp, np_, _, _ = _gemm.pack_b(b, gemm._RIGHT_FP4_TABLES)
+        assert all(packed[t].ctypes.data % _gemm.OPERAND_ALIGN == 0 for t in range(2))
+        bufs, _ = _gemm.prep_a(rand_fp4(rng, (m, k)), gemm._LEFT_FP4_TABLES, kp, 16)
+        assert all(bufs[t].ctypes.data % _gemm.OPERAND_ALIGN == 0 for t in range(2))
+        assert bufs.shape[2] % _gemm.OPERAND_ALIGN == 0      # so every row starts aligned too
+
+
 # --------------------------------------------------------------------------- dispatch
 def test_kernel_info_and_available():
     info = gemm.kernel_info()
