@@ -14,6 +14,8 @@ cnp.import_array()
 
 cdef extern from "gemm_pack.h" nogil:
     int Q4_MAX_TABLES, Q4_LDA_ALIAS, Q4_LDA_SKEW
+    int q4_pack_simd()
+    int q4_pack_simd_set(int enabled)
     void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                    const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                    int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads)
@@ -159,6 +161,18 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
             q4_pack_b(&src[0, 0], src.strides[0], src.strides[1], K, N, &tables[0, 0], T,
                       &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, &sv[0], nthreads)
     return packed, Kp, Np, sums, seen.astype(bool)
+
+
+def set_pack_simd(bint enabled):
+    """Let pack_b / prep_a use their AVX-512 VBMI loops (when the CPU and OS allow them) or
+    force the scalar loops (``False``; for tests: both give identical results).  Returns
+    whether the VBMI loops now run."""
+    return bool(q4_pack_simd_set(enabled))
+
+
+def pack_simd():
+    """Whether pack_b / prep_a run their AVX-512 VBMI loops (gemm_pack.h)."""
+    return bool(q4_pack_simd())
 
 
 def row_multiple(int kernel):

@@ -388,6 +388,78 @@ def test_operand_buffers_start_on_a_cache_line():
         assert bufs.shape[2] % _gemm.OPERAND_ALIGN == 0      # so every row starts aligned too
 
 
+def _packings(_gemm):
+    """Scalar loops, then the VBMI loops (the same again where the CPU lacks VBMI)."""
+    try:
+        for simd in (False, True):
+            _gemm.set_pack_simd(simd)
+            yield simd
+    finally:
+        _gemm.set_pack_simd(True)
+
+
+def _source_bytes(rng, shape, wide):
+    """Nibbles, or nibbles with a few bytes >= 16 (those take the byte-by-byte flag path)."""
+    x = rng.integers(0, 16, shape).astype(np.uint8)
+    if wide:
+        x[rng.random(shape) < 0.02] = rng.integers(16, 256)
+    return x
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 260), n=st.integers(1, 150), tables=st.integers(1, 2),
+       wide=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_vbmi_packing_equals_scalar_packing(m, k, n, tables, wide, reverse, seed):
+    """pack_b's and prep_a's AVX-512 VBMI loops give the scalar loops' bytes, column sums and
+    presence flags: N and K tails (masked 64-byte chunks, k-groups past K), bytes >= 16, both
+    table counts, and a row-reversed (negative stride) source."""
+    from q4core import _gemm
+    rng = np.random.default_rng(seed)
+    b = _source_bytes(rng, (k, n), wide)
+    a = _source_bytes(rng, (m, k), wide)
+    if reverse:
+        b, a = b[::-1], a[::-1]
+    tabs_b = rng.integers(-128, 128, (tables, 256)).astype(np.int8)
+    tabs_a = rng.integers(0, 256, (tables, 256)).astype(np.uint8)
+    kp = _gemm._round_up(k, _gemm.K_ALIGN)
+    results = []
+    for _ in _packings(_gemm):
+        results.append((_gemm.pack_b(b, tabs_b), _gemm.prep_a(a, tabs_a, kp, 16),
+                        _gemm.prep_a(a, tabs_a, kp, 8, 0, False)))
+    (pb0, pa0, pn0), (pb1, pa1, pn1) = results
+    for x, y in zip(pb0, pb1):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(pa0[0], pa1[0])
+    np.testing.assert_array_equal(pa0[1], pa1[1])
+    np.testing.assert_array_equal(pn0[0], pn1[0])
+    assert pn0[1] is None and pn1[1] is None
+    # and both against the definition
+    packed, _, np_, sums, seen = pb1
+    for t in range(tables):
+        mapped = tabs_b[t][b].astype(np.int64)
+        np.testing.assert_array_equal(sums[t, :n], mapped.sum(axis=0))
+        unpacked = packed[t].reshape(np_ // 16, kp // 4, 16, 4).transpose(1, 3, 0, 2).reshape(kp, np_)
+        np.testing.assert_array_equal(unpacked[:k, :n], mapped)
+        assert not unpacked[k:].any() and not unpacked[:, n:].any()
+    np.testing.assert_array_equal(np.nonzero(seen)[0], np.unique(b))
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_gemms_equal_oracle_with_either_packing(kernel):
+    from q4core import _gemm
+    rng = np.random.default_rng(22)
+    a = rand_int4(rng, (37, 203), True)
+    b = rand_int4(rng, (203, 70), False)
+    g = rand_fp4(rng, (37, 203))
+    gr = rand_fp4(rng, (203, 70))
+    for _ in _packings(_gemm):
+        np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel), oracle(a, b))
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel),
+                                      oracle(units_from_formats(g), b))
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, gr, kernel=kernel),
+                                      oracle(a, units_from_formats(gr)))
+
+
 # --------------------------------------------------------------------------- dispatch
 def test_kernel_info_and_available():
     info = gemm.kernel_info()
