@@ -163,6 +163,17 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
     return packed, Kp, Np, sums, seen.astype(bool)
 
 
+def _aligned(x):
+    """``x`` itself if its data starts on an OPERAND_ALIGN boundary (or it is empty), else an
+    aligned C-contiguous copy."""
+    x = np.asarray(x)
+    if x.size == 0 or (x.ctypes.data % OPERAND_ALIGN == 0 and x.flags.c_contiguous):
+        return x
+    out = aligned_zeros(x.shape, x.dtype)
+    out[...] = x
+    return out
+
+
 def set_pack_simd(bint enabled):
     """Let pack_b / prep_a use their AVX-512 VBMI loops (when the CPU and OS allow them) or
     force the scalar loops (``False``; for tests: both give identical results).  Returns
@@ -280,6 +291,10 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     cdef const int8_t[::1] bv
     cdef int32_t[::1] cv
     cdef Py_ssize_t lda = -1, Mp = -1
+    # operands made elsewhere (not by prep_a / pack_b) may start off a cache line: a copy
+    # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
+    a_bufs = tuple(_aligned(x) for x in a_bufs)
+    packs = tuple(_aligned(x) for x in packs)
     for g in range(ngroups):
         av = a_bufs[g]
         bv = packs[g]
