@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import q4core.gemm as gemm
@@ -199,6 +199,31 @@ def test_property_every_kernel_matches_oracle(m, k, n, step_a, step_b, transpose
         np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel), ref)
         np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel), ref_fp4)
         np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel), ref_fp4_right)
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 290), k=st.integers(0, 1100), n=st.integers(1, 560), threads=st.integers(1, 3),
+       a_signed=st.booleans(), b_signed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(m=129, k=513, n=257, threads=2, a_signed=True, b_signed=True, seed=1)    # one past each block
+@example(m=256, k=1024, n=512, threads=3, a_signed=False, b_signed=True, seed=2)  # whole blocks
+@example(m=290, k=1100, n=1, threads=2, a_signed=True, b_signed=False, seed=3)    # one column
+@example(m=1, k=1100, n=560, threads=1, a_signed=False, b_signed=False, seed=4)   # one row
+@example(m=47, k=0, n=33, threads=2, a_signed=True, b_signed=True, seed=5)        # K = 0
+def test_property_shapes_across_the_driver_blocking(m, k, n, threads, a_signed, b_signed, seed):
+    """Shapes that cross the driver's 128-row / 256-column output tiles and 512-deep K blocks
+    and every tile kernel's 16-row / 32-column remainders (AMX: 2 x 2 tiles of 16 x 16), for
+    every compiled kernel but the slow portable one, at 1-3 threads: all three products exact."""
+    rng = np.random.default_rng(seed)
+    a = rand_int4(rng, (m, k), a_signed)
+    b = rand_int4(rng, (k, n), b_signed)
+    g = rand_fp4(rng, (m, k))
+    gr = rand_fp4(rng, (k, n))
+    ref, ref_left, ref_right = oracle(a, b), oracle(units_from_formats(g), b), oracle(a, units_from_formats(gr))
+    packed = gemm.pack_int4(b)
+    for kernel in [kn for kn in FAST if kn != "portable"]:
+        np.testing.assert_array_equal(gemm.int4_matmul(a, packed, kernel=kernel, threads=threads), ref)
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, packed, kernel=kernel, threads=threads), ref_left)
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, gr, kernel=kernel, threads=threads), ref_right)
 
 
 # --------------------------------------------------------------------------- FP4 x INT4
