@@ -13,7 +13,8 @@
  * (16 cycles), i.e. 64 B/cycle, and the tile registers are not renamed, so the next load
  * waits for the tdpbusd still reading the register: L2 latency is exposed.  Tried without a
  * gain beyond the machine's noise: B-outer vs A-outer loop order, A in a tile-contiguous
- * layout, software prefetch 1-4 k-steps ahead, huge pages, other MC / NC / KC (128 x 256 x
+ * layout, software prefetch 1-4 k-steps ahead or of the next row strip, huge pages, other
+ * MC / NC / KC (128 x 256 x
  * 512 stays).
  *
  * Tiles: tmm0..3 hold a 32 x 32 int32 block of C (2 x 2 tiles of 16 x 16), tmm4/5 two
