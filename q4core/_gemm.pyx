@@ -14,6 +14,8 @@ cnp.import_array()
 
 cdef extern from "gemm_pack.h" nogil:
     int Q4_MAX_TABLES, Q4_LDA_ALIAS, Q4_LDA_SKEW
+    int q4_pack_simd()
+    int q4_pack_simd_set(int enabled)
     void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                    const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                    int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads)
@@ -54,6 +56,10 @@ K_ALIGN = Q4_KALIGN
 #: row strides of prep_a's buffers that are a multiple of LDA_ALIAS get LDA_SKEW more bytes
 LDA_ALIAS = Q4_LDA_ALIAS
 LDA_SKEW = Q4_LDA_SKEW
+#: byte alignment of the operand buffers prep_a / pack_b return: one cache line, one AMX
+#: tile row.  numpy's own large arrays start 16 bytes past a page boundary, which splits
+#: every 64-byte tile row over two cache lines and halved the AMX kernel's speed
+OPERAND_ALIGN = 64
 
 q4_features()       # detect once at import, under the GIL
 q4_thread_limit()   # likewise: the processor count the thread clamp uses
@@ -119,6 +125,18 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
+def aligned_zeros(shape, dtype):
+    """``np.zeros(shape, dtype)`` whose data starts on an OPERAND_ALIGN-byte boundary.
+
+    Operand buffers handed to :func:`gemm` should come from here (prep_a and pack_b use it):
+    results do not depend on alignment, speed does (AMX tile loads)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + OPERAND_ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % OPERAND_ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0):
     """Map B (K x N bytes, any strides) through each row of ``tables`` (T x 256) into the
     kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
@@ -132,7 +150,7 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
     cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN), Np = _round_up(max(N, 1), Q4_PANEL)
     if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
-    packed = np.zeros((T, Kp * Np), np.int8)
+    packed = aligned_zeros((T, Kp * Np), np.int8)
     sums = np.zeros((T, Np), np.int64)
     seen = np.zeros(256, np.uint8)
     cdef int8_t[:, ::1] p = packed
@@ -143,6 +161,29 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
             q4_pack_b(&src[0, 0], src.strides[0], src.strides[1], K, N, &tables[0, 0], T,
                       &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, &sv[0], nthreads)
     return packed, Kp, Np, sums, seen.astype(bool)
+
+
+def _aligned(x):
+    """``x`` itself if its data starts on an OPERAND_ALIGN boundary (or it is empty), else an
+    aligned C-contiguous copy."""
+    x = np.asarray(x)
+    if x.size == 0 or (x.ctypes.data % OPERAND_ALIGN == 0 and x.flags.c_contiguous):
+        return x
+    out = aligned_zeros(x.shape, x.dtype)
+    out[...] = x
+    return out
+
+
+def set_pack_simd(bint enabled):
+    """Let pack_b / prep_a use their AVX-512 VBMI loops (when the CPU and OS allow them) or
+    force the scalar loops (``False``; for tests: both give identical results).  Returns
+    whether the VBMI loops now run."""
+    return bool(q4_pack_simd_set(enabled))
+
+
+def pack_simd():
+    """Whether pack_b / prep_a run their AVX-512 VBMI loops (gemm_pack.h)."""
+    return bool(q4_pack_simd())
 
 
 def row_multiple(int kernel):
@@ -166,7 +207,7 @@ def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
     cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
     if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
         raise ValueError("internal error: bad tables, Kp or rows in prep_a")
-    buf = np.zeros((T, Mp, lda), np.uint8)
+    buf = aligned_zeros((T, Mp, lda), np.uint8)
     seen = np.zeros(256 if want_seen else 1, np.uint8)
     cdef uint8_t[:, :, ::1] b = buf
     cdef uint8_t[::1] sv = seen
@@ -250,6 +291,10 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     cdef const int8_t[::1] bv
     cdef int32_t[::1] cv
     cdef Py_ssize_t lda = -1, Mp = -1
+    # operands made elsewhere (not by prep_a / pack_b) may start off a cache line: a copy
+    # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
+    a_bufs = tuple(_aligned(x) for x in a_bufs)
+    packs = tuple(_aligned(x) for x in packs)
     for g in range(ngroups):
         av = a_bufs[g]
         bv = packs[g]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import q4core.gemm as gemm
@@ -201,6 +201,31 @@ def test_property_every_kernel_matches_oracle(m, k, n, step_a, step_b, transpose
         np.testing.assert_array_equal(gemm.int4_fp4_matmul(b.T, g.T, kernel=kernel), ref_fp4_right)
 
 
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 290), k=st.integers(0, 1100), n=st.integers(1, 560), threads=st.integers(1, 3),
+       a_signed=st.booleans(), b_signed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(m=129, k=513, n=257, threads=2, a_signed=True, b_signed=True, seed=1)    # one past each block
+@example(m=256, k=1024, n=512, threads=3, a_signed=False, b_signed=True, seed=2)  # whole blocks
+@example(m=290, k=1100, n=1, threads=2, a_signed=True, b_signed=False, seed=3)    # one column
+@example(m=1, k=1100, n=560, threads=1, a_signed=False, b_signed=False, seed=4)   # one row
+@example(m=47, k=0, n=33, threads=2, a_signed=True, b_signed=True, seed=5)        # K = 0
+def test_property_shapes_across_the_driver_blocking(m, k, n, threads, a_signed, b_signed, seed):
+    """Shapes that cross the driver's 128-row / 256-column output tiles and 512-deep K blocks
+    and every tile kernel's 16-row / 32-column remainders (AMX: 2 x 2 tiles of 16 x 16), for
+    every compiled kernel but the slow portable one, at 1-3 threads: all three products exact."""
+    rng = np.random.default_rng(seed)
+    a = rand_int4(rng, (m, k), a_signed)
+    b = rand_int4(rng, (k, n), b_signed)
+    g = rand_fp4(rng, (m, k))
+    gr = rand_fp4(rng, (k, n))
+    ref, ref_left, ref_right = oracle(a, b), oracle(units_from_formats(g), b), oracle(a, units_from_formats(gr))
+    packed = gemm.pack_int4(b)
+    for kernel in [kn for kn in FAST if kn != "portable"]:
+        np.testing.assert_array_equal(gemm.int4_matmul(a, packed, kernel=kernel, threads=threads), ref)
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, packed, kernel=kernel, threads=threads), ref_left)
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, gr, kernel=kernel, threads=threads), ref_right)
+
+
 # --------------------------------------------------------------------------- FP4 x INT4
 def test_fp4_units_every_code():
     codes = np.arange(16, dtype=np.uint8)
@@ -361,6 +386,138 @@ def test_amx_kernel_logic_under_emulation(amx_emulated):
                                           out.ctypes.data)
             assert rc == 0
             np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("shape,dtype", [((0,), np.uint8), ((1,), np.int8), ((3, 65), np.uint8),
+                                         ((2, 17, 129), np.int32), ((5, 7), np.int64)])
+def test_aligned_zeros_are_zero_and_start_on_a_cache_line(shape, dtype):
+    from q4core import _gemm
+    for _ in range(4):      # different allocations land at different offsets
+        x = _gemm.aligned_zeros(shape, dtype)
+        assert x.shape == shape and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable
+        assert not x.any()
+        assert x.size == 0 or x.ctypes.data % _gemm.OPERAND_ALIGN == 0   # empty: no data to align
+
+
+def test_operand_buffers_start_on_a_cache_line():
+    """AMX tile rows are 64 bytes: a buffer 16 bytes off (numpy's default for large arrays)
+    splits every row over two cache lines and halves the kernel's speed."""
+    from q4core import _gemm
+    rng = np.random.default_rng(21)
+    for (m, k, n) in [(5, 70, 9), (33, 200, 40), (300, 1100, 17)]:
+        b = rand_fp4(rng, (k, n))
+        packed, kp, np_, _, _ = _gemm.pack_b(b, gemm._RIGHT_FP4_TABLES)
+        assert all(packed[t].ctypes.data % _gemm.OPERAND_ALIGN == 0 for t in range(2))
+        bufs, _ = _gemm.prep_a(rand_fp4(rng, (m, k)), gemm._LEFT_FP4_TABLES, kp, 16)
+        assert all(bufs[t].ctypes.data % _gemm.OPERAND_ALIGN == 0 for t in range(2))
+        assert bufs.shape[2] % _gemm.OPERAND_ALIGN == 0      # so every row starts aligned too
+
+
+def _packings(_gemm):
+    """Scalar loops, then the VBMI loops (the same again where the CPU lacks VBMI)."""
+    try:
+        for simd in (False, True):
+            _gemm.set_pack_simd(simd)
+            yield simd
+    finally:
+        _gemm.set_pack_simd(True)
+
+
+def _source_bytes(rng, shape, wide):
+    """Nibbles, or nibbles with a few bytes >= 16 (those take the byte-by-byte flag path)."""
+    x = rng.integers(0, 16, shape).astype(np.uint8)
+    if wide:
+        x[rng.random(shape) < 0.02] = rng.integers(16, 256)
+    return x
+
+
+def _misaligned_copy(x, offset=16):
+    """A C-contiguous copy of ``x`` whose data starts ``offset`` bytes past a 64-byte line."""
+    raw = np.zeros(x.nbytes + 128, np.uint8)
+    start = (offset - raw.ctypes.data) % 64
+    out = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_gemm_takes_misaligned_operand_buffers(kernel):
+    """Buffers made elsewhere (the engine's fused operand makers) may start anywhere: gemm
+    copies a misaligned one to an aligned buffer, and the product is the same."""
+    from q4core import _gemm
+    rng = np.random.default_rng(23)
+    m, k, n = 45, 300, 70
+    a = rand_int4(rng, (m, k), True)
+    b = rand_int4(rng, (k, n), True)
+    identity = np.arange(256).astype(np.uint8).view(np.int8)[None, :]
+    packed, kp, np_, sums, _ = _gemm.pack_b(b.view(np.uint8), identity)
+    bufs, _ = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp,
+                           _gemm.ROW_MULTIPLES[gemm._KERNEL_ID[kernel]])
+    for a_buf, b_buf in [(bufs[0], packed[0]), (_misaligned_copy(bufs[0]), packed[0]),
+                         (bufs[0], _misaligned_copy(packed[0])),
+                         (_misaligned_copy(bufs[0], 32), _misaligned_copy(packed[0], 8))]:
+        c = _gemm.gemm((a_buf,), m, (b_buf,), n, kp, np_, gemm._kchunk(225), (8,), (0,), 225,
+                       gemm._KERNEL_ID[kernel], 0, (sums[0],))
+        np.testing.assert_array_equal(c, oracle(a, b))
+    aligned = _gemm.aligned_zeros((3, 64), np.uint8)
+    assert _gemm._aligned(aligned) is aligned
+    moved = _gemm._aligned(_misaligned_copy(bufs[0]))
+    assert moved.ctypes.data % 64 == 0 and np.array_equal(moved, bufs[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 260), n=st.integers(1, 150), tables=st.integers(1, 2),
+       wide=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_vbmi_packing_equals_scalar_packing(m, k, n, tables, wide, reverse, seed):
+    """pack_b's and prep_a's AVX-512 VBMI loops give the scalar loops' bytes, column sums and
+    presence flags: N and K tails (masked 64-byte chunks, k-groups past K), bytes >= 16, both
+    table counts, and a row-reversed (negative stride) source."""
+    from q4core import _gemm
+    rng = np.random.default_rng(seed)
+    b = _source_bytes(rng, (k, n), wide)
+    a = _source_bytes(rng, (m, k), wide)
+    if reverse:
+        b, a = b[::-1], a[::-1]
+    tabs_b = rng.integers(-128, 128, (tables, 256)).astype(np.int8)
+    tabs_a = rng.integers(0, 256, (tables, 256)).astype(np.uint8)
+    kp = _gemm._round_up(k, _gemm.K_ALIGN)
+    results = []
+    for _ in _packings(_gemm):
+        results.append((_gemm.pack_b(b, tabs_b), _gemm.prep_a(a, tabs_a, kp, 16),
+                        _gemm.prep_a(a, tabs_a, kp, 8, 0, False)))
+    (pb0, pa0, pn0), (pb1, pa1, pn1) = results
+    for x, y in zip(pb0, pb1):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(pa0[0], pa1[0])
+    np.testing.assert_array_equal(pa0[1], pa1[1])
+    np.testing.assert_array_equal(pn0[0], pn1[0])
+    assert pn0[1] is None and pn1[1] is None
+    # and both against the definition
+    packed, _, np_, sums, seen = pb1
+    for t in range(tables):
+        mapped = tabs_b[t][b].astype(np.int64)
+        np.testing.assert_array_equal(sums[t, :n], mapped.sum(axis=0))
+        unpacked = packed[t].reshape(np_ // 16, kp // 4, 16, 4).transpose(1, 3, 0, 2).reshape(kp, np_)
+        np.testing.assert_array_equal(unpacked[:k, :n], mapped)
+        assert not unpacked[k:].any() and not unpacked[:, n:].any()
+    np.testing.assert_array_equal(np.nonzero(seen)[0], np.unique(b))
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_gemms_equal_oracle_with_either_packing(kernel):
+    from q4core import _gemm
+    rng = np.random.default_rng(22)
+    a = rand_int4(rng, (37, 203), True)
+    b = rand_int4(rng, (203, 70), False)
+    g = rand_fp4(rng, (37, 203))
+    gr = rand_fp4(rng, (203, 70))
+    for _ in _packings(_gemm):
+        np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel), oracle(a, b))
+        np.testing.assert_array_equal(gemm.fp4_int4_matmul(g, b, kernel=kernel),
+                                      oracle(units_from_formats(g), b))
+        np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, gr, kernel=kernel),
+                                      oracle(a, units_from_formats(gr)))
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -48,6 +48,7 @@ typedef struct {
     int x86;
     int sse2, avx, avx2, fma;                      /* CPUID leaf 1 / leaf 7 */
     int avx512f, avx512bw, avx512vl, avx512vnni;   /* leaf 7 subleaf 0 */
+    int avx512vbmi;                                /* leaf 7 subleaf 0, ECX bit 1 (byte permutes) */
     int avxvnni;                                   /* leaf 7 subleaf 1, EAX bit 4 */
     int amx_tile, amx_int8, amx_bf16;              /* leaf 7 subleaf 0, EDX bits 24, 25, 22 */
     int os_avx;                                    /* XCR0: SSE + AVX state (bits 1, 2) */
@@ -109,6 +110,7 @@ static inline void q4_detect_cpu(q4_cpu_features *f) {
         f->avx512bw = (b >> 30) & 1;
         f->avx512vl = (b >> 31) & 1;
         f->avx512vnni = (c >> 11) & 1;
+        f->avx512vbmi = (c >> 1) & 1;
         f->amx_bf16 = (d >> 22) & 1;
         f->amx_tile = (d >> 24) & 1;
         f->amx_int8 = (d >> 25) & 1;
