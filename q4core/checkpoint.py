@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from ._io import check_replaceable, write_atomic
+from ._npz import open_npz
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint_path"]
 
@@ -75,15 +76,12 @@ def load_checkpoint(path, model, optimizer=None):
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``); returns
     the metadata dict.  Raises ``ValueError`` for a file that is not such a checkpoint (empty, truncated, not a
     zip) or does not fit the model/optimizer (names and shapes in the message); then nothing was changed."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+    with open_npz(path, "checkpoint") as f:
+        try:
             state = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable .npz checkpoint ({type(exc).__name__}: {exc})") from exc
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} is not a readable .npz file: an entry cannot be read "
+                             f"({type(exc).__name__}: {exc})") from exc
     if _META not in state:
         raise ValueError(f"{path}: not a q4core checkpoint (no {_META!r} entry)")
     try:

@@ -60,11 +60,13 @@ def test_optimizer_slot_of_the_wrong_shape_is_refused_not_broadcast():
         opt.load_state_dict({**opt.state_dict(), "steps": np.zeros(2)})
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04trunc", b"not a zip"])
-def test_unreadable_files_raise_value_error(tmp_path, content):
+@pytest.mark.parametrize("content, why", [(b"", "empty"), (b"PK\x03\x04trunc", "damaged or truncated"),
+                                          (b"not a zip", "not a zip archive"),
+                                          (b"\x93NUMPY\x01\x00", "single .npy array")])
+def test_unreadable_files_raise_value_error(tmp_path, content, why):
     path = tmp_path / "bad.npz"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a readable .npz checkpoint"):
+    with pytest.raises(ValueError, match=f"not a readable .npz file: .*{why}"):
         load_checkpoint(path, build_model("mlp", (4,), 3, seed=0))
 
 
