@@ -58,7 +58,11 @@ class Classification:
             return float("nan")
         correct = 0
         for i in range(0, len(y), batch_size):
-            correct += int(np.sum(model.forward(X[i:i + batch_size]).argmax(axis=-1) == y[i:i + batch_size]))
+            logits = model.forward(X[i:i + batch_size])
+            if not np.isfinite(logits).all():     # the argmax of NaNs would pass for a chance-level accuracy
+                where = "validation" if split == "val" else split
+                raise FloatingPointError(f"the model's outputs on the {where} split are not finite")
+            correct += int(np.sum(logits.argmax(axis=-1) == y[i:i + batch_size]))
         return correct / len(y)
 
 

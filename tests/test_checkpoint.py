@@ -109,3 +109,23 @@ def test_check_checkpoint_path_before_the_work(tmp_path):
     os.mkfifo(tmp_path / "fifo.npz")
     with pytest.raises(ValueError, match="fifo.npz exists and is not a regular file"):
         check_checkpoint_path(tmp_path / "fifo.npz")
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_saving_removes_the_temporaries_of_killed_writers_of_that_file_only(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".ck.npz.{dead}-abcd1234.tmp"
+    live = tmp_path / f".ck.npz.{os.getpid()}-efgh5678.tmp"
+    other = tmp_path / f".other.npz.{dead}-abcd1234.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "ck.npz", build_model("mlp", (4,), 3, seed=0))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck.npz", live.name, other.name])
