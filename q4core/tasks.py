@@ -8,6 +8,7 @@ yields training batches from a seeded generator and evaluates a model on its val
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -156,6 +157,7 @@ def load_npz_task(path, seed=0, val_fraction=0.1):
     a validation split, ``val_fraction`` of the training set is held out (seeded).  ``ValueError`` naming the
     array (or saying what the file is, if not an ``.npz``) for anything else.
     """
+    path = os.fspath(path)
     with open_npz(path, "data file") as f:
         files = set(f.files)
         missing = [k for k in ("X_train", "y_train", "X_test", "y_test") if k not in files]
