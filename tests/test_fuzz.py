@@ -269,7 +269,67 @@ def _fuzz_gemms():
     run()
 
 
-@pytest.mark.parametrize("function", ["_fuzz_quantizers", "_fuzz_nibbles", "_fuzz_gemms"])
+def _fuzz_reference_formats():
+    """Format constructors with random arguments, and the numpy reference itself (every format, stochastic
+    rounding too): a format or an error naming the argument; results finite under ``nan_policy='raise'``;
+    ``decode(encode(x)) == quantize(x)``; no warning (E2M1 and float32 overflow used to leak them)."""
+    from q4core import formats as F
+    ints = st.one_of(st.integers(-2, 20), st.sampled_from([True, 2.0, "4", None, 2**70]))
+    constructors = {
+        "IntFormat": (F.IntFormat, {"bits": ints, "signed": st.sampled_from([True, False, "no", 1, None]),
+                                    "symmetric": st.sampled_from([False, True, "yes"]),
+                                    "rounding": st.sampled_from(["nearest", "stochastic", "up", 0])}),
+        "RadixFP": (F.RadixFP, {"radix": st.one_of(st.integers(-1, 20), st.sampled_from([2.5, 1e300, True])),
+                                "exp_bits": ints, "phase": st.sampled_from([0, 1, 2, -1, True]),
+                                "rounding": st.sampled_from(["nearest", "log", "stochastic", "x"]),
+                                "bias": st.one_of(st.none(), st.integers(-2000, 2000), st.sampled_from([1.5]))}),
+        "MiniFloat": (F.MiniFloat, {"exp_bits": ints, "man_bits": ints,
+                                    "bias": st.one_of(st.none(), st.integers(-2000, 2000)),
+                                    "ieee": st.sampled_from([True, False, "no"]),
+                                    "fn": st.sampled_from([False, True, 0])}),
+    }
+    named = [F.INT4, F.UINT4, F.INT4_SYM, F.RADIX4_FP4, F.RADIX4_FP4_ODD, F.RADIX2_FP4, F.LOG10_4BIT, F.E2M1,
+             F.FP8_E4M3, F.FP8_E5M2, F.FP16, F.INT8]
+
+    @FUZZ
+    @given(data=st.data(), which=st.sampled_from(sorted(constructors)))
+    def run(data, which):
+        draw = data.draw
+        make, args = constructors[which]
+        required = {"IntFormat": ("bits",), "MiniFloat": ("exp_bits", "man_bits")}.get(which, ())
+        kwargs = {k: draw(v) for k, v in args.items() if k in required or draw(st.booleans())}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                fmt = make(**kwargs)
+            except ERRORS as exc:
+                assert _names_one_of(exc, list(kwargs)), f"{which}({kwargs}): {exc}"
+                fmt = draw(st.sampled_from(named))
+            x = draw(arrays(["<f4", ">f8", "<f8", "<f2", "<i4"]))
+            scale = draw(GOOD_SCALES)
+            policy = draw(GOOD_POLICIES)
+            rng = np.random.default_rng(0)
+            try:
+                q = fmt.quantize(x, scale, rng=rng, nan_policy=policy, backend="numpy")
+            except ERRORS as exc:
+                assert _names_one_of(exc, ["x", "scale", "rng", "nan_policy"]), f"{fmt!r}: {exc}"
+                return
+            if policy == "raise" and not getattr(fmt, "ieee", False):   # IEEE formats overflow to Inf by design
+                assert np.isfinite(q).all(), f"{fmt!r} made {x} non-finite under nan_policy='raise'"
+            if fmt.rounding != "stochastic":
+                try:
+                    codes = fmt.encode(x, scale, nan_policy=policy, backend="numpy")
+                except ValueError as exc:      # encode refuses NaN under either policy
+                    assert _names_one_of(exc, ["x"]) and np.isnan(np.asarray(x, np.float64)).any(), exc
+                    return
+                with np.errstate(over="ignore"):    # decode gives float64; in float16 its Inf is quantize's
+                    again = fmt.decode(codes, scale).astype(q.dtype)
+                assert np.array_equal(again, q, equal_nan=True), (fmt, x, scale, again, q)
+    run()
+
+
+@pytest.mark.parametrize("function", ["_fuzz_quantizers", "_fuzz_nibbles", "_fuzz_gemms",
+                                      "_fuzz_reference_formats"])
 def test_public_api_keeps_its_contract_on_random_input(function):
     _isolated(function)
 
