@@ -342,6 +342,19 @@ def _json_safe(obj):
     return obj
 
 
+def _check_distinct_files(args):
+    """``ValueError`` if two of --data, --checkpoint and --out are the same file: the result would overwrite the
+    data or the checkpoint it was trained from."""
+    given = [(opt, value) for opt, value in (("--data", args.data), ("--checkpoint", args.checkpoint),
+                                             ("--out", args.out)) if value is not None]
+    seen = {}
+    for opt, value in given:
+        real = os.path.realpath(value)
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {opt} are the same file ({value}); the run would overwrite it")
+        seen[real] = opt
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if (args.task is None) == (args.data is None):
@@ -375,6 +388,7 @@ def main(argv=None):
         check_int(args.max_steps, "--max-steps", min_value=1, allow_none=True)
         check_int(args.threads, "--threads", min_value=1, allow_none=True)
         check_real(args.lr, "--lr", positive=True, max_value=float(np.finfo(np.float32).max), allow_none=True)
+        _check_distinct_files(args)
         check_replaceable(args.out, "--out")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
             raise ValueError(f"--out {args.out}: its folder does not exist")

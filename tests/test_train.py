@@ -1,6 +1,7 @@
 """The training API and CLI: determinism, integer == simulated through train(), divergence, fp16 loss
 scaling, user .npz data with its errors, checkpoints."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,3 +328,15 @@ def test_an_interrupt_exits_130_and_writes_nothing(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "interrupted" in err and "was not written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("clash", [("--data", "--out"), ("--checkpoint", "--out"), ("--data", "--checkpoint")])
+def test_one_file_for_two_roles_is_refused_before_training(tmp_path, capsys, clash):
+    data = _npz(tmp_path)
+    before = data.read_bytes()
+    paths = {"--data": str(data), "--checkpoint": str(tmp_path / "ck.npz"), "--out": str(tmp_path / "r.json")}
+    paths[clash[1]] = str(tmp_path / "." / Path(paths[clash[0]]).name)     # the same file, spelt differently
+    argv = [a for opt, value in paths.items() for a in (opt, value)]
+    assert main(argv + ["--no-progress", "--max-steps", "1"]) == 2
+    assert f"{clash[0]} and {clash[1]} are the same file" in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
