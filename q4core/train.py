@@ -377,6 +377,14 @@ def main(argv=None):
         if not isinstance(fields, dict):
             print("error: --config must be a JSON object of config fields", file=sys.stderr)
             return 2
+        # one value per setting: the option must not silently override --config (or the other way round)
+        clashes = [f"--{key}" for key, flagged in (("threads", args.threads is not None), ("simulate", args.simulate),
+                                                   ("seed", fields.get("seed", args.seed) != args.seed))
+                   if key in fields and flagged]
+        if clashes:
+            print(f"error: {', '.join(clashes)} and --config both set {', '.join(c[2:] for c in clashes)}; "
+                  "give each setting once", file=sys.stderr)
+            return 2
         extra.update(fields)
     if args.threads is not None:
         extra["threads"] = args.threads

@@ -340,3 +340,12 @@ def test_one_file_for_two_roles_is_refused_before_training(tmp_path, capsys, cla
     assert main(argv + ["--no-progress", "--max-steps", "1"]) == 2
     assert f"{clash[0]} and {clash[1]} are the same file" in capsys.readouterr().err
     assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+@pytest.mark.parametrize("option, config", [(["--threads", "1"], '{"threads": 0}'),
+                                            (["--simulate"], '{"simulate": false}'), (["--seed", "3"], '{"seed": 4}')])
+def test_an_option_and_config_setting_the_same_field_is_an_error(tmp_path, capsys, option, config):
+    out = tmp_path / "r.json"
+    argv = ["--task", "digits", "--model", "mlp", "--recipe", "q4", "--config", config, "--out", str(out)]
+    assert main(argv + option) == 2
+    assert f"{option[0]} and --config both set" in capsys.readouterr().err and not out.exists()
