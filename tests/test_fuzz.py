@@ -257,15 +257,36 @@ def _fuzz_gemms():
         threads = _arg(draw, GOOD_THREADS, BAD_THREADS, "threads", bad)
         if kernel not in (None, *gemm.available_kernels()):
             bad.append("kernel")
+        b_values = b
+        if op == "int4" and b_ok and _rarely(draw, 4):
+            b = gemm.pack_int4(b)          # a packed weight matrix, reused as the kernels take it
         fn = {"int4": gemm.int4_matmul, "fp4_int4": gemm.fp4_int4_matmul, "int4_fp4": gemm.int4_fp4_matmul}[op]
+        scale_names = {"int4": ("scale_a", "scale_b"), "fp4_int4": ("g_scale", "b_scale"),
+                       "int4_fp4": ("a_scale", "g_scale")}[op]
+        scaled = draw(st.booleans())
+        scales = [_arg(draw, st.one_of(st.floats(-1e30, 1e30), st.sampled_from([1e200, 3e38])),
+                       st.sampled_from([np.nan, np.inf, "1", None, np.ones(2)]), name, bad)
+                  for name in scale_names] if scaled else []
 
         def reference():
             left = units(a) if op == "fp4_int4" else a.astype(np.int64)
-            right = units(b) if op == "int4_fp4" else b.astype(np.int64)
-            return (left @ right).astype(np.int32 if op == "int4" else np.int64)
+            right = units(b_values) if op == "int4_fp4" else b_values.astype(np.int64)
+            exact = left @ right
+            if not scaled:
+                return exact.astype(np.int32 if op == "int4" else np.int64)
+            factor = scales[0] * scales[1] * (1.0 if op == "int4" else 4.0 ** -6)
+            with np.errstate(all="ignore"):
+                out = (exact.astype(np.float64) * factor).astype(np.float32)
+            if not np.isfinite(out).all():
+                raise OverflowError("beyond float32")
+            return out
 
-        _check_outcome(lambda: fn(a, b, threads=threads, kernel=kernel), reference, bad,
-                       [*names, "threads", "kernel"])
+        def call():
+            if scaled:
+                return getattr(gemm, f"{op}_matmul_scaled")(a, b, *scales, threads=threads, kernel=kernel)
+            return fn(a, b, threads=threads, kernel=kernel)
+
+        _check_outcome(call, reference, bad, [*names, *scale_names, "threads", "kernel"])
     run()
 
 
