@@ -349,8 +349,58 @@ def _fuzz_reference_formats():
     run()
 
 
+def _fuzz_recipes():
+    """Random recipes (every role's format, scaling, rounding and phase, the global fields, junk among them)
+    through ``get_recipe`` and a two-step training: a recipe or an error naming the field; a training that
+    ends with a result (trained, or stopped with a message), never another exception or a warning."""
+    from q4core.recipe import get_recipe
+    from q4core.recipe.spec import FLOAT_FORMATS, FORMAT_NAMES, ROUNDINGS, SCALINGS
+    from q4core.train import train
+    formats = sorted(FORMAT_NAMES) + ["fp32"]
+    operand = st.fixed_dictionaries({}, optional={
+        "format": st.one_of(st.sampled_from(formats), st.sampled_from(["int3", 4, None])),
+        "scaling": st.one_of(st.sampled_from(SCALINGS), st.sampled_from(["magic", 1])),
+        "rounding": st.one_of(st.sampled_from(ROUNDINGS), st.sampled_from(["up", None])),
+        "phase": st.sampled_from([0, 1, 2, -1, True, "1"]),
+        "colour": st.just("red"),
+    })
+    fields = {
+        "weight": operand, "activation": operand, "grad_dx": operand, "grad_dw": operand,
+        "first_last": st.sampled_from(["same", *FLOAT_FORMATS, "int4", "fp64", 3]),
+        "static_scale": st.sampled_from([False, True, "no"]),
+        "grad_static_scale": st.sampled_from([1.0, 2**-10, 0.0, -1.0, np.inf]),
+        "pact_l2": st.sampled_from([0.0, 1e-4, -1.0, np.nan]),
+        "pact_init": st.sampled_from([0.0, 1.0, 1e30, -2.0]),
+        "loss_scale_init": st.sampled_from([1.0, 4096.0, 0.5, 1e300]),
+        "loss_scale_window": st.sampled_from([1, 200, 0, 2.5]),
+        "accumulator": st.sampled_from(["exact", "fp16", "fp32", "int8"]),
+        "gradscale_align": st.sampled_from(["max", "min", 0]),
+    }
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data(), base=st.sampled_from(["fp32", "q4", "fp16", "q4+e2m1"]))
+    def run(data, base):
+        chosen = data.draw(st.lists(st.sampled_from(sorted(fields)), unique=True, max_size=4))
+        overrides = {key: data.draw(fields[key]) for key in chosen}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                get_recipe(base, **overrides)
+            except ERRORS as exc:
+                words = list(overrides) + [k for v in overrides.values() if isinstance(v, dict) for k in v]
+                assert _names_one_of(exc, words), (overrides, exc)
+                event("refused")
+                return
+            r = train(task="digits", model="mlp", recipe=base, epochs=1, max_steps=2, progress=False,
+                      **overrides)
+        event("stopped" if r["stopped"] else "trained")
+        assert r["stopped"] is None or r["stopped"].startswith("training stopped: ")
+        assert (r["test_accuracy"] is None) == (r["stopped"] is not None)
+    run()
+
+
 @pytest.mark.parametrize("function", ["_fuzz_quantizers", "_fuzz_nibbles", "_fuzz_gemms",
-                                      "_fuzz_reference_formats"])
+                                      "_fuzz_reference_formats", "_fuzz_recipes"])
 def test_public_api_keeps_its_contract_on_random_input(function):
     _isolated(function)
 
