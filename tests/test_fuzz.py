@@ -595,6 +595,65 @@ def test_any_bytes_in_a_data_file_or_checkpoint_are_a_value_error(tmp_path_facto
         assert all(np.array_equal(before[k], v, equal_nan=True) for k, v in model.state_dict().items())
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), optimizer=st.sampled_from(["sgd", "adam"]))
+def test_a_tampered_checkpoint_loads_whole_or_is_refused_naming_the_entry(tmp_path_factory, data, optimizer):
+    from q4core.checkpoint import load_checkpoint, save_checkpoint
+    from q4core.nn.models import build_model
+    from q4core.nn.optim import SGD, Adam
+    make_opt = {"sgd": lambda m: SGD(list(m.named_parameters()), lr=0.1),
+                "adam": lambda m: Adam(list(m.named_parameters()), lr=0.1)}[optimizer]
+    folder = tmp_path_factory.mktemp("ck")
+    source = build_model("mlp", (4,), 3, seed=0)
+    save_checkpoint(folder / "ck.npz", source, make_opt(source), meta={"epoch": 1})
+    with np.load(folder / "ck.npz") as f:
+        state = dict(f)
+    entry = data.draw(st.sampled_from(sorted(state)))
+    how = data.draw(st.sampled_from(["float16", "float64", "int32", "bool", "complex64", "U1", "nan", "inf",
+                                     "drop", "row", "extra", "0-d"]))
+    value = state[entry]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # making the bad file may warn; loading it must not
+        if how == "drop":
+            del state[entry]
+        elif how == "extra":
+            state[entry + "_extra"] = value
+        elif how == "row":
+            state[entry] = value.reshape(-1)[:1]
+        elif how == "0-d":
+            state[entry] = np.asarray(value.reshape(-1)[0] if value.size else 0)
+        elif how in ("nan", "inf"):
+            state[entry] = np.full(value.shape, np.nan if how == "nan" else np.inf, np.float32)
+        else:
+            try:
+                state[entry] = value.astype(how) if how != "U1" else np.full(value.shape, "a")
+            except ValueError:          # the metadata text as a number
+                state[entry] = np.full(value.shape, "a")
+    np.savez(folder / "bad.npz", **state)
+    model = build_model("mlp", (4,), 3, seed=1)
+    opt = make_opt(model)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    slots = {k: v.copy() for k, v in opt.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            load_checkpoint(folder / "bad.npz", model, opt)
+        except ValueError as exc:
+            event(f"refused ({how})")
+            name = entry.split("/", 1)[1] if entry.startswith("optim/") else entry
+            module = entry.rsplit("/", 1)[0] + ":"        # a module's buffers are checked together
+            assert name in str(exc) or (entry.startswith("buffer/") and module in str(exc)), (entry, how, exc)
+            assert all(np.array_equal(before[k], v, equal_nan=True) for k, v in model.state_dict().items())
+            assert all(np.array_equal(slots[k], v) for k, v in opt.state_dict().items())
+            return
+    event(f"loaded ({how})")
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+    loaded = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("param/"):
+            assert np.array_equal(loaded[key], value.astype(np.float32)), key
+
+
 # ---------------------------------------------------------------------------------------------- faults
 def _start_training(folder, epochs=400):
     cmd = [sys.executable, "-m", "q4core.train", "--task", "digits", "--model", "mlp", "--epochs", str(epochs),
