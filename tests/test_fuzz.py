@@ -151,6 +151,8 @@ def _fuzz_quantizers():
         x = draw(arrays(DTYPES if _rarely(draw, 4) else sorted(GOOD_DTYPES)))
         if x.dtype.str.lstrip("<>|=") not in {d.lstrip("<>") for d in GOOD_DTYPES}:
             bad.append("x")
+        elif x.dtype.kind == "f" and _rarely(draw, 6):
+            x = x.tolist()          # Python floats (a list, or one number): float64, as the reference takes them
         scale = _arg(draw, GOOD_SCALES, BAD_SCALES, "scale", bad)
         policy = _arg(draw, GOOD_POLICIES, BAD_POLICIES, "nan_policy", bad)
         threads = _arg(draw, GOOD_THREADS, BAD_THREADS, "threads", bad)
