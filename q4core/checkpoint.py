@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from ._io import check_replaceable, write_atomic
+from ._npz import open_npz
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint_path"]
 
@@ -49,7 +50,9 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
 
 
 def _check_model_state(path, model, state):
-    """``ValueError`` naming every parameter/buffer entry that is missing, unexpected or of the wrong shape."""
+    """``ValueError`` naming every parameter/buffer entry that is missing, unexpected, of the wrong shape or dtype
+    (parameters: floating point and finite; buffers: numbers or booleans - a string or complex entry would fail,
+    or lose its imaginary part, only while being assigned)."""
     mine = model.state_dict()
     problems = []
     for key, value in mine.items():
@@ -66,6 +69,10 @@ def _check_model_state(path, model, state):
                 problems.append(f"unexpected {key!r} (shape {np.shape(value)})")
         elif np.shape(value) != np.shape(mine[key]):
             problems.append(f"{key!r}: shape {np.shape(value)} in the file, {np.shape(mine[key])} in the model")
+        elif value.dtype.kind not in ("f" if key.startswith("param/") else "fiub"):
+            problems.append(f"{key!r}: dtype {value.dtype} in the file, {np.asarray(mine[key]).dtype} in the model")
+        elif key.startswith("param/") and not np.isfinite(value).all():
+            problems.append(f"{key!r} holds NaN or Inf")
     if problems:
         raise ValueError(f"{path}: checkpoint does not fit the model ({len(problems)} problem(s)): "
                          + "; ".join(problems))
@@ -74,22 +81,22 @@ def _check_model_state(path, model, state):
 def load_checkpoint(path, model, optimizer=None):
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``); returns
     the metadata dict.  Raises ``ValueError`` for a file that is not such a checkpoint (empty, truncated, not a
-    zip) or does not fit the model/optimizer (names and shapes in the message); then nothing was changed."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+    zip, metadata not a JSON object) or does not fit the model/optimizer (names, shapes and dtypes in the message;
+    parameters and optimizer slots must be real and finite, buffers numeric); then nothing was changed."""
+    with open_npz(path, "checkpoint") as f:
+        try:
             state = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable .npz checkpoint ({type(exc).__name__}: {exc})") from exc
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} is not a readable .npz file: an entry cannot be read "
+                             f"({type(exc).__name__}: {exc})") from exc
     if _META not in state:
         raise ValueError(f"{path}: not a q4core checkpoint (no {_META!r} entry)")
     try:
         meta = json.loads(str(state[_META]))
     except ValueError as exc:
         raise ValueError(f"{path}: its {_META!r} entry is not JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {_META!r} entry must be a JSON object, got {type(meta).__name__}")
     _check_model_state(path, model, state)
     optim_state = {k[len("optim/"):]: v for k, v in state.items() if k.startswith("optim/")}
     if optimizer is not None:
@@ -101,8 +108,10 @@ def load_checkpoint(path, model, optimizer=None):
     before = model.state_dict()
     try:
         model.load_state_dict(state)
-    except BaseException:
+    except BaseException as exc:
         model.load_state_dict(before)
+        if isinstance(exc, (KeyError, TypeError, ValueError, OverflowError)):
+            raise ValueError(f"{path}: checkpoint does not fit the model ({exc})") from exc
         raise
     if optimizer is not None:
         optimizer.load_state_dict(optim_state)

@@ -544,10 +544,11 @@ class MiniFloat(NumberFormat):
         top = (1 << self.exp_bits) - 1
         self.max_field = top - 1 if self.ieee else top
         if self.ieee and (self.max_field < 1 or m < 1):
-            raise ValueError("an IEEE-style format needs at least 2 exponent bits and 1 mantissa bit "
-                             "(to tell NaN from Inf)")
+            raise ValueError(f"exp_bits={self.exp_bits}, man_bits={m}: an IEEE-style format (ieee=True) needs "
+                             "exp_bits >= 2 and man_bits >= 1 (to tell NaN from Inf)")
         if self.fn and self.exp_bits + m < 2:
-            raise ValueError("fn=True needs at least 2 exponent + mantissa bits (one code is NaN)")
+            raise ValueError(f"fn=True needs exp_bits + man_bits >= 2 (one code is NaN), got exp_bits="
+                             f"{self.exp_bits}, man_bits={m}")
         # largest finite magnitude: field max_field with an all-ones mantissa, except that fn
         # gives the all-ones code to NaN, so its largest number is the code just below
         max_code = (self.max_field << m) | ((1 << m) - 1)

@@ -151,6 +151,17 @@ def _check_scale(scale, name):
     return scale
 
 
+def _scaled_float32(c, factor, what):
+    """The exact integers ``c`` times ``factor`` (float64) as float32; ``OverflowError`` naming ``what`` (the
+    scales) where an entry would not fit in float32 - Inf (or NaN, from 0 * Inf) must not come back silently."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (c.astype(np.float64) * factor).astype(np.float32)
+    if out.size and not np.isfinite(out).all():
+        raise OverflowError(f"{what} = {factor:.6g} times the integer product exceeds the float32 range "
+                            f"(max {float(np.finfo(np.float32).max):.6g}); use smaller scales")
+    return out
+
+
 def _check_phase(phase):
     if phase not in (0, 1) or isinstance(phase, (bool, np.bool_)):
         raise ValueError(f"phase must be 0 or 1, got {phase!r}")
@@ -342,10 +353,11 @@ def int4_matmul(a, b, *, threads=None, kernel=None):
 
 
 def int4_matmul_scaled(a, b, scale_a, scale_b, **kw):
-    """``scale_a * scale_b * (A @ B)`` as float32 (product formed in float64 from the exact integers)."""
+    """``scale_a * scale_b * (A @ B)`` as float32 (product formed in float64 from the exact integers);
+    ``OverflowError`` if an entry does not fit in float32 (never a silent Inf)."""
     sa, sb = _check_scale(scale_a, "scale_a"), _check_scale(scale_b, "scale_b")
     c = int4_matmul(a, b, **kw)
-    return (c.astype(np.float64) * (sa * sb)).astype(np.float32)
+    return _scaled_float32(c, sa * sb, "scale_a * scale_b")
 
 
 def fp4_int4_matmul(g_codes, b, *, threads=None, kernel=None):
@@ -367,19 +379,21 @@ def int4_fp4_matmul(a, g_codes, *, threads=None, kernel=None):
 
 
 def fp4_int4_matmul_scaled(g_codes, b, g_scale, b_scale, phase=0, **kw):
-    """float32 ``dequant(G) @ dequant(B)`` = units product * f * 4**-6 * g_scale * b_scale."""
+    """float32 ``dequant(G) @ dequant(B)`` = units product * f * 4**-6 * g_scale * b_scale; ``OverflowError``
+    if an entry does not fit in float32."""
     f = _check_phase(phase)
     gs, bs = _check_scale(g_scale, "g_scale"), _check_scale(b_scale, "b_scale")
     c = fp4_int4_matmul(g_codes, b, **kw)
-    return (c.astype(np.float64) * (f * 4.0 ** -6 * gs * bs)).astype(np.float32)
+    return _scaled_float32(c, f * 4.0 ** -6 * gs * bs, "f * 4**-6 * g_scale * b_scale")
 
 
 def int4_fp4_matmul_scaled(a, g_codes, a_scale, g_scale, phase=0, **kw):
-    """float32 ``dequant(A) @ dequant(G)`` = units product * f * 4**-6 * a_scale * g_scale."""
+    """float32 ``dequant(A) @ dequant(G)`` = units product * f * 4**-6 * a_scale * g_scale; ``OverflowError``
+    if an entry does not fit in float32."""
     f = _check_phase(phase)
     as_, gs = _check_scale(a_scale, "a_scale"), _check_scale(g_scale, "g_scale")
     c = int4_fp4_matmul(a, g_codes, **kw)
-    return (c.astype(np.float64) * (f * 4.0 ** -6 * as_ * gs)).astype(np.float32)
+    return _scaled_float32(c, f * 4.0 ** -6 * as_ * gs, "f * 4**-6 * a_scale * g_scale")
 
 
 # --------------------------------------------------------------------------- fast path plumbing

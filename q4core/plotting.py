@@ -29,7 +29,6 @@ import math
 import numbers
 import os
 import re
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._io import check_replaceable, write_atomic
+from ._io import check_replaceable, remove_stale_temporaries, write_atomic  # noqa: F401 (re-exported)
 
 STYLE_PATH = Path(__file__).with_name("q4core.mplstyle")
 SINGLE_COLUMN = 3.4   # inches
@@ -57,7 +56,6 @@ _PNG_METADATA = {"Software": None}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: significant digits of every float in a figure's JSON (see the module docstring)
 JSON_SIGNIFICANT_DIGITS = 6
-_TMP_RE = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
 def use_style():
@@ -165,36 +163,6 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"data holds a value JSON cannot store: {type(value).__name__}")
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder):
-    """Delete ``.NAME.EXT.<pid>-XXXX.tmp`` files in ``folder`` left by processes that no longer run; returns
-    the removed paths (sorted).  Temporaries of live processes are left alone."""
-    removed = []
-    try:
-        entries = sorted(Path(folder).iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for path in entries:
-        match = _TMP_RE.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
-            try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    path.unlink()
-                    removed.append(path)
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 def default_figures_dir():

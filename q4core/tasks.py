@@ -8,18 +8,27 @@ yields training batches from a seeded generator and evaluates a model on its val
 from __future__ import annotations
 
 import math
+import os
+import zipfile
 
 import numpy as np
 
+from ._npz import open_npz
 from .nn.losses import softmax_cross_entropy
 
-__all__ = ["TASKS", "DEFAULT_MODEL", "DEFAULTS", "load_task", "load_npz_task", "Classification", "CharLM"]
+__all__ = ["TASKS", "DEFAULT_MODEL", "DEFAULTS", "MAX_CLASSES", "SPARSE_LABELS_EXEMPT", "MIN_LABEL_DENSITY",
+           "load_task", "load_npz_task", "Classification", "CharLM"]
 
 TASKS = ("digits", "mnist", "speech", "chars")
 DEFAULT_MODEL = {"digits": "cnn", "mnist": "cnn", "speech": "speech_cnn", "chars": "char_lstm"}
 #: default hyper-parameters per task: batch size, optimizer, learning rate
 DEFAULTS = {"digits": (64, "sgd", 0.05), "mnist": (64, "sgd", 0.05), "speech": (32, "adam", 2e-3),
              "chars": (32, "adam", 3e-3), "npz": (64, "sgd", 0.05)}
+#: the most classes a user's labels may name (the output layer has one unit per class)
+MAX_CLASSES = 100_000
+#: labels with a maximum above this must use at least MIN_LABEL_DENSITY of the classes 0..max
+SPARSE_LABELS_EXEMPT = 100
+MIN_LABEL_DENSITY = 0.1
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -50,7 +59,11 @@ class Classification:
             return float("nan")
         correct = 0
         for i in range(0, len(y), batch_size):
-            correct += int(np.sum(model.forward(X[i:i + batch_size]).argmax(axis=-1) == y[i:i + batch_size]))
+            logits = model.forward(X[i:i + batch_size])
+            if not np.isfinite(logits).all():     # the argmax of NaNs would pass for a chance-level accuracy
+                where = "validation" if split == "val" else split
+                raise FloatingPointError(f"the model's outputs on the {where} split are not finite")
+            correct += int(np.sum(logits.argmax(axis=-1) == y[i:i + batch_size]))
         return correct / len(y)
 
 
@@ -119,19 +132,33 @@ def load_task(task, seed, max_chars=None):
     return Classification(d.X_train, d.y_train, d.X_val, d.y_val, d.X_test, d.y_test, len(d.classes), task)
 
 
+def _count_classes(*label_sets):
+    """The number of model outputs for these labels (``max + 1``); ``ValueError`` for fewer than 2 classes or
+    labels far sparser than their maximum: a stray label of 2,000,000 among ten classes would otherwise build a
+    model with two million mostly unused outputs."""
+    labels = np.concatenate(label_sets)
+    n_classes = int(labels.max()) + 1
+    if n_classes < 2:
+        raise ValueError("the labels name fewer than 2 classes")
+    present = len(np.unique(labels))
+    if n_classes > SPARSE_LABELS_EXEMPT and present < MIN_LABEL_DENSITY * n_classes:
+        raise ValueError(f"the labels run up to {n_classes - 1} ({n_classes} classes) but only {present} distinct "
+                         f"values occur: fewer than {MIN_LABEL_DENSITY:.0%} of the classes; number the classes "
+                         f"0..K-1 (np.unique(y, return_inverse=True) does it)")
+    return n_classes
+
+
 def load_npz_task(path, seed=0, val_fraction=0.1):
     """Validate a user's ``.npz`` (``X_train, y_train, X_test, y_test`` [, ``X_val, y_val``]) and return a task.
 
     Images N x H x W become N x 1 x H x W; labels must be non-negative integers (integer-valued floats
-    are accepted); without a validation split, ``val_fraction`` of the training set is held out (seeded).
+    are accepted) below :data:`MAX_CLASSES`, and when they run above :data:`SPARSE_LABELS_EXEMPT` at least
+    :data:`MIN_LABEL_DENSITY` of the classes ``0..max`` must occur; every split given must be non-empty.  Without
+    a validation split, ``val_fraction`` of the training set is held out (seeded).  ``ValueError`` naming the
+    array (or saying what the file is, if not an ``.npz``) for anything else.
     """
-    try:
-        f = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data file {path!r} does not exist") from None
-    except Exception as exc:
-        raise ValueError(f"data file {path!r} is not a readable .npz file ({exc})") from exc
-    with f:
+    path = os.fspath(path)
+    with open_npz(path, "data file") as f:
         files = set(f.files)
         missing = [k for k in ("X_train", "y_train", "X_test", "y_test") if k not in files]
         if missing:
@@ -142,6 +169,9 @@ def load_npz_task(path, seed=0, val_fraction=0.1):
             arrays = {k: f[k] for k in files if k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")}
         except ValueError as exc:
             raise ValueError(f"data file {path!r} holds object arrays, which are not accepted ({exc})") from exc
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+            raise ValueError(f"data file {path!r} is not a readable .npz file: an array cannot be read "
+                             f"({type(exc).__name__}: {exc})") from exc
 
     def features(name):
         X = arrays[name]
@@ -165,20 +195,29 @@ def load_npz_task(path, seed=0, val_fraction=0.1):
                 raise ValueError(f"{name} must hold integer class labels")
         elif y.dtype.kind not in "iu":
             raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
         if y.size and y.min() < 0:
             raise ValueError(f"{name} must hold non-negative class labels, found {y.min()}")
-        return y
+        if y.size and y.max() >= MAX_CLASSES:     # before the int64 cast: 2**64 - 1 and 1e300 must not wrap
+            raise ValueError(f"{name} holds the label {y.max()}: at most MAX_CLASSES = {MAX_CLASSES} classes "
+                             f"(labels 0..{MAX_CLASSES - 1}) are accepted")
+        return y.astype(np.int64)
 
-    Xtr, Xte = features("X_train"), features("X_test")
-    ytr, yte = labels("y_train", len(Xtr)), labels("y_test", len(Xte))
+    def split(xname, yname):
+        X = features(xname)
+        y = labels(yname, len(X))
+        if len(X) == 0:
+            raise ValueError(f"{xname} and {yname} hold no examples"
+                             + ("; leave both out to hold out part of the training set" if xname == "X_val" else ""))
+        return X, y
+
+    Xtr, ytr = split("X_train", "y_train")
+    Xte, yte = split("X_test", "y_test")
     if len(Xtr) < 2:
-        raise ValueError("X_train needs at least 2 examples")
+        raise ValueError(f"X_train needs at least 2 examples, got {len(Xtr)}")
     if Xtr.shape[1:] != Xte.shape[1:]:
         raise ValueError(f"X_train examples have shape {Xtr.shape[1:]} but X_test examples {Xte.shape[1:]}")
     if "X_val" in arrays:
-        Xva = features("X_val")
-        yva = labels("y_val", len(Xva))
+        Xva, yva = split("X_val", "y_val")
         if Xva.shape[1:] != Xtr.shape[1:]:
             raise ValueError(f"X_val examples have shape {Xva.shape[1:]} but X_train examples {Xtr.shape[1:]}")
     else:
@@ -186,7 +225,5 @@ def load_npz_task(path, seed=0, val_fraction=0.1):
         n_val = max(1, int(round(val_fraction * len(ytr))))
         Xva, yva = Xtr[order[:n_val]], ytr[order[:n_val]]
         Xtr, ytr = Xtr[order[n_val:]], ytr[order[n_val:]]
-    n_classes = int(max(ytr.max(), yte.max(), yva.max() if yva.size else 0)) + 1
-    if n_classes < 2:
-        raise ValueError("the labels name fewer than 2 classes")
+    n_classes = _count_classes(ytr, yva, yte)
     return Classification(Xtr, ytr, Xva, yva, Xte, yte, n_classes, f"npz:{path}")

@@ -16,8 +16,14 @@ loss of every step, including the one that stopped training), ``test_<metric>``,
 ``steps``, ``loss_scale``, ``wall_seconds`` and ``stopped`` (None, or why training stopped early).
 
 Determinism: every random choice (initial weights, batch order, dropout, stochastic rounding) comes from
-``seed``; the 4-bit integer kernels give the same numbers for any thread count.  A non-finite loss or
-gradient stops training with a message in ``result["stopped"]`` and the history so far.
+``seed``; the 4-bit integer kernels give the same numbers for any thread count.  A non-finite loss,
+gradient or weight (checked after every optimizer step, the last one included) or non-finite model outputs on
+the validation or test split stop training with a message in ``result["stopped"]``, the history so far and no
+checkpoint of the diverged model.
+
+Command line exit status: 0 trained, 1 stopped early (the result is written), 2 bad arguments or data (nothing
+written), 130 interrupted (SIGINT / Ctrl-C: ``--out`` not written, ``--checkpoint`` the last complete epoch's or
+absent, no temporary left).
 Dynamic loss scaling (a recipe with FP16 layers, or with ``loss-scale`` gradient scaling): the loss gradient
 is multiplied by the loss scale, a step whose gradients overflow is skipped and halves the scale, a step on
 which a 4-bit layer relying on the loss scale saturated halves it (the step is kept: its values are finite),
@@ -43,6 +49,10 @@ from .recipe import ABLATIONS, get_recipe, recipe_names
 from .tasks import DEFAULT_MODEL, DEFAULTS, TASKS, Classification, load_npz_task, load_task
 
 __all__ = ["train", "load_npz_task", "TASKS", "main", "TrainingDiverged", "StepRecorder"]
+
+#: the exit status of the command line after Ctrl-C / SIGINT (128 + SIGINT, what a shell reports)
+INTERRUPTED_EXIT_CODE = 130
+
 
 class TrainingDiverged(FloatingPointError):
     """Raised inside the loop; :func:`train` catches it and returns the history so far."""
@@ -89,6 +99,24 @@ class StepRecorder:
 # ---------------------------------------------------------------------------------------------- loop
 def _grads_finite(params):
     return all(np.isfinite(p.grad).all() for p in params)
+
+
+def _non_finite_weights(named):
+    """Names of the parameters holding a NaN or Inf (empty when all are finite)."""
+    return [name for name, p in named if not np.isfinite(p.data).all()]
+
+
+def _evaluate(ds, net, split):
+    """``ds.evaluate`` with overflow in a model gone astray reported as divergence, not as a RuntimeWarning and a
+    chance-level accuracy from the argmax of NaN logits."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            value = ds.evaluate(net, split)
+        except FloatingPointError as exc:
+            raise TrainingDiverged(str(exc)) from exc
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"the {'validation' if split == 'val' else split} {ds.metric} became {value}")
+    return value
 
 
 def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=None, data=None,
@@ -139,7 +167,8 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     # None means the task's default; 0 is an error, not the default
     batch_size = check_int(d_bs if batch_size is None else batch_size, "batch_size", min_value=1)
     opt_name = optimizer or d_opt
-    lr = check_real(d_lr if lr is None else lr, "lr", positive=True)
+    # the float32 master weights see lr as a float32: beyond its range it would be inf
+    lr = check_real(d_lr if lr is None else lr, "lr", positive=True, max_value=float(np.finfo(np.float32).max))
     named = list(net.named_parameters())
     if opt_name == "sgd":
         opt = SGD(named, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -225,7 +254,13 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
                 elif not ok:
                     raise TrainingDiverged(f"a non-finite gradient at step {step} (epoch {epoch + 1})")
                 net.add_regularisation()
-                opt.step(lr=lr_now)
+                with np.errstate(over="ignore", invalid="ignore"):    # checked just below, by name
+                    opt.step(lr=lr_now)
+                bad = _non_finite_weights(named)
+                if bad:
+                    names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                    raise TrainingDiverged(f"the weights {names} became non-finite at step {step} "
+                                           f"(epoch {epoch + 1}; lr {lr_now:.4g})")
                 losses.append(loss)
                 step += 1
                 if bar is not None:
@@ -239,14 +274,13 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
                 bar.close()
             net.eval()
             history["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-            val = ds.evaluate(net, "val")
-            history["val_" + ds.metric].append(val)
             history["epoch_seconds"].append(time.perf_counter() - t0)
             history["skipped_steps"].append(skipped)
-            if not all(np.isfinite(p.data).all() for p in params):
-                raise TrainingDiverged(f"a weight became non-finite by step {step} (epoch {epoch + 1})")
-            if not math.isfinite(val):
-                raise TrainingDiverged(f"the validation {ds.metric} became {val} after epoch {epoch + 1}")
+            try:
+                history["val_" + ds.metric].append(_evaluate(ds, net, "val"))
+            except TrainingDiverged as exc:
+                history["val_" + ds.metric].append(float("nan"))
+                raise TrainingDiverged(f"{exc} after epoch {epoch + 1}") from exc
             if checkpoint is not None:
                 from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint, net, opt, meta={"epoch": epoch + 1, "step": step,
@@ -254,7 +288,7 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
             if done:
                 break
         net.eval()
-        result["test_" + ds.metric] = ds.evaluate(net, "test")
+        result["test_" + ds.metric] = _evaluate(ds, net, "test")
     except TrainingDiverged as exc:
         result["stopped"] = f"training stopped: {exc}"
         result["test_" + ds.metric] = None
@@ -308,6 +342,19 @@ def _json_safe(obj):
     return obj
 
 
+def _check_distinct_files(args):
+    """``ValueError`` if two of --data, --checkpoint and --out are the same file: the result would overwrite the
+    data or the checkpoint it was trained from."""
+    given = [(opt, value) for opt, value in (("--data", args.data), ("--checkpoint", args.checkpoint),
+                                             ("--out", args.out)) if value is not None]
+    seen = {}
+    for opt, value in given:
+        real = os.path.realpath(value)
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {opt} are the same file ({value}); the run would overwrite it")
+        seen[real] = opt
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if (args.task is None) == (args.data is None):
@@ -330,10 +377,26 @@ def main(argv=None):
         if not isinstance(fields, dict):
             print("error: --config must be a JSON object of config fields", file=sys.stderr)
             return 2
+        # one value per setting: the option must not silently override --config (or the other way round)
+        clashes = [f"--{key}" for key, flagged in (("threads", args.threads is not None), ("simulate", args.simulate),
+                                                   ("seed", fields.get("seed", args.seed) != args.seed))
+                   if key in fields and flagged]
+        if clashes:
+            print(f"error: {', '.join(clashes)} and --config both set {', '.join(c[2:] for c in clashes)}; "
+                  "give each setting once", file=sys.stderr)
+            return 2
         extra.update(fields)
     if args.threads is not None:
         extra["threads"] = args.threads
     try:
+        # checked here too so that the message names the option as typed; None is the task's default, 0 an error
+        check_int(args.epochs, "--epochs", min_value=0)
+        check_int(args.seed, "--seed", min_value=0)
+        check_int(args.batch_size, "--batch-size", min_value=1, allow_none=True)
+        check_int(args.max_steps, "--max-steps", min_value=1, allow_none=True)
+        check_int(args.threads, "--threads", min_value=1, allow_none=True)
+        check_real(args.lr, "--lr", positive=True, max_value=float(np.finfo(np.float32).max), allow_none=True)
+        _check_distinct_files(args)
         check_replaceable(args.out, "--out")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
             raise ValueError(f"--out {args.out}: its folder does not exist")
@@ -341,13 +404,19 @@ def main(argv=None):
                        ablation=args.ablation, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                        lr=args.lr, optimizer=args.optimizer, max_steps=args.max_steps,
                        checkpoint=args.checkpoint, progress=not args.no_progress, **extra)
+        def write(tmp):
+            with open(tmp, "w") as fh:
+                json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
+        write_atomic(args.out, write, "--out")
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(_json_safe(result), fh, indent=2, sort_keys=True, allow_nan=False)
-    write_atomic(args.out, write, "--out")
+    except KeyboardInterrupt:
+        # write_atomic and save_checkpoint removed their temporaries on the way out: every file is old or new
+        print(f"interrupted: {args.out} was not written"
+              + (f"; {args.checkpoint} holds the last completed epoch, if any" if args.checkpoint else ""),
+              file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     m = result["metric"]
     print(f"{result['task']} {result['recipe']['name']}: test {m} = {result.get('test_' + m)}"
           + (f" ({result['stopped']})" if result["stopped"] else ""))

@@ -1,5 +1,6 @@
 """q4core.checkpoint and optimizer state: all-or-nothing loading, precise errors, safe atomic saving."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -60,11 +61,13 @@ def test_optimizer_slot_of_the_wrong_shape_is_refused_not_broadcast():
         opt.load_state_dict({**opt.state_dict(), "steps": np.zeros(2)})
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04trunc", b"not a zip"])
-def test_unreadable_files_raise_value_error(tmp_path, content):
+@pytest.mark.parametrize("content, why", [(b"", "empty"), (b"PK\x03\x04trunc", "damaged or truncated"),
+                                          (b"not a zip", "not a zip archive"),
+                                          (b"\x93NUMPY\x01\x00", "single .npy array")])
+def test_unreadable_files_raise_value_error(tmp_path, content, why):
     path = tmp_path / "bad.npz"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a readable .npz checkpoint"):
+    with pytest.raises(ValueError, match=f"not a readable .npz file: .*{why}"):
         load_checkpoint(path, build_model("mlp", (4,), 3, seed=0))
 
 
@@ -107,3 +110,54 @@ def test_check_checkpoint_path_before_the_work(tmp_path):
     os.mkfifo(tmp_path / "fifo.npz")
     with pytest.raises(ValueError, match="fifo.npz exists and is not a regular file"):
         check_checkpoint_path(tmp_path / "fifo.npz")
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_saving_removes_the_temporaries_of_killed_writers_of_that_file_only(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".ck.npz.{dead}-abcd1234.tmp"
+    live = tmp_path / f".ck.npz.{os.getpid()}-efgh5678.tmp"
+    other = tmp_path / f".other.npz.{dead}-abcd1234.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "ck.npz", build_model("mlp", (4,), 3, seed=0))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck.npz", live.name, other.name])
+
+
+def _tampered(tmp_path, change):
+    model = build_model("mlp", (4,), 3, seed=0)
+    save_checkpoint(tmp_path / "ck.npz", model, SGD(list(model.named_parameters()), lr=0.1), meta={"epoch": 1})
+    with np.load(tmp_path / "ck.npz") as f:
+        state = dict(f)
+    change(state)
+    np.savez(tmp_path / "bad.npz", **state)
+    return tmp_path / "bad.npz"
+
+
+@pytest.mark.parametrize("entry, value, message", [
+    ("param/layers.1.weight", lambda v: np.full(v.shape, "a"), r"'param/layers.1.weight': dtype <U1 in the file"),
+    ("param/layers.1.weight", lambda v: v.astype(np.complex64), "dtype complex64 in the file"),
+    ("param/layers.1.weight", lambda v: v.astype(bool), "dtype bool in the file"),
+    ("param/layers.1.bias", lambda v: np.full(v.shape, np.nan, np.float32), r"'param/layers.1.bias' holds NaN or Inf"),
+    ("buffer/layers.2/running_mean", lambda v: np.full(v.shape, "x"), "dtype <U1 in the file"),
+    ("optim/velocity/layers.1.weight", lambda v: np.full(v.shape, np.inf, np.float32), "holds NaN or Inf"),
+    ("meta_json", lambda v: np.array("[1, 2]"), "must be a JSON object, got list"),
+])
+def test_tampered_entries_are_refused_by_name_and_nothing_changes(tmp_path, entry, value, message):
+    path = _tampered(tmp_path, lambda state: state.__setitem__(entry, value(state[entry])))
+    model = build_model("mlp", (4,), 3, seed=1)
+    opt = SGD(list(model.named_parameters()), lr=0.1)
+    before, slots = _state(model), {k: v.copy() for k, v in opt.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=message):
+            load_checkpoint(path, model, opt)
+    assert _same(before, _state(model)) and _same(slots, opt.state_dict())

@@ -824,3 +824,21 @@ def test_thread_limit_is_reported():
     assert "clamped" in info["thread_clamp"]
     if info["compiled"] and info["openmp"]:
         assert info["thread_limit"] <= max(os.cpu_count() or 1, 1)
+
+
+@pytest.mark.parametrize("scales", [(1e30, 1e30), (1e200, 1e200), (3e38, 1.0)])
+def test_scaled_products_beyond_float32_raise_instead_of_returning_inf(scales):
+    a = np.full((2, 3), 7, np.int8)
+    b = np.full((3, 2), 7, np.int8)
+    b[:, 1] = 0                        # a zero entry: 0 * Inf would be NaN
+    g = np.full((2, 3), 7, np.uint8)   # FP4 units 4**6
+    with pytest.raises(OverflowError, match=r"scale_a \* scale_b = .* exceeds the float32 range"):
+        gemm.int4_matmul_scaled(a, b, *scales)
+    with pytest.raises(OverflowError, match=r"g_scale \* b_scale = .* exceeds the float32 range"):
+        gemm.fp4_int4_matmul_scaled(g, b, *scales)
+    with pytest.raises(OverflowError, match=r"a_scale \* g_scale = .* exceeds the float32 range"):
+        gemm.int4_fp4_matmul_scaled(a, g.T.copy(), *scales)
+    # just inside: the largest scale whose product still fits gives finite, exact-as-float32 numbers
+    fits = float(np.finfo(np.float32).max) / 147 / 2
+    out = gemm.int4_matmul_scaled(a, b, fits, 1.0)
+    assert np.isfinite(out).all() and out[0, 0] == np.float32(147 * fits)

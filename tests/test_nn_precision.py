@@ -224,3 +224,11 @@ def test_fp8_operands_on_the_e4m3_grid_and_gradients_on_e5m2():
     model = _cnn()
     model.set_policy(get_recipe("fp8"))
     assert [layer.gemm.mode for _, layer in model.gemm_layers()] == ["fp16", "fp8", "fp8", "fp16"]
+
+
+@pytest.mark.parametrize("field, value", [("first_last", "fp8_e4m3"), ("first_last", 3),
+                                          ("overrides", {"layers.1": "nope"})])
+def test_layer_recipe_names_are_checked_with_the_recipe_not_when_a_model_is_built(field, value):
+    from q4core.recipe import get_recipe
+    with pytest.raises(ValueError, match=f"recipe {field}.* must be 'same', a recipe name or a dict"):
+        get_recipe("q4", **{field: value})

@@ -1,6 +1,7 @@
 """The training API and CLI: determinism, integer == simulated through train(), divergence, fp16 loss
 scaling, user .npz data with its errors, checkpoints."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,91 @@ def test_divergence_by_loss_limit():
     r = train(task="digits", epochs=1, max_steps=3, progress=False, max_loss=1e-3, model="mlp")
     assert r["stopped"] is not None and "limit 0.001" in r["stopped"] and r["steps"] == 0
     assert r["history"]["train_loss"] == [] and len(r["history"]["step_loss"]) == 1
+
+
+def test_weights_gone_non_finite_at_the_last_step_stop_training_and_write_no_checkpoint(tmp_path, monkeypatch):
+    from q4core.nn import optim
+    real_step = optim.SGD.step
+
+    def step_then_overflow(self, lr=None):
+        real_step(self, lr)
+        if self.steps == 2:       # the last step of max_steps=2
+            self.named[0][1].data[0] = np.inf
+    monkeypatch.setattr(optim.SGD, "step", step_then_overflow)
+    ck = tmp_path / "ck.npz"
+    r = train(task="digits", model="mlp", epochs=1, max_steps=2, progress=False, checkpoint=ck)
+    first = dict(build_model("mlp", (64,), 10, seed=0).named_parameters())
+    assert next(iter(first)) in r["stopped"] and "non-finite at step 1" in r["stopped"]
+    assert r["test_accuracy"] is None and r["steps"] == 1
+    assert not ck.exists()
+
+
+def test_overflowing_outputs_stop_training_without_warnings(tmp_path):
+    import warnings
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.npz"
+    np.savez(path, X_train=rng.normal(size=(64, 5)) * 1e3, y_train=np.arange(64) % 3,
+             X_test=rng.normal(size=(9, 5)), y_test=np.arange(9) % 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = train(data=path, model="mlp", epochs=1, max_steps=1, lr=3e38, progress=False)
+    assert "not finite" in r["stopped"] and r["test_accuracy"] is None
+    assert np.isnan(r["history"]["val_accuracy"][-1])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--lr", "0", "--lr must be a finite positive number"),
+    ("--lr", "1e300", "--lr must be a finite positive number <= 3.4"),
+    ("--lr", "nan", "--lr must be"),
+    ("--batch-size", "0", "--batch-size must be an int >= 1"),
+    ("--max-steps", "0", "--max-steps must be an int >= 1"),
+    ("--max-steps", "-1", "--max-steps must be an int >= 1"),
+    ("--epochs", "-1", "--epochs must be an int >= 0"),
+    ("--threads", "0", "--threads must be an int >= 1"),
+])
+def test_zero_and_out_of_range_options_are_errors_not_defaults(tmp_path, capsys, option, value, message):
+    out = tmp_path / "r.json"
+    assert main(["--task", "digits", "--model", "mlp", option, value, "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, value", [("lr", 0), ("lr", 0.0), ("batch_size", 0), ("max_steps", 0),
+                                         ("max_steps", -1), ("lr", 1e39)])
+def test_zero_is_an_error_in_the_api_too(name, value):
+    with pytest.raises(ValueError, match=name):
+        train(task="digits", model="mlp", epochs=1, progress=False, **{name: value})
+
+
+def test_an_interrupt_exits_130_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import q4core.train as train_module
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "train", interrupted)
+    out = tmp_path / "r.json"
+    assert main(["--task", "digits", "--out", str(out), "--checkpoint", str(tmp_path / "ck.npz")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "was not written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("clash", [("--data", "--out"), ("--checkpoint", "--out"), ("--data", "--checkpoint")])
+def test_one_file_for_two_roles_is_refused_before_training(tmp_path, capsys, clash):
+    data = _npz(tmp_path)
+    before = data.read_bytes()
+    paths = {"--data": str(data), "--checkpoint": str(tmp_path / "ck.npz"), "--out": str(tmp_path / "r.json")}
+    paths[clash[1]] = str(tmp_path / "." / Path(paths[clash[0]]).name)     # the same file, spelt differently
+    argv = [a for opt, value in paths.items() for a in (opt, value)]
+    assert main(argv + ["--no-progress", "--max-steps", "1"]) == 2
+    assert f"{clash[0]} and {clash[1]} are the same file" in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+@pytest.mark.parametrize("option, config", [(["--threads", "1"], '{"threads": 0}'),
+                                            (["--simulate"], '{"simulate": false}'), (["--seed", "3"], '{"seed": 4}')])
+def test_an_option_and_config_setting_the_same_field_is_an_error(tmp_path, capsys, option, config):
+    out = tmp_path / "r.json"
+    argv = ["--task", "digits", "--model", "mlp", "--recipe", "q4", "--config", config, "--out", str(out)]
+    assert main(argv + option) == 2
+    assert f"{option[0]} and --config both set" in capsys.readouterr().err and not out.exists()

@@ -129,7 +129,11 @@ class Module:
             mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "/" not in
                     k[len(prefix):]}
             if mine:
-                module.load_buffers(mine)
+                try:
+                    module.load_buffers(mine)
+                except (KeyError, TypeError, ValueError, OverflowError) as exc:   # missing, or not a number it takes
+                    raise ValueError(f"{prefix[:-1]}: its buffers {sorted(mine)} do not fit the module "
+                                     f"({type(exc).__name__}: {exc})") from exc
 
     def buffers(self):
         """Non-parameter state worth saving (override)."""

@@ -82,6 +82,8 @@ class _Optimizer:
                     problems.append(f"{entry!r}: shape {value.shape} in the state, {arr.shape} in the optimizer")
                 elif value.dtype.kind not in "fiu":
                     problems.append(f"{entry!r}: dtype {value.dtype} is not numeric")
+                elif not np.isfinite(value).all():
+                    problems.append(f"{entry!r} holds NaN or Inf")
         extra = sorted(set(state) - expected)
         if extra:
             problems.append(f"unexpected entries {', '.join(map(repr, extra))}")

@@ -183,6 +183,14 @@ class Recipe:
         _one_of("recipe gradscale_align", self.gradscale_align, _GRADSCALE_ALIGN)
         if not isinstance(self.overrides, dict):
             raise TypeError(f"recipe overrides must be a dict, got {type(self.overrides).__name__}")
+        # named recipes for some layers: checked now, not when a model is built from this recipe
+        from .registry import recipe_names
+        known = ("same", *recipe_names())
+        for where, name in [("first_last", self.first_last)] + [(f"overrides[{k!r}]", v)
+                                                                 for k, v in self.overrides.items()]:
+            if not (isinstance(name, (dict, Recipe)) or (isinstance(name, str) and name in known)):
+                raise ValueError(f"recipe {where} must be 'same', a recipe name or a dict of Recipe fields, got "
+                                 f"{name!r}; recipe names: {', '.join(known[1:])}")
         for key in ("static_scale", "simulate"):
             check_bool(getattr(self, key), f"recipe {key}")
         check_real(self.grad_static_scale, "recipe grad_static_scale", positive=True)
