@@ -14,13 +14,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_replaceable", "write_atomic", "remove_stale_temporaries"]
+__all__ = ["check_replaceable", "write_atomic", "remove_stale_temporaries", "pid_alive"]
 
 #: ``.NAME.<pid>-XXXX.tmp``: the destination's name and the writing process's id
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether process ``pid`` still runs (another user's process counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,7 +42,7 @@ def remove_stale_temporaries(folder, name=None):
         return removed
     for path in entries:
         match = _TMP_RE.match(path.name)
-        if not match or (name is not None and match.group("name") != name) or _pid_alive(int(match.group("pid"))):
+        if not match or (name is not None and match.group("name") != name) or pid_alive(int(match.group("pid"))):
             continue
         try:
             if stat.S_ISREG(os.lstat(path).st_mode):

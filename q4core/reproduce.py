@@ -91,7 +91,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ._io import check_replaceable, write_atomic
+from ._io import check_replaceable, pid_alive, write_atomic
 
 PROFILES = ("quick", "default", "full")
 KERNEL_NAME = "python3"
@@ -568,16 +568,6 @@ def update_manifest(figures_dir, entries):
         return _write_manifest(figures_dir, entries)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_files(figures_dir):
     """Remove what dead runs left: ``q4core-jupyter-<pid>-*`` folders in the temp folder and temporary files
     in ``figures_dir`` of processes no longer running, staging folders no live run holds.  Returns the paths."""
@@ -586,7 +576,7 @@ def remove_stale_files(figures_dir):
     pattern = re.compile(rf"^{_JUPYTER_PREFIX}(\d+)-")
     for folder in sorted(Path(tempfile.gettempdir()).glob(f"{_JUPYTER_PREFIX}*")):
         match = pattern.match(folder.name)
-        if match and folder.is_dir() and not folder.is_symlink() and not _pid_alive(int(match.group(1))):
+        if match and folder.is_dir() and not folder.is_symlink() and not pid_alive(int(match.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     removed += remove_stale_temporaries(figures_dir)
