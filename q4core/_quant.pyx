@@ -25,6 +25,8 @@ cdef extern from "quant_kernels.h" nogil:
     int q4_max_threads()
     int q4_num_procs()
     int q4_clamp_threads(int threads)
+    int q4_threads_for_elems(int threads, ptrdiff_t n)
+    ptrdiff_t Q4_QUANT_ELEMS_PER_THREAD
     int q4_plan_level(q4_plan *p, int is_f64, double scale, int qmin, int qmax)
     int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *thr,
                         const double *grid, int nb, int sign_shift)
@@ -47,6 +49,15 @@ def openmp_info():
     """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of this build."""
     return {"openmp": bool(Q4CORE_OPENMP), "max_threads": int(q4_max_threads()),
             "simd_clones": Q4_CLONES_NAME.decode()}
+
+
+#: elements per thread at least: smaller calls run on fewer threads (thread start-up costs more)
+ELEMS_PER_THREAD = Q4_QUANT_ELEMS_PER_THREAD
+
+
+def threads_for_elems(int threads, ptrdiff_t n):
+    """The threads a call over ``n`` elements runs on when asked for ``threads``."""
+    return int(q4_threads_for_elems(threads, n))
 
 
 def num_procs():
@@ -153,7 +164,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
         raise ValueError("format parameters outside the compiled kernels' range")
     if n == 0:
         return 0
-    threads = q4_clamp_threads(threads)
+    threads = q4_threads_for_elems(threads, n)
     cdef const char *xp = <const char *>cnp.PyArray_DATA(x)
     cdef char *op_out = <char *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t in_size = x.itemsize, out_size = out.itemsize
@@ -181,7 +192,7 @@ def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
         raise ValueError("out's shape does not match packed")
     if out.size == 0:
         return
-    threads = q4_clamp_threads(threads)
+    threads = q4_threads_for_elems(threads, out.size)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(packed)
     cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t n = out.size, nchunks, c, start, stop, r, r0, r1, per_block, nblocks

@@ -34,7 +34,8 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
                              const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                              int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads) {
     const int64_t npanels = Np / Q4_PANEL;
-    nthreads = q4_threads(nthreads, npanels);   /* clamped: gemm_threads.h */
+    /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
+    nthreads = q4_threads_for_work(nthreads, npanels, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
     (void)nthreads;
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)
@@ -74,7 +75,8 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
                              const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
                              int64_t lda, uint8_t *seen, int nthreads) {
-    nthreads = q4_threads(nthreads, M);         /* clamped: gemm_threads.h */
+    /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD prepared bytes per thread */
+    nthreads = q4_threads_for_work(nthreads, M, M * K * T, Q4_PACK_BYTES_PER_THREAD);
     (void)nthreads;
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)

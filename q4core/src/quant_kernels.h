@@ -49,6 +49,18 @@ static int q4_clamp_threads(int threads) {
     return threads < procs ? threads : procs;
 }
 
+/* Elements per thread at least (quantize / encode / unpack): a thread costs several microseconds
+ * to start and join, more than it saves on a small tensor.  Chooses the thread count only. */
+#define Q4_QUANT_ELEMS_PER_THREAD ((ptrdiff_t)1 << 18)
+
+/* q4_clamp_threads, then at most one thread per Q4_QUANT_ELEMS_PER_THREAD of n elements */
+static int q4_threads_for_elems(int threads, ptrdiff_t n) {
+    threads = q4_clamp_threads(threads);
+    const ptrdiff_t by_work = n / Q4_QUANT_ELEMS_PER_THREAD;
+    if (by_work < threads) threads = by_work > 1 ? (int)by_work : 1;
+    return threads;
+}
+
 /* One clone per ISA level, chosen by the dynamic loader (ifunc) from what the CPU reports.
  * Never -march=native: the default clone is plain x86-64 (or whatever the compiler targets). */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) \
