@@ -33,6 +33,14 @@ cdef extern from "quant_kernels.h" nogil:
     unsigned q4_run(const q4_plan *p, int op, const void *x, void *out, ptrdiff_t n)
     void q4_unpack(const uint8_t *inp, uint8_t *out, ptrdiff_t n, int is_signed)
 
+cdef extern from "fused_kernels.h" nogil:
+    unsigned q4_minmax_f32(const float *x, ptrdiff_t n, double *hi, double *lo, int threads)
+    unsigned q4_minmax_f64(const double *x, ptrdiff_t n, double *hi, double *lo, int threads)
+    unsigned q4_moments_f32(const float *x, ptrdiff_t n, double *sq, double *ab, double *top)
+    unsigned q4_moments_f64(const double *x, ptrdiff_t n, double *sq, double *ab, double *top)
+    unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
+                            uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
+
 OP_QUANTIZE = Q4_OP_QUANTIZE
 OP_ENCODE = Q4_OP_ENCODE
 OP_ENCODE_PACK = Q4_OP_ENCODE_PACK
@@ -108,6 +116,97 @@ cdef unsigned _run_rows(const q4_plan *p, const char *x, char *out, ptrdiff_t nr
     return flags
 
 
+cdef _make_plan(q4_plan *plan, fmt_kind, params, double scale, int is_f64):
+    """Fill ``plan`` for ``fmt_kind`` / ``params`` (see :func:`run`) at ``scale``."""
+    cdef int rc
+    cdef cnp.ndarray thr, grid
+    if fmt_kind == "level":
+        qmin, qmax = params
+        rc = q4_plan_level(plan, is_f64, scale, qmin, qmax)
+    elif fmt_kind == "signmag":
+        thr = np.ascontiguousarray(params[0], dtype=np.float64)
+        grid = np.ascontiguousarray(params[1], dtype=np.float64)
+        if grid.size != thr.size + 1:
+            raise ValueError("grid must have one more entry than thresholds")
+        rc = q4_plan_signmag(plan, is_f64, scale, <const double *>cnp.PyArray_DATA(thr),
+                             <const double *>cnp.PyArray_DATA(grid), <int>thr.size, params[2])
+    else:
+        raise ValueError(f"unknown format kind {fmt_kind!r}")
+    if rc != 0:
+        raise ValueError("format parameters outside the compiled kernels' range")
+
+
+cdef int _float_kind(cnp.ndarray x) except -1:
+    """1 for float64, 0 for float32 (aligned, C-contiguous, native), else an error."""
+    if x.dtype == np.float64:
+        is_f64 = 1
+    elif x.dtype == np.float32:
+        is_f64 = 0
+    else:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if not (x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative):
+        raise ValueError("x must be aligned, C-contiguous and in native byte order")
+    return is_f64
+
+
+def minmax(cnp.ndarray x, int threads):
+    """``(max, min, flags)`` of float32/float64 ``x`` (NaN skipped and flagged; +-inf if empty)."""
+    cdef int is_f64 = _float_kind(x)
+    cdef double hi = -np.inf, lo = np.inf
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef ptrdiff_t n = x.size
+    if n:
+        with nogil:
+            if is_f64:
+                flags = q4_minmax_f64(<const double *>xp, n, &hi, &lo, threads)
+            else:
+                flags = q4_minmax_f32(<const float *>xp, n, &hi, &lo, threads)
+    return hi, lo, flags
+
+
+def moments(cnp.ndarray x):
+    """``(sum(x*x), sum(|x|), max|x|, flags)`` in float64, summed in numpy's pairwise order."""
+    cdef int is_f64 = _float_kind(x)
+    cdef double sq = 0.0, ab = 0.0, top = 0.0
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef ptrdiff_t n = x.size
+    with nogil:
+        if is_f64:
+            flags = q4_moments_f64(<const double *>xp, n, &sq, &ab, &top)
+        else:
+            flags = q4_moments_f32(<const float *>xp, n, &sq, &ab, &top)
+    return sq, ab, top, flags
+
+
+def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, kind1, params1,
+                cnp.ndarray out1, int threads):
+    """Codes of ``x`` under format 0 into ``out0`` and (``kind1`` not None) format 1 into ``out1``
+    at one ``scale``, with ``x``'s max and min, in one pass: ``(max, min, flags)``."""
+    cdef q4_plan plan0, plan1
+    cdef int is_f64 = _float_kind(x)
+    cdef ptrdiff_t n = x.size
+    for out in (out0,) if kind1 is None else (out0, out1):
+        if not (out.flags.c_contiguous and out.flags.writeable) or out.itemsize != 1 or out.size != n:
+            raise ValueError("each out must be a writeable C-contiguous byte array of x's size")
+    _make_plan(&plan0, kind0, params0, scale, is_f64)
+    cdef q4_plan *p1 = NULL
+    cdef uint8_t *o1 = NULL
+    if kind1 is not None:
+        _make_plan(&plan1, kind1, params1, scale, is_f64)
+        p1 = &plan1
+        o1 = <uint8_t *>cnp.PyArray_DATA(out1)
+    cdef double hi = -np.inf, lo = np.inf
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef uint8_t *o0 = <uint8_t *>cnp.PyArray_DATA(out0)
+    if n:
+        with nogil:
+            flags = q4_encode_pair(&plan0, p1, xp, o0, o1, n, &hi, &lo, threads)
+    return hi, lo, flags
+
+
 def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, int threads):
     """Apply ``op`` to the C-contiguous float32/float64 array ``x``, writing ``out``.
 
@@ -118,8 +217,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     [1, num_procs()]: a larger team only risks libgomp failing to create it.
     """
     cdef q4_plan plan
-    cdef int is_f64, rc
-    cdef cnp.ndarray thr, grid
+    cdef int is_f64
     cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
     if x.dtype == np.float64:
         is_f64 = 1
@@ -148,20 +246,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
             raise ValueError(f"out must hold {expected} bytes")
     else:
         raise ValueError(f"unknown op {op!r}")
-    if fmt_kind == "level":
-        qmin, qmax = params
-        rc = q4_plan_level(&plan, is_f64, scale, qmin, qmax)
-    elif fmt_kind == "signmag":
-        thr = np.ascontiguousarray(params[0], dtype=np.float64)
-        grid = np.ascontiguousarray(params[1], dtype=np.float64)
-        if grid.size != thr.size + 1:
-            raise ValueError("grid must have one more entry than thresholds")
-        rc = q4_plan_signmag(&plan, is_f64, scale, <const double *>cnp.PyArray_DATA(thr),
-                             <const double *>cnp.PyArray_DATA(grid), <int>thr.size, params[2])
-    else:
-        raise ValueError(f"unknown format kind {fmt_kind!r}")
-    if rc != 0:
-        raise ValueError("format parameters outside the compiled kernels' range")
+    _make_plan(&plan, fmt_kind, params, scale, is_f64)
     if n == 0:
         return 0
     threads = q4_threads_for_elems(threads, n)

@@ -1,0 +1,48 @@
+/* Fused operand makers: the scale statistics of the 4-bit operands, computed in one pass over the
+ * float data, and the two-phase FP4 gradient encode (both grids and max |g| in one pass).
+ *
+ *   q4_minmax       max and min of x (NaN skipped, flagged): the per-step max scale and GradScale's
+ *                   max |g| - exact in any order, so split over threads;
+ *   q4_moments      SAWB's two sums, sum(x*x) and sum(|x|) in float64, plus max |x|: summed in
+ *                   numpy's pairwise order (numpy/_core/src/umath/loops_utils.h.src,
+ *                   pairwise_sum: runs below 8 summed in a row, blocks up to 128 in 8 interleaved
+ *                   accumulators, longer runs split in halves rounded down to a multiple of 8), so
+ *                   ``np.mean(w * w)`` and ``np.mean(np.abs(w))`` come out bit for bit (one thread:
+ *                   the order is the point);
+ *   q4_encode_pair  codes of x under one or two plans (quant_kernels.h: e.g. both grids of
+ *                   two-phase rounding) plus max / min, one read of each element.
+ * Every function returns Q4_FLAG_NAN / Q4_FLAG_INF bits of what it saw. */
+#ifndef Q4_FUSED_KERNELS_H
+#define Q4_FUSED_KERNELS_H
+
+#include "quant_kernels.h"
+
+/* elements per work item of the threaded loops (results do not depend on it) */
+#define Q4_FUSED_CHUNK ((ptrdiff_t)1 << 16)
+/* numpy's pairwise-sum block (PW_BLOCKSIZE) and unroll */
+#define Q4_PW_BLOCK 128
+#define Q4_PW_UNROLL 8
+
+#define Q4_T float
+#define Q4_SUF f32
+#define Q4_ABS(x) __builtin_fabsf(x)
+#define Q4_FINITE_MAX 3.4028234663852886e38f
+#define Q4_BOUNDS(p) ((p)->b32)
+#include "fused_kernels_t.h"
+
+#define Q4_T double
+#define Q4_SUF f64
+#define Q4_ABS(x) __builtin_fabs(x)
+#define Q4_FINITE_MAX 1.7976931348623157e308
+#define Q4_BOUNDS(p) ((p)->b64)
+#include "fused_kernels_t.h"
+
+/* dispatch on the plan's dtype; plan1 may be NULL (one code array) */
+static unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
+                               uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads) {
+    if (p0->is_f64)
+        return q4_encode_pair_f64(p0, p1, (const double *)x, out0, out1, n, hi, lo, threads);
+    return q4_encode_pair_f32(p0, p1, (const float *)x, out0, out1, n, hi, lo, threads);
+}
+
+#endif /* Q4_FUSED_KERNELS_H */
