@@ -194,6 +194,8 @@ def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, k
     cdef q4_plan *p1 = NULL
     cdef uint8_t *o1 = NULL
     if kind1 is not None:
+        if kind1 != kind0:
+            raise ValueError("both formats of encode_pair must be of one kind (level or signmag)")
         _make_plan(&plan1, kind1, params1, scale, is_f64)
         p1 = &plan1
         o1 = <uint8_t *>cnp.PyArray_DATA(out1)

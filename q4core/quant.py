@@ -280,15 +280,20 @@ def sawb_clip(w):
 def encode_gradient_unchecked(fmt_dx, fmt_dw, g, scale, threads=None):
     """``(codes_dx, codes_dw, max, min, flags)`` of an aligned C-contiguous float32/float64 ``g`` in
     one pass (engine entry point): ``codes_dw`` is ``codes_dx`` itself when ``fmt_dw`` is ``fmt_dx``
-    or None.  NaN / Inf are only flagged: the codes are then meaningless."""
+    or None.  NaN / Inf are only flagged: the codes are then meaningless.  Codes of a signed
+    ``IntFormat`` are int8 (as ``encode`` gives them), else uint8; both formats of one kind."""
     k0, p0 = _cached_params(fmt_dx)
     out0 = np.empty(g.shape, np.uint8)
-    if fmt_dw is None or fmt_dw == fmt_dx:
+    if fmt_dw is None or fmt_dw is fmt_dx:
         hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, None, None, out0, _threads(threads))
-        return out0, out0, hi, lo, flags
-    k1, p1 = _cached_params(fmt_dw)
-    out1 = np.empty(g.shape, np.uint8)
-    hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, k1, p1, out1, _threads(threads))
+        out1 = out0
+    else:
+        k1, p1 = _cached_params(fmt_dw)
+        out1 = np.empty(g.shape, np.uint8)
+        hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, k1, p1, out1, _threads(threads))
+    if isinstance(fmt_dx, IntFormat) and fmt_dx.signed:
+        out0 = out0.view(np.int8)
+        out1 = out1.view(np.int8) if isinstance(fmt_dw, IntFormat) and fmt_dw.signed else out0
     return out0, out1, hi, lo, flags
 
 
@@ -303,6 +308,8 @@ def encode_gradient(fmt_dx, fmt_dw, g, scale, *, threads=None):
     for name, fmt in (("fmt_dx", fmt_dx), ("fmt_dw", fmt_dw)):
         if (fmt is not None or name == "fmt_dx") and not supports(fmt):
             raise ValueError(f"{name} has no compiled path: {fmt!r} (see q4core.quant.supports)")
+    if fmt_dw is not None and type(fmt_dw) is not type(fmt_dx):
+        raise ValueError(f"fmt_dx and fmt_dw must be of one kind, got {fmt_dx!r} and {fmt_dw!r}")
     arr = _as_input(g, "g")
     scale = _check_scale(scale)
     c0, c1, hi, lo, flags = encode_gradient_unchecked(fmt_dx, fmt_dw, arr, scale, threads)

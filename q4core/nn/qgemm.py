@@ -36,7 +36,6 @@ import numpy as np
 
 from .. import gemm as _gemm
 from .. import quant as _quant
-from ..formats import IntFormat
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
@@ -429,8 +428,6 @@ class QuantGemm(Module):
             # NaN / Inf: gmax NaN, which _grad_scale refuses (the codes are never used)
             sg2, gmax = self._grad_scale(g, seq, math.nan if flags else (max(hi, -lo) if g.size else 0.0))
             assert sg2 == sg, "the gradient scale changed with the max it was said not to depend on"
-        if isinstance(self.fmt_gx, IntFormat) and self.fmt_gx.signed:
-            cx, cw = cx.view(np.int8), cw.view(np.int8)
         g_x = _coded_operand(spec_x, self.fmt_gx, cx, sg, g)
         g_w = g_x if fmt_w is None else _coded_operand(spec_w, self.fmt_gw, cw, sg, g)
         return g_x, g_w, sg, gmax

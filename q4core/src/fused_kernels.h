@@ -10,7 +10,7 @@
  *                   ``np.mean(w * w)`` and ``np.mean(np.abs(w))`` come out bit for bit (one thread:
  *                   the order is the point);
  *   q4_encode_pair  codes of x under one or two plans (quant_kernels.h: e.g. both grids of
- *                   two-phase rounding) plus max / min, one read of each element.
+ *                   two-phase rounding) plus max / min, x read from memory once (cache blocks).
  * Every function returns Q4_FLAG_NAN / Q4_FLAG_INF bits of what it saw. */
 #ifndef Q4_FUSED_KERNELS_H
 #define Q4_FUSED_KERNELS_H
@@ -22,9 +22,14 @@
 /* numpy's pairwise-sum block (PW_BLOCKSIZE) and unroll */
 #define Q4_PW_BLOCK 128
 #define Q4_PW_UNROLL 8
+/* independent running max / min per loop (vector width of the widest float32 registers) */
+#define Q4_LANES 16
+/* elements per cache block of the fused encode (4096 float32 = 16 KiB: within L1 with its codes) */
+#define Q4_L1_BLOCK ((ptrdiff_t)4096)
 
 #define Q4_T float
 #define Q4_SUF f32
+#define Q4_I int32_t
 #define Q4_ABS(x) __builtin_fabsf(x)
 #define Q4_FINITE_MAX 3.4028234663852886e38f
 #define Q4_BOUNDS(p) ((p)->b32)
@@ -32,6 +37,7 @@
 
 #define Q4_T double
 #define Q4_SUF f64
+#define Q4_I int64_t
 #define Q4_ABS(x) __builtin_fabs(x)
 #define Q4_FINITE_MAX 1.7976931348623157e308
 #define Q4_BOUNDS(p) ((p)->b64)

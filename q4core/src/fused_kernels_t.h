@@ -1,5 +1,6 @@
 /* Loops of fused_kernels.h for one input type; included once per type with Q4_T (float type),
- * Q4_SUF (name suffix), Q4_ABS, Q4_FINITE_MAX and Q4_BOUNDS (plan field) defined.  The element code functions
+ * Q4_SUF (name suffix), Q4_I (same-width signed integer), Q4_ABS, Q4_FINITE_MAX and Q4_BOUNDS
+ * (plan field) defined.  The element code functions
  * q4_level_of_* / q4_signmag_of_* come from quant_kernels_t.h. */
 
 #define Q4_CAT_(a, b) a##_##b
@@ -13,7 +14,42 @@
 #define Q4_NO_CONTRACT
 #endif
 
-/* max and min over x[0, n) ignoring NaN (x > hi is false for NaN), flags of NaN / Inf seen */
+/* max and min of x[i0, i1) ignoring NaN (x > h is false for NaN) in Q4_LANES independent running
+ * max / min (one dependency chain each, so they vectorize; max and min are exact in any order),
+ * merged into *h_out / *l_out; NaN / Inf seen are ORed into *nan_out / *inf_out */
+Q4_CLONES static void Q4_FN(q4_minmax_block)(const Q4_T *restrict x, ptrdiff_t i0, ptrdiff_t i1,
+                                             Q4_T *h_out, Q4_T *l_out, int *nan_out, int *inf_out) {
+    Q4_T hl[Q4_LANES], ll[Q4_LANES];
+    Q4_I cl[Q4_LANES];
+    for (int j = 0; j < Q4_LANES; j++) { hl[j] = -(Q4_T)INFINITY; ll[j] = (Q4_T)INFINITY; cl[j] = 0; }
+    ptrdiff_t i = i0;
+    for (; i + Q4_LANES <= i1; i += Q4_LANES)
+        for (int j = 0; j < Q4_LANES; j++) {
+            const Q4_T xi = x[i + j];
+            hl[j] = xi > hl[j] ? xi : hl[j];
+            ll[j] = xi < ll[j] ? xi : ll[j];
+            cl[j] |= (Q4_I)(xi != xi) | ((Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY) << 1);
+        }
+    for (; i < i1; i++) {
+        const Q4_T xi = x[i];
+        hl[0] = xi > hl[0] ? xi : hl[0];
+        ll[0] = xi < ll[0] ? xi : ll[0];
+        cl[0] |= (Q4_I)(xi != xi) | ((Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY) << 1);
+    }
+    Q4_T h = *h_out, l = *l_out;
+    Q4_I c = 0;
+    for (int j = 0; j < Q4_LANES; j++) {
+        h = hl[j] > h ? hl[j] : h;
+        l = ll[j] < l ? ll[j] : l;
+        c |= cl[j];
+    }
+    *h_out = h;
+    *l_out = l;
+    *nan_out |= (int)(c & 1);
+    *inf_out |= (int)((c >> 1) & 1);
+}
+
+/* max and min over x[0, n) ignoring NaN, flags of NaN / Inf seen; chunks over threads */
 static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi_out, double *lo_out,
                                  int threads) {
     const ptrdiff_t nchunks = (n + Q4_FUSED_CHUNK - 1) / Q4_FUSED_CHUNK;
@@ -27,19 +63,7 @@ static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi
 #endif
     for (ptrdiff_t c = 0; c < nchunks; c++) {
         const ptrdiff_t i0 = c * Q4_FUSED_CHUNK, i1 = n - i0 < Q4_FUSED_CHUNK ? n : i0 + Q4_FUSED_CHUNK;
-        Q4_T h = -(Q4_T)INFINITY, l = (Q4_T)INFINITY;
-        int cn = 0, ci = 0;
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            const Q4_T xi = x[i];
-            h = xi > h ? xi : h;
-            l = xi < l ? xi : l;
-            cn |= xi != xi;
-            ci |= Q4_ABS(xi) == (Q4_T)INFINITY;
-        }
-        hi = h > hi ? h : hi;
-        lo = l < lo ? l : lo;
-        nan |= cn;
-        inf |= ci;
+        Q4_FN(q4_minmax_block)(x, i0, i1, &hi, &lo, &nan, &inf);
     }
     *hi_out = (double)hi;
     *lo_out = (double)lo;
@@ -85,10 +109,24 @@ Q4_NO_CONTRACT static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, pt
             s += v * v;
             a += __builtin_fabs(v);
         }
-        for (ptrdiff_t k = 0; k < n; k++) {
+        Q4_T ml[Q4_PW_UNROLL];          /* lane-wise running max: independent chains */
+        int bl[Q4_PW_UNROLL];
+        for (int j = 0; j < Q4_PW_UNROLL; j++) { ml[j] = m; bl[j] = 0; }
+        ptrdiff_t k = 0;
+        for (; k + Q4_PW_UNROLL <= n; k += Q4_PW_UNROLL)
+            for (int j = 0; j < Q4_PW_UNROLL; j++) {
+                const Q4_T ax = Q4_ABS(x[k + j]);
+                ml[j] = ax > ml[j] ? ax : ml[j];
+                bl[j] |= !(ax <= Q4_FINITE_MAX);
+            }
+        for (; k < n; k++) {
             const Q4_T ax = Q4_ABS(x[k]);
-            m = ax > m ? ax : m;
-            b |= !(ax <= Q4_FINITE_MAX);
+            ml[0] = ax > ml[0] ? ax : ml[0];
+            bl[0] |= !(ax <= Q4_FINITE_MAX);
+        }
+        for (int j = 0; j < Q4_PW_UNROLL; j++) {
+            m = ml[j] > m ? ml[j] : m;
+            b |= bl[j];
         }
         *sq = s;
         *ab = a;
@@ -121,13 +159,21 @@ static unsigned Q4_FN(q4_moments)(const Q4_T *restrict x, ptrdiff_t n, double *s
     return bad ? (Q4_FLAG_NAN | Q4_FLAG_INF) : 0u;
 }
 
-/* code of one element under a plan (level or sign-magnitude) */
-static inline uint8_t Q4_FN(q4_code_of)(const q4_plan *p, const Q4_T *b, Q4_T xi) {
-    if (p->kind == Q4_KIND_LEVEL) return (uint8_t)Q4_FN(q4_level_of)(xi, b, p->offset);
-    return (uint8_t)Q4_FN(q4_signmag_of)(xi, b, p->sign_shift);
+/* one chunk [i0, i1) of q4_encode_pair in cache blocks: each block of x is encoded under p0 and p1
+ * by the vectorized loops of quant_kernels.h and scanned for max / min while it is in L1, so x
+ * is read from memory once (one loop doing all three did not vectorize: 4x slower) */
+static void Q4_FN(q4_encode_chunk)(const q4_plan *p0, const q4_plan *p1, const Q4_T *restrict x,
+                                   uint8_t *restrict out0, uint8_t *restrict out1, ptrdiff_t i0,
+                                   ptrdiff_t i1, Q4_T *h_out, Q4_T *l_out, int *nan_out, int *inf_out) {
+    for (ptrdiff_t b = i0; b < i1; b += Q4_L1_BLOCK) {
+        const ptrdiff_t e = i1 - b < Q4_L1_BLOCK ? i1 : b + Q4_L1_BLOCK;
+        q4_run(p0, Q4_OP_ENCODE, x + b, out0 + b, e - b);
+        if (p1) q4_run(p1, Q4_OP_ENCODE, x + b, out1 + b, e - b);
+        Q4_FN(q4_minmax_block)(x, b, e, h_out, l_out, nan_out, inf_out);
+    }
 }
 
-/* out0 = codes of x under p0, out1 under p1 (if p1), max / min of x - one read of x */
+/* out0 = codes of x under p0, out1 under p1 (if p1; of p0's kind), max / min of x - one read of x */
 static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, const Q4_T *restrict x,
                                       uint8_t *restrict out0, uint8_t *restrict out1, ptrdiff_t n,
                                       double *hi_out, double *lo_out, int threads) {
@@ -142,24 +188,7 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
 #endif
     for (ptrdiff_t c = 0; c < nchunks; c++) {
         const ptrdiff_t i0 = c * Q4_FUSED_CHUNK, i1 = n - i0 < Q4_FUSED_CHUNK ? n : i0 + Q4_FUSED_CHUNK;
-        Q4_T b0[Q4_MAX_BOUNDS], b1[Q4_MAX_BOUNDS];
-        memcpy(b0, Q4_BOUNDS(p0), sizeof b0);
-        memcpy(b1, Q4_BOUNDS(p1 ? p1 : p0), sizeof b1);   /* b0 again: unused without p1 */
-        Q4_T h = -(Q4_T)INFINITY, l = (Q4_T)INFINITY;
-        int cn = 0, ci = 0;
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            const Q4_T xi = x[i];
-            out0[i] = Q4_FN(q4_code_of)(p0, b0, xi);
-            if (p1) out1[i] = Q4_FN(q4_code_of)(p1, b1, xi);
-            h = xi > h ? xi : h;
-            l = xi < l ? xi : l;
-            cn |= xi != xi;
-            ci |= Q4_ABS(xi) == (Q4_T)INFINITY;
-        }
-        hi = h > hi ? h : hi;
-        lo = l < lo ? l : lo;
-        nan |= cn;
-        inf |= ci;
+        Q4_FN(q4_encode_chunk)(p0, p1, x, out0, out1, i0, i1, &hi, &lo, &nan, &inf);
     }
     *hi_out = (double)hi;
     *lo_out = (double)lo;
@@ -175,3 +204,4 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
 #undef Q4_ABS
 #undef Q4_FINITE_MAX
 #undef Q4_BOUNDS
+#undef Q4_I
