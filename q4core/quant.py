@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover - only without a built extension
 AVAILABLE = _quant is not None
 
 __all__ = ["AVAILABLE", "supports", "quantize", "encode", "encode_packed", "unpack_nibbles",
-           "openmp_info", "minmax_clip", "sawb_clip", "encode_gradient"]
+           "openmp_info", "minmax_clip", "sawb_clip", "encode_gradient", "resolve_threads"]
 
 
 def openmp_info():
@@ -214,11 +214,14 @@ _PARAMS = {}
 
 
 def _cached_params(fmt):
-    """(kind, params) of a supported format, computed once per format."""
-    params = _PARAMS.get(fmt)
-    if params is None:
-        params = _PARAMS[fmt] = _kernel_params(fmt)
-    return params
+    """(kind, params) of a supported format, computed once per format object (keyed by identity:
+    a format's hash formats its repr, which would cost more than the lookup saves)."""
+    entry = _PARAMS.get(id(fmt))
+    if entry is None or entry[0] is not fmt:
+        if len(_PARAMS) > 256:          # formats made on the fly: keep the cache small
+            _PARAMS.clear()
+        entry = _PARAMS[id(fmt)] = (fmt, _kernel_params(fmt))
+    return entry[1]
 
 
 def _fast_float(x):
@@ -230,9 +233,20 @@ def _fast_float(x):
     return arr if arr.flags.aligned else arr.copy()
 
 
+def resolve_threads(threads=None):
+    """The thread count the compiled makers run for a ``threads=`` argument (None: OpenMP's default
+    now), validated and clamped; the engine resolves it once and passes the int to ``*_unchecked``."""
+    _require()
+    return _threads(threads)
+
+
+def _engine_threads(threads):
+    return threads if type(threads) is int and threads >= 1 else _threads(threads)
+
+
 def minmax_unchecked(x, threads=None):
     """``(max, min, flags)`` of an aligned C-contiguous float32/float64 ``x`` (engine entry point)."""
-    return _quant.minmax(x, _threads(threads))
+    return _quant.minmax(x, _engine_threads(threads))
 
 
 def minmax_clip(x, unsigned=False, *, threads=None):
@@ -244,7 +258,7 @@ def minmax_clip(x, unsigned=False, *, threads=None):
         return reference(x, unsigned)
     if arr.size == 0:
         return 0.0
-    hi, lo, flags = minmax_unchecked(arr, threads)
+    hi, lo, flags = minmax_unchecked(arr, _threads(threads))
     if flags:
         raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
     return max(hi, 0.0) if unsigned else max(abs(hi), abs(lo))
@@ -285,12 +299,12 @@ def encode_gradient_unchecked(fmt_dx, fmt_dw, g, scale, threads=None):
     k0, p0 = _cached_params(fmt_dx)
     out0 = np.empty(g.shape, np.uint8)
     if fmt_dw is None or fmt_dw is fmt_dx:
-        hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, None, None, out0, _threads(threads))
+        hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, None, None, out0, _engine_threads(threads))
         out1 = out0
     else:
         k1, p1 = _cached_params(fmt_dw)
         out1 = np.empty(g.shape, np.uint8)
-        hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, k1, p1, out1, _threads(threads))
+        hi, lo, flags = _quant.encode_pair(g, scale, k0, p0, out0, k1, p1, out1, _engine_threads(threads))
     if isinstance(fmt_dx, IntFormat) and fmt_dx.signed:
         out0 = out0.view(np.int8)
         out1 = out1.view(np.int8) if isinstance(fmt_dw, IntFormat) and fmt_dw.signed else out0
@@ -312,7 +326,7 @@ def encode_gradient(fmt_dx, fmt_dw, g, scale, *, threads=None):
         raise ValueError(f"fmt_dx and fmt_dw must be of one kind, got {fmt_dx!r} and {fmt_dw!r}")
     arr = _as_input(g, "g")
     scale = _check_scale(scale)
-    c0, c1, hi, lo, flags = encode_gradient_unchecked(fmt_dx, fmt_dw, arr, scale, threads)
+    c0, c1, hi, lo, flags = encode_gradient_unchecked(fmt_dx, fmt_dw, arr, scale, _threads(threads))
     if flags:
         raise ValueError(NONFINITE_MESSAGE.format(name="g"))
     return c0, c1, (max(hi, -lo) if arr.size else 0.0)
@@ -323,6 +337,6 @@ def encode_unchecked(fmt, x, scale, threads=None):
     no argument validation; the format's parameters are cached).  NaN / Inf raise as in ``encode``."""
     kind, params = _cached_params(fmt)
     out = np.empty(x.shape, np.uint8)
-    if _quant.run(kind, _quant.OP_ENCODE, x, out, scale, params, _threads(threads)):
+    if _quant.run(kind, _quant.OP_ENCODE, x, out, scale, params, _engine_threads(threads)):
         raise ValueError(NONFINITE_MESSAGE.format(name="x"))
     return out.view(np.int8) if isinstance(fmt, IntFormat) and fmt.signed else out

@@ -179,6 +179,9 @@ class QuantGemm(Module):
         # the fused compiled operand makers (see the module docstring); False: operands.quantize
         self.fused = not r.simulate and _quant.AVAILABLE
         self._fmt_a = {}
+        # the fused makers' thread count, resolved once (None: OMP_NUM_THREADS as it is now)
+        self._quant_threads = _quant.resolve_threads(r.threads) if self.fused else None
+        self._tops = {}
         self.pact = r.activation.scaling == "pact"
         g = r.grad_dx
         self.grad_quantized = g.quantized and g.format != "fp16"
@@ -250,18 +253,28 @@ class QuantGemm(Module):
         elif xf.size == 0:
             clip = 0.0
         else:
-            hi, lo, flags = _quant.minmax_unchecked(xf, self.recipe.threads)
+            hi, lo, flags = _quant.minmax_unchecked(xf, self._quant_threads)
             if flags:
                 raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
             clip = max(hi, 0.0) if getattr(fmt, "qmin", -1) == 0 else max(abs(hi), abs(lo))
-        return operands.scale_for(xf, spec, fmt, clip=clip)
+        return self._scale_from_clip(xf, spec, fmt, clip)
+
+    def _scale_from_clip(self, x, spec, fmt, clip):
+        """``operands.scale_for(x, spec, fmt, clip=clip)``, the format's top value looked up once."""
+        top = self._tops.get(id(fmt))
+        if top is None or top[0] is not fmt:
+            top = self._tops[id(fmt)] = (fmt, operands._format_max(fmt))
+        clip = float(clip)
+        if not (math.isfinite(clip) and clip >= 0):
+            return operands.scale_for(x, spec, fmt, clip=clip)      # raises, naming the clip
+        return clip / top[1] if clip > 0 else 1.0
 
     def _quantize(self, x, spec, fmt, scale, rng=None):
         """:func:`operands.quantize`, by the fused encoder when it takes ``x`` (integer and radix-4 FP4)."""
         xf = self._fusable(x, fmt) if rng is None and spec.format in (*INT_FORMATS, "radix4") else None
         if xf is None:
             return operands.quantize(x, spec, fmt, scale, rng=rng, backend=self.backend)
-        codes = _quant.encode_unchecked(fmt, xf, scale, self.recipe.threads)
+        codes = _quant.encode_unchecked(fmt, xf, scale, self._quant_threads)
         return _coded_operand(spec, fmt, codes, scale, xf)
 
     def _pack(self, units):
@@ -297,7 +310,7 @@ class QuantGemm(Module):
             if clip is not None:
                 clip = sx * fmt.max
         elif clip is not None:
-            sx = operands.scale_for(x, spec, fmt, clip=clip)
+            sx = self._scale_from_clip(x, spec, fmt, clip)
         elif not self.unsigned and self.fixed_clip is not None:
             sx = operands.scale_for(x, spec, fmt, clip=self.fixed_clip)
         else:
@@ -417,7 +430,7 @@ class QuantGemm(Module):
         if g is None:
             return None
         fmt_w = None if spec_w.phase == spec_x.phase else self.fmt_gw
-        threads = self.recipe.threads
+        threads = self._quant_threads
         sg = self._scale_before_max(seq)
         if sg is None:
             hi, lo, flags = _quant.minmax_unchecked(g, threads)

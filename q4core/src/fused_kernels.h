@@ -33,6 +33,9 @@
 #define Q4_ABS(x) __builtin_fabsf(x)
 #define Q4_FINITE_MAX 3.4028234663852886e38f
 #define Q4_BOUNDS(p) ((p)->b32)
+/* float32 squares are exact in float64, so an FMA the AVX2 clone might form rounds as numpy's
+ * multiply-then-add: the float32 moments may take SIMD clones, the float64 ones may not */
+#define Q4_MOMENTS_CLONES Q4_CLONES
 #include "fused_kernels_t.h"
 
 #define Q4_T double
@@ -41,6 +44,7 @@
 #define Q4_ABS(x) __builtin_fabs(x)
 #define Q4_FINITE_MAX 1.7976931348623157e308
 #define Q4_BOUNDS(p) ((p)->b64)
+#define Q4_MOMENTS_CLONES
 #include "fused_kernels_t.h"
 
 /* dispatch on the plan's dtype; plan1 may be NULL (one code array) */
