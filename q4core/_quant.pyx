@@ -11,7 +11,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cnp.import_array()
 
@@ -40,6 +40,8 @@ cdef extern from "fused_kernels.h" nogil:
     unsigned q4_moments_f64(const double *x, ptrdiff_t n, double *sq, double *ab, double *top)
     unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
                             uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
+    void q4_rescale_i32(const int32_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
+    void q4_rescale_i64(const int64_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
 
 OP_QUANTIZE = Q4_OP_QUANTIZE
 OP_ENCODE = Q4_OP_ENCODE
@@ -207,6 +209,25 @@ def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, k
         with nogil:
             flags = q4_encode_pair(&plan0, p1, xp, o0, o1, n, &hi, &lo, threads)
     return hi, lo, flags
+
+
+def rescale(cnp.ndarray acc, double factor, bint exact, int threads):
+    """float32 ``acc * factor`` of a C-contiguous int32/int64 ``acc`` (see q4_rescale in fused_kernels.h)."""
+    if acc.dtype not in (np.int32, np.int64) or not acc.dtype.isnative:
+        raise TypeError(f"acc must be native int32 or int64, got {acc.dtype}")
+    if not (acc.flags.c_contiguous and acc.flags.aligned):
+        raise ValueError("acc must be aligned and C-contiguous")
+    out = np.empty((<object>acc).shape, np.float32)
+    cdef ptrdiff_t n = acc.size
+    cdef const void *ap = cnp.PyArray_DATA(acc)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef bint wide = acc.dtype == np.int64
+    with nogil:
+        if wide:
+            q4_rescale_i64(<const int64_t *>ap, op, n, factor, exact, threads)
+        else:
+            q4_rescale_i32(<const int32_t *>ap, op, n, factor, exact, threads)
+    return out
 
 
 def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, int threads):

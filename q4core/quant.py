@@ -340,3 +340,10 @@ def encode_unchecked(fmt, x, scale, threads=None):
     if _quant.run(kind, _quant.OP_ENCODE, x, out, scale, params, _engine_threads(threads)):
         raise ValueError(NONFINITE_MESSAGE.format(name="x"))
     return out.view(np.int8) if isinstance(fmt, IntFormat) and fmt.signed else out
+
+
+def rescale_unchecked(acc, factor, exact_f32, threads=None):
+    """float32 ``acc * factor`` of an exact integer GEMM result (C-contiguous int32/int64), rounded as
+    :func:`q4core.nn.qgemm._rescale` rounds it (``exact_f32``: every |acc| < 2**24, product in float32),
+    in one pass (engine entry point)."""
+    return _quant.rescale(acc, float(factor), bool(exact_f32), _engine_threads(threads))

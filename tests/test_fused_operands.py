@@ -10,7 +10,7 @@ from q4core import quant, scaling
 from q4core.formats import INT4_SYM, RADIX4_FP4, RADIX4_FP4_ODD, RadixFP
 from q4core.nn import SGD, Adam, softmax_cross_entropy
 from q4core.nn.models import build_model
-from q4core.nn.qgemm import QuantGemm
+from q4core.nn.qgemm import QuantGemm, _rescale
 from q4core.recipe import get_recipe
 
 SIZES = [0, 1, 7, 8, 9, 15, 16, 127, 128, 129, 136, 255, 1000, 4097, 8193, 70001]
@@ -224,3 +224,28 @@ def test_short_training_identical_loss_history(model, recipe):
     fused = loss_history(model, *args, recipe, True)
     plain = loss_history(model, *args, recipe, False)
     assert fused == plain
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([np.int32, np.int64]), st.booleans(),
+       st.tuples(st.integers(0, 70), st.integers(0, 70)), st.floats(1e-30, 1e30), st.integers(0, 2 ** 32))
+def test_rescale_equals_the_engine_expression(dtype, exact, shape, factor, seed):
+    rng = np.random.default_rng(seed)
+    bound = 2 ** 24 - 1 if exact else np.iinfo(dtype).max
+    acc = rng.integers(-bound, bound, shape, dtype=dtype, endpoint=True)
+    with np.errstate(over="ignore"):
+        ref = _rescale(acc, factor, exact)
+    out = quant.rescale_unchecked(acc, factor, exact)
+    assert out.dtype == np.float32 and out.shape == acc.shape
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+def test_rescale_identical_for_any_thread_count_and_refuses_bad_input():
+    acc = np.random.default_rng(2).integers(-2 ** 40, 2 ** 40, (700, 1100))
+    outs = [quant.rescale_unchecked(acc, 3.1e-7, False, threads) for threads in (1, 2, 3)]
+    for out in outs:
+        np.testing.assert_array_equal(out, _rescale(acc, 3.1e-7, False))
+    with pytest.raises(TypeError, match="acc must be native int32 or int64"):
+        quant.rescale_unchecked(acc.astype(np.float64), 1.0, False)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        quant.rescale_unchecked(acc.T, 1.0, False)

@@ -346,6 +346,8 @@ class QuantGemm(Module):
                                                   _gemm.pack_int4(b.units), threads=threads)
         else:
             acc = _gemm.int4_fp4_matmul_unchecked(a.units, b.units, threads=threads)
+        if self.fused and acc.dtype.type in (np.int32, np.int64) and acc.flags.c_contiguous:
+            return _quant.rescale_unchecked(acc, factor, exact_f32, self._quant_threads)   # same rounding
         return _rescale(acc, factor, exact_f32)
 
     def forward(self, x, wop, inp=None, data=None):

@@ -11,7 +11,9 @@
  *                   the order is the point);
  *   q4_encode_pair  codes of x under one or two plans (quant_kernels.h: e.g. both grids of
  *                   two-phase rounding) plus max / min, x read from memory once (cache blocks).
- * Every function returns Q4_FLAG_NAN / Q4_FLAG_INF bits of what it saw. */
+ *   q4_rescale_*    an integer GEMM result times its scale factor as float32, rounded as the
+ *                   engine's numpy expression.
+ * The scanning functions return Q4_FLAG_NAN / Q4_FLAG_INF bits of what they saw. */
 #ifndef Q4_FUSED_KERNELS_H
 #define Q4_FUSED_KERNELS_H
 
@@ -46,6 +48,42 @@
 #define Q4_BOUNDS(p) ((p)->b64)
 #define Q4_MOMENTS_CLONES
 #include "fused_kernels_t.h"
+
+/* The rescale after an integer GEMM, y = acc * factor as float32, rounded as the engine's numpy
+ * expression rounds it (q4core.nn.qgemm._rescale): ``exact`` (every |acc| < 2**24, so float32 holds
+ * it) multiplies in float32 by the factor rounded to float32, else in float64 and rounds once to
+ * float32.  One pass instead of numpy's two or three with their temporaries. */
+#define Q4_DEFINE_RESCALE(SUF, I)                                                                \
+Q4_CLONES static void q4_rescale_block_##SUF(const I *restrict acc, float *restrict out,          \
+                                             ptrdiff_t n, double factor, int exact) {             \
+    if (exact) {                                                                                  \
+        const float f = (float)factor;                                                            \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)acc[i] * f;                             \
+    } else {                                                                                      \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)((double)acc[i] * factor);              \
+    }                                                                                             \
+}                                                                                                 \
+static void q4_rescale_##SUF(const I *acc, float *out, ptrdiff_t n, double factor, int exact,     \
+                             int threads) {                                                       \
+    const ptrdiff_t nchunks = (n + Q4_FUSED_CHUNK - 1) / Q4_FUSED_CHUNK;                          \
+    threads = q4_threads_for_elems(threads, n);                                                   \
+    (void)threads;                                                                                \
+    Q4_OMP_FOR                                                                                    \
+    for (ptrdiff_t c = 0; c < nchunks; c++) {                                                     \
+        const ptrdiff_t i0 = c * Q4_FUSED_CHUNK;                                                  \
+        const ptrdiff_t len = n - i0 < Q4_FUSED_CHUNK ? n - i0 : Q4_FUSED_CHUNK;                  \
+        q4_rescale_block_##SUF(acc + i0, out + i0, len, factor, exact);                           \
+    }                                                                                             \
+}
+#if Q4CORE_OPENMP
+#define Q4_OMP_FOR _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1)")
+#else
+#define Q4_OMP_FOR
+#endif
+Q4_DEFINE_RESCALE(i32, int32_t)
+Q4_DEFINE_RESCALE(i64, int64_t)
+#undef Q4_OMP_FOR
+#undef Q4_DEFINE_RESCALE
 
 /* dispatch on the plan's dtype; plan1 may be NULL (one code array) */
 static unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
