@@ -40,6 +40,8 @@ cdef extern from "fused_kernels.h" nogil:
     unsigned q4_moments_f64(const double *x, ptrdiff_t n, double *sq, double *ab, double *top)
     unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
                             uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
+    double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
+                            int threads)
     void q4_rescale_i32(const int32_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
     void q4_rescale_i64(const int64_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
 
@@ -209,6 +211,27 @@ def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, k
         with nogil:
             flags = q4_encode_pair(&plan0, p1, xp, o0, o1, n, &hi, &lo, threads)
     return hi, lo, flags
+
+
+def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
+    """``(g * ((x >= 0) - (x >= clip)), np.sum(g * (x >= clip), dtype=np.float64))`` for C-contiguous
+    float32 ``x`` and ``g`` of one shape, in one pass (see q4_pact_backward in fused_kernels.h)."""
+    for name, a in (("x", x), ("g", g)):
+        if a.dtype != np.float32 or not a.dtype.isnative:
+            raise TypeError(f"{name} must be native float32, got {a.dtype}")
+        if not (a.flags.c_contiguous and a.flags.aligned):
+            raise ValueError(f"{name} must be aligned and C-contiguous")
+    if (<object>x).shape != (<object>g).shape:
+        raise ValueError(f"x {(<object>x).shape} and g {(<object>g).shape} must have one shape")
+    out = np.empty((<object>g).shape, np.float32)
+    cdef ptrdiff_t n = x.size
+    cdef double total
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const float *gp = <const float *>cnp.PyArray_DATA(g)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    with nogil:
+        total = q4_pact_backward(xp, gp, op, n, clip, threads)
+    return out, total
 
 
 def rescale(cnp.ndarray acc, double factor, bint exact, int threads):

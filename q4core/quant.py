@@ -347,3 +347,10 @@ def rescale_unchecked(acc, factor, exact_f32, threads=None):
     :func:`q4core.nn.qgemm._rescale` rounds it (``exact_f32``: every |acc| < 2**24, product in float32),
     in one pass (engine entry point)."""
     return _quant.rescale(acc, float(factor), bool(exact_f32), _engine_threads(threads))
+
+
+def pact_backward_unchecked(x, grad, clip, threads=None):
+    """PACT's straight-through backward for C-contiguous float32 ``x`` and ``grad`` of one shape, in one
+    pass (engine entry point): ``(grad * ((x >= 0) - over), np.sum(grad * over, dtype=np.float64))`` with
+    ``over = x >= float32(clip)`` as float32 0 / 1, bit for bit (the sum in numpy's order)."""
+    return _quant.pact_backward(x, grad, np.float32(clip), _engine_threads(threads))

@@ -174,7 +174,7 @@ def test_engine_fused_equals_unfused(recipe, signed_input):
             y, ctx = qg.forward(x, wop)
             gx, gw = qg.backward(gy, ctx)
             outs.append((wop.op.units, wop.op.scale, ctx.xop.units, ctx.xop.scale, y, gx, gw,
-                         qg.gradscale.exp, qg.last.get("grad_scale")))
+                         qg.gradscale.exp, qg.last.get("grad_scale"), qg.alpha.grad.copy()))
         for a, b in zip(*outs):
             np.testing.assert_array_equal(a, b)
             assert np.asarray(a).dtype == np.asarray(b).dtype
@@ -249,3 +249,39 @@ def test_rescale_identical_for_any_thread_count_and_refuses_bad_input():
         quant.rescale_unchecked(acc.astype(np.float64), 1.0, False)
     with pytest.raises(ValueError, match="C-contiguous"):
         quant.rescale_unchecked(acc.T, 1.0, False)
+
+
+def reference_pact_backward(x, g, clip):
+    over = (x >= np.float32(clip)).astype(np.float32)
+    return g * ((x >= 0).astype(np.float32) - over), float(np.sum(g * over, dtype=np.float64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=40), st.floats(1e-3, 10.0), st.integers(0, 2 ** 32))
+def test_pact_backward_equals_the_reference(shape, clip, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    x.flat[:: 7] = np.float32(clip)                      # ties at the clip and at zero
+    x.flat[3:: 11] = 0.0
+    g = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 6, shape)).astype(np.float32)
+    out, total = quant.pact_backward_unchecked(x, g, clip)
+    ref, ref_total = reference_pact_backward(x, g, clip)
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+    assert total == ref_total
+
+
+@pytest.mark.parametrize("shape", [(64, 16, 28, 28), (3, 8193), (8192,), (8193,), (0, 4)])
+def test_pact_backward_long_sums_and_threads(shape):
+    # beyond numpy's 8192-element buffers, which set the order of the float64 sum
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 6, shape)).astype(np.float32)
+    ref, ref_total = reference_pact_backward(x, g, 0.5)
+    for threads in (1, 2, 3):
+        out, total = quant.pact_backward_unchecked(x, g, 0.5, threads)
+        np.testing.assert_array_equal(out, ref)
+        assert total == ref_total
+    with pytest.raises(ValueError, match="one shape"):
+        quant.pact_backward_unchecked(x, g[..., :0], 0.5)
+    with pytest.raises(TypeError, match="g must be native float32"):
+        quant.pact_backward_unchecked(x, g.astype(np.float64), 0.5)

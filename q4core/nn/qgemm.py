@@ -371,8 +371,14 @@ class QuantGemm(Module):
         :meth:`add_regularisation` on the unscaled gradient.)"""
         if inp.clip is None:
             return grad_x
-        # masks applied by multiplication: np.where / boolean indexing are slow on random masks
         x = inp.x
+        if self.fused and x.dtype.type is np.float32 and grad_x.dtype.type is np.float32 \
+                and x.shape == grad_x.shape:
+            grad, over_sum = _quant.pact_backward_unchecked(np.ascontiguousarray(x), np.ascontiguousarray(grad_x),
+                                                            inp.clip, self._quant_threads)   # same bits, one pass
+            self.alpha.grad += np.float32(over_sum)
+            return grad
+        # masks applied by multiplication: np.where / boolean indexing are slow on random masks
         over = (x >= np.float32(inp.clip)).astype(grad_x.dtype)
         self.alpha.grad += np.float32(np.sum(grad_x * over, dtype=np.float64))
         return grad_x * ((x >= 0).astype(grad_x.dtype) - over)

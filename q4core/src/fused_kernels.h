@@ -11,12 +11,14 @@
  *                   the order is the point);
  *   q4_encode_pair  codes of x under one or two plans (quant_kernels.h: e.g. both grids of
  *                   two-phase rounding) plus max / min, x read from memory once (cache blocks).
+ *   q4_pact_backward  PACT's straight-through dL/dx and dL/dalpha's sum in one pass, summed as numpy.
  *   q4_rescale_*    an integer GEMM result times its scale factor as float32, rounded as the
  *                   engine's numpy expression.
  * The scanning functions return Q4_FLAG_NAN / Q4_FLAG_INF bits of what they saw. */
 #ifndef Q4_FUSED_KERNELS_H
 #define Q4_FUSED_KERNELS_H
 
+#include <stdlib.h>
 #include "quant_kernels.h"
 
 /* elements per work item of the threaded loops (results do not depend on it) */
@@ -84,6 +86,73 @@ Q4_DEFINE_RESCALE(i32, int32_t)
 Q4_DEFINE_RESCALE(i64, int64_t)
 #undef Q4_OMP_FOR
 #undef Q4_DEFINE_RESCALE
+
+/* PACT's backward for float32 x and dL/dy (q4core.nn.qgemm.QuantGemm.pact_backward): with
+ * over = (x >= clip) and pass = (x >= 0) - over as float32 0 / 1, out = g * pass and the return
+ * value is numpy's ``np.sum(g * over, dtype=np.float64)``: a casting reduction, which numpy runs
+ * through 8192-element buffers, each summed pairwise and added in turn to 0.0 - the same here, the
+ * buffers' pairwise sums split over threads, added in order. */
+#define Q4_NP_BUFSIZE ((ptrdiff_t)8192)
+
+static double q4_pw_masked(const float *g, const float *x, float clip, ptrdiff_t n) {
+#define Q4_MASKED(i) ((double)(g[(i)] * (x[(i)] >= clip ? 1.0f : 0.0f)))
+    if (n < Q4_PW_UNROLL) {
+        double res = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) res += Q4_MASKED(i);
+        return res;
+    }
+    if (n <= Q4_PW_BLOCK) {
+        double r[Q4_PW_UNROLL];
+        for (int j = 0; j < Q4_PW_UNROLL; j++) r[j] = Q4_MASKED(j);
+        ptrdiff_t i = Q4_PW_UNROLL;
+        for (; i < n - (n % Q4_PW_UNROLL); i += Q4_PW_UNROLL)
+            for (int j = 0; j < Q4_PW_UNROLL; j++) r[j] += Q4_MASKED(i + j);
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += Q4_MASKED(i);
+        return res;
+    }
+#undef Q4_MASKED
+    ptrdiff_t n2 = n / 2;
+    n2 -= n2 % Q4_PW_UNROLL;
+    return q4_pw_masked(g, x, clip, n2) + q4_pw_masked(g + n2, x + n2, clip, n - n2);
+}
+
+Q4_CLONES static void q4_pact_pass_block(const float *restrict x, const float *restrict g,
+                                         float *restrict out, ptrdiff_t n, float clip) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float over = x[i] >= clip ? 1.0f : 0.0f;
+        out[i] = g[i] * ((x[i] >= 0.0f ? 1.0f : 0.0f) - over);
+    }
+}
+
+static double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
+                               int threads) {
+    const ptrdiff_t nbuf = (n + Q4_NP_BUFSIZE - 1) / Q4_NP_BUFSIZE;
+    double stack[64];
+    double *part = nbuf <= 64 ? stack : (double *)malloc(sizeof(double) * (size_t)nbuf);
+    threads = part == NULL ? 1 : q4_threads_for_elems(threads, n);
+    double sum = 0.0;
+    (void)threads;
+    if (part == NULL) {                 /* no memory for the partial sums: the same order, serially */
+        for (ptrdiff_t c = 0; c < nbuf; c++) {
+            const ptrdiff_t i0 = c * Q4_NP_BUFSIZE, len = n - i0 < Q4_NP_BUFSIZE ? n - i0 : Q4_NP_BUFSIZE;
+            sum += q4_pw_masked(g + i0, x + i0, clip, len);
+            q4_pact_pass_block(x + i0, g + i0, out + i0, len, clip);
+        }
+        return sum;
+    }
+#if Q4CORE_OPENMP
+    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+#endif
+    for (ptrdiff_t c = 0; c < nbuf; c++) {
+        const ptrdiff_t i0 = c * Q4_NP_BUFSIZE, len = n - i0 < Q4_NP_BUFSIZE ? n - i0 : Q4_NP_BUFSIZE;
+        part[c] = q4_pw_masked(g + i0, x + i0, clip, len);
+        q4_pact_pass_block(x + i0, g + i0, out + i0, len, clip);
+    }
+    for (ptrdiff_t c = 0; c < nbuf; c++) sum += part[c];
+    if (part != stack) free(part);
+    return sum;
+}
 
 /* dispatch on the plan's dtype; plan1 may be NULL (one code array) */
 static unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
