@@ -42,6 +42,9 @@ cdef extern from "fused_kernels.h" nogil:
                             uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
     double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
                             int threads)
+    unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
+                              signed char *packed, int64_t Kp, int64_t *sums)
+    int Q4_PANEL, Q4_KALIGN
     void q4_rescale_i32(const int32_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
     void q4_rescale_i64(const int64_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
 
@@ -232,6 +235,31 @@ def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
     with nogil:
         total = q4_pact_backward(xp, gp, op, n, clip, threads)
     return out, total
+
+
+def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
+    """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
+    column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
+    ``q4core._gemm.pack_b``'s with the identity table (K padded to K_ALIGN, N to the panel width)."""
+    cdef q4_plan plan
+    cdef int is_f64 = _float_kind(x)
+    if x.ndim != 2 or fmt_kind != "level":
+        raise ValueError("encode_pack_b takes a 2-D x and a level (integer) format")
+    _make_plan(&plan, fmt_kind, params, scale, is_f64)
+    cdef int64_t K = x.shape[0], N = x.shape[1]
+    cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
+    cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
+    codes = np.empty((K, N), np.uint8)
+    packed = np.zeros(Kp * Np, np.int8)
+    sums = np.zeros(Np, np.int64)
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef uint8_t *cp = <uint8_t *>cnp.PyArray_DATA(codes)
+    cdef signed char *pp = <signed char *>cnp.PyArray_DATA(packed)
+    cdef int64_t *sp = <int64_t *>cnp.PyArray_DATA(sums)
+    with nogil:
+        flags = q4_encode_pack_b(&plan, xp, K, N, cp, pp, Kp, sp)
+    return codes, packed, Kp, Np, sums, flags
 
 
 def rescale(cnp.ndarray acc, double factor, bint exact, int threads):

@@ -574,6 +574,14 @@ def pack_int4_unchecked(b):
     return packed
 
 
+def _packed_from_layout(codes, layout):
+    """A PackedInt4 around engine-made INT4 ``codes`` whose kernel layout (packed bytes, Kp, Np, column
+    sums) was built with them (q4core.quant.encode_packed_weight_unchecked)."""
+    packed = _trusted_packed(codes, codes.dtype.type is np.int8)
+    packed._kernel_cache["layout"] = layout
+    return packed
+
+
 def int4_matmul_unchecked(a, b_packed, threads=None):
     """``int4_matmul`` without operand checks: ``a`` int8/uint8 levels, ``b_packed`` a PackedInt4."""
     packed = _engine_packed(b_packed)

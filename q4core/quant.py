@@ -354,3 +354,17 @@ def pact_backward_unchecked(x, grad, clip, threads=None):
     pass (engine entry point): ``(grad * ((x >= 0) - over), np.sum(grad * over, dtype=np.float64))`` with
     ``over = x >= float32(clip)`` as float32 0 / 1, bit for bit (the sum in numpy's order)."""
     return _quant.pact_backward(x, grad, np.float32(clip), _engine_threads(threads))
+
+
+def encode_packed_weight_unchecked(fmt, w, scale):
+    """``(codes, PackedInt4)`` of a 2-D aligned C-contiguous float32/float64 weight on an integer format:
+    ``encode(fmt, w, scale)`` and ``gemm.pack_int4`` of it, built in one read of ``w`` (engine entry
+    point; same bytes as encoding then packing, tested).  NaN / Inf raise as in ``encode``."""
+    from .gemm import _packed_from_layout
+    kind, params = _cached_params(fmt)
+    codes, bpacked, Kp, Np, sums, flags = _quant.encode_pack_b(w, scale, kind, params)
+    if flags:
+        raise ValueError(NONFINITE_MESSAGE.format(name="x"))
+    if fmt.signed:
+        codes = codes.view(np.int8)
+    return codes, _packed_from_layout(codes, (bpacked, Kp, Np, sums))

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from q4core import quant, scaling
-from q4core.formats import INT4_SYM, RADIX4_FP4, RADIX4_FP4_ODD, RadixFP
+from q4core import gemm, quant, scaling
+from q4core.formats import INT4_SYM, RADIX4_FP4, RADIX4_FP4_ODD, UINT4, RadixFP
 from q4core.nn import SGD, Adam, softmax_cross_entropy
 from q4core.nn.models import build_model
 from q4core.nn.qgemm import QuantGemm, _rescale
@@ -285,3 +285,23 @@ def test_pact_backward_long_sums_and_threads(shape):
         quant.pact_backward_unchecked(x, g[..., :0], 0.5)
     with pytest.raises(TypeError, match="g must be native float32"):
         quant.pact_backward_unchecked(x, g.astype(np.float64), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (64, 64), (70, 21), (130, 300)])
+def test_encode_packed_weight_equals_encode_then_pack(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    w = (rng.standard_normal(shape) * 0.3).astype(dtype)
+    w.flat[::5] = 0.05 * (np.arange(w.size)[::5] % 17 - 8 + 0.5)       # ties between levels
+    for fmt in (INT4_SYM, UINT4):
+        codes, packed = quant.encode_packed_weight_unchecked(fmt, w, 0.05)
+        ref = fmt.encode(w, 0.05, backend="numpy")
+        assert codes.dtype == ref.dtype
+        np.testing.assert_array_equal(codes, ref)
+        for got, want in zip(packed._kernel_cache["layout"], gemm.pack_int4(ref)._kernel_cache["layout"]):
+            np.testing.assert_array_equal(got, want)
+        a = rng.integers(0, 16, (5, shape[0])).astype(np.uint8)
+        np.testing.assert_array_equal(gemm.int4_matmul(a, packed), a.astype(np.int64) @ ref.astype(np.int64))
+    w[1 % shape[0], 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quant.encode_packed_weight_unchecked(INT4_SYM, w, 0.05)

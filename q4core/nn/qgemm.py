@@ -217,6 +217,11 @@ class QuantGemm(Module):
             sw = self._scale_of(w, spec, fmt)
             if self.recipe.static_scale and self.training:
                 self.static_w = sw
+        wf = self._fusable(w, fmt) if spec.format in INT_FORMATS and spec.rounding != "stochastic" else None
+        if wf is not None and wf.ndim == 2 and 0 not in wf.shape:
+            # codes and the GEMM's packed panels from one read of the weight
+            codes, packed = _quant.encode_packed_weight_unchecked(fmt, wf, sw)
+            return WeightOperand(w, _coded_operand(spec, fmt, codes, sw, wf), packed)
         op = self._quantize(w, spec, fmt, sw, rng=self._rng_for(spec))
         packed = self._pack(op.units) if (op.kind == "int" and not self.recipe.simulate) else None
         return WeightOperand(w, op, packed)

@@ -12,6 +12,7 @@
  *   q4_encode_pair  codes of x under one or two plans (quant_kernels.h: e.g. both grids of
  *                   two-phase rounding) plus max / min, x read from memory once (cache blocks).
  *   q4_pact_backward  PACT's straight-through dL/dx and dL/dalpha's sum in one pass, summed as numpy.
+ *   q4_encode_pack_b  a weight to its INT4 codes and the GEMM's packed panels in one read.
  *   q4_rescale_*    an integer GEMM result times its scale factor as float32, rounded as the
  *                   engine's numpy expression.
  * The scanning functions return Q4_FLAG_NAN / Q4_FLAG_INF bits of what they saw. */
@@ -20,6 +21,11 @@
 
 #include <stdlib.h>
 #include "quant_kernels.h"
+/* the packed layout's constants; its portable micro-kernel is not used here */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "gemm_portable.h"
+#pragma GCC diagnostic pop
 
 /* elements per work item of the threaded loops (results do not depend on it) */
 #define Q4_FUSED_CHUNK ((ptrdiff_t)1 << 16)
@@ -152,6 +158,27 @@ static double q4_pact_backward(const float *x, const float *g, float *out, ptrdi
     for (ptrdiff_t c = 0; c < nbuf; c++) sum += part[c];
     if (part != stack) free(part);
     return sum;
+}
+
+/* A (K x N) weight straight to the GEMM's right operand: codes (K x N bytes, the level plan's
+ * levels) and the packed panel layout of q4_pack_b with the identity table (gemm_portable.h: 16
+ * columns per panel, 4 consecutive k per 32-bit lane; ``packed`` zeroed by the caller, Kp x Np)
+ * and its int64 column sums, reading the floats once.  Returns Q4_FLAG_* of x. */
+static unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
+                                 int8_t *packed, int64_t Kp, int64_t *sums) {
+    unsigned flags = 0;
+    const size_t item = p->is_f64 ? sizeof(double) : sizeof(float);
+    for (int64_t k = 0; k < K; k++) {
+        uint8_t *row = codes + k * N;
+        flags |= q4_run(p, Q4_OP_ENCODE, (const char *)x + (size_t)(k * N) * item, row, N);
+        const int64_t off = (k / Q4_KGROUP) * Q4_GROUP_BYTES + (k % Q4_KGROUP);
+        for (int64_t j = 0; j < N; j++) {
+            const int8_t v = (int8_t)row[j];
+            packed[(j / Q4_PANEL) * Kp * Q4_PANEL + off + Q4_KGROUP * (j % Q4_PANEL)] = v;
+            sums[j] += v;
+        }
+    }
+    return flags;
 }
 
 /* dispatch on the plan's dtype; plan1 may be NULL (one code array) */
