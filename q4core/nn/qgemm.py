@@ -18,11 +18,12 @@ quantizers make them): every unit is an integer, every sum stays below 2**53, so
 and both paths give identical results (tested).  The scales are applied after the GEMM by the same
 expression in both paths (:func:`_rescale`).
 
-Outside ``simulate`` the operands are made by the fused compiled makers of :mod:`q4core.quant` (the
-scale statistic in one pass, the codes in another; a gradient on both grids of two-phase rounding
-and its max in one pass) and the weights are packed without a validation scan: the same bits as
-:func:`q4core.recipe.operands.quantize` with :func:`~q4core.recipe.operands.scale_for` (tested,
-and ``fused = False`` switches back to them).
+Outside ``simulate`` the operands are made by the fused compiled makers of :mod:`q4core.quant`: the
+scale statistic (SAWB moments, max) in one pass and the codes in another - for a weight the codes and
+the GEMM's packed panels together; a gradient on both grids of two-phase rounding and its max |g| in
+one pass; PACT's backward and the rescale of an integer product in one pass each.  They give the
+same bits as :func:`q4core.recipe.operands.quantize` with :func:`~q4core.recipe.operands.scale_for`,
+:func:`_rescale` and the numpy PACT backward (tested; ``fused = False`` switches back to those).
 
 The layer keeps its quantizer state here: PACT's alpha, GradScale, frozen static scales, the
 stochastic-rounding stream, and ``last`` (the last input, weight and output gradient, for recorders).

@@ -1,7 +1,6 @@
 /* Loops of fused_kernels.h for one input type; included once per type with Q4_T (float type),
- * Q4_SUF (name suffix), Q4_I (same-width signed integer), Q4_ABS, Q4_FINITE_MAX, Q4_BOUNDS
- * (plan field) and Q4_MOMENTS_CLONES (SIMD clones of the moments, or nothing) defined.  The element code functions
- * q4_level_of_* / q4_signmag_of_* come from quant_kernels_t.h. */
+ * Q4_SUF (name suffix), Q4_I (same-width signed integer), Q4_ABS, Q4_FINITE_MAX, Q4_BOUNDS (plan
+ * field) and Q4_MOMENTS_CLONES (SIMD clones of the moments, or nothing) defined. */
 
 #define Q4_CAT_(a, b) a##_##b
 #define Q4_CAT(a, b) Q4_CAT_(a, b)
@@ -72,7 +71,8 @@ static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi
 
 /* numpy's pairwise sums of x*x (sq) and |x| (ab) over x[0, n), n >= 1, both in float64; max |x|
  * and a non-finite flag on the way (order-free) */
-Q4_NO_CONTRACT Q4_MOMENTS_CLONES static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, ptrdiff_t n, double *sq,
+Q4_NO_CONTRACT Q4_MOMENTS_CLONES
+static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, ptrdiff_t n, double *sq,
                                                        double *ab, Q4_T *maxabs, int *bad) {
     Q4_T m = *maxabs;
     int b = 0;
@@ -173,7 +173,7 @@ static void Q4_FN(q4_encode_chunk)(const q4_plan *p0, const q4_plan *p1, const Q
     }
 }
 
-/* out0 = codes of x under p0, out1 under p1 (if p1; of p0's kind), max / min of x - one read of x */
+/* out0 = codes of x under p0, out1 under p1 (if p1), max / min of x - one read of x from memory */
 static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, const Q4_T *restrict x,
                                       uint8_t *restrict out0, uint8_t *restrict out1, ptrdiff_t n,
                                       double *hi_out, double *lo_out, int threads) {
