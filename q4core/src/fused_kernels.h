@@ -27,6 +27,13 @@
 #include "gemm_portable.h"
 #pragma GCC diagnostic pop
 
+/* x*x summed in float64 must round exactly as numpy's separate multiply and add: no FMA */
+#if defined(__GNUC__) && !defined(__clang__)
+#define Q4_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define Q4_NO_CONTRACT
+#endif
+
 /* elements per work item of the threaded loops (results do not depend on it) */
 #define Q4_FUSED_CHUNK ((ptrdiff_t)1 << 16)
 /* numpy's pairwise-sum block (PW_BLOCKSIZE) and unroll */
@@ -44,8 +51,8 @@
 #define Q4_FINITE_MAX 3.4028234663852886e38f
 #define Q4_BOUNDS(p) ((p)->b32)
 /* float32 squares are exact in float64, so an FMA the AVX2 clone might form rounds as numpy's
- * multiply-then-add: the float32 moments may take SIMD clones, the float64 ones may not */
-#define Q4_MOMENTS_CLONES Q4_CLONES
+ * multiply-then-add: the float32 moments take SIMD clones; the float64 ones must not contract */
+#define Q4_MOMENTS_ATTRS Q4_CLONES
 #include "fused_kernels_t.h"
 
 #define Q4_T double
@@ -54,7 +61,7 @@
 #define Q4_ABS(x) __builtin_fabs(x)
 #define Q4_FINITE_MAX 1.7976931348623157e308
 #define Q4_BOUNDS(p) ((p)->b64)
-#define Q4_MOMENTS_CLONES
+#define Q4_MOMENTS_ATTRS Q4_NO_CONTRACT
 #include "fused_kernels_t.h"
 
 /* The rescale after an integer GEMM, y = acc * factor as float32, rounded as the engine's numpy
@@ -166,16 +173,18 @@ static double q4_pact_backward(const float *x, const float *g, float *out, ptrdi
  * and its int64 column sums, reading the floats once.  Returns Q4_FLAG_* of x. */
 static unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
                                  int8_t *packed, int64_t Kp, int64_t *sums) {
-    unsigned flags = 0;
-    const size_t item = p->is_f64 ? sizeof(double) : sizeof(float);
+    /* the codes in one vectorized pass (a small weight stays in cache for the scatter below) */
+    const unsigned flags = q4_run(p, Q4_OP_ENCODE, x, codes, K * N);
     for (int64_t k = 0; k < K; k++) {
-        uint8_t *row = codes + k * N;
-        flags |= q4_run(p, Q4_OP_ENCODE, (const char *)x + (size_t)(k * N) * item, row, N);
-        const int64_t off = (k / Q4_KGROUP) * Q4_GROUP_BYTES + (k % Q4_KGROUP);
-        for (int64_t j = 0; j < N; j++) {
-            const int8_t v = (int8_t)row[j];
-            packed[(j / Q4_PANEL) * Kp * Q4_PANEL + off + Q4_KGROUP * (j % Q4_PANEL)] = v;
-            sums[j] += v;
+        const uint8_t *row = codes + k * N;
+        int8_t *dst = packed + (k / Q4_KGROUP) * Q4_GROUP_BYTES + (k % Q4_KGROUP);
+        for (int64_t j0 = 0; j0 < N; j0 += Q4_PANEL, dst += Kp * Q4_PANEL) {
+            const int64_t w = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
+            for (int64_t j = 0; j < w; j++) {
+                const int8_t v = (int8_t)row[j0 + j];
+                dst[Q4_KGROUP * j] = v;
+                sums[j0 + j] += v;
+            }
         }
     }
     return flags;

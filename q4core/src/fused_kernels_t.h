@@ -1,17 +1,10 @@
 /* Loops of fused_kernels.h for one input type; included once per type with Q4_T (float type),
  * Q4_SUF (name suffix), Q4_I (same-width signed integer), Q4_ABS, Q4_FINITE_MAX, Q4_BOUNDS (plan
- * field) and Q4_MOMENTS_CLONES (SIMD clones of the moments, or nothing) defined. */
+ * field) and Q4_MOMENTS_ATTRS (attributes of the moments) defined. */
 
 #define Q4_CAT_(a, b) a##_##b
 #define Q4_CAT(a, b) Q4_CAT_(a, b)
 #define Q4_FN(name) Q4_CAT(name, Q4_SUF)
-
-/* x*x and |x| summed in float64 must round exactly as numpy's separate multiply and add: no FMA */
-#if defined(__GNUC__) && !defined(__clang__)
-#define Q4_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
-#else
-#define Q4_NO_CONTRACT
-#endif
 
 /* max and min of x[i0, i1) ignoring NaN (x > h is false for NaN) in Q4_LANES independent running
  * max / min (one dependency chain each, so they vectorize; max and min are exact in any order),
@@ -71,7 +64,7 @@ static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi
 
 /* numpy's pairwise sums of x*x (sq) and |x| (ab) over x[0, n), n >= 1, both in float64; max |x|
  * and a non-finite flag on the way (order-free) */
-Q4_NO_CONTRACT Q4_MOMENTS_CLONES
+Q4_MOMENTS_ATTRS
 static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, ptrdiff_t n, double *sq,
                                                        double *ab, Q4_T *maxabs, int *bad) {
     Q4_T m = *maxabs;
@@ -195,7 +188,6 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
     return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
 }
 
-#undef Q4_NO_CONTRACT
 #undef Q4_FN
 #undef Q4_CAT
 #undef Q4_CAT_
@@ -204,5 +196,5 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
 #undef Q4_ABS
 #undef Q4_FINITE_MAX
 #undef Q4_BOUNDS
-#undef Q4_MOMENTS_CLONES
+#undef Q4_MOMENTS_ATTRS
 #undef Q4_I
