@@ -183,6 +183,8 @@ class QuantGemm(Module):
         # the fused makers' thread count, resolved once (None: OMP_NUM_THREADS as it is now)
         self._quant_threads = _quant.resolve_threads(r.threads) if self.fused else None
         self._tops = {}
+        self._fmt_fusable = {}
+        self._bounds = {}
         self.pact = r.activation.scaling == "pact"
         g = r.grad_dx
         self.grad_quantized = g.quantized and g.format != "fp16"
@@ -243,9 +245,15 @@ class QuantGemm(Module):
         """The C-contiguous float32/float64 ``x`` if the fused makers take it with every ``fmt``, else None."""
         if not self.fused or x.dtype.type not in (np.float32, np.float64):
             return None
-        if not all(f is not None and f.rounding != "stochastic" and _quant.supports(f) for f in fmts):
-            return None
-        x = np.ascontiguousarray(x)
+        for f in fmts:
+            known = self._fmt_fusable.get(id(f))
+            if known is None or known[0] is not f:      # decided once per format object
+                known = self._fmt_fusable[id(f)] = (f, f is not None and f.rounding != "stochastic"
+                                                    and _quant.supports(f))
+            if not known[1]:
+                return None
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
         return x if x.flags.aligned else None
 
     def _scale_of(self, x, spec, fmt):
@@ -282,6 +290,13 @@ class QuantGemm(Module):
             return operands.quantize(x, spec, fmt, scale, rng=rng, backend=self.backend)
         codes = _quant.encode_unchecked(fmt, xf, scale, self._quant_threads)
         return _coded_operand(spec, fmt, codes, scale, xf)
+
+    def _bound(self, op):
+        """``op.bound``, looked up once per format object."""
+        known = self._bounds.get(id(op.fmt))
+        if known is None or known[0] is not op.fmt:
+            known = self._bounds[id(op.fmt)] = (op.fmt, op.bound)
+        return known[1]
 
     def _pack(self, units):
         return _gemm.pack_int4_unchecked(units) if self.fused else _gemm.pack_int4(units)
@@ -340,7 +355,7 @@ class QuantGemm(Module):
         factor = a.scale * b.scale
         if kind == "generic":
             return _rescale(a.unit_values() @ b.unit_values(), factor, False)
-        exact_f32 = K * a.bound * b.bound < _F32_EXACT
+        exact_f32 = K * self._bound(a) * self._bound(b) < _F32_EXACT
         threads = self.recipe.threads
         if self.recipe.simulate:
             acc = a.unit_values() @ b.unit_values()
