@@ -23,6 +23,10 @@ cdef extern from "gemm_pack.h" nogil:
                    const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
                    int64_t lda, uint8_t *seen, int nthreads)
 
+cdef extern from "gemm_threads.h" nogil:
+    int q4_threads_for_work(int requested, int64_t items, int64_t work, int64_t per_thread)
+    int64_t Q4_GEMM_MACS_PER_THREAD, Q4_PACK_BYTES_PER_THREAD
+
 cdef extern from "gemm_driver.h" nogil:
     ctypedef struct q4_cpu_features:
         int x86
@@ -119,6 +123,16 @@ def thread_limit():
     """Most threads any GEMM-side parallel region starts: the processors this process may
     run on (and OMP_THREAD_LIMIT); larger requests are clamped to it (gemm_threads.h)."""
     return q4_thread_limit()
+
+
+#: work per thread at least (gemm_threads.h): GEMM multiply-accumulates, packed bytes
+GEMM_MACS_PER_THREAD = Q4_GEMM_MACS_PER_THREAD
+PACK_BYTES_PER_THREAD = Q4_PACK_BYTES_PER_THREAD
+
+
+def threads_for_work(int requested, int64_t items, int64_t work, int64_t per_thread):
+    """Threads a region of ``items`` work items and ``work`` units runs on (gemm_threads.h)."""
+    return q4_threads_for_work(requested, items, work, per_thread)
 
 
 def _round_up(n, m):

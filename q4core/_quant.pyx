@@ -11,7 +11,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cnp.import_array()
 
@@ -25,11 +25,28 @@ cdef extern from "quant_kernels.h" nogil:
     int q4_max_threads()
     int q4_num_procs()
     int q4_clamp_threads(int threads)
+    int q4_threads_for_elems(int threads, ptrdiff_t n)
+    ptrdiff_t Q4_QUANT_ELEMS_PER_THREAD
     int q4_plan_level(q4_plan *p, int is_f64, double scale, int qmin, int qmax)
     int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *thr,
                         const double *grid, int nb, int sign_shift)
     unsigned q4_run(const q4_plan *p, int op, const void *x, void *out, ptrdiff_t n)
     void q4_unpack(const uint8_t *inp, uint8_t *out, ptrdiff_t n, int is_signed)
+
+cdef extern from "fused_kernels.h" nogil:
+    unsigned q4_minmax_f32(const float *x, ptrdiff_t n, double *hi, double *lo, int threads)
+    unsigned q4_minmax_f64(const double *x, ptrdiff_t n, double *hi, double *lo, int threads)
+    unsigned q4_moments_f32(const float *x, ptrdiff_t n, double *sq, double *ab, double *top)
+    unsigned q4_moments_f64(const double *x, ptrdiff_t n, double *sq, double *ab, double *top)
+    unsigned q4_encode_pair(const q4_plan *p0, const q4_plan *p1, const void *x, uint8_t *out0,
+                            uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
+    double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
+                            int threads)
+    unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
+                              signed char *packed, int64_t Kp, int64_t *sums)
+    int Q4_PANEL, Q4_KALIGN
+    void q4_rescale_i32(const int32_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
+    void q4_rescale_i64(const int64_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
 
 OP_QUANTIZE = Q4_OP_QUANTIZE
 OP_ENCODE = Q4_OP_ENCODE
@@ -47,6 +64,15 @@ def openmp_info():
     """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of this build."""
     return {"openmp": bool(Q4CORE_OPENMP), "max_threads": int(q4_max_threads()),
             "simd_clones": Q4_CLONES_NAME.decode()}
+
+
+#: elements per thread at least: smaller calls run on fewer threads (thread start-up costs more)
+ELEMS_PER_THREAD = Q4_QUANT_ELEMS_PER_THREAD
+
+
+def threads_for_elems(int threads, ptrdiff_t n):
+    """The threads a call over ``n`` elements runs on when asked for ``threads``."""
+    return int(q4_threads_for_elems(threads, n))
 
 
 def num_procs():
@@ -97,6 +123,164 @@ cdef unsigned _run_rows(const q4_plan *p, const char *x, char *out, ptrdiff_t nr
     return flags
 
 
+cdef _make_plan(q4_plan *plan, fmt_kind, params, double scale, int is_f64):
+    """Fill ``plan`` for ``fmt_kind`` / ``params`` (see :func:`run`) at ``scale``."""
+    cdef int rc
+    cdef cnp.ndarray thr, grid
+    if fmt_kind == "level":
+        qmin, qmax = params
+        rc = q4_plan_level(plan, is_f64, scale, qmin, qmax)
+    elif fmt_kind == "signmag":
+        thr = np.ascontiguousarray(params[0], dtype=np.float64)
+        grid = np.ascontiguousarray(params[1], dtype=np.float64)
+        if grid.size != thr.size + 1:
+            raise ValueError("grid must have one more entry than thresholds")
+        rc = q4_plan_signmag(plan, is_f64, scale, <const double *>cnp.PyArray_DATA(thr),
+                             <const double *>cnp.PyArray_DATA(grid), <int>thr.size, params[2])
+    else:
+        raise ValueError(f"unknown format kind {fmt_kind!r}")
+    if rc != 0:
+        raise ValueError("format parameters outside the compiled kernels' range")
+
+
+cdef int _float_kind(cnp.ndarray x) except -1:
+    """1 for float64, 0 for float32 (aligned, C-contiguous, native), else an error."""
+    if x.dtype == np.float64:
+        is_f64 = 1
+    elif x.dtype == np.float32:
+        is_f64 = 0
+    else:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if not (x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative):
+        raise ValueError("x must be aligned, C-contiguous and in native byte order")
+    return is_f64
+
+
+def minmax(cnp.ndarray x, int threads):
+    """``(max, min, flags)`` of float32/float64 ``x`` (NaN skipped and flagged; +-inf if empty)."""
+    cdef int is_f64 = _float_kind(x)
+    cdef double hi = -np.inf, lo = np.inf
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef ptrdiff_t n = x.size
+    if n:
+        with nogil:
+            if is_f64:
+                flags = q4_minmax_f64(<const double *>xp, n, &hi, &lo, threads)
+            else:
+                flags = q4_minmax_f32(<const float *>xp, n, &hi, &lo, threads)
+    return hi, lo, flags
+
+
+def moments(cnp.ndarray x):
+    """``(sum(x*x), sum(|x|), max|x|, flags)`` in float64, summed in numpy's pairwise order."""
+    cdef int is_f64 = _float_kind(x)
+    cdef double sq = 0.0, ab = 0.0, top = 0.0
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef ptrdiff_t n = x.size
+    with nogil:
+        if is_f64:
+            flags = q4_moments_f64(<const double *>xp, n, &sq, &ab, &top)
+        else:
+            flags = q4_moments_f32(<const float *>xp, n, &sq, &ab, &top)
+    return sq, ab, top, flags
+
+
+def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, kind1, params1,
+                cnp.ndarray out1, int threads):
+    """Codes of ``x`` under format 0 into ``out0`` and (``kind1`` not None) format 1 into ``out1``
+    at one ``scale``, with ``x``'s max and min, in one pass: ``(max, min, flags)``."""
+    cdef q4_plan plan0, plan1
+    cdef int is_f64 = _float_kind(x)
+    cdef ptrdiff_t n = x.size
+    for out in (out0,) if kind1 is None else (out0, out1):
+        if not (out.flags.c_contiguous and out.flags.writeable) or out.itemsize != 1 or out.size != n:
+            raise ValueError("each out must be a writeable C-contiguous byte array of x's size")
+    _make_plan(&plan0, kind0, params0, scale, is_f64)
+    cdef q4_plan *p1 = NULL
+    cdef uint8_t *o1 = NULL
+    if kind1 is not None:
+        if kind1 != kind0:
+            raise ValueError("both formats of encode_pair must be of one kind (level or signmag)")
+        _make_plan(&plan1, kind1, params1, scale, is_f64)
+        p1 = &plan1
+        o1 = <uint8_t *>cnp.PyArray_DATA(out1)
+    cdef double hi = -np.inf, lo = np.inf
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef uint8_t *o0 = <uint8_t *>cnp.PyArray_DATA(out0)
+    if n:
+        with nogil:
+            flags = q4_encode_pair(&plan0, p1, xp, o0, o1, n, &hi, &lo, threads)
+    return hi, lo, flags
+
+
+def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
+    """``(g * ((x >= 0) - (x >= clip)), np.sum(g * (x >= clip), dtype=np.float64))`` for C-contiguous
+    float32 ``x`` and ``g`` of one shape, in one pass (see q4_pact_backward in fused_kernels.h)."""
+    for name, a in (("x", x), ("g", g)):
+        if a.dtype != np.float32 or not a.dtype.isnative:
+            raise TypeError(f"{name} must be native float32, got {a.dtype}")
+        if not (a.flags.c_contiguous and a.flags.aligned):
+            raise ValueError(f"{name} must be aligned and C-contiguous")
+    if (<object>x).shape != (<object>g).shape:
+        raise ValueError(f"x {(<object>x).shape} and g {(<object>g).shape} must have one shape")
+    out = np.empty((<object>g).shape, np.float32)
+    cdef ptrdiff_t n = x.size
+    cdef double total
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const float *gp = <const float *>cnp.PyArray_DATA(g)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    with nogil:
+        total = q4_pact_backward(xp, gp, op, n, clip, threads)
+    return out, total
+
+
+def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
+    """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
+    column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
+    ``q4core._gemm.pack_b``'s with the identity table (K padded to K_ALIGN, N to the panel width)."""
+    cdef q4_plan plan
+    cdef int is_f64 = _float_kind(x)
+    if x.ndim != 2 or fmt_kind != "level":
+        raise ValueError("encode_pack_b takes a 2-D x and a level (integer) format")
+    _make_plan(&plan, fmt_kind, params, scale, is_f64)
+    cdef int64_t K = x.shape[0], N = x.shape[1]
+    cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
+    cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
+    codes = np.empty((K, N), np.uint8)
+    packed = np.zeros(Kp * Np, np.int8)
+    sums = np.zeros(Np, np.int64)
+    cdef unsigned flags = 0
+    cdef const void *xp = cnp.PyArray_DATA(x)
+    cdef uint8_t *cp = <uint8_t *>cnp.PyArray_DATA(codes)
+    cdef signed char *pp = <signed char *>cnp.PyArray_DATA(packed)
+    cdef int64_t *sp = <int64_t *>cnp.PyArray_DATA(sums)
+    with nogil:
+        flags = q4_encode_pack_b(&plan, xp, K, N, cp, pp, Kp, sp)
+    return codes, packed, Kp, Np, sums, flags
+
+
+def rescale(cnp.ndarray acc, double factor, bint exact, int threads):
+    """float32 ``acc * factor`` of a C-contiguous int32/int64 ``acc`` (see q4_rescale in fused_kernels.h)."""
+    if acc.dtype not in (np.int32, np.int64) or not acc.dtype.isnative:
+        raise TypeError(f"acc must be native int32 or int64, got {acc.dtype}")
+    if not (acc.flags.c_contiguous and acc.flags.aligned):
+        raise ValueError("acc must be aligned and C-contiguous")
+    out = np.empty((<object>acc).shape, np.float32)
+    cdef ptrdiff_t n = acc.size
+    cdef const void *ap = cnp.PyArray_DATA(acc)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef bint wide = acc.dtype == np.int64
+    with nogil:
+        if wide:
+            q4_rescale_i64(<const int64_t *>ap, op, n, factor, exact, threads)
+        else:
+            q4_rescale_i32(<const int32_t *>ap, op, n, factor, exact, threads)
+    return out
+
+
 def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, int threads):
     """Apply ``op`` to the C-contiguous float32/float64 array ``x``, writing ``out``.
 
@@ -107,8 +291,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     [1, num_procs()]: a larger team only risks libgomp failing to create it.
     """
     cdef q4_plan plan
-    cdef int is_f64, rc
-    cdef cnp.ndarray thr, grid
+    cdef int is_f64
     cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
     if x.dtype == np.float64:
         is_f64 = 1
@@ -137,23 +320,10 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
             raise ValueError(f"out must hold {expected} bytes")
     else:
         raise ValueError(f"unknown op {op!r}")
-    if fmt_kind == "level":
-        qmin, qmax = params
-        rc = q4_plan_level(&plan, is_f64, scale, qmin, qmax)
-    elif fmt_kind == "signmag":
-        thr = np.ascontiguousarray(params[0], dtype=np.float64)
-        grid = np.ascontiguousarray(params[1], dtype=np.float64)
-        if grid.size != thr.size + 1:
-            raise ValueError("grid must have one more entry than thresholds")
-        rc = q4_plan_signmag(&plan, is_f64, scale, <const double *>cnp.PyArray_DATA(thr),
-                             <const double *>cnp.PyArray_DATA(grid), <int>thr.size, params[2])
-    else:
-        raise ValueError(f"unknown format kind {fmt_kind!r}")
-    if rc != 0:
-        raise ValueError("format parameters outside the compiled kernels' range")
+    _make_plan(&plan, fmt_kind, params, scale, is_f64)
     if n == 0:
         return 0
-    threads = q4_clamp_threads(threads)
+    threads = q4_threads_for_elems(threads, n)
     cdef const char *xp = <const char *>cnp.PyArray_DATA(x)
     cdef char *op_out = <char *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t in_size = x.itemsize, out_size = out.itemsize
@@ -181,7 +351,7 @@ def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
         raise ValueError("out's shape does not match packed")
     if out.size == 0:
         return
-    threads = q4_clamp_threads(threads)
+    threads = q4_threads_for_elems(threads, out.size)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(packed)
     cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t n = out.size, nchunks, c, start, stop, r, r0, r1, per_block, nblocks

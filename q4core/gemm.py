@@ -42,7 +42,8 @@ the processors this process may run on: an absurd request used to crash thread c
 Engine entry points
 -------------------
 ``int4_matmul_unchecked``, ``fp4_int4_matmul_unchecked``, ``int4_fp4_matmul_unchecked``: the
-same products without operand validation, for the training engine (see the end of this file).
+same products without operand validation, and ``pack_int4_unchecked`` (no scan, no copy), for the
+training engine (see the end of this file).
 """
 from __future__ import annotations
 
@@ -576,6 +577,23 @@ def _engine_inner(a_shape, b_shape, a_name, b_name):
     # O(1), and a mismatch would otherwise be a silently wrong (zero-padded) product
     if a_shape[1] != b_shape[0]:
         _check_inner(a_shape, b_shape, a_name, b_name)
+
+
+def pack_int4_unchecked(b):
+    """``pack_int4`` for an INT4 operand the engine just made (C-contiguous int8 levels -8..7 or uint8
+    0..15): no range scan and no private copy - the caller must not write to ``b`` afterwards."""
+    packed = _trusted_packed(b, b.dtype.type is np.int8)
+    if _gemm is not None and packed.shape[0] and packed.shape[1]:
+        _kernel_operand(packed)
+    return packed
+
+
+def _packed_from_layout(codes, layout):
+    """A PackedInt4 around engine-made INT4 ``codes`` whose kernel layout (packed bytes, Kp, Np, column
+    sums) was built with them (q4core.quant.encode_packed_weight_unchecked)."""
+    packed = _trusted_packed(codes, codes.dtype.type is np.int8)
+    packed._kernel_cache["layout"] = layout
+    return packed
 
 
 def int4_matmul_unchecked(a, b_packed, threads=None):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .formats import RadixFP
 
-__all__ = ["SAWB_C1", "SAWB_C2", "minmax_clip", "sawb_clip", "int_scale", "pact_forward",
+__all__ = ["SAWB_C1", "SAWB_C2", "minmax_clip", "sawb_clip", "sawb_from_moments", "int_scale", "pact_forward",
            "pact_backward", "GradScale", "two_phase_encode"]
 
 SAWB_C1 = 12.68
@@ -69,7 +69,13 @@ def sawb_clip(w, c1=SAWB_C1, c2=SAWB_C2):
     top = float(a.max())
     if top == 0.0:
         return 0.0
-    clip = c1 * math.sqrt(float(np.mean(arr * arr))) + c2 * float(np.mean(a))
+    return sawb_from_moments(float(np.mean(arr * arr)), float(np.mean(a)), top, c1, c2)
+
+
+def sawb_from_moments(mean_sq, mean_abs, top, c1=SAWB_C1, c2=SAWB_C2):
+    """SAWB's clip from ``mean(w**2)``, ``mean(|w|)`` and ``max|w| = top > 0`` (shared by
+    :func:`sawb_clip` and the compiled :func:`q4core.quant.sawb_clip`, so both round alike)."""
+    clip = c1 * math.sqrt(mean_sq) + c2 * mean_abs
     if not clip > 0.0 or clip > top:
         return top
     return clip

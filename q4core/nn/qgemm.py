@@ -18,6 +18,13 @@ quantizers make them): every unit is an integer, every sum stays below 2**53, so
 and both paths give identical results (tested).  The scales are applied after the GEMM by the same
 expression in both paths (:func:`_rescale`).
 
+Outside ``simulate`` the operands are made by the fused compiled makers of :mod:`q4core.quant`: the
+scale statistic (SAWB moments, max) in one pass and the codes in another - for a weight the codes and
+the GEMM's packed panels together; a gradient on both grids of two-phase rounding and its max |g| in
+one pass; PACT's backward and the rescale of an integer product in one pass each.  They give the
+same bits as :func:`q4core.recipe.operands.quantize` with :func:`~q4core.recipe.operands.scale_for`,
+:func:`_rescale` and the numpy PACT backward (tested; ``fused = False`` switches back to those).
+
 The layer keeps its quantizer state here: PACT's alpha, GradScale, frozen static scales, the
 stochastic-rounding stream, and ``last`` (the last input, weight and output gradient, for recorders).
 """
@@ -29,6 +36,7 @@ import math
 import numpy as np
 
 from .. import gemm as _gemm
+from .. import quant as _quant
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
@@ -129,6 +137,13 @@ def _product_kind(a, b):
     return "generic"
 
 
+def _coded_operand(spec, fmt, codes, scale, x):
+    """The Operand of integer levels or radix-4 FP4 codes, as :func:`operands.quantize` makes it."""
+    if spec.format == "radix4":
+        return operands.Operand("fp4", codes, fmt.factor * 4.0 ** -6 * scale, fmt, x)
+    return operands.Operand("int", codes, scale, fmt, x)
+
+
 class QuantGemm(Module):
     """GEMM engine of one layer; :meth:`configure` (via ``Module.set_policy``) sets its recipe."""
 
@@ -162,6 +177,14 @@ class QuantGemm(Module):
                          "grad_dx": _product_kind(_operand_kind(r.grad_dx), kind_w),
                          "grad_dw": _product_kind(kind_a, _operand_kind(r.grad_dw))}
         self.quantized = r.four_bit
+        # the fused compiled operand makers (see the module docstring); False: operands.quantize
+        self.fused = not r.simulate and _quant.AVAILABLE
+        self._fmt_a = {}
+        # the fused makers' thread count, resolved once (None: OMP_NUM_THREADS as it is now)
+        self._quant_threads = _quant.resolve_threads(r.threads) if self.fused else None
+        self._tops = {}
+        self._fmt_fusable = {}
+        self._bounds = {}
         self.pact = r.activation.scaling == "pact"
         g = r.grad_dx
         self.grad_quantized = g.quantized and g.format != "fp16"
@@ -194,11 +217,16 @@ class QuantGemm(Module):
         if self.recipe.static_scale and self.static_w is not None:
             sw = self.static_w
         else:
-            sw = operands.scale_for(w, spec, fmt)
+            sw = self._scale_of(w, spec, fmt)
             if self.recipe.static_scale and self.training:
                 self.static_w = sw
-        op = operands.quantize(w, spec, fmt, sw, rng=self._rng_for(spec), backend=self.backend)
-        packed = _gemm.pack_int4(op.units) if (op.kind == "int" and not self.recipe.simulate) else None
+        wf = self._fusable(w, fmt) if spec.format in INT_FORMATS and spec.rounding != "stochastic" else None
+        if wf is not None and wf.ndim == 2 and 0 not in wf.shape:
+            # codes and the GEMM's packed panels from one read of the weight
+            codes, packed = _quant.encode_packed_weight_unchecked(fmt, wf, sw)
+            return WeightOperand(w, _coded_operand(spec, fmt, codes, sw, wf), packed)
+        op = self._quantize(w, spec, fmt, sw, rng=self._rng_for(spec))
+        packed = self._pack(op.units) if (op.kind == "int" and not self.recipe.simulate) else None
         return WeightOperand(w, op, packed)
 
     def _weight_t(self, wop):
@@ -206,11 +234,72 @@ class QuantGemm(Module):
         if wop.op_t is None:
             wop.op_t = wop.op.T
             if wop.op.kind == "int" and not self.recipe.simulate:
-                wop.packed_t = _gemm.pack_int4(wop.op_t.units)
+                wop.packed_t = self._pack(wop.op_t.units)
         return wop.op_t, wop.packed_t
 
     def _rng_for(self, spec):
         return self._rng if spec.rounding == "stochastic" else None
+
+    # ------------------------------------------------------------------ fused operand makers
+    def _fusable(self, x, *fmts):
+        """The C-contiguous float32/float64 ``x`` if the fused makers take it with every ``fmt``, else None."""
+        if not self.fused or x.dtype.type not in (np.float32, np.float64):
+            return None
+        for f in fmts:
+            known = self._fmt_fusable.get(id(f))
+            if known is None or known[0] is not f:      # decided once per format object
+                known = self._fmt_fusable[id(f)] = (f, f is not None and f.rounding != "stochastic"
+                                                    and _quant.supports(f))
+            if not known[1]:
+                return None
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x if x.flags.aligned else None
+
+    def _scale_of(self, x, spec, fmt):
+        """:func:`operands.scale_for` of the stateless rules, the statistic from one compiled pass when
+        the fused makers take ``x`` (max and SAWB: bit for bit the numpy statistics)."""
+        xf = self._fusable(x, fmt) if spec.scaling in ("max", "sawb") else None
+        if xf is None:
+            return operands.scale_for(x, spec, fmt)
+        if spec.scaling == "sawb":
+            clip = _quant.sawb_clip_unchecked(xf)
+        elif xf.size == 0:
+            clip = 0.0
+        else:
+            hi, lo, flags = _quant.minmax_unchecked(xf, self._quant_threads)
+            if flags:
+                raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
+            clip = max(hi, 0.0) if getattr(fmt, "qmin", -1) == 0 else max(abs(hi), abs(lo))
+        return self._scale_from_clip(xf, spec, fmt, clip)
+
+    def _scale_from_clip(self, x, spec, fmt, clip):
+        """``operands.scale_for(x, spec, fmt, clip=clip)``, the format's top value looked up once."""
+        top = self._tops.get(id(fmt))
+        if top is None or top[0] is not fmt:
+            top = self._tops[id(fmt)] = (fmt, operands._format_max(fmt))
+        clip = float(clip)
+        if not (math.isfinite(clip) and clip >= 0):
+            return operands.scale_for(x, spec, fmt, clip=clip)      # raises, naming the clip
+        return clip / top[1] if clip > 0 else 1.0
+
+    def _quantize(self, x, spec, fmt, scale, rng=None):
+        """:func:`operands.quantize`, by the fused encoder when it takes ``x`` (integer and radix-4 FP4)."""
+        xf = self._fusable(x, fmt) if rng is None and spec.format in (*INT_FORMATS, "radix4") else None
+        if xf is None:
+            return operands.quantize(x, spec, fmt, scale, rng=rng, backend=self.backend)
+        codes = _quant.encode_unchecked(fmt, xf, scale, self._quant_threads)
+        return _coded_operand(spec, fmt, codes, scale, xf)
+
+    def _bound(self, op):
+        """``op.bound``, looked up once per format object."""
+        known = self._bounds.get(id(op.fmt))
+        if known is None or known[0] is not op.fmt:
+            known = self._bounds[id(op.fmt)] = (op.fmt, op.bound)
+        return known[1]
+
+    def _pack(self, units):
+        return _gemm.pack_int4_unchecked(units) if self.fused else _gemm.pack_int4(units)
 
     # ------------------------------------------------------------------ activations
     def prepare_input(self, x):
@@ -227,7 +316,9 @@ class QuantGemm(Module):
             return _Input(x, operands.quantize(x, spec, fmt, scale, backend=self.backend), None)
         if self.unsigned is None:
             self.unsigned = bool(x.size == 0 or x.min() >= 0)
-        fmt = operands.operand_format(spec, signed=not self.unsigned)
+        fmt = self._fmt_a.get(self.unsigned)
+        if fmt is None:
+            fmt = self._fmt_a[self.unsigned] = operands.operand_format(spec, signed=not self.unsigned)
         clip = None
         frozen = self.recipe.static_scale and self.static_x is not None
         if self.unsigned and self.pact:
@@ -240,18 +331,18 @@ class QuantGemm(Module):
             if clip is not None:
                 clip = sx * fmt.max
         elif clip is not None:
-            sx = operands.scale_for(x, spec, fmt, clip=clip)
+            sx = self._scale_from_clip(x, spec, fmt, clip)
         elif not self.unsigned and self.fixed_clip is not None:
             sx = operands.scale_for(x, spec, fmt, clip=self.fixed_clip)
         else:
             # signed inputs take the signed grid with the per-call max (the spec's rule is for the unsigned)
-            sx = operands.scale_for(x, dataclasses.replace(spec, scaling="max"), fmt)
+            sx = self._scale_of(x, dataclasses.replace(spec, scaling="max"), fmt)
         if self.recipe.static_scale and self.training and self.static_x is None \
                 and not (not self.unsigned and self.fixed_clip is not None):
             self.static_x = sx
         # PACT's clip(x, 0, alpha) needs no pass of its own: with step alpha / 15 the UINT4 encoder's
         # saturation at levels 0 and 15 gives exactly the levels of the clipped input
-        op = operands.quantize(x, spec, fmt, sx, rng=self._rng_for(spec), backend=self.backend)
+        op = self._quantize(x, spec, fmt, sx, rng=self._rng_for(spec))
         return _Input(x, op, clip)
 
     # ------------------------------------------------------------------ products
@@ -264,7 +355,7 @@ class QuantGemm(Module):
         factor = a.scale * b.scale
         if kind == "generic":
             return _rescale(a.unit_values() @ b.unit_values(), factor, False)
-        exact_f32 = K * a.bound * b.bound < _F32_EXACT
+        exact_f32 = K * self._bound(a) * self._bound(b) < _F32_EXACT
         threads = self.recipe.threads
         if self.recipe.simulate:
             acc = a.unit_values() @ b.unit_values()
@@ -276,6 +367,8 @@ class QuantGemm(Module):
                                                   _gemm.pack_int4(b.units), threads=threads)
         else:
             acc = _gemm.int4_fp4_matmul_unchecked(a.units, b.units, threads=threads)
+        if self.fused and acc.dtype.type in (np.int32, np.int64) and acc.flags.c_contiguous:
+            return _quant.rescale_unchecked(acc, factor, exact_f32, self._quant_threads)   # same rounding
         return _rescale(acc, factor, exact_f32)
 
     def forward(self, x, wop, inp=None, data=None):
@@ -299,8 +392,14 @@ class QuantGemm(Module):
         :meth:`add_regularisation` on the unscaled gradient.)"""
         if inp.clip is None:
             return grad_x
-        # masks applied by multiplication: np.where / boolean indexing are slow on random masks
         x = inp.x
+        if self.fused and x.dtype.type is np.float32 and grad_x.dtype.type is np.float32 \
+                and x.shape == grad_x.shape:
+            grad, over_sum = _quant.pact_backward_unchecked(np.ascontiguousarray(x), np.ascontiguousarray(grad_x),
+                                                            inp.clip, self._quant_threads)   # same bits, one pass
+            self.alpha.grad += np.float32(over_sum)
+            return grad
+        # masks applied by multiplication: np.where / boolean indexing are slow on random masks
         over = (x >= np.float32(inp.clip)).astype(grad_x.dtype)
         self.alpha.grad += np.float32(np.sum(grad_x * over, dtype=np.float64))
         return grad_x * ((x >= 0).astype(grad_x.dtype) - over)
@@ -335,10 +434,52 @@ class QuantGemm(Module):
             total = part if total is None else total + part
         return total
 
-    def _grad_scale(self, gy, seq):
-        """The scale both gradient copies are encoded with, and max |g| (GradScale's input)."""
+    def _scale_before_max(self, seq):
+        """The gradient scale :meth:`_grad_scale` will give when it does not depend on this call's
+        max |g| (so the fused encoder can take codes and max in one pass), else None."""
+        spec = self.spec_gx
+        if spec.scaling in ("gradscale", "loss-scale", "fixed") and seq is not None and seq.sg is not None:
+            return seq.sg
+        if spec.scaling == "gradscale":
+            return self.gradscale.encode_scale() if self.gradscale.exp is not None else None
+        if spec.scaling == "loss-scale":
+            return 1.0
+        if spec.scaling == "fixed":
+            return self.state.loss_scale / self.recipe.grad_static_scale
+        return None
+
+    def _fused_gradients(self, gy, seq):
+        """``(g_x, g_w, sg, gmax)`` by the fused encoder - both grids and max |g| in one pass when the
+        scale is known beforehand - or None when it does not take this gradient."""
+        spec_x, spec_w = self.spec_gx, self.spec_gw
+        if spec_x.format not in (*INT_FORMATS, "radix4") or spec_w.format != spec_x.format \
+                or spec_w.scaling != spec_x.scaling:
+            return None
+        g = self._fusable(gy, self.fmt_gx, self.fmt_gw)
+        if g is None:
+            return None
+        fmt_w = None if spec_w.phase == spec_x.phase else self.fmt_gw
+        threads = self._quant_threads
+        sg = self._scale_before_max(seq)
+        if sg is None:
+            hi, lo, flags = _quant.minmax_unchecked(g, threads)
+            sg, gmax = self._grad_scale(g, seq, math.nan if flags else (max(hi, -lo) if g.size else 0.0))
+            cx, cw, _, _, _ = _quant.encode_gradient_unchecked(self.fmt_gx, fmt_w, g, sg, threads)
+        else:
+            cx, cw, hi, lo, flags = _quant.encode_gradient_unchecked(self.fmt_gx, fmt_w, g, sg, threads)
+            # NaN / Inf: gmax NaN, which _grad_scale refuses (the codes are never used)
+            sg2, gmax = self._grad_scale(g, seq, math.nan if flags else (max(hi, -lo) if g.size else 0.0))
+            assert sg2 == sg, "the gradient scale changed with the max it was said not to depend on"
+        g_x = _coded_operand(spec_x, self.fmt_gx, cx, sg, g)
+        g_w = g_x if fmt_w is None else _coded_operand(spec_w, self.fmt_gw, cw, sg, g)
+        return g_x, g_w, sg, gmax
+
+    def _grad_scale(self, gy, seq, gmax=None):
+        """The scale both gradient copies are encoded with, and max |g| (GradScale's input; computed
+        here unless the caller has it)."""
         spec, fmt = self.spec_gx, self.fmt_gx
-        gmax = max(float(gy.max()), -float(gy.min())) if gy.size else 0.0    # max |g| without an |g| copy
+        if gmax is None:
+            gmax = max(float(gy.max()), -float(gy.min())) if gy.size else 0.0    # max |g| without an |g| copy
         if not math.isfinite(gmax):
             raise FloatingPointError(f"layer {self.name!r}: the output gradient contains NaN or Inf")
         shared = spec.scaling in ("gradscale", "loss-scale", "fixed")   # one scale for a whole sequence
@@ -372,6 +513,11 @@ class QuantGemm(Module):
         if not spec_x.quantized or spec_x.scaling in ("none",):
             g_x = operands.quantize(grad_y, spec_x, self.fmt_gx)
             g_w = g_x
+        elif (fused := self._fused_gradients(grad_y, seq)) is not None:
+            g_x, g_w, sg, gmax = fused
+            self.last["grad_scale"] = sg
+            if spec_x.scaling == "gradscale" and seq is None:
+                self.gradscale.observe(gmax)
         else:
             sg, gmax = self._grad_scale(grad_y, seq)
             self.last["grad_scale"] = sg

@@ -169,7 +169,9 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     const int64_t ntiles = tiles_m * tiles_n;
     const size_t tile_ints = (size_t)Q4_MC * Q4_NC;
     int failed = 0;
-    nthreads = q4_threads(nthreads, ntiles);    /* clamped: gemm_threads.h */
+    /* clamped, and at least Q4_GEMM_MACS_PER_THREAD multiply-accumulates per thread */
+    nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
+                                   Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads) reduction(|:failed)

@@ -192,7 +192,8 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 #if Q4_HAVE_PACK_VBMI
     if (sj == 1 && q4_pack_simd()) {
         const int64_t nblocks = (npanels + 3) / 4;    /* 64 columns = 4 panels per block */
-        nthreads = q4_threads(nthreads, nblocks);
+        /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
+        nthreads = q4_threads_for_work(nthreads, nblocks, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
 #if Q4CORE_OPENMP
         #pragma omp parallel num_threads(nthreads)
 #endif
@@ -212,7 +213,8 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
         return;
     }
 #endif
-    nthreads = q4_threads(nthreads, npanels);   /* clamped: gemm_threads.h */
+    /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
+    nthreads = q4_threads_for_work(nthreads, npanels, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
     (void)nthreads;
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)
@@ -252,7 +254,8 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t M, int64_t K,
                              const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
                              int64_t lda, uint8_t *seen, int nthreads) {
-    nthreads = q4_threads(nthreads, M);         /* clamped: gemm_threads.h */
+    /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD prepared bytes per thread */
+    nthreads = q4_threads_for_work(nthreads, M, M * K * T, Q4_PACK_BYTES_PER_THREAD);
     (void)nthreads;
     const int simd = q4_pack_simd();
     (void)simd;

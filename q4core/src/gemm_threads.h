@@ -47,6 +47,21 @@ static inline int q4_threads(int requested, int64_t work) {
     return n > 0 ? n : 1;
 }
 
+/* Minimum work per thread of each kind of region: below it a thread costs more to start and
+ * join (several microseconds each; quant_kernels.h has the quantizers' threshold) than it saves, so small engine calls run on one thread.
+ * The thresholds only choose how many threads run; no result depends on that. */
+#define Q4_GEMM_MACS_PER_THREAD ((int64_t)1 << 24)   /* GEMM: multiply-accumulates */
+#define Q4_PACK_BYTES_PER_THREAD ((int64_t)1 << 18)  /* packing / operand preparation: bytes */
+
+/* threads for a region of ``items`` independent work items and ``work`` units in all: as
+ * q4_threads, and at most one thread per ``per_thread`` units of work (at least one) */
+static inline int q4_threads_for_work(int requested, int64_t items, int64_t work, int64_t per_thread) {
+    int n = q4_threads(requested, items);
+    const int64_t by_work = per_thread > 0 ? work / per_thread : n;
+    if (by_work < n) n = by_work > 1 ? (int)by_work : 1;
+    return n;
+}
+
 /* the default thread count after the clamp (what kernel_info() reports) */
 static inline int q4_default_threads(void) { return q4_threads(0, INT64_MAX); }
 

@@ -1,0 +1,65 @@
+"""Minimum work per OpenMP thread (gemm_threads.h, quant_kernels.h): small calls run on fewer threads,
+and no result depends on the thread count on either side of the thresholds."""
+import numpy as np
+import pytest
+
+import q4core.gemm as gemm
+from q4core import _gemm, _quant, quant
+from q4core.formats import INT4_SYM, RADIX4_FP4
+
+FAST = [k for k in gemm.available_kernels() if k != "reference"]
+LIMIT = gemm.kernel_info()["thread_limit"]
+
+
+def test_gemm_thread_count_follows_the_work():
+    per = _gemm.GEMM_MACS_PER_THREAD
+    assert per == 1 << 24 and _gemm.PACK_BYTES_PER_THREAD == 1 << 18
+    # 64 x 64 x 64 is 2**18 MACs: one thread whatever is asked for
+    assert _gemm.threads_for_work(LIMIT, 64, 64 ** 3, per) == 1
+    assert _gemm.threads_for_work(LIMIT, 64, 3 * per - 1, per) == min(LIMIT, 2)
+    assert _gemm.threads_for_work(1, 64, 64 * per, per) == 1          # never more than requested
+    assert _gemm.threads_for_work(LIMIT, 1, 64 * per, per) == 1       # nor more than the work items
+    assert _gemm.threads_for_work(10 ** 6, 10 ** 6, 10 ** 12, per) == LIMIT   # nor the processors
+    assert _gemm.threads_for_work(LIMIT, 64, 0, per) == 1
+
+
+def test_quantize_thread_count_follows_the_work():
+    per = _quant.ELEMS_PER_THREAD
+    assert per == 1 << 18
+    assert _quant.threads_for_elems(LIMIT, per - 1) == 1
+    assert _quant.threads_for_elems(LIMIT, 2 * per) == min(LIMIT, 2)
+    assert _quant.threads_for_elems(LIMIT, 100 * per) == LIMIT
+    assert _quant.threads_for_elems(0, 100 * per) == 1
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("m,k,n", [(64, 64, 64), (40, 700, 60), (300, 512, 272)])
+def test_gemms_identical_for_any_thread_count(kernel, m, k, n):
+    # (300, 512, 272): Mp * Np * Kp above 2 * 2**24, so two threads really run where there are two
+    rng = np.random.default_rng(m + k + n)
+    a = rng.integers(-8, 8, (m, k)).astype(np.int8)
+    b = rng.integers(0, 16, (k, n)).astype(np.uint8)
+    g = RADIX4_FP4.encode(rng.standard_normal((m, k)) * np.exp2(rng.uniform(-12, 0, (m, k))))
+    gt = RADIX4_FP4.encode(rng.standard_normal((k, n)) * np.exp2(rng.uniform(-12, 0, (k, n))))
+    ref = a.astype(np.int64) @ b.astype(np.int64)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(gemm.int4_matmul(a, b, kernel=kernel, threads=threads), ref)
+    outs = [gemm.fp4_int4_matmul(g, b, kernel=kernel, threads=t) for t in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], gemm.fp4_int4_matmul(g, b, kernel="reference"))
+    outs = [gemm.int4_fp4_matmul(a, gt, kernel=kernel, threads=t) for t in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], gemm.int4_fp4_matmul(a, gt, kernel="reference"))
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 18) + 3, 3 * (1 << 18) + 1])
+def test_quantizers_identical_for_any_thread_count(n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    for fmt in (INT4_SYM, RADIX4_FP4):
+        ref = fmt.encode(x, 0.5, backend="numpy")
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(quant.encode(fmt, x, 0.5, threads=threads), ref)
+            np.testing.assert_array_equal(
+                quant.unpack_nibbles(quant.encode_packed(fmt, x, 0.5, threads=threads), n,
+                                     signed=fmt is INT4_SYM), ref)
