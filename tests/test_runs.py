@@ -246,7 +246,7 @@ def test_a_worker_killed_mid_sweep_is_rescheduled_and_no_partial_entry_is_left(d
                                                                                   for c in configs)
 
 
-def test_missing_dask_is_a_precise_error():
+def test_missing_dask_is_a_precise_error(tmp_path):
     code = ("import sys; sys.modules['distributed'] = None\n"
             "from q4core import runs\n"
             "try:\n    runs.executor_from_spec('local:2')\n"
@@ -254,7 +254,8 @@ def test_missing_dask_is_a_precise_error():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "local:2" in out and "pip install 'q4core[cluster]'" in out
     code = ("import sys; sys.modules['distributed'] = None\n"
-            "from q4core.reproduce import main\nsys.exit(main(['--scheduler', 'tcp://127.0.0.1:8786']))\n")
+            "from q4core.reproduce import main\n"
+            f"sys.exit(main(['--scheduler', 'tcp://127.0.0.1:8786', '--figures-dir', {str(tmp_path)!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--scheduler" in proc.stderr and "pip install 'q4core[cluster]'" in proc.stderr
