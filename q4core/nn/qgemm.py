@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from .. import gemm as _gemm
+from ..accumulate import fp16_block_matmul
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
@@ -262,6 +263,8 @@ class QuantGemm(Module):
             return a.units @ b.units
         K = a.units.shape[1]
         factor = a.scale * b.scale
+        if self.recipe.accumulator == "fp16":       # simulated FP16 accumulation (q4core.accumulate)
+            return _rescale(fp16_block_matmul(a.unit_values(), b.unit_values()), factor, False)
         if kind == "generic":
             return _rescale(a.unit_values() @ b.unit_values(), factor, False)
         exact_f32 = K * a.bound * b.bound < _F32_EXACT
