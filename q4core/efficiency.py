@@ -6,8 +6,9 @@ assumption is written out and can be changed by the reader:
 
 * energy per operation and silicon area per operator at 45 nm, from M. Horowitz,
   "Computing's energy problem (and what we can do about it)", ISSCC 2014 (the table
-  most hardware papers quote; the energies are the ones in the project's design notes,
-  the areas are the companion column of the same widely reproduced table);
+  most hardware papers quote; the energies are the paper's, the areas the companion column
+  of the same table in the ISSCC presentation, as reproduced in Dally's NIPS 2015 tutorial:
+  :data:`AREA_SOURCE`);
 * **assumption** for widths the table lacks: an integer multiplier's energy and area grow
   with the square of its width (an array multiplier has ``n*n`` partial-product cells),
   an integer adder's linearly with its width.  ``scale_int_multiplier`` / ``scale_int_adder``
@@ -15,7 +16,12 @@ assumption is written out and can be changed by the reader:
 
 A MAC is one multiply plus one accumulate-add.  The paper accumulates 4-bit products in
 FP16, so its 4-bit MAC is "INT4 multiply + FP16 add"; we show that next to integer
-accumulation, because the accumulate adder then dominates and caps the gain.
+accumulation, because the accumulate adder then dominates and caps the gain.  An integer
+accumulator must hold the sums: an FP4 x INT4 product (radix-4 FP4 magnitudes up to 4**6 times
+INT4 magnitudes up to 8) needs 16 bits plus sign, a sum over K <= 2**14 of them 32 bits - hence
+INT32, not INT16.  Two baselines: FP16 (the paper's ">7x over FP16") and FP16 multiply with FP32
+accumulation (:data:`MIXED_BASELINE`), the MAC FP16 mixed-precision training actually runs.
+Every operator cost carries its source (:attr:`OperatorCost.source`, :data:`CITATIONS`).
 
 :func:`energy_estimate` sets :func:`compare_macs` against a claimed factor (notebook 05).  Nothing here is
 measured or drawn: the measurements are :mod:`q4core.bench`'s, the figures :mod:`q4core.experiments.speed`'s.
@@ -24,13 +30,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SOURCE", "ASSUMPTIONS", "HOROWITZ_45NM", "OperatorCost", "scale_int_multiplier", "scale_int_adder",
-           "mac_cost", "MAC_RECIPES", "compare_macs", "energy_estimate", "bytes_per_value"]
+__all__ = ["SOURCE", "AREA_SOURCE", "CITATIONS", "ASSUMPTIONS", "HOROWITZ_45NM", "MIXED_BASELINE", "OperatorCost",
+           "scale_int_multiplier", "scale_int_adder", "mac_cost", "MAC_RECIPES", "compare_macs", "energy_estimate",
+           "bytes_per_value"]
 
 
 #: where the per-operation figures come from
 SOURCE = ("M. Horowitz, \"Computing's energy problem (and what we can do about it)\", "
           "IEEE ISSCC 2014, pp. 10-14 (45 nm, 0.9 V)")
+
+#: where the areas come from: the companion column of the same table
+AREA_SOURCE = ("the area column of the same 45 nm table in Horowitz's ISSCC 2014 presentation, as reproduced in "
+               "W. Dally, \"High-Performance Hardware for Machine Learning\", NIPS 2015 tutorial")
 
 #: every assumption behind :func:`compare_macs`, in words (notebook 05 prints them)
 ASSUMPTIONS = (
@@ -43,6 +54,10 @@ ASSUMPTIONS = (
     "The paper's 4-bit MAC multiplies INT4 x INT4 (forward) or FP4 x INT4 (backward: a radix-4 FP4 value "
     "is a signed power of 4, so the product is a shift) and accumulates in FP16; both multiplies are "
     "costed as an INT4 multiplier.",
+    "An integer accumulator is as wide as its sums need: INT32 for FP4 x INT4 products (17 bits each, "
+    "summed over up to 2**14 terms) and for INT8 x INT8; INT16 would overflow.",
+    "FP16 mixed-precision training multiplies in FP16 and accumulates in FP32, so 'FP16 mult, FP32 acc.' is "
+    "the second baseline; gains against it are larger than against an all-FP16 MAC.",
     "Density gain = baseline MAC area / MAC area: how many more MAC units fit on the same silicon, "
     "the kind of estimate behind the paper's '>7x over FP16'.",
 )
@@ -50,9 +65,10 @@ ASSUMPTIONS = (
 
 @dataclass(frozen=True)
 class OperatorCost:
-    """Energy (pJ) and area (square micrometres) of one operator at 45 nm."""
+    """Energy (pJ) and area (square micrometres) of one operator at 45 nm, and where the figures come from."""
     energy_pj: float
     area_um2: float
+    source: str = ""
 
 
 #: Horowitz, ISSCC 2014, 45 nm, 0.9 V: energy per operation and operator area.
@@ -69,13 +85,22 @@ HOROWITZ_45NM = {
 }
 
 
+#: the source of each operator of :data:`HOROWITZ_45NM`: energy from the paper's table, area from its companion
+CITATIONS = {name: f"energy: {SOURCE}; area: {AREA_SOURCE}" for name in HOROWITZ_45NM}
+HOROWITZ_45NM = {name: OperatorCost(c.energy_pj, c.area_um2, CITATIONS[name]) for name, c in HOROWITZ_45NM.items()}
+
+
 def _scaled(bits: int, reference: str, power: int) -> OperatorCost:
     """The ``reference`` operator (``int<N>_...``) scaled to ``bits`` width by ``(bits / N) ** power``."""
     if bits < 1:
         raise ValueError(f"bits must be >= 1, got {bits}")
     ref = HOROWITZ_45NM[reference]
-    f = (bits / int(reference.split("_")[0][3:])) ** power
-    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f)
+    width = int(reference.split("_")[0][3:])
+    f = (bits / width) ** power
+    rule = "squared" if power == 2 else "linear"
+    return OperatorCost(ref.energy_pj * f, ref.area_um2 * f,
+                        f"assumption: {reference} of Horowitz (ISSCC 2014, 45 nm) scaled by (width / {width}) "
+                        f"** {power} ({rule} in the width)")
 
 
 def scale_int_multiplier(bits: int, reference: str = "int8_mult") -> OperatorCost:
@@ -102,7 +127,8 @@ def _operator(name: str) -> OperatorCost:
 def mac_cost(multiplier: str, adder: str) -> OperatorCost:
     """Cost of one MAC: ``multiplier`` (e.g. ``"int4_mult"``) plus ``adder`` (e.g. ``"fp16_add"``)."""
     m, a = _operator(multiplier), _operator(adder)
-    return OperatorCost(m.energy_pj + a.energy_pj, m.area_um2 + a.area_um2)
+    return OperatorCost(m.energy_pj + a.energy_pj, m.area_um2 + a.area_um2,
+                        f"{multiplier}: {m.source} | {adder}: {a.source}")
 
 
 #: The MACs compared in notebook 05: name -> (multiplier, accumulate adder).
@@ -112,14 +138,17 @@ MAC_RECIPES = {
     "FP16 mult, FP32 acc.": ("fp16_mult", "fp32_add"),
     "INT8, INT32 acc.": ("int8_mult", "int32_add"),
     "INT4, FP16 acc. (paper)": ("int4_mult", "fp16_add"),
-    "INT4, INT16 acc.": ("int4_mult", "int16_add"),
+    "FP4 x INT4, INT32 acc.": ("int4_mult", "int32_add"),
 }
+#: the MAC of FP16 mixed-precision training: FP16 multiply, FP32 accumulate
+MIXED_BASELINE = "FP16 mult, FP32 acc."
 
 
 def compare_macs(baseline: str = "FP16", recipes=None):
     """Energy and area of each MAC recipe and its advantage over ``baseline``.
 
-    Returns a list of dicts ``{name, energy_pj, area_um2, energy_gain, density_gain}`` where
+    Returns a list of dicts ``{name, multiplier, adder, energy_pj, area_um2, energy_gain, density_gain,
+    source}`` (``source``: the citation or assumption behind each operator's figures) where
     ``density_gain`` is the baseline's area over the recipe's area: how many more MACs
     fit in the same silicon (the kind of number behind ">7x over FP16").
     """
@@ -133,7 +162,7 @@ def compare_macs(baseline: str = "FP16", recipes=None):
         rows.append({"name": name, "multiplier": mult, "adder": add,
                      "energy_pj": c.energy_pj, "area_um2": c.area_um2,
                      "energy_gain": base.energy_pj / c.energy_pj,
-                     "density_gain": base.area_um2 / c.area_um2})
+                     "density_gain": base.area_um2 / c.area_um2, "source": c.source})
     return rows
 
 
@@ -142,12 +171,16 @@ def energy_estimate(claimed: float = 7.0, baseline: str = "FP16"):
     claimed factor (the paper's ">7x over FP16").
 
     Returns ``{"rows": compare_macs(baseline), "claimed", "baseline", "above_claim": [names whose density
-    gain reaches the claim], "assumptions": list(ASSUMPTIONS), "source": SOURCE}``.
+    gain reaches the claim], "mixed_baseline": MIXED_BASELINE, "rows_mixed": compare_macs(MIXED_BASELINE),
+    "above_claim_mixed", "assumptions": list(ASSUMPTIONS), "source": SOURCE, "area_source": AREA_SOURCE}``.
     """
     rows = compare_macs(baseline)
+    mixed = compare_macs(MIXED_BASELINE)
     return {"rows": rows, "claimed": float(claimed), "baseline": baseline,
             "above_claim": [r["name"] for r in rows if r["density_gain"] >= claimed],
-            "assumptions": list(ASSUMPTIONS), "source": SOURCE}
+            "mixed_baseline": MIXED_BASELINE, "rows_mixed": mixed,
+            "above_claim_mixed": [r["name"] for r in mixed if r["density_gain"] >= claimed],
+            "assumptions": list(ASSUMPTIONS), "source": SOURCE, "area_source": AREA_SOURCE}
 
 
 def bytes_per_value(bits: int) -> float:

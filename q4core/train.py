@@ -1,7 +1,7 @@
 """Train a model under a precision policy: the ``train(...)`` API and the command line.
 
 ``python -m q4core.train --task TASK --recipe fp32|fp16|q4|NAME|JSON [--ablation NAME ...] --epochs N --seed S
---out result.json [--data file.npz --model mlp|cnn] [--no-progress]`` writes a JSON with the config, the
+--out result.json [--data file.npz --model mlp|cnn|resnet] [--no-progress]`` writes a JSON with the config, the
 per-epoch train loss and validation metric, wall time and the final test metric.
 
 Tasks: ``digits`` (sklearn 8x8), ``mnist`` (MNIST 5k, 28x28), ``speech`` (spoken digits, 50 x 32 log-mel),
@@ -129,8 +129,8 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
     :func:`q4core.recipe.recipe_names`), a dict of :class:`~q4core.recipe.Recipe` fields or a Recipe;
     ``ablation``: a name or list of names from :data:`q4core.recipe.ABLATIONS`; further keyword
     arguments override recipe fields (e.g. ``simulate=True``).  ``data``: a ``.npz`` path (user data) or a
-    :class:`q4core.data.Dataset` (then ``model`` is ``mlp`` or ``cnn``).  ``on_step(step, model, info)`` is called
-    after every optimizer step with ``info`` =
+    :class:`q4core.data.Dataset` (then ``model`` is ``mlp``, ``cnn`` or ``resnet``).  ``on_step(step, model,
+    info)`` is called after every optimizer step with ``info`` =
     ``{"epoch", "loss", "lr", "loss_scale"}``; each GEMM layer's ``gemm.last`` holds its last input,
     weight and output gradient and ``gemm.quantizer_state()`` its scales.  ``checkpoint``: a ``.npz`` path
     written after every epoch.  ``max_steps`` stops early (for tests and benchmarks).  Training counts as
@@ -159,8 +159,8 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
         ds = load_task(task, seed, max_chars)
         key = task
     model_name = model or DEFAULT_MODEL.get(key, "cnn" if len(ds.input_shape) == 3 else "mlp")
-    if data is not None and model_name not in ("mlp", "cnn"):
-        raise ValueError(f"with --data the model must be 'mlp' or 'cnn', got {model_name!r}")
+    if data is not None and model_name not in ("mlp", "cnn", "resnet"):
+        raise ValueError(f"with --data the model must be 'mlp', 'cnn' or 'resnet', got {model_name!r}")
     net = build_model(model_name, ds.input_shape, ds.n_classes, seed=seed, **(model_kwargs or {}))
     net.set_policy(config)
     d_bs, d_opt, d_lr = DEFAULTS.get(key, DEFAULTS["npz"])
@@ -304,8 +304,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="python -m q4core.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=TASKS, default=None, help="built-in task (or use --data)")
     p.add_argument("--data", default=None, help=".npz with X_train, y_train, X_test, y_test [, X_val, y_val]")
-    p.add_argument("--model", default=None, help="mlp | cnn (with --data); also speech_cnn, speech_lstm, speech_gru, "
-                                                 "char_gru, "
+    p.add_argument("--model", default=None, help="mlp | cnn | resnet (with --data); also speech_cnn, speech_lstm, "
+                                                 "speech_gru, char_gru, "
                                                  "char_lstm, char_transformer for the built-in tasks")
     p.add_argument("--recipe", default="fp32",
                    help="a registered recipe name (" + ", ".join(recipe_names()) + ") or a JSON object of Recipe "

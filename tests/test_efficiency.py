@@ -27,7 +27,7 @@ def test_mac_comparison_against_fp16():
     # INT4 multiply (0.05 pJ) + FP16 add (0.4 pJ) against 1.1 + 0.4 pJ
     assert paper["energy_pj"] == pytest.approx(0.45)
     assert paper["energy_gain"] == pytest.approx(1.5 / 0.45)
-    assert rows["INT4, INT16 acc."]["energy_gain"] > paper["energy_gain"]
+    assert rows["FP4 x INT4, INT32 acc."]["energy_gain"] > paper["energy_gain"]
     with pytest.raises(KeyError, match="baseline"):
         eff.compare_macs("FP64")
 
@@ -51,9 +51,11 @@ def test_energy_estimate_against_the_claim():
     assert rows["FP16"]["density_gain"] == 1.0 and est["baseline"] == "FP16" and est["claimed"] == 7.0
     # FP16 MAC area 1640 + 1360; the paper's INT4 x INT4 with FP16 accumulation: 282 / 4 + 1360
     assert rows["INT4, FP16 acc. (paper)"]["density_gain"] == pytest.approx(3000 / (70.5 + 1360))
-    assert rows["INT4, INT16 acc."]["density_gain"] == pytest.approx(3000 / (70.5 + 67))
+    # FP4 x INT4 sums need 32 bits: INT4 multiplier + INT32 adder (137 um^2)
+    assert rows["FP4 x INT4, INT32 acc."]["density_gain"] == pytest.approx(3000 / (70.5 + 137))
     assert est["above_claim"] == [n for n, r in rows.items() if r["density_gain"] >= 7.0]
-    assert "INT4, FP16 acc. (paper)" not in est["above_claim"] and "INT4, INT16 acc." in est["above_claim"]
+    assert "INT4, FP16 acc. (paper)" not in est["above_claim"] and "FP4 x INT4, INT32 acc." in est["above_claim"]
+    assert not any("INT16" in n for n in rows)
     assert est["assumptions"] == list(eff.ASSUMPTIONS) and "Horowitz" in est["source"]
     assert eff.energy_estimate(claimed=1e9)["above_claim"] == []
     with pytest.raises(KeyError, match="baseline"):
@@ -64,3 +66,28 @@ def test_bytes_per_value():
     assert eff.bytes_per_value(4) == 0.5 and eff.bytes_per_value(32) == 4.0
     with pytest.raises(ValueError, match="bits"):
         eff.bytes_per_value(0)
+
+
+def test_mixed_precision_baseline():
+    est = eff.energy_estimate(claimed=7.0)
+    assert est["mixed_baseline"] == eff.MIXED_BASELINE == "FP16 mult, FP32 acc."
+    mixed = {r["name"]: r for r in est["rows_mixed"]}
+    assert mixed[eff.MIXED_BASELINE]["density_gain"] == 1.0
+    # FP16 multiply (1.1 pJ, 1640 um^2) + FP32 add (0.9 pJ, 4184 um^2) against the paper's INT4 x FP16-add MAC
+    paper = mixed["INT4, FP16 acc. (paper)"]
+    assert paper["energy_gain"] == pytest.approx(2.0 / 0.45)
+    assert paper["density_gain"] == pytest.approx(5824 / 1430.5)
+    assert est["above_claim_mixed"] == [n for n, r in mixed.items() if r["density_gain"] >= 7.0]
+    # against the mixed baseline every recipe gains more than against all-FP16
+    fp16 = {r["name"]: r for r in est["rows"]}
+    assert all(mixed[n]["density_gain"] > fp16[n]["density_gain"] for n in mixed)
+
+
+def test_every_figure_names_its_source():
+    for name, cost in eff.HOROWITZ_45NM.items():
+        assert "Horowitz" in cost.source and "ISSCC 2014" in cost.source and "Dally" in cost.source
+        assert eff.CITATIONS[name] == cost.source
+    assert "assumption" in eff.scale_int_multiplier(4).source and "** 2" in eff.scale_int_multiplier(4).source
+    assert "** 1" in eff.scale_int_adder(16).source
+    for row in eff.compare_macs():
+        assert row["multiplier"] in row["source"] and row["adder"] in row["source"]

@@ -59,7 +59,7 @@ def _assert_identical(a, b):
 
 #: every recipe with an integer kernel for all its 4-bit operands
 KERNEL_RECIPES = [None, "no-tpr", "int4-grad", "minmax", "static-scale", "stochastic", "all-q4",
-                  "global-loss-scale", "fixed-grad-scale", "gradscale-threshold", "log-rounding"]
+                  "global-loss-scale", "fixed-grad-scale", "gradscale-threshold", "log-rounding", "fp16-accumulate"]
 
 
 def test_kernel_recipe_list_is_complete():

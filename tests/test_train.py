@@ -193,7 +193,7 @@ def test_model_builders_train_under_q4(name, shape, n, x):
     assert np.isfinite(losses).all()
     assert all(layer.gemm.mode == "q4" for _, layer in model.gemm_layers())
     with pytest.raises(ValueError, match="unknown model"):
-        build_model("resnet", shape, n)
+        build_model("vgg", shape, n)
 
 
 def test_cli_config_overrides(tmp_path, capsys):

@@ -46,6 +46,8 @@ class CausalSelfAttention(Module):
         p = np.exp(s)
         p /= p.sum(axis=-1, keepdims=True)
         out = (p @ v).transpose(0, 2, 1, 3).reshape(N, T, D)
+        # multiply-accumulates of the two FP32 activation products Q K^T and P V (read by q4core.nn.macs)
+        self.float_macs = 2 * N * T * T * D
         self._cache = (q, k, v, p, scale, N, T)
         return self.proj.forward(out)
 

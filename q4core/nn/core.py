@@ -80,9 +80,19 @@ class Module:
         from .qgemm import QuantGemm
         return [(n, m) for n, m in self.named_modules() if isinstance(getattr(m, "gemm", None), QuantGemm)]
 
+    def policy_layer_names(self):
+        """Names of the layers "first" and "last" count over: every GEMM layer and every layer that marks
+        itself ``counts_as_layer`` (an embedding table: a language model's first layer is its embedding,
+        so ``first_last`` keeps that lookup - not the first GEMM after it - as the high-precision first
+        layer, as the paper does)."""
+        from .qgemm import QuantGemm
+        return [n for n, m in self.named_modules()
+                if isinstance(getattr(m, "gemm", None), QuantGemm) or getattr(m, "counts_as_layer", False)]
+
     def set_policy(self, recipe):
         """Give every GEMM layer its recipe: ``recipe`` is a registered name, a dict or a
-        :class:`~q4core.recipe.Recipe`; the first/last layers and ``overrides`` get theirs.  The layers share
+        :class:`~q4core.recipe.Recipe`; the first/last layers (of :meth:`policy_layer_names`) and
+        ``overrides`` get theirs.  The layers share
         one :class:`~q4core.nn.qgemm.PrecisionState` (the global loss scale), kept as ``precision_state``."""
         from ..recipe import get_recipe
         from .qgemm import PrecisionState
@@ -93,9 +103,10 @@ class Module:
         if unknown:
             raise ValueError(f"overrides name layers the model does not have: {unknown}; GEMM layers: "
                              f"{sorted(names)}")
+        ends = self.policy_layer_names()
         state = PrecisionState()
         for index, (name, layer) in enumerate(layers):
-            own = recipe.layer_recipe(name, index, len(layers))
+            own = recipe.layer_recipe(name, ends.index(name), len(ends))
             layer.gemm.configure(own, own.name, index, name, state)
         self.policy, self.precision_state = recipe, state
         return self

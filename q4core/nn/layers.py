@@ -382,7 +382,10 @@ class Dropout(Module):
 
 
 class Embedding(Module):
-    """Integer ids (any shape) -> vectors (shape + (dim,)); a table lookup, kept in FP32."""
+    """Integer ids (any shape) -> vectors (shape + (dim,)); a table lookup, kept in FP32.  It counts as a
+    layer of the precision policy (the first one of a language model), though it has no GEMM."""
+
+    counts_as_layer = True
 
     def __init__(self, num_embeddings, dim, rng=0):
         self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings")

@@ -27,8 +27,8 @@ from .layers import (
 )
 from .recurrent import GRU, LSTM
 
-__all__ = ["Transpose", "TimeMean", "Residual", "PositionEmbedding", "mlp", "cnn", "speech_cnn", "speech_lstm",
-           "char_lstm", "char_transformer", "build_model"]
+__all__ = ["Transpose", "TimeMean", "Residual", "BasicBlock", "PositionEmbedding", "mlp", "cnn", "resnet",
+           "speech_cnn", "speech_lstm", "char_lstm", "char_transformer", "build_model"]
 
 
 class Transpose(Module):
@@ -67,6 +67,33 @@ class Residual(Module):
 
     def backward(self, grad_y):
         return grad_y + self.body.backward(grad_y)
+
+
+class BasicBlock(Module):
+    """ResNet's basic block: ``ReLU(BN(conv3x3(ReLU(BN(conv3x3(x))))) + shortcut(x))``; the shortcut is the
+    identity, or a 1x1 convolution + BN where the block changes the channels or strides (He et al. 2016,
+    option B).  Every convolution is a GEMM layer of the precision policy."""
+
+    def __init__(self, in_channels, out_channels, stride=1, rng=0):
+        s = _seeds(rng)
+        self.body = Sequential(Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, rng=next(s)),
+                               BatchNorm(out_channels), ReLU(),
+                               Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, rng=next(s)),
+                               BatchNorm(out_channels))
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = Sequential(Conv2d(in_channels, out_channels, 1, stride, 0, bias=False, rng=next(s)),
+                                       BatchNorm(out_channels))
+        self.relu = ReLU()
+
+    def forward(self, x):
+        skip = x if self.shortcut is None else self.shortcut.forward(x)
+        return self.relu.forward(self.body.forward(x) + skip)
+
+    def backward(self, grad_y):
+        g = self.relu.backward(grad_y)
+        gx = self.body.backward(g)
+        return gx + (g if self.shortcut is None else self.shortcut.backward(g))
 
 
 class PositionEmbedding(Module):
@@ -127,6 +154,33 @@ def cnn(in_shape, n_classes, channels=(16, 32), hidden=64, seed=0):
     return Sequential(*layers)
 
 
+def resnet(in_shape, n_classes, widths=(16, 32), blocks=2, seed=0):
+    """Small ResNet for (C, H, W) images: a 3x3 stem conv -> BN -> ReLU (then 2x2 max pooling on images of
+    16 pixels or more, as ResNet's stem pools), ``blocks`` :class:`BasicBlock` per entry of ``widths`` (each
+    stage after the first starts with stride 2 and a 1x1 projection shortcut), global average pooling,
+    Linear.  The defaults give 10 convolutions (stem, 8 in blocks, 1 projection) and 11 GEMM layers: under
+    ``first_last`` only the stem and the classifier stay high.  (No depthwise-separable MobileNet block:
+    the engine's Conv2d has no channel groups.)"""
+    if len(in_shape) != 3:
+        raise ValueError(f"resnet needs in_shape (C, H, W), got {in_shape!r}")
+    widths = tuple(_check_positive_int(w, "widths") for w in widths)
+    if not widths:
+        raise ValueError("resnet needs at least one stage width")
+    blocks = _check_positive_int(blocks, "blocks")
+    s = _seeds(seed)
+    C, H, W = (int(v) for v in in_shape)
+    layers = [Conv2d(C, widths[0], 3, padding=1, bias=False, rng=next(s)), BatchNorm(widths[0]), ReLU()]
+    if H >= 16 and W >= 16:
+        layers.append(MaxPool2d(2))
+    C = widths[0]
+    for stage, width in enumerate(widths):
+        for b in range(blocks):
+            layers.append(BasicBlock(C, width, stride=2 if (stage and not b) else 1, rng=next(s)))
+            C = width
+    layers += [GlobalAvgPool(), Linear(C, _check_positive_int(n_classes, "n_classes"), rng=next(s))]
+    return Sequential(*layers)
+
+
 def speech_cnn(n_frames, n_features, n_classes, channels=(64, 64), kernel=5, seed=0):
     """(N, T, F) log-mel features -> 1-D convolutions over time (features as channels) -> mean over time
     -> Linear."""
@@ -174,8 +228,8 @@ def char_transformer(vocab_size, max_len=64, dim=64, heads=4, layers=2, mlp_rati
 
 
 def build_model(name, input_shape, n_classes, seed=0, **kw):
-    """Builder by name: ``mlp``, ``cnn`` (images), ``speech_cnn``, ``speech_lstm``, ``speech_gru`` (N x T x F),
-    ``char_lstm``, ``char_gru``, ``char_transformer`` (``n_classes`` = vocabulary size)."""
+    """Builder by name: ``mlp``, ``cnn``, ``resnet`` (images), ``speech_cnn``, ``speech_lstm``, ``speech_gru``
+    (N x T x F), ``char_lstm``, ``char_gru``, ``char_transformer`` (``n_classes`` = vocabulary size)."""
     input_shape = tuple(int(v) for v in input_shape)
     if name == "mlp":
         return mlp(int(np.prod(input_shape)), n_classes, seed=seed, **kw)
@@ -185,6 +239,12 @@ def build_model(name, input_shape, n_classes, seed=0, **kw):
         if len(input_shape) != 3:
             raise ValueError(f"model 'cnn' needs images (H x W or C x H x W per example), got {input_shape}")
         return cnn(input_shape, n_classes, seed=seed, **kw)
+    if name == "resnet":
+        if len(input_shape) == 2:
+            input_shape = (1,) + input_shape
+        if len(input_shape) != 3:
+            raise ValueError(f"model 'resnet' needs images (H x W or C x H x W per example), got {input_shape}")
+        return resnet(input_shape, n_classes, seed=seed, **kw)
     if name == "speech_cnn":
         return speech_cnn(input_shape[0], input_shape[1], n_classes, seed=seed, **kw)
     if name in ("speech_lstm", "speech_gru"):
@@ -193,5 +253,5 @@ def build_model(name, input_shape, n_classes, seed=0, **kw):
         return char_lstm(n_classes, cell=name[-4:].strip("_"), seed=seed, **kw)
     if name == "char_transformer":
         return char_transformer(n_classes, max_len=input_shape[0], seed=seed, **kw)
-    raise ValueError(f"unknown model {name!r}; choose mlp, cnn, speech_cnn, speech_lstm, speech_gru, "
+    raise ValueError(f"unknown model {name!r}; choose mlp, cnn, resnet, speech_cnn, speech_lstm, speech_gru, "
                      "char_lstm, char_gru, char_transformer")

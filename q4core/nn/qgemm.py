@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import gemm as _gemm
 from .. import quant as _quant
+from ..accumulate import fp16_block_matmul
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
@@ -353,6 +354,8 @@ class QuantGemm(Module):
             return a.units @ b.units
         K = a.units.shape[1]
         factor = a.scale * b.scale
+        if self.recipe.accumulator == "fp16":       # simulated FP16 accumulation (q4core.accumulate)
+            return _rescale(fp16_block_matmul(a.unit_values(), b.unit_values()), factor, False)
         if kind == "generic":
             return _rescale(a.unit_values() @ b.unit_values(), factor, False)
         exact_f32 = K * self._bound(a) * self._bound(b) < _F32_EXACT

@@ -57,6 +57,8 @@ ABLATIONS = {
     "log-rounding": _grads("radix4", rounding="log"),
     "gradscale-threshold": dict(gradscale_align="threshold"),
     "all-q4": dict(first_last="same"),
+    # the paper's hardware sums in FP16: simulated, chunks of 64 along K (q4core.accumulate)
+    "fp16-accumulate": dict(accumulator="fp16"),
     "simulate": dict(simulate=True),
 }
 

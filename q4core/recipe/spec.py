@@ -58,7 +58,7 @@ _ROLE_SCALINGS = {
     "grad_dx": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
     "grad_dw": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
 }
-_ACCUMULATORS = ("exact",)
+_ACCUMULATORS = ("exact", "fp16")
 _GRADSCALE_ALIGN = ("max", "threshold")
 
 
@@ -141,7 +141,9 @@ class Recipe:
     first_last: str = "same"
     #: per-layer recipes by layer name, e.g. ``{"fc2": "fp32"}``; wins over ``first_last``
     overrides: dict = field(default_factory=dict)
-    #: how GEMM products are summed: ``exact`` (integer / exact float64)
+    #: how the 4-bit GEMM products are summed: ``exact`` (integer / exact float64) or ``fp16`` (simulated
+    #: float16 accumulation in chunks of 64 along K, :mod:`q4core.accumulate`); float products (fp32, fp16,
+    #: FP8 operands) always accumulate in float32, as FP16 training does
     accumulator: str = "exact"
     #: freeze weight and activation scales after the first training step instead of rescaling every step
     static_scale: bool = False
@@ -180,6 +182,9 @@ class Recipe:
             raise ValueError("recipe grad_dx and grad_dw are both on the odd grid; two-phase rounding puts one "
                              "copy on each grid (set one phase to 0)")
         _one_of("recipe accumulator", self.accumulator, _ACCUMULATORS)
+        if self.accumulator == "fp16" and not self.four_bit:
+            raise ValueError("recipe accumulator 'fp16' simulates the accumulation of 4-bit products; this "
+                             "recipe has no 4-bit operand (its float GEMMs accumulate in float32)")
         _one_of("recipe gradscale_align", self.gradscale_align, _GRADSCALE_ALIGN)
         if not isinstance(self.overrides, dict):
             raise TypeError(f"recipe overrides must be a dict, got {type(self.overrides).__name__}")
