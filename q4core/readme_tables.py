@@ -61,8 +61,8 @@ def _word(iv, worse="worse", better="better"):
 
 def table_accuracy(figures_dir):
     data = _load(figures_dir, "04_results")
-    rows = ["| domain | metric | fp32 | fp16 | q4 | 4-bit gap to fp16, mean [95 % interval] | aim | verdict |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| domain | 4-bit MACs | metric | fp32 | fp16 | q4 | 4-bit gap to fp16, mean [95 % interval] | aim | "
+            "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for domain, e in data.items():
         p = e["precisions"]
         digits = 2 if e["metric"] == "accuracy" else 3
@@ -70,7 +70,9 @@ def table_accuracy(figures_dir):
         g = e["gap_in_target_unit"]
         unit = " points" if e["metric"] == "accuracy" else " %"
         iv = {"n": g["n"], "mean": g["mean"], "low": g["low"], "high": g["high"]}
-        rows.append(f"| {domain} | {metric} | " + " | ".join(
+        share = e.get("four_bit_mac_share")
+        share = "-" if share is None else f"{100 * share:.0f} %"
+        rows.append(f"| {domain} | {share} | {metric} | " + " | ".join(
             _pm(p[k]["mean"], p[k]["std"], digits) for k in ("fp32", "fp16", "q4"))
             + f" | {_ci(iv, 2, unit)} | ≤ {e['target']:g}{unit} | {e['verdict']} |")
     n = {d: e["precisions"]["q4"]["n"] for d, e in data.items()}
