@@ -303,4 +303,24 @@ def radix_verdicts(study, a="radix2", b="radix4"):
     return {"by_rounding": by, "conclusion": conclusion}
 
 
+def tpr_fidelity(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, record_every=10):
+    """What two-phase rounding does to the backward products themselves: the mean cosine and norm ratio of each
+    layer's dL/dx and dL/dW (quantized gradient against float, :class:`GradientFidelityRecorder`) in radix-4
+    trainings with one grid and with two-phase rounding, one recorded run per seed.  Returns ``{label: {"per_seed":
+    [summary, ...], "mean": summary}}`` (summary: ``dx_cos``, ``dx_norm_ratio``, ``dw_cos``, ``dw_norm_ratio``)."""
+    from .. import runs as _runs
+    from .common import mlp_run
+    recorder = {"factory": "q4core.experiments.gradients:GradientFidelityRecorder", "kwargs": {"every": record_every}}
+    recipes = {"radix 4, one grid": "grad-radix4-one-grid", "radix 4, two-phase": "grad-radix4"}
+    configs = [mlp_run(dataset, recipe, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
+                       recorder=recorder) for recipe in recipes.values() for s in seeds]
+    results = iter(_runs.map(configs))
+    out = {}
+    for label in recipes:
+        per_seed = [_fidelity_summary(next(results)["records"]) for _ in seeds]
+        out[label] = {"per_seed": per_seed,
+                      "mean": {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}}
+    return out
+
+
 assert set(SWEEP_GRAD_FORMATS) <= set(FORMAT_NAMES)
