@@ -70,8 +70,11 @@ __all__ = ["RunConfig", "RunCache", "RunsFailed", "MissingDaskError", "Serial", 
 #: bump when the layout of a cache entry or of a normalised result changes
 RESULT_FORMAT = 1
 #: package files whose content can change a run's numbers (globs relative to the q4core package folder)
-NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "accumulate.py", "train.py", "tasks.py",
-                    "data.py", "_npz.py", "_quant.pyx", "_gemm.pyx", "src/*.h", "src/*.c", "nn/*.py", "recipe/*.py")
+NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py", "tasks.py", "data.py",
+                    "_quant.pyx", "_gemm.pyx", "src/*.h", "src/*.c", "nn/*.py", "recipe/*.py")
+#: sources that change the numbers of some runs only: (file, recipe field, value) - hashed into those runs'
+#: identities (simulated FP16 accumulation is used by accumulator="fp16" recipes alone)
+CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"),)
 #: result keys that are measurements of time, not numbers of the run (left out by :func:`numbers_of`)
 TIMING_KEYS = ("wall_seconds", "epoch_seconds")
 #: train() keywords a cached run cannot take (callbacks and side effects)
@@ -277,6 +280,9 @@ def identity(config):
            "numerics": numerics_version(), "numpy": np.__version__}
     if getattr(config, "recorder", None) is not None:
         out["recorder"] = _plain(config.recorder)
+    for source, field, value in CONDITIONAL_SOURCES:
+        if recipe.get(field) == value:
+            out.setdefault("sources", {})[source] = hashlib.sha256((_PACKAGE / source).read_bytes()).hexdigest()[:16]
     return out
 
 

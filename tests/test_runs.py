@@ -384,3 +384,11 @@ def test_a_recorded_run_is_cached_with_its_records(cache):
         runs.RunConfig(task="digits", recorder={"factory": "x"})
     with pytest.raises(ValueError, match="cannot be imported"):
         runs.RunConfig(task="digits", recorder={"factory": "q4core.nothing:X", "kwargs": {}})
+
+
+def test_fp16_accumulation_runs_also_hash_its_module():
+    """accumulate.py changes only accumulator='fp16' runs: their identities carry its hash, the others do not."""
+    fp16 = runs.RunConfig(task="digits", recipe="q4", ablation="fp16-accumulate", seed=0, epochs=1)
+    exact = runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1)
+    assert set(fp16.identity()["sources"]) == {"accumulate.py"}
+    assert "sources" not in exact.identity()
