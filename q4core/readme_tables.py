@@ -170,8 +170,9 @@ def table_format_study(figures_dir):
                        f"{float(fid['dw_cos']):.3f}")
         rows.append(f"| {f} | " + " | ".join(out) + " |")
     rows.append("")
+    fp32 = _pm(100 * float(data["fp32"]["mean"]), 100 * float(data["fp32"]["std"]), 2)
     rows.append("Every format with the per-step max scale onto its own maximum; accuracy mean ± sample SD over "
-                f"seeds {data['seeds']} (float32 gradients: {_pm(100 * data['fp32']['mean'], 100 * data['fp32']['std'], 2)}); "
+                f"seeds {data['seeds']} (float32 gradients: {fp32}); "
                 "cosines of each layer's backward products to the float ones, averaged over training (first seed).")
     return "\n".join(rows)
 
