@@ -316,10 +316,13 @@ def _limit_threads(threads):
     return threadpool_limits(limits=int(threads))     # BLAS and OpenMP (the GEMM kernels' threads)
 
 
-def execute(config, threads=None, expected_data=None):
+def execute(config, threads=1, expected_data=None):
     """Train ``config`` here; returns the normalised result (JSON types, as the cache gives it back).
-    ``threads``: pin BLAS and GEMM threads (workers pass 1).  ``expected_data``: the data checksum of the
-    identity; a worker whose data differ (another data file on another machine) raises instead of training."""
+    ``threads``: BLAS and GEMM threads, 1 for every executor: the integer kernels give the same bits for any
+    thread count, but float32 BLAS does not (OpenBLAS splits a product differently on two threads, which moves the
+    last bits of a float32 forward), and a cached result must not depend on where it ran.  ``expected_data``:
+    the data checksum of the identity; a worker whose data differ (another data file on another machine) raises
+    instead of training."""
     from .train import train
     if expected_data is not None and config.data_checksum() != expected_data:
         raise RuntimeError(f"the data of {config!r} here (on {os.uname().nodename}) differ from the data its "
