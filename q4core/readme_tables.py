@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -35,9 +36,11 @@ def _load(figures_dir, name):
 
 
 def _pm(mean, sd, digits):
-    if mean is None:
+    # the figure JSON writes a non-finite number as a string ("nan": a run of the group diverged)
+    if mean is None or not math.isfinite(float(mean)):
         return "diverged"
-    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    mean = float(mean)
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {float(sd):.{digits}f}"
 
 
 def _ci(iv, digits, unit=""):
@@ -145,6 +148,35 @@ def table_radix(figures_dir):
     return "\n".join(rows)
 
 
+def table_format_study(figures_dir):
+    data = _load(figures_dir, "03_format_study")
+    cells = data["cells"]
+    present = {c["rounding"] for c in cells}
+    roundings = [r for r in ("nearest", "log", "stochastic") if r in present] + sorted(
+        present - {"nearest", "log", "stochastic"})
+    formats = list(dict.fromkeys(c["format"] for c in cells))
+    by = {(c["format"], c["rounding"]): c for c in cells}
+    rows = ["| gradient format | " + " | ".join(f"{r}: accuracy %, dL/dx cos, dL/dW cos" for r in roundings) + " |",
+            "|---|" + "---|" * len(roundings)]
+    for f in formats:
+        out = []
+        for r in roundings:
+            c = by.get((f, r))
+            if c is None:
+                out.append("-")
+                continue
+            fid = c["fidelity"]
+            out.append(f"{_pm(100 * float(c['mean']), 100 * float(c['std']), 2)}, {float(fid['dx_cos']):.3f}, "
+                       f"{float(fid['dw_cos']):.3f}")
+        rows.append(f"| {f} | " + " | ".join(out) + " |")
+    rows.append("")
+    fp32 = _pm(100 * float(data["fp32"]["mean"]), 100 * float(data["fp32"]["std"]), 2)
+    rows.append("Every format with the per-step max scale onto its own maximum; accuracy mean ± sample SD over "
+                f"seeds {data['seeds']} (float32 gradients: {fp32}); "
+                "cosines of each layer's backward products to the float ones, averaged over training (first seed).")
+    return "\n".join(rows)
+
+
 def table_gemm(figures_dir):
     data = _load(figures_dir, "05_gemm_throughput_1thread")
     size = max(data["sizes"])
@@ -183,7 +215,8 @@ def table_train_step(figures_dir):
 
 
 TABLES = {"accuracy": table_accuracy, "ablations": table_ablations, "scaling": table_scaling,
-          "radix": table_radix, "gemm": table_gemm, "train-step": table_train_step}
+          "radix": table_radix, "format-study": table_format_study, "gemm": table_gemm,
+          "train-step": table_train_step}
 
 
 def render(name, figures_dir=None):

@@ -45,6 +45,7 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 import math
@@ -71,6 +72,9 @@ RESULT_FORMAT = 1
 #: package files whose content can change a run's numbers (globs relative to the q4core package folder)
 NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py", "tasks.py", "data.py",
                     "_quant.pyx", "_gemm.pyx", "src/*.h", "src/*.c", "nn/*.py", "recipe/*.py")
+#: sources that change the numbers of some runs only: (file, recipe field, value) - hashed into those runs'
+#: identities (simulated FP16 accumulation is used by accumulator="fp16" recipes alone)
+CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"),)
 #: result keys that are measurements of time, not numbers of the run (left out by :func:`numbers_of`)
 TIMING_KEYS = ("wall_seconds", "epoch_seconds")
 #: train() keywords a cached run cannot take (callbacks and side effects)
@@ -172,7 +176,11 @@ def _dataset_checksum(data):
 
 class RunConfig:
     """One training run: :func:`q4core.train.train` ``(task=task, data=data, recipe=recipe, seed=seed,
-    **train_kwargs)`` with ``progress=False``.  ``task``: a built-in task name (its data loaded where the run
+    **train_kwargs)`` with ``progress=False``.  ``recorder``: ``{"factory": "module:Class", "kwargs": {...}}`` - a
+    per-step recorder made where the run executes and passed as ``on_step``; its ``records`` (JSON values) come
+    back in the result as ``"records"``, so a recorded run is cached like any other (the recorder and its
+    settings are part of the identity, and its module must be importable on the workers).
+    ``task``: a built-in task name (its data loaded where the run
     executes, checked there against the checksum of the identity); ``data``: a :class:`q4core.data.Dataset` or a
     ``.npz`` path (shipped with the run) in place of a task.  ``train_kwargs``: any other ``train`` keyword or
     recipe field (not ``on_step``, ``checkpoint``, ``progress``, ``return_model``: a cached run has no
@@ -180,9 +188,9 @@ class RunConfig:
     :func:`q4core.experiments.common.load_dataset` ``(name, s)`` - not part of the identity, kept in the entry so
     that ``verify`` can load the data again (and checks its checksum)."""
 
-    __slots__ = ("task", "data", "recipe", "seed", "train_kwargs", "source", "_identity")
+    __slots__ = ("task", "data", "recipe", "seed", "train_kwargs", "source", "recorder", "_identity")
 
-    def __init__(self, task=None, data=None, recipe="fp32", seed=0, source=None, **train_kwargs):
+    def __init__(self, task=None, data=None, recipe="fp32", seed=0, source=None, recorder=None, **train_kwargs):
         from ._validation import check_int
         if (task is None) == (data is None):
             raise ValueError("RunConfig needs exactly one of task (a built-in task name) and data")
@@ -200,6 +208,14 @@ class RunConfig:
         if source is not None and (not isinstance(source, dict) or set(source) != {"dataset", "seed"}):
             raise ValueError(f"source must be {{'dataset': name, 'seed': int}} or None, got {source!r}")
         self.source = source
+        if recorder is not None:
+            if not isinstance(recorder, dict) or set(recorder) != {"factory", "kwargs"} \
+                    or not isinstance(recorder["factory"], str) or ":" not in recorder["factory"] \
+                    or not isinstance(recorder["kwargs"], dict):
+                raise ValueError(f"recorder must be {{'factory': 'module:Class', 'kwargs': dict}} or None, "
+                                 f"got {recorder!r}")
+            _recorder_class(recorder["factory"])        # importable here, or a clear error now
+        self.recorder = recorder
         self._identity = None
 
     def __repr__(self):
@@ -259,9 +275,23 @@ def identity(config):
     recipe = get_recipe(config.recipe, kw.get("ablation"), **{"seed": config.seed, **overrides}).to_dict()
     recipe.pop("threads", None)
     schedule = {k: v for k, v in kw.items() if k in _train_parameters() and k != "ablation"}
-    return {"format": RESULT_FORMAT, "task": config.task if config.task is not None else "data",
-            "data": config.data_checksum(), "recipe": recipe, "seed": config.seed, "train": _plain(schedule),
-            "numerics": numerics_version(), "numpy": np.__version__}
+    out = {"format": RESULT_FORMAT, "task": config.task if config.task is not None else "data",
+           "data": config.data_checksum(), "recipe": recipe, "seed": config.seed, "train": _plain(schedule),
+           "numerics": numerics_version(), "numpy": np.__version__}
+    if getattr(config, "recorder", None) is not None:
+        out["recorder"] = _plain(config.recorder)
+    for source, field, value in CONDITIONAL_SOURCES:
+        if recipe.get(field) == value:
+            out.setdefault("sources", {})[source] = hashlib.sha256((_PACKAGE / source).read_bytes()).hexdigest()[:16]
+    return out
+
+
+def _recorder_class(factory):
+    module, _, name = factory.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"recorder factory {factory!r} cannot be imported: {exc}") from None
 
 
 def run_key(config):
@@ -286,18 +316,26 @@ def _limit_threads(threads):
     return threadpool_limits(limits=int(threads))     # BLAS and OpenMP (the GEMM kernels' threads)
 
 
-def execute(config, threads=None, expected_data=None):
+def execute(config, threads=1, expected_data=None):
     """Train ``config`` here; returns the normalised result (JSON types, as the cache gives it back).
-    ``threads``: pin BLAS and GEMM threads (workers pass 1).  ``expected_data``: the data checksum of the
-    identity; a worker whose data differ (another data file on another machine) raises instead of training."""
+    ``threads``: BLAS and GEMM threads, 1 for every executor: the integer kernels give the same bits for any
+    thread count, but float32 BLAS does not (OpenBLAS splits a product differently on two threads, which moves the
+    last bits of a float32 forward), and a cached result must not depend on where it ran.  ``expected_data``:
+    the data checksum of the identity; a worker whose data differ (another data file on another machine) raises
+    instead of training."""
     from .train import train
     if expected_data is not None and config.data_checksum() != expected_data:
         raise RuntimeError(f"the data of {config!r} here (on {os.uname().nodename}) differ from the data its "
                            "identity was computed from: install the same data files on every worker")
     kw = dict(config.train_kwargs)
+    recorder = getattr(config, "recorder", None)
+    if recorder is not None:
+        kw["on_step"] = _recorder_class(recorder["factory"])(**recorder["kwargs"])
     with _limit_threads(threads):
         result = train(task=config.task or "digits", data=config.data, recipe=config.recipe, seed=config.seed,
                        progress=False, **kw)
+    if recorder is not None:
+        result = {**result, "records": kw["on_step"].records}
     return json.loads(_canonical(result))
 
 
@@ -708,6 +746,8 @@ def _config_from_entry(entry):
     cannot be loaded again by name."""
     ident = entry["identity"]
     kw = dict(ident["train"])
+    if ident.get("recorder") is not None:
+        kw["recorder"] = ident["recorder"]
     if ident["task"] != "data":
         return RunConfig(task=ident["task"], recipe=ident["recipe"], seed=ident["seed"], **kw)
     source = entry.get("source")

@@ -97,3 +97,45 @@ def test_stack_cross_check_runs_on_the_training_stack():
                                                     ("q4", "global-loss-scale")}
     with pytest.raises(ValueError, match="seeds"):
         stack.compare_on_stack({"fp32": ("fp32", None)}, seeds=[])
+
+
+def test_format_study_gives_every_format_the_same_scale_rule():
+    from q4core.experiments import gradients as gr
+    from q4core.recipe import SWEEP_GRAD_FORMATS
+    cells = gr.study_cells()
+    assert len(cells) == 2 * len(SWEEP_GRAD_FORMATS) + 5          # log rounding: the five radix formats only
+    for fmt, rounding in cells:
+        r = gr.study_recipe(fmt, rounding)
+        for role in ("grad_dx", "grad_dw"):
+            assert r[role]["format"] == fmt and r[role]["scaling"] == "max" and r[role]["rounding"] == rounding
+    assert gr.study_recipe("radix4", "nearest")["grad_dw"]["phase"] == 1       # radix 4 keeps its TPR
+
+
+def test_radix_verdict_needs_every_rounding_mode_to_agree():
+    from q4core.experiments import gradients as gr
+    def cell(f, r, accs):
+        return {"format": f, "rounding": r, "accuracy": accs}
+    better = [0.95, 0.96, 0.97]
+    worse = [0.90, 0.905, 0.915]
+    study = {"cells": [cell("radix2", r, better) for r in gr.STUDY_ROUNDINGS]
+             + [cell("radix4", r, worse) for r in gr.STUDY_ROUNDINGS]}
+    assert gr.radix_verdicts(study)["conclusion"] == "radix2 better"
+    study["cells"][-1] = cell("radix4", "stochastic", [0.99, 0.94, 0.97])    # one mode does not resolve it
+    v = gr.radix_verdicts(study)
+    assert v["by_rounding"]["stochastic"]["verdict"] == "not resolved" and v["conclusion"] == "not resolved"
+
+
+def test_gradient_fidelity_recorder_compares_the_backward_products():
+    from q4core.experiments import common
+    from q4core.experiments import gradients as gr
+    from q4core.train import train
+    ds = common.load_dataset("digits", seed=0)
+    rec = gr.GradientFidelityRecorder(every=3)
+    train(data=ds, model="mlp", recipe=gr.study_recipe("radix4", "nearest"), epochs=1, max_steps=7, seed=0,
+          on_step=rec, progress=False, model_kwargs={"hidden": (16,), "batchnorm": False})
+    assert {r["step"] for r in rec.records} == {3, 6} and len({r["layer"] for r in rec.records}) == 2
+    for r in rec.records:
+        assert 0.5 < r["dx_cos"] <= 1.0 + 1e-12 and 0.5 < r["dw_cos"] <= 1.0 + 1e-12
+        assert 0.3 < r["dx_norm_ratio"] < 2 and 0.3 < r["dw_norm_ratio"] < 2
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        gr.GradientFidelityRecorder(0)

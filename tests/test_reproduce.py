@@ -359,6 +359,49 @@ def test_sigkill_of_the_runner_takes_workers_and_kernels_with_it(project, tmp_pa
         f"{n}_fig{i}.{e}" for n in ("03", "04") for i in range(2) for e in ("json", "pdf", "png"))
 
 
+@slow
+def test_sigint_of_a_serial_run_keeps_the_previous_figures_and_manifest(project, tmp_path):
+    """Ctrl-C of `q4-reproduce` (serial) while a notebook runs, after a good run: the figures and the manifest are
+    the previous complete ones (sha256 as recorded), no kernel survives, no temporary file is left."""
+    import hashlib
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    params = PARAMS + f"sleep = 0\nmarker_dir = {str(markers)!r}\n"
+    path = project / "notebooks" / "03_sleepy.ipynb"
+    make_notebook(path, n_figures=0, params=params)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells += [new_code_cell(FIGURE.format(name="03_fig0")), new_code_cell(SLEEPER),
+                 new_code_cell(FIGURE.format(name="03_fig1"))]
+    nbformat.write(nb, path)
+    cmd = [sys.executable, "-m", "q4core.reproduce", "--notebooks-dir", str(project / "notebooks"),
+           "--figures-dir", str(project / "figures"), "--output-dir", str(project / "executed"), "--only", "03"]
+    first = subprocess.run(cmd + ["-p", "seed", "1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    figures = project / "figures"
+    before = {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()}
+    for m in markers.iterdir():
+        m.unlink()
+    runner = subprocess.Popen(cmd + ["-p", "seed", "2", "-p", "sleep", "30"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(markers.iterdir()):
+        assert runner.poll() is None and time.monotonic() < deadline, "the kernel never reached the long cell"
+        time.sleep(0.2)
+    kernel = int(next(markers.iterdir()).name)
+    runner.send_signal(signal.SIGINT)
+    assert runner.wait(timeout=60) != 0
+    deadline = time.monotonic() + 15
+    while _alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(kernel), "the kernel survived Ctrl-C of the runner"
+    after = {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()}
+    assert after == before                   # the new seed's first figure was staged, never published
+    manifest = json.loads(before["manifest.json"])["figures"]
+    for name, entry in manifest.items():
+        assert hashlib.sha256(after[name]).hexdigest() == entry["sha256"]
+    assert not [p for p in figures.rglob("*") if p.name.endswith(".tmp")]
+
+
 _CATCH_SIGINT = """
 import pathlib, signal
 def _mark(signum, frame):

@@ -189,12 +189,27 @@ def test_a_failed_run_is_reported_with_its_config_and_the_others_are_cached(digi
 
 
 # ---------------------------------------------------------------------------------------------- executors
-def test_thread_counts_do_not_change_numbers(digits):
+def test_thread_counts_do_not_change_numbers_here(digits):
+    # true for these small products; float32 BLAS on larger ones is not (next test): runs pin one thread
     for recipe in ("fp32", "fp16", "q4"):
         config = _small(digits, recipe, steps=15)
         one = runs.execute(config, threads=1)
         two = runs.execute(config, threads=2)
         assert runs.numbers_of(one) == runs.numbers_of(two), recipe
+
+
+def test_a_run_executes_on_one_thread_whoever_calls_it():
+    """float32 BLAS with two threads gives other last bits than with one on an MNIST-sized MLP (OpenBLAS splits
+    the product), so every executor - serial included - runs a cached run on one thread: the result must not
+    depend on where it ran."""
+    from threadpoolctl import threadpool_limits
+    mnist = common.load_dataset("mnist", seed=0)
+    config = common.mlp_run(mnist, "grad-radix2", epochs=1, seed=0)
+    config.train_kwargs.update(max_steps=8)
+    config._identity = None
+    pinned = runs.execute(config, threads=1)
+    with threadpool_limits(limits=2):
+        assert runs.numbers_of(runs.execute(config)) == runs.numbers_of(pinned)
 
 
 def test_serial_processes_and_local_cluster_agree_bit_for_bit(digits, tmp_path):
@@ -291,7 +306,8 @@ def test_sweeps_give_the_numbers_they_gave_before_the_cache(digits, tmp_path, mo
     # notebook 04's runs and the stack cross-check
     run = full_training.run_ablations("vision", seeds=[0], epochs=1, max_steps=4,
                                       ablations={"no TPR": "no-tpr"})[0]
-    mnist = train("mnist", "q4", ablation="no-tpr", epochs=1, seed=0, model="cnn", max_steps=4, progress=False)
+    mnist = train("mnist", "q4", ablation="no-tpr", epochs=1, seed=0, model=full_training.DOMAINS["vision"]["model"],
+                  max_steps=4, progress=False)
     assert run["curves"] == full_training.curves_of(mnist)
     assert run["test"] == full_training.to_points(mnist["test_accuracy"], "accuracy")
     direct = train("digits", "q4", ablation="no-tpr", epochs=1, seed=0, max_steps=4, progress=False)
@@ -361,3 +377,33 @@ def test_cache_info_says_what_a_profile_would_still_run(digits, tmp_path, monkey
     assert main(["--cache-info", "--profile", "quick", "--only", "02"]) == 0
     shown = capsys.readouterr().out
     assert "02_adaptive_rescaling/quick: 3 run(s) asked" in shown and "03_" not in shown
+
+
+def test_a_recorded_run_is_cached_with_its_records(cache):
+    """Notebook 04's error-recording q4 runs: the recorder is made where the run executes, its records come back
+    in the result, equal to a recorder run in this process; a second execution trains nothing."""
+    recorder = {"factory": "q4core.experiments.full_training:QuantErrorRecorder", "kwargs": {"every": 2}}
+    config = runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1, max_steps=6, recorder=recorder)
+    plain = runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1, max_steps=6)
+    assert config.key() != plain.key() and config.identity()["recorder"] == recorder
+    first = Recording()
+    [result] = runs.map([config], executor=first, cache=cache)
+    here = full_training.QuantErrorRecorder(2)
+    direct = train("digits", "q4", seed=0, epochs=1, max_steps=6, on_step=here, progress=False)
+    assert result["records"] == json.loads(json.dumps(here.records)) and len(result["records"]) > 0
+    assert runs.numbers_of({k: v for k, v in result.items() if k != "records"}) == \
+        runs.numbers_of(json.loads(json.dumps(direct)))
+    again = Recording()
+    assert runs.map([config], executor=again, cache=cache) == [result] and again.trained == []
+    with pytest.raises(ValueError, match="recorder must be"):
+        runs.RunConfig(task="digits", recorder={"factory": "x"})
+    with pytest.raises(ValueError, match="cannot be imported"):
+        runs.RunConfig(task="digits", recorder={"factory": "q4core.nothing:X", "kwargs": {}})
+
+
+def test_fp16_accumulation_runs_also_hash_its_module():
+    """accumulate.py changes only accumulator='fp16' runs: their identities carry its hash, the others do not."""
+    fp16 = runs.RunConfig(task="digits", recipe="q4", ablation="fp16-accumulate", seed=0, epochs=1)
+    exact = runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1)
+    assert set(fp16.identity()["sources"]) == {"accumulate.py"}
+    assert "sources" not in exact.identity()

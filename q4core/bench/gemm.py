@@ -85,8 +85,8 @@ def _fast_kernels(kernels):
 
 
 def _time_round_robin(paths, repeat, threads):
-    """Median seconds of each ``(op, kernel, fn)`` path: one warm-up each, then ``repeat`` rounds of one
-    run each, so a slow phase of a shared machine hits all of them, not just one."""
+    """``(median, fastest, slowest)`` seconds of each ``(op, kernel, fn)`` path: one warm-up each, then
+    ``repeat`` rounds of one run each, so a slow phase of a shared machine hits all of them, not just one."""
     samples = [[] for _ in paths]
     with thread_limit(threads):
         for _, _, fn in paths:
@@ -94,7 +94,7 @@ def _time_round_robin(paths, repeat, threads):
         for _ in range(repeat):
             for i, (_, _, fn) in enumerate(paths):
                 samples[i].append(median_seconds(fn, repeat=1, warmup=0))
-    return [float(np.median(times)) for times in samples]
+    return [(float(np.median(times)), float(min(times)), float(max(times))) for times in samples]
 
 
 def _peer_paths(d, n, t, ours, status):
@@ -196,10 +196,12 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
             if peer["available"]:
                 peer_paths, exact = _peer_paths(d, n, t, ours, peer)
                 paths.extend(peer_paths)
-            seconds = _time_round_robin(paths, repeat, t)
-            fp32_s = seconds[0]
-            for (op, kernel, _), s in zip(paths, seconds):
+            timed = _time_round_robin(paths, repeat, t)
+            fp32_s = timed[0][0]
+            for (op, kernel, _), (s, fastest, slowest) in zip(paths, timed):
+                # the spread of the repeats: a shared machine's load shows here, not in the median
                 rec = {"size": n, "threads": t, "op": op, "kernel": kernel, "seconds": s,
+                       "seconds_min": fastest, "seconds_max": slowest,
                        "gops": ops / s / 1e9, "ratio_vs_fp32": fp32_s / s}
                 if op in exact:
                     rec["exact"] = exact[op]

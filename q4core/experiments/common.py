@@ -49,10 +49,11 @@ def _mlp_kwargs(hidden, epochs, batch_size, lr):
             "model_kwargs": {"hidden": tuple(int(h) for h in hidden), "batchnorm": False}}
 
 
-def mlp_run(dataset, recipe, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0):
-    """The :class:`q4core.runs.RunConfig` of :func:`train_mlp` (without callbacks)."""
+def mlp_run(dataset, recipe, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, seed=0, recorder=None):
+    """The :class:`q4core.runs.RunConfig` of :func:`train_mlp` (without callbacks; ``recorder``: a recorder spec
+    made where the run executes, see :class:`q4core.runs.RunConfig`)."""
     from ..runs import RunConfig
-    return RunConfig(data=dataset, recipe=recipe, seed=int(seed), source=_source_of(dataset),
+    return RunConfig(data=dataset, recipe=recipe, seed=int(seed), source=_source_of(dataset), recorder=recorder,
                      **_mlp_kwargs(hidden, epochs, batch_size, lr))
 
 

@@ -18,8 +18,8 @@ batch order) and reported as mean and standard deviation over seeds.
 Diagnosis (:class:`QuantErrorRecorder`): an ``on_step`` callback that, at recorded steps, quantizes each 4-bit
 layer's last weight, input and output gradient with the reference quantizers of :mod:`q4core.formats` at the
 scales the layer used, and keeps their relative error ``||q(x) - x|| / ||x||`` (SNR in dB = -20 log10 of it).
-Every run without a recorder is a cached task of :mod:`q4core.runs` (a sweep is one :func:`q4core.runs.map`, so
-a parallel executor runs it in parallel); the q4 runs with a :class:`QuantErrorRecorder` train in this process.
+Every run is a cached task of :mod:`q4core.runs` (a sweep is one :func:`q4core.runs.map`, so a parallel executor
+runs it in parallel); the q4 runs with a :class:`QuantErrorRecorder` make it where they run and return its records.
 """
 from __future__ import annotations
 
@@ -134,13 +134,16 @@ def _schedule(domain, epochs, max_steps, max_chars, train_kwargs):
     return {"epochs": int(epochs), "max_steps": max_steps, "train_kwargs": kw}
 
 
-def _config(domain, precision, ablation, seed, schedule):
-    """The cached run (:class:`q4core.runs.RunConfig`) of one domain, precision, ablation and seed."""
+def _config(domain, precision, ablation, seed, schedule, recorder_every=None):
+    """The cached run (:class:`q4core.runs.RunConfig`) of one domain, precision, ablation and seed; with
+    ``recorder_every`` it records quantization errors (:class:`QuantErrorRecorder`) where it runs."""
     from ..runs import RunConfig
     spec = DOMAINS[domain]
+    recorder = None if recorder_every is None else {
+        "factory": "q4core.experiments.full_training:QuantErrorRecorder", "kwargs": {"every": int(recorder_every)}}
     return RunConfig(task=spec["task"], recipe=precision, seed=int(seed), ablation=ablation,
                      epochs=int(schedule["epochs"]), model=spec["model"], max_steps=schedule["max_steps"],
-                     **schedule["train_kwargs"])
+                     recorder=recorder, **schedule["train_kwargs"])
 
 
 def _run_dict(domain, precision, ablation, seed, schedule, result):
@@ -151,34 +154,29 @@ def _run_dict(domain, precision, ablation, seed, schedule, result):
 
 
 def _run_all(items, epochs, max_steps, max_chars, done=()):
-    """Run dicts of ``items`` = ``(domain, precision, ablation, seed, on_step, train_kwargs)``, in order.
+    """Run dicts of ``items`` = ``(domain, precision, ablation, seed, recorder_every, train_kwargs)``, in order.
 
-    A run with the same domain, precision, ablation, seed and schedule as one in ``done`` (earlier run dicts)
-    is taken from there (training is deterministic); one with an ``on_step`` recorder trains in this process;
-    all the others go to :func:`q4core.runs.map` together (cached, and parallel on a parallel executor)."""
+    A run without a recorder with the same domain, precision, ablation, seed and schedule as one in ``done``
+    (earlier run dicts) is taken from there (training is deterministic); all the others go to
+    :func:`q4core.runs.map` together (cached, and parallel on a parallel executor).  A run with
+    ``recorder_every`` records quantization errors where it runs; they come back as ``errors``."""
     from .. import runs
     out, pending = [None] * len(items), []
-    for i, (domain, precision, ablation, seed, on_step, train_kwargs) in enumerate(items):
+    for i, (domain, precision, ablation, seed, recorder_every, train_kwargs) in enumerate(items):
         schedule = _schedule(domain, epochs, max_steps, max_chars, train_kwargs)
-        if on_step is not None:
-            from ..train import train
-            spec = DOMAINS[domain]
-            result = train(spec["task"], precision, ablation=ablation, epochs=int(epochs), seed=int(seed),
-                           model=spec["model"], max_steps=max_steps, on_step=on_step, progress=False,
-                           **schedule["train_kwargs"])
-            out[i] = _run_dict(domain, precision, ablation, seed, schedule, result)
-            continue
-        for r in done:
+        for r in () if recorder_every else done:
             if (r["domain"], r["precision"], r["ablation"], r["seed"], r["schedule"]) == (
                     domain, precision, ablation, int(seed), schedule):
                 out[i] = dict(r)
                 break
         else:
-            pending.append((i, schedule, _config(domain, precision, ablation, seed, schedule)))
+            pending.append((i, schedule, _config(domain, precision, ablation, seed, schedule, recorder_every)))
     results = runs.map([config for _, _, config in pending]) if pending else []
     for (i, schedule, _), result in zip(pending, results):
         domain, precision, ablation, seed = items[i][:4]
         out[i] = _run_dict(domain, precision, ablation, seed, schedule, result)
+        if items[i][4]:
+            out[i]["errors"] = result["records"]
     return out
 
 
@@ -200,13 +198,9 @@ def run_domain(domain, seeds=(0,), epochs=1, precisions=PRECISIONS, max_steps=No
     items = []
     for precision in precisions:
         for s in seeds:
-            rec = QuantErrorRecorder(recorder_every) if recorder_every and precision == "q4" else None
-            items.append((domain, precision, None, s, rec, train_kwargs))
-    runs = _run_all(items, epochs, max_steps, max_chars, done)
-    for item, run in zip(items, runs):
-        if item[4] is not None:
-            run["errors"] = item[4].records
-    return runs
+            every = recorder_every if recorder_every and precision == "q4" else None
+            items.append((domain, precision, None, s, every, train_kwargs))
+    return _run_all(items, epochs, max_steps, max_chars, done)
 
 
 def run_ablations(domain, seeds=(0,), epochs=1, ablations=None, max_steps=None, max_chars=None, train_kwargs=None,

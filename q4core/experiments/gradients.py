@@ -13,6 +13,9 @@ TPR), and every gradient format made by the one operand quantizer (:mod:`q4core.
   often the top codes of the even and odd grids are used.
 * :func:`tpr_bias` - the mean error of the gradient on the even grid, the odd grid and both (two-phase
   rounding), and of its per-feature batch sums.
+* :func:`format_study` - the comparison without its confounds: every format under the same scale rule (the
+  per-step max, aligned to the format's own maximum) and under each rounding mode, by accuracy and by the fidelity
+  of the two backward GEMMs' outputs (:class:`GradientFidelityRecorder`).
 
 Scales: linear INT4 uses max |g| / 7 (per-step max scaling); the log/FP formats use the scale GradScale
 settles on, the largest power of two ``s`` with ``max|g| * s <= format max`` (:func:`power_of_two_scale`).
@@ -196,6 +199,128 @@ def tpr_trainings(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0
     return accuracy_by_recipe(dataset, {"radix 4, one grid": "grad-radix4-one-grid",
                                         "radix 4, two-phase": "grad-radix4"}, seeds, hidden=hidden, epochs=epochs,
                               batch_size=batch_size, lr=lr)
+
+
+
+#: rounding modes of the format study: nearest in the linear domain, nearest in the log domain (radix formats
+#: only), stochastic (unbiased; seeded by the run's seed)
+STUDY_ROUNDINGS = ("nearest", "log", "stochastic")
+
+
+def study_recipe(fmt, rounding):
+    """``grad-<fmt>`` with the per-step max scale (max |g| onto the format's own maximum) and ``rounding`` on both
+    backward GEMMs' gradients: the same scale rule for every format, so only the format and rounding differ."""
+    role = {"scaling": "max", "rounding": rounding}
+    return get_recipe(f"grad-{fmt}", grad_dx=role, grad_dw=role).to_dict()
+
+
+def study_cells(names=SWEEP_GRAD_FORMATS, roundings=STUDY_ROUNDINGS):
+    """The (format, rounding) pairs the study trains: log rounding only for radix formats."""
+    return [(f, r) for f in names for r in roundings
+            if r != "log" or f.startswith("radix") or f == "log10"]
+
+
+class GradientFidelityRecorder:
+    """``on_step`` recorder: every ``every`` steps, for each Linear layer with a quantized output gradient, the two
+    backward products with the gradient as the layer quantized it against the float gradient - dL/dx = g W^T and
+    dL/dW = x^T g - by cosine similarity and norm ratio (|quantized| / |float|).  The gradient is quantized again
+    here with the layer's specs and scale (a stochastic one with a generator seeded by the step)."""
+
+    def __init__(self, every=10):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = int(every)
+        self.records = []
+
+    def __call__(self, step, model, info):
+        if step % self.every:
+            return
+        for name, layer in model.gemm_layers():
+            gemm, last = layer.gemm, layer.gemm.last
+            g, x, w, sg = (last.get(k) for k in ("grad_output", "input", "weight", "grad_scale"))
+            if g is None or x is None or w is None or not sg or gemm.fmt_gx is None:
+                continue
+            g, x, w = (np.asarray(v, np.float64) for v in (g, x, w))
+            if x.ndim != 2 or x.shape[0] != g.shape[0]:
+                continue      # a layer whose input is not the GEMM's (M, K) matrix (convolutions): not recorded
+            rng = np.random.default_rng(step)
+            gx = operands.quantize(g, gemm.spec_gx, gemm.fmt_gx, sg, rng=rng, backend="numpy").dequantize()
+            gw = operands.quantize(g, gemm.spec_gw, gemm.fmt_gw, sg, rng=rng, backend="numpy").dequantize()
+            rec = {"step": int(step), "layer": name}
+            for what, ref, q in (("dx", g @ w.T, gx @ w.T), ("dw", x.T @ g, x.T @ gw)):
+                nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
+                rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
+                rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
+            self.records.append(rec)
+
+
+def _fidelity_summary(records):
+    """Mean over recorded steps and layers of each fidelity number."""
+    keys = ("dx_cos", "dx_norm_ratio", "dw_cos", "dw_norm_ratio")
+    return {k: float(np.nanmean([r[k] for r in records])) if records else float("nan") for k in keys}
+
+
+def format_study(dataset, seeds, names=SWEEP_GRAD_FORMATS, roundings=STUDY_ROUNDINGS, hidden=(64, 64), epochs=3,
+                 batch_size=32, lr=0.05, record_every=10):
+    """Every (format, rounding) cell of :func:`study_cells` under the same scale rule: test accuracy over
+    ``seeds`` (paired: the same seeds everywhere) and, from one recorded run per cell (the first seed), the
+    fidelity of the dL/dx and dL/dW products averaged over training.  Returns ``{"cells": [{"format",
+    "rounding", "accuracy": [...], "mean", "std", "fidelity": {...}}], "fp32": {...}}``; every run is cached."""
+    from .. import runs as _runs
+    from .common import mlp_run
+    cells = study_cells(names, roundings)
+    recipes = {f"{f}/{r}": study_recipe(f, r) for f, r in cells}
+    acc = accuracy_by_recipe(dataset, {"fp32": "fp32", **recipes}, seeds, hidden=hidden, epochs=epochs,
+                             batch_size=batch_size, lr=lr)
+    recorder = {"factory": "q4core.experiments.gradients:GradientFidelityRecorder", "kwargs": {"every": record_every}}
+    recorded = _runs.map([mlp_run(dataset, recipes[f"{f}/{r}"], hidden=hidden, epochs=epochs, batch_size=batch_size,
+                                  lr=lr, seed=seeds[0], recorder=recorder) for f, r in cells])
+    out = []
+    for (f, r), rec in zip(cells, recorded):
+        a = acc[f"{f}/{r}"]
+        out.append({"format": f, "rounding": r, "accuracy": a["accuracy"], "mean": a["mean"], "std": a["std"],
+                    "stopped": a["stopped"], "fidelity": _fidelity_summary(rec["records"])})
+    return {"cells": out, "fp32": acc["fp32"], "seeds": list(seeds)}
+
+
+def radix_verdicts(study, a="radix2", b="radix4"):
+    """Paired accuracy difference ``a - b`` (points) under every rounding both formats have, and the conclusion
+    that survives all of them: ``"<a> better"`` / ``"<b> better"`` only if every rounding mode resolves it the same
+    way, else ``"not resolved"``.  Returns ``{"by_rounding": {rounding: interval}, "conclusion": str}``."""
+    from .. import stats
+    by = {}
+    cells = {(c["format"], c["rounding"]): c for c in study["cells"]}
+    for r in STUDY_ROUNDINGS:
+        if (a, r) in cells and (b, r) in cells:
+            by[r] = stats.paired_difference([100 * v for v in cells[(a, r)]["accuracy"]],
+                                            [100 * v for v in cells[(b, r)]["accuracy"]])
+    verdicts = {iv["verdict"] for iv in by.values()}
+    conclusion = "not resolved"
+    if verdicts == {"above"}:
+        conclusion = f"{a} better"
+    elif verdicts == {"below"}:
+        conclusion = f"{b} better"
+    return {"by_rounding": by, "conclusion": conclusion}
+
+
+def tpr_fidelity(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05, record_every=10):
+    """What two-phase rounding does to the backward products themselves: the mean cosine and norm ratio of each
+    layer's dL/dx and dL/dW (quantized gradient against float, :class:`GradientFidelityRecorder`) in radix-4
+    trainings with one grid and with two-phase rounding, one recorded run per seed.  Returns ``{label: {"per_seed":
+    [summary, ...], "mean": summary}}`` (summary: ``dx_cos``, ``dx_norm_ratio``, ``dw_cos``, ``dw_norm_ratio``)."""
+    from .. import runs as _runs
+    from .common import mlp_run
+    recorder = {"factory": "q4core.experiments.gradients:GradientFidelityRecorder", "kwargs": {"every": record_every}}
+    recipes = {"radix 4, one grid": "grad-radix4-one-grid", "radix 4, two-phase": "grad-radix4"}
+    configs = [mlp_run(dataset, recipe, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
+                       recorder=recorder) for recipe in recipes.values() for s in seeds]
+    results = iter(_runs.map(configs))
+    out = {}
+    for label in recipes:
+        per_seed = [_fidelity_summary(next(results)["records"]) for _ in seeds]
+        out[label] = {"per_seed": per_seed,
+                      "mean": {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}}
+    return out
 
 
 assert set(SWEEP_GRAD_FORMATS) <= set(FORMAT_NAMES)

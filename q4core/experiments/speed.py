@@ -37,6 +37,22 @@ def cpu_label():
     return f"{name} ({', '.join(units) or 'no integer vector units'}), {cores} logical CPUs"
 
 
+def _gops_range(rec):
+    """``[slowest, fastest]`` GOP/s of a record's repeats (its median's GOP/s when the spread is unknown)."""
+    ops = rec["gops"] * rec["seconds"]
+    return [ops / rec.get("seconds_max", rec["seconds"]), ops / rec.get("seconds_min", rec["seconds"])]
+
+
+def _spread(ax, recs, color):
+    """The fastest-to-slowest range of the repeats as a band: how much the machine's load moved the timing."""
+    if len(recs) > 1:
+        lo, hi = zip(*(_gops_range(r) for r in recs))
+        ax.fill_between([r["size"] for r in recs], lo, hi, color=color, alpha=0.15, lw=0)
+    elif recs:
+        lo, hi = _gops_range(recs[0])
+        ax.vlines(recs[0]["size"], lo, hi, color=color, lw=1.0, alpha=0.5)
+
+
 def _kernel_colors(kernels):
     from ..plotting import PALETTE
     order = ["blue", "vermillion", "green", "purple", "orange", "sky_blue", "black"]
@@ -62,6 +78,7 @@ def plot_gemm_throughput(result, threads=1):
     for ax, op in zip(axes, GEMM_OPS):
         ax.plot([r["size"] for r in fp32], [r["gops"] for r in fp32], "k--", marker="s", ms=3,
                 label="numpy float32 (BLAS)")
+        _spread(ax, fp32, PALETTE["black"])
         fq_op = "fakequant_int4" if op == "int4xint4" else "fakequant_fp4"
         fq = [r for r in recs if r["op"] == fq_op]
         if fq:
@@ -72,8 +89,10 @@ def plot_gemm_throughput(result, threads=1):
             if kr:
                 ax.plot([r["size"] for r in kr], [r["gops"] for r in kr], marker="o", ms=3,
                         color=colors[k], label=f"q4core {k}")
+                _spread(ax, kr, colors[k])
                 data["series"].append({"op": op, "kernel": k, "sizes": [r["size"] for r in kr],
                                        "gops": [r["gops"] for r in kr],
+                                       "gops_range": [_gops_range(r) for r in kr],
                                        "ratio_vs_fp32": [r["ratio_vs_fp32"] for r in kr]})
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -91,7 +110,7 @@ def plot_gemm_throughput(result, threads=1):
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=6)
     data["series"].insert(0, {"op": "fp32", "kernel": "numpy", "sizes": [r["size"] for r in fp32],
-                              "gops": [r["gops"] for r in fp32]})
+                              "gops": [r["gops"] for r in fp32], "gops_range": [_gops_range(r) for r in fp32]})
     data["cpu"] = cpu_label()
     return fig, data
 
@@ -176,11 +195,14 @@ def plot_train_steps(rows):
         names = [p for p in precisions if p in mr]
         ms = [mr[p]["seconds"] * 1e3 for p in names]
         ax.bar(range(len(names)), ms, color=[COLORS[precisions.index(p) % len(COLORS)] for p in names])
-        for i, v in enumerate(ms):
-            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6)
+        for i, p in enumerate(names):      # every timed repeat, so the spread of a shared machine is visible
+            samples = [1e3 * v for v in mr[p].get("samples", [])]
+            ax.plot(np.full(len(samples), i), samples, "o", ms=2, mfc="none", mec="0.2", mew=0.6)
+            ax.text(i, max([ms[i], *samples]), f"{ms[i]:.3g}\n", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names)
         ax.set_title(model)
         ax.set_ylabel("ms per training step")
-        ax.set_ylim(0, max(ms) * 1.2 if ms and max(ms) > 0 else 1)
+        top = max([*ms, *(1e3 * v for p in names for v in mr[p].get("samples", []))], default=0)
+        ax.set_ylim(0, top * 1.2 if top > 0 else 1)
     return fig, {"rows": rows, "cpu": cpu_label()}
