@@ -713,17 +713,31 @@ def cache_info(cache=None, labels=None, out=None):
         print(f"  {label.replace('--', '/')}: never executed with the cache on; all its runs would run", file=out)
 
 
-def export(to, label, cache=None, out=None):
+def _requested_keys(cache, profile):
+    """Keys of the runs the notebooks asked for at their last execution with ``profile`` (the request logs)."""
+    keys = set()
+    folder = cache.folder / "requests"
+    for log in sorted(folder.glob(f"*--{profile}.json")) if folder.is_dir() else []:
+        keys.update(_sha256_text(_canonical(i)) for i in json.loads(log.read_text()).get("identities", []))
+    return keys
+
+
+def export(to, label, cache=None, out=None, profile=None):
     """Copy the valid cache entries of the current numerics version into ``to/label/<key>.json`` (JSON only);
-    returns how many were written."""
+    with ``profile``, only the runs the notebooks asked for at their last execution with it (so a smoke test's
+    runs never become committed results).  Returns how many were written."""
     cache = default_cache() if cache is None else cache
     if not label or "/" in label or label.startswith("."):
         raise ValueError(f"label must be a plain folder name, got {label!r}")
+    wanted = None if profile is None else _requested_keys(cache, profile)
+    if wanted is not None and not wanted:
+        raise ValueError(f"no notebook has logged its runs for profile {profile!r}: run q4-reproduce --profile "
+                         f"{profile} with the cache on first")
     dest = Path(to) / label
     dest.mkdir(parents=True, exist_ok=True)
     current, n = numerics_version(), 0
     for path in cache.entries():
-        if path.parent.name == "requests":
+        if path.parent.name == "requests" or (wanted is not None and path.stem not in wanted):
             continue
         result, why = RunCache.read_entry(path, path.stem)
         if result is None:
@@ -822,6 +836,8 @@ def _parser():
     e = sub.add_parser("export", help="copy cached runs of the current numerics into committed results")
     e.add_argument("--to", required=True, help="the committed results folder (results/)")
     e.add_argument("--label", required=True, help="subfolder, e.g. the profile: default")
+    e.add_argument("--profile", default=None,
+                   help="only the runs the notebooks asked for at their last execution with this profile")
     v = sub.add_parser("verify", help="recompute committed runs chosen at random; demand identical numbers")
     v.add_argument("--sample", type=int, required=True)
     v.add_argument("--seed", type=int, required=True)
@@ -837,7 +853,7 @@ def main(argv=None):
             cache_info()
             return 0
         if args.command == "export":
-            n = export(args.to, args.label)
+            n = export(args.to, args.label, profile=args.profile)
             print(f"{n} run(s) of numerics {numerics_version()[:12]} written to {Path(args.to) / args.label}")
             return 0
         if args.sample < 1 or (args.max_seconds is not None and not math.isfinite(args.max_seconds)):

@@ -407,3 +407,16 @@ def test_fp16_accumulation_runs_also_hash_its_module():
     exact = runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1)
     assert set(fp16.identity()["sources"]) == {"accumulate.py"}
     assert "sources" not in exact.identity()
+
+
+def test_export_of_one_profile_takes_only_the_runs_it_asked_for(digits, tmp_path, monkeypatch):
+    cache = runs.RunCache(tmp_path / "cache", tmp_path / "results")
+    with pytest.raises(ValueError, match="no notebook has logged its runs for profile 'default'"):
+        runs.export(tmp_path / "out", "default", cache=cache, profile="default")
+    monkeypatch.setenv("Q4CORE_RUN_LABEL", "02_x/default")
+    asked = _small(digits, "fp32", seed=0)
+    runs.map([asked], executor="serial", cache=cache)
+    monkeypatch.setenv("Q4CORE_RUN_LABEL", "02_x/quick")
+    runs.map([_small(digits, "fp32", seed=1)], executor="serial", cache=cache)
+    assert runs.export(tmp_path / "out", "default", cache=cache, profile="default") == 1
+    assert [p.stem for p in (tmp_path / "out" / "default").glob("*.json")] == [asked.key()]
