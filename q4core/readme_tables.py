@@ -48,6 +48,8 @@ def _ci(iv, digits, unit=""):
         return "n/a"
     if iv["n"] < 2:
         return f"{iv['mean']:+.{digits}f}{unit} (one seed)"
+    if iv.get("degenerate"):
+        return f"{iv['mean']:+.{digits}f}{unit} on every seed (no spread)"
     return f"{iv['mean']:+.{digits}f}{unit} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
 
 

@@ -20,7 +20,8 @@ def paired_interval(diffs, confidence=0.95):
     """``{"n", "mean", "sd", "low", "high", "confidence"}`` of paired differences (NaN entries dropped).
 
     ``sd`` is the sample SD (ddof = 1); the interval is ``mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)``.  With fewer
-    than two differences the interval is unbounded (``-inf, inf``): one seed says nothing about the spread."""
+    than two differences, or with differences all equal (zero SD: ``"degenerate"``), the interval is unbounded
+    (``-inf, inf``): it says nothing about the spread."""
     check_real(confidence, "confidence", min_value=0, max_value=1)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -34,6 +35,11 @@ def paired_interval(diffs, confidence=0.95):
         return {"n": 1, "mean": mean, "sd": None, "low": -math.inf, "high": math.inf, "confidence": confidence}
     from scipy.stats import t
     sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        # every difference the same (on a discrete test set: the same number of items, e.g. two seeds each one
+        # image apart): the t-interval has zero width, which measures nothing about the spread
+        return {"n": n, "mean": mean, "sd": 0.0, "low": -math.inf, "high": math.inf, "confidence": confidence,
+                "degenerate": True}
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "confidence": confidence}
 
@@ -77,6 +83,9 @@ def describe(iv, a_name, b_name, unit="points", higher_is_better=True):
         return f"{a_name} minus {b_name}: no pair of finished runs"
     if iv["n"] < 2:
         return f"{a_name} minus {b_name}: {iv['mean']:+.2f} {unit} from one seed: not resolved (no interval)"
+    if iv.get("degenerate"):
+        return (f"{a_name} minus {b_name}: {iv['mean']:+.2f} {unit} on each of {iv['n']} seeds (no spread to build "
+                "an interval from): not resolved")
     better = {"above": a_name if higher_is_better else b_name,
               "below": b_name if higher_is_better else a_name}.get(iv["verdict"])
     said = f"{better} is better" if better else "not resolved"

@@ -48,3 +48,11 @@ def test_paired_difference_and_describe():
     assert one["n"] == 1 and "one seed" in stats.describe(one, "x", "y")
     with pytest.raises(ValueError, match="pair up seed by seed"):
         stats.paired_difference([1.0], [1.0, 2.0])
+
+
+def test_equal_differences_resolve_nothing():
+    """Two seeds each one test item apart give zero SD: a zero-width t-interval is not evidence."""
+    iv = stats.paired_interval([-1.11, -1.11])
+    assert iv["degenerate"] and iv["low"] == -math.inf and iv["high"] == math.inf
+    assert stats.verdict(iv) == "not resolved"
+    assert "no spread" in stats.describe(stats.paired_difference([92.2, 92.2], [93.31, 93.31]), "a", "b")
