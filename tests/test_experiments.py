@@ -139,3 +139,20 @@ def test_gradient_fidelity_recorder_compares_the_backward_products():
         assert 0.3 < r["dx_norm_ratio"] < 2 and 0.3 < r["dw_norm_ratio"] < 2
     with pytest.raises(ValueError, match="every must be a positive int"):
         gr.GradientFidelityRecorder(0)
+
+
+def test_in_process_recordings_run_on_one_thread_like_cached_runs():
+    """A recording run (on_step) trains in the notebook's process; it pins one thread as cached runs do, so a
+    q4-reproduce with or without a LocalCluster gives the same figures (float32 BLAS on two threads differs)."""
+    from threadpoolctl import threadpool_limits
+
+    from q4core.experiments import common
+    mnist = common.load_dataset("mnist", seed=0)
+    losses = []
+    for limit in (1, 2):
+        seen = []
+        with threadpool_limits(limits=limit):
+            common.train_mlp(mnist, "grad-radix2", epochs=1, seed=0,
+                             on_step=lambda step, model, info: seen.append(info.get("loss")) if step < 5 else None)
+        losses.append(seen)
+    assert losses[0] == losses[1] and len(losses[0]) == 4

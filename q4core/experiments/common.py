@@ -62,13 +62,16 @@ def train_mlp(dataset, recipe, hidden=(64, 64), epochs=3, batch_size=32, lr=0.05
     """One training run of an MLP with hidden widths ``hidden`` on ``dataset`` under ``recipe`` (a name, dict
     or Recipe): the :func:`q4core.train.train` result (and the model with ``return_model``).  Without
     ``on_step`` and ``return_model`` the run is a cached task (:func:`q4core.runs.map`); with them it trains
-    here."""
+    here - on one BLAS/GEMM thread, as a cached run does, so its numbers do not depend on the caller's thread
+    settings (float32 BLAS on two threads moves last bits; a q4-reproduce with a LocalCluster gives its kernels
+    one thread)."""
+    from .. import runs
     if on_step is None and not return_model:
-        from .. import runs
         return runs.map([mlp_run(dataset, recipe, hidden, epochs, batch_size, lr, seed)])[0]
     from ..train import train
-    return train(data=dataset, recipe=recipe, seed=int(seed), on_step=on_step, progress=False,
-                 return_model=return_model, **_mlp_kwargs(hidden, epochs, batch_size, lr))
+    with runs._limit_threads(1):
+        return train(data=dataset, recipe=recipe, seed=int(seed), on_step=on_step, progress=False,
+                     return_model=return_model, **_mlp_kwargs(hidden, epochs, batch_size, lr))
 
 
 def accuracy_by_recipe(dataset, recipes, seeds, **kwargs):
