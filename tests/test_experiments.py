@@ -151,8 +151,11 @@ def test_in_process_recordings_run_on_one_thread_like_cached_runs():
     losses = []
     for limit in (1, 2):
         seen = []
+
+        def record(step, model, info, seen=seen):
+            if step < 5:
+                seen.append(info["loss"])
         with threadpool_limits(limits=limit):
-            common.train_mlp(mnist, "grad-radix2", epochs=1, seed=0,
-                             on_step=lambda step, model, info: seen.append(info.get("loss")) if step < 5 else None)
+            common.train_mlp(mnist, "grad-radix2", epochs=1, seed=0, on_step=record)
         losses.append(seen)
     assert losses[0] == losses[1] and len(losses[0]) == 4
