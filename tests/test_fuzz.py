@@ -660,7 +660,10 @@ def test_a_tampered_checkpoint_loads_whole_or_is_refused_naming_the_entry(tmp_pa
 def _start_training(folder, epochs=400):
     cmd = [sys.executable, "-m", "q4core.train", "--task", "digits", "--model", "mlp", "--epochs", str(epochs),
            "--checkpoint", str(folder / "ck.npz"), "--out", str(folder / "r.json"), "--no-progress"]
-    return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a test runner started in the background (nohup, `cmd &`) passes SIGINT on as ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would
+    return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, timeout=60.0):

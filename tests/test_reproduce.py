@@ -381,8 +381,10 @@ def test_sigint_of_a_serial_run_keeps_the_previous_figures_and_manifest(project,
     before = {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()}
     for m in markers.iterdir():
         m.unlink()
+    # SIGINT as a terminal delivers it: a runner started in the background would inherit it ignored
     runner = subprocess.Popen(cmd + ["-p", "seed", "2", "-p", "sleep", "30"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(markers.iterdir()):
         assert runner.poll() is None and time.monotonic() < deadline, "the kernel never reached the long cell"

@@ -392,7 +392,8 @@ def test_a_recorded_run_is_cached_with_its_records(cache):
     first = Recording()
     [result] = runs.map([config], executor=first, cache=cache)
     here = full_training.QuantErrorRecorder(2)
-    direct = train("digits", "q4", seed=0, epochs=1, max_steps=6, on_step=here, progress=False)
+    with runs._limit_threads(1):          # as every run executes (float32 BLAS on two threads moves last bits)
+        direct = train("digits", "q4", seed=0, epochs=1, max_steps=6, on_step=here, progress=False)
     assert result["records"] == json.loads(json.dumps(here.records)) and len(result["records"]) > 0
     assert runs.numbers_of({k: v for k, v in result.items() if k != "records"}) == \
         runs.numbers_of(json.loads(json.dumps(direct)))
