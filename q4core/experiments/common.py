@@ -15,7 +15,7 @@ import numpy as np
 from .._validation import check_int_list
 from ..metrics import quantization_snr_db
 
-__all__ = ["DATASETS", "load_dataset", "mlp_run", "train_mlp", "accuracy_by_recipe", "snr_or_nan",
+__all__ = ["DATASETS", "load_dataset", "mlp_run", "train_mlp", "accuracy_by_recipe", "StepRecorder", "snr_or_nan",
            "step_to_step_change"]
 
 DATASETS = ("digits", "mnist")
@@ -105,3 +105,20 @@ def step_to_step_change(series):
     if x.size < 2:
         return 0.0
     return float(np.median(np.abs(np.diff(x)) / np.maximum(np.abs(x[:-1]), 1e-300)))
+
+class StepRecorder:
+    """Base of the per-step recorders (``on_step`` callbacks made where a run executes): records every
+    ``every``-th step into ``records`` (JSON values, returned with a cached run's result)."""
+
+    def __init__(self, every=10):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = int(every)
+        self.records = []
+
+    def __call__(self, step, model, info):
+        if step % self.every == 0:
+            self.record(step, model, info)
+
+    def record(self, step, model, info):  # pragma: no cover - abstract
+        raise NotImplementedError

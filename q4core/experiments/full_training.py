@@ -30,6 +30,7 @@ import numpy as np
 from .._validation import check_int, check_int_list
 from ..recipe import operands
 from ..stats import paired_interval
+from .common import StepRecorder
 
 __all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
            "ablation_table", "ablation_study", "format_table", "to_points", "gap", "QuantErrorRecorder",
@@ -337,7 +338,7 @@ def _relative_error(x, q):
     return float(np.linalg.norm(np.asarray(q, dtype=np.float64) - x)) / n
 
 
-class QuantErrorRecorder:
+class QuantErrorRecorder(StepRecorder):
     """``on_step`` callback: every ``every`` steps, for each layer running in ``q4``, the relative quantization
     error of its weight, input (activation) and output gradient, each quantized as the layer quantizes it:
     weight INT4 (levels -7..7) at the layer's last weight scale; input UINT4 (clipped to ``[0, 15 * scale]``,
@@ -351,15 +352,7 @@ class QuantErrorRecorder:
 
     ROLES = ("weight", "activation", "gradient")
 
-    def __init__(self, every=10):
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        self.every = int(every)
-        self.records = []
-
-    def __call__(self, step, model, info):
-        if step % self.every:
-            return
+    def record(self, step, model, info):
         for name, layer in model.gemm_layers():
             gemm = layer.gemm
             if not gemm.quantized:

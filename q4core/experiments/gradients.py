@@ -29,7 +29,7 @@ import numpy as np
 from ..formats import FORMAT_NAMES
 from ..recipe import SWEEP_GRAD_FORMATS, get_recipe, operands
 from ..scaling import GradScale
-from .common import accuracy_by_recipe, train_mlp
+from .common import StepRecorder, accuracy_by_recipe, train_mlp
 
 FORMAT_LABELS = {"int4_sym": "INT4 (linear)", "radix2": "radix 2", "radix4": "radix 4 (TPR)", "radix8": "radix 8",
                  "log10": "radix 10", "radix16": "radix 16 (TPR)", "e2m1": "E2M1 FP4"}
@@ -220,21 +220,13 @@ def study_cells(names=SWEEP_GRAD_FORMATS, roundings=STUDY_ROUNDINGS):
             if r != "log" or f.startswith("radix") or f == "log10"]
 
 
-class GradientFidelityRecorder:
+class GradientFidelityRecorder(StepRecorder):
     """``on_step`` recorder: every ``every`` steps, for each Linear layer with a quantized output gradient, the two
     backward products with the gradient as the layer quantized it against the float gradient - dL/dx = g W^T and
     dL/dW = x^T g - by cosine similarity and norm ratio (|quantized| / |float|).  The gradient is quantized again
     here with the layer's specs and scale (a stochastic one with a generator seeded by the step)."""
 
-    def __init__(self, every=10):
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        self.every = int(every)
-        self.records = []
-
-    def __call__(self, step, model, info):
-        if step % self.every:
-            return
+    def record(self, step, model, info):
         for name, layer in model.gemm_layers():
             gemm, last = layer.gemm, layer.gemm.last
             g, x, w, sg = (last.get(k) for k in ("grad_output", "input", "weight", "grad_scale"))
