@@ -33,7 +33,11 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(Heal
 def _isolated(function, env=None, timeout=600):
     """Run ``function`` (a name in this module) in a fresh Python; fail with its output if it fails, dies of a
     signal (segfault, abort) or hangs."""
-    code = ("import importlib.util, sys; "
+    code = ("import importlib.util, os, sys; from hypothesis import settings; "
+            # the same deterministic profile as the test process (tests/conftest.py)
+            "settings.register_profile('q4core', derandomize=True); "
+            "settings.register_profile('explore', derandomize=False); "
+            "settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'q4core')); "
             f"spec = importlib.util.spec_from_file_location('fuzz', {str(Path(__file__))!r}); "
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
             f"m.{function}()")
