@@ -53,11 +53,6 @@ def _ci(iv, digits, unit=""):
     return f"{iv['mean']:+.{digits}f}{unit} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
 
 
-def _paired(a, b):
-    """Interval of the per-seed differences ``a - b`` (lists aligned by seed; None = diverged, dropped)."""
-    return stats.paired_interval([None if x is None or y is None else x - y for x, y in zip(a, b)])
-
-
 def _word(iv, worse="worse", better="better"):
     """``worse`` / ``better`` when the interval of a change excludes zero, else ``not resolved``."""
     v = stats.verdict(iv)
@@ -100,7 +95,7 @@ def table_ablations(figures_dir):
             if label not in abl:
                 cells.append("-")
                 continue
-            iv = _paired(abl[label]["gap"]["values"], full["gap"]["values"])
+            iv = stats.paired_difference(abl[label]["gap"]["values"], full["gap"]["values"])
             cells.append(f"{_ci(iv, 2)} {_word(iv)}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     seeds = {d: len(s["seeds"]) for d, s in study.items()}
@@ -116,7 +111,7 @@ def _accuracy_rows(entries, reference, pct=100.0):
     ref = entries[reference]["accuracy"]
     for label, e in entries.items():
         acc = [None if a is None else a * pct for a in e["accuracy"]]
-        diff = "reference" if label == reference else _ci(_paired(acc, [a * pct for a in ref]), 2)
+        diff = "reference" if label == reference else _ci(stats.paired_difference(acc, [a * pct for a in ref]), 2)
         rows.append((label, _pm(None if e["mean"] is None else e["mean"] * pct, e["std"] * pct, 2), diff, len(acc)))
     return rows
 

@@ -116,6 +116,12 @@ class StepRecorder:
         self.every = int(every)
         self.records = []
 
+    @classmethod
+    def spec(cls, every):
+        """The recorder spec of a cached run (:class:`q4core.runs.RunConfig` ``recorder=``) making this recorder
+        with ``every`` where the run executes."""
+        return {"factory": f"{cls.__module__}:{cls.__qualname__}", "kwargs": {"every": int(every)}}
+
     def __call__(self, step, model, info):
         if step % self.every == 0:
             self.record(step, model, info)

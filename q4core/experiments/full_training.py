@@ -140,8 +140,7 @@ def _config(domain, precision, ablation, seed, schedule, recorder_every=None):
     ``recorder_every`` it records quantization errors (:class:`QuantErrorRecorder`) where it runs."""
     from ..runs import RunConfig
     spec = DOMAINS[domain]
-    recorder = None if recorder_every is None else {
-        "factory": "q4core.experiments.full_training:QuantErrorRecorder", "kwargs": {"every": int(recorder_every)}}
+    recorder = None if recorder_every is None else QuantErrorRecorder.spec(recorder_every)
     return RunConfig(task=spec["task"], recipe=precision, seed=int(seed), ablation=ablation,
                      epochs=int(schedule["epochs"]), model=spec["model"], max_steps=schedule["max_steps"],
                      recorder=recorder, **schedule["train_kwargs"])

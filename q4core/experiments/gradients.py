@@ -264,7 +264,7 @@ def format_study(dataset, seeds, names=SWEEP_GRAD_FORMATS, roundings=STUDY_ROUND
     recipes = {f"{f}/{r}": study_recipe(f, r) for f, r in cells}
     acc = accuracy_by_recipe(dataset, {"fp32": "fp32", **recipes}, seeds, hidden=hidden, epochs=epochs,
                              batch_size=batch_size, lr=lr)
-    recorder = {"factory": "q4core.experiments.gradients:GradientFidelityRecorder", "kwargs": {"every": record_every}}
+    recorder = GradientFidelityRecorder.spec(record_every)
     recorded = _runs.map([mlp_run(dataset, recipes[f"{f}/{r}"], hidden=hidden, epochs=epochs, batch_size=batch_size,
                                   lr=lr, seed=seeds[0], recorder=recorder) for f, r in cells])
     out = []
@@ -302,7 +302,7 @@ def tpr_fidelity(dataset, seeds, hidden=(64, 64), epochs=3, batch_size=32, lr=0.
     [summary, ...], "mean": summary}}`` (summary: ``dx_cos``, ``dx_norm_ratio``, ``dw_cos``, ``dw_norm_ratio``)."""
     from .. import runs as _runs
     from .common import mlp_run
-    recorder = {"factory": "q4core.experiments.gradients:GradientFidelityRecorder", "kwargs": {"every": record_every}}
+    recorder = GradientFidelityRecorder.spec(record_every)
     recipes = {"radix 4, one grid": "grad-radix4-one-grid", "radix 4, two-phase": "grad-radix4"}
     configs = [mlp_run(dataset, recipe, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
                        recorder=recorder) for recipe in recipes.values() for s in seeds]
