@@ -1,0 +1,90 @@
+"""Block-scaled FP4 GEMM: ``C = A @ B`` for MXFP4 / NVFP4 operands, in integer arithmetic plus block scales.
+
+An E2M1 element times 2 is an integer in [-12, 12], so within one block of the reduction axis the product of two
+block-scaled operands is an integer dot product (int32 is ample: ``|sum| <= 32 * 144``) times the two block scales.
+The result is defined exactly - the kernels must reproduce it bit for bit:
+
+    acc[i, j] = 0.0 (float64)
+    for kb in K-blocks, in order:
+        acc[i, j] += float64(P_kb[i, j]) * (sa[i, kb] * sb[kb, j] * 0.25)
+    C[i, j] = acc[i, j] / (tensor_scale_a * tensor_scale_b)
+
+where ``P_kb`` is the integer product of block ``kb`` (elements as 2x integers), ``sa``/``sb`` the decoded block
+scales (E8M0: powers of two; E4M3: at most 4 significant bits) and the tensor scales NVFP4's float32 encode
+scales (1.0 for MX).  Every multiplication above is exact in float64 (``sa * sb * 0.25`` has at most 8 significant
+bits, ``P_kb`` at most 13); only the additions and the final division round, in the stated order.  For MXFP4 the
+final division is by 1 and the result equals the float64 product of the decoded operands whenever the partial
+sums' exponents stay within float64's 53 bits (tests check it on ordinary data).
+
+Operands: ``a`` is ``(M, K)`` blocked along axis 1 (1-D blocks) or in 2-D tiles; ``b`` is ``(K, N)`` blocked along
+axis 0 or in 2-D tiles (NVFP4's 16 x 16 weight blocks, which serve both ``W`` and ``W.T``).  Both must be made by
+the same 4-bit format with the same block length along K.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .blockscaled import BlockScaledTensor
+
+__all__ = ["blockscaled_matmul", "blockscaled_matmul_reference", "operand_integers"]
+
+
+def _k_blocking(t, name, reduction_axis):
+    """(block length along K, per-element-row/col scale array with one column per K-block) of operand ``t``."""
+    if not isinstance(t, BlockScaledTensor):
+        raise TypeError(f"{name} must be a BlockScaledTensor (q4core.blockscaled ... .encode), got {type(t).__name__}")
+    if t.codes.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {t.codes.shape}")
+    if t.fmt.element.bits != 4:
+        raise ValueError(f"{name} is {t.fmt.name}: the block-scaled GEMM takes 4-bit (E2M1) elements only")
+    axes = tuple(t.axis)
+    scales = t.fmt._scale_values(t.scale_codes)             # float64, one per block (exact decode)
+    if axes == (reduction_axis,):
+        # 1-D blocks: the scale codes have the blocked axis last, (rows, K-blocks) or (cols, K-blocks)
+        blk = t.block_shape[0]
+        return blk, scales if reduction_axis == 1 else scales.T
+    if axes == (0, 1):
+        # 2-D tiles: expand the non-reduction axis so there is one scale per row (a) or column (b)
+        other = 1 - reduction_axis
+        blk = t.block_shape[reduction_axis]
+        full = np.repeat(scales, t.block_shape[other], axis=other)
+        full = full[:t.codes.shape[0], :] if other == 0 else full[:, :t.codes.shape[1]]
+        return blk, full
+    raise ValueError(f"{name} must be blocked along its reduction axis ({reduction_axis}) or in 2-D tiles, "
+                     f"got blocked axes {axes}")
+
+
+def operand_integers(t):
+    """The element codes of ``t`` as integers ``2 * value`` in [-12, 12] (int8)."""
+    return np.rint(t.fmt.element.decode(t.codes) * 2.0).astype(np.int8)
+
+
+def _check_pair(a, b):
+    blk_a, sa = _k_blocking(a, "a", 1)
+    blk_b, sb = _k_blocking(b, "b", 0)
+    if a.fmt is not b.fmt:
+        raise ValueError(f"a and b must share one format, got {a.fmt.name} and {b.fmt.name}")
+    if blk_a != blk_b:
+        raise ValueError(f"a and b must have the same block length along K, got {blk_a} and {blk_b}")
+    if a.codes.shape[1] != b.codes.shape[0]:
+        raise ValueError(f"inner dimensions differ: a is {a.codes.shape}, b is {b.codes.shape}")
+    return blk_a, sa, sb
+
+
+def blockscaled_matmul_reference(a, b):
+    """The definition above in numpy (int64 block products, float64 accumulation in K-block order)."""
+    blk, sa, sb = _check_pair(a, b)
+    m, k = a.codes.shape
+    n = b.codes.shape[1]
+    ai = operand_integers(a).astype(np.int64)
+    bi = operand_integers(b).astype(np.int64)
+    acc = np.zeros((m, n), dtype=np.float64)
+    for kb, k0 in enumerate(range(0, k, blk)):
+        p = ai[:, k0:k0 + blk] @ bi[k0:k0 + blk, :]
+        acc += p.astype(np.float64) * (sa[:, kb:kb + 1] * sb[kb:kb + 1, :] * 0.25)
+    return acc / (float(a.tensor_scale) * float(b.tensor_scale))
+
+
+def blockscaled_matmul(a, b):
+    """``A @ B`` of two block-scaled FP4 operands as float64 (see the module docstring for the exact result)."""
+    return blockscaled_matmul_reference(a, b)
