@@ -51,7 +51,7 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "NumberFormat", "IntFormat", "RadixFP", "MiniFloat",
+    "NonFiniteError", "NumberFormat", "IntFormat", "RadixFP", "MiniFloat",
     "INT4", "INT4_SYM", "UINT4", "INT8", "RADIX4_FP4", "RADIX4_FP4_ODD", "RADIX2_FP4", "LOG10_4BIT",
     "E2M1", "FP8_E4M3", "FP8_E5M2", "FP16",
     "pack_nibbles", "unpack_nibbles", "image_to_levels", "levels_to_image",
@@ -107,10 +107,16 @@ def _check_nan_policy(nan_policy):
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
 
 
+class NonFiniteError(ValueError):
+    """NaN or Inf given to a format that cannot hold them (under ``nan_policy='raise'``).  A ``ValueError``
+    like any bad argument; its own type lets the trainer tell a model whose activations overflowed (divergence)
+    from a bad argument."""
+
+
 def _check_finite(arr, name, nan_policy, message=NONFINITE_MESSAGE):
-    """Raise on NaN or Inf when ``nan_policy == 'raise'``."""
+    """Raise :class:`NonFiniteError` on NaN or Inf when ``nan_policy == 'raise'``."""
     if nan_policy == "raise" and arr.size and not np.isfinite(arr).all():
-        raise ValueError(message.format(name=name))
+        raise NonFiniteError(message.format(name=name))
 
 
 def _to_dtype(out, dtype, scale, nan_policy):

@@ -46,6 +46,7 @@ from .formats import (
     NONFINITE_MESSAGE,
     OVERFLOW_MESSAGE,
     IntFormat,
+    NonFiniteError,
     RadixFP,
     _check_nan_policy,
     _check_scale,
@@ -143,7 +144,7 @@ def _apply(what, fmt, x, scale, nan_policy, threads):
         out = np.empty(arr.shape[:-1] + ((arr.shape[-1] + 1) // 2,), np.uint8)
     flags = _quant.run(kind, op, arr, out, scale, params, nthreads)
     if nan_policy == "raise" and flags & (_quant.FLAG_NAN | _quant.FLAG_INF):
-        raise ValueError(NONFINITE_MESSAGE.format(name="x"))
+        raise NonFiniteError(NONFINITE_MESSAGE.format(name="x"))
     if op != _quant.OP_QUANTIZE and flags & _quant.FLAG_NAN:
         raise ValueError(NAN_CODE_MESSAGE.format(name="x"))
     if op == _quant.OP_QUANTIZE and nan_policy == "raise" and _may_overflow(fmt, scale, arr.dtype) \
@@ -260,7 +261,7 @@ def minmax_clip(x, unsigned=False, *, threads=None):
         return 0.0
     hi, lo, flags = minmax_unchecked(arr, _threads(threads))
     if flags:
-        raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
+        raise NonFiniteError("x contains NaN or Inf; a range cannot be estimated from it")
     return max(hi, 0.0) if unsigned else max(abs(hi), abs(lo))
 
 
@@ -271,7 +272,7 @@ def sawb_clip_unchecked(w):
         return 0.0
     sq, ab, top, flags = _quant.moments(w)
     if flags:
-        raise ValueError("w contains NaN or Inf; a range cannot be estimated from it")
+        raise NonFiniteError("w contains NaN or Inf; a range cannot be estimated from it")
     if top == 0.0:
         return 0.0
     from .scaling import sawb_from_moments
@@ -328,7 +329,7 @@ def encode_gradient(fmt_dx, fmt_dw, g, scale, *, threads=None):
     scale = _check_scale(scale)
     c0, c1, hi, lo, flags = encode_gradient_unchecked(fmt_dx, fmt_dw, arr, scale, _threads(threads))
     if flags:
-        raise ValueError(NONFINITE_MESSAGE.format(name="g"))
+        raise NonFiniteError(NONFINITE_MESSAGE.format(name="g"))
     return c0, c1, (max(hi, -lo) if arr.size else 0.0)
 
 
@@ -338,7 +339,7 @@ def encode_unchecked(fmt, x, scale, threads=None):
     kind, params = _cached_params(fmt)
     out = np.empty(x.shape, np.uint8)
     if _quant.run(kind, _quant.OP_ENCODE, x, out, scale, params, _engine_threads(threads)):
-        raise ValueError(NONFINITE_MESSAGE.format(name="x"))
+        raise NonFiniteError(NONFINITE_MESSAGE.format(name="x"))
     return out.view(np.int8) if isinstance(fmt, IntFormat) and fmt.signed else out
 
 
@@ -364,7 +365,7 @@ def encode_packed_weight_unchecked(fmt, w, scale):
     kind, params = _cached_params(fmt)
     codes, bpacked, Kp, Np, sums, flags = _quant.encode_pack_b(w, scale, kind, params)
     if flags:
-        raise ValueError(NONFINITE_MESSAGE.format(name="x"))
+        raise NonFiniteError(NONFINITE_MESSAGE.format(name="x"))
     if fmt.signed:
         codes = codes.view(np.int8)
     return codes, _packed_from_layout(codes, (bpacked, Kp, Np, sums))

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .formats import RadixFP
+from .formats import NonFiniteError, RadixFP
 
 __all__ = ["SAWB_C1", "SAWB_C2", "minmax_clip", "sawb_clip", "sawb_from_moments", "int_scale", "pact_forward",
            "pact_backward", "GradScale", "two_phase_encode"]
@@ -35,7 +35,7 @@ SAWB_C2 = -12.80
 def _finite_array(x, name):
     arr = np.asarray(x, dtype=np.float64)
     if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf; a range cannot be estimated from it")
+        raise NonFiniteError(f"{name} contains NaN or Inf; a range cannot be estimated from it")
     return arr
 
 
@@ -51,7 +51,7 @@ def minmax_clip(x, unsigned=False):
         return 0.0
     hi, lo = float(arr.max()), float(arr.min())
     if not (math.isfinite(hi) and math.isfinite(lo)):
-        raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
+        raise NonFiniteError("x contains NaN or Inf; a range cannot be estimated from it")
     return max(hi, 0.0) if unsigned else max(abs(hi), abs(lo))
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from ._io import check_replaceable, write_atomic
 from ._validation import check_int, check_real
+from .formats import NonFiniteError
 from .nn.losses import softmax_cross_entropy
 from .nn.models import build_model
 from .nn.optim import SGD, Adam, lr_schedule
@@ -112,7 +113,7 @@ def _evaluate(ds, net, split):
     with np.errstate(over="ignore", invalid="ignore"):
         try:
             value = ds.evaluate(net, split)
-        except FloatingPointError as exc:
+        except (FloatingPointError, NonFiniteError) as exc:
             raise TrainingDiverged(str(exc)) from exc
     if not math.isfinite(value):
         raise TrainingDiverged(f"the {'validation' if split == 'val' else split} {ds.metric} became {value}")
@@ -218,7 +219,12 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
                 state.loss_scale, state.saturated = loss_scale, False
                 # overflow is expected under fp16 loss scaling and on divergence; both are handled below
                 with np.errstate(over="ignore", invalid="ignore"):
-                    logits = net.forward(xb)
+                    try:
+                        logits = net.forward(xb)
+                    except NonFiniteError as exc:
+                        # the batch is finite (checked at load): an activation overflowed inside the model
+                        raise TrainingDiverged(f"an activation became NaN or Inf before a quantizer at step "
+                                               f"{step} (epoch {epoch + 1})") from exc
                     loss, g = softmax_cross_entropy(logits, yb)
                     history["step_loss"].append(loss)
                     if not math.isfinite(loss) or loss > max_loss:
@@ -226,7 +232,7 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
                                                f"(epoch {epoch + 1}; limit {max_loss:.4g})")
                     try:
                         net.backward(g * np.float32(loss_scale) if fp16 else g)
-                    except FloatingPointError as exc:
+                    except (FloatingPointError, NonFiniteError) as exc:
                         if not fp16:
                             raise TrainingDiverged(f"a non-finite gradient at step {step}: {exc}") from exc
                         ok = False

@@ -61,6 +61,24 @@ def test_divergence_stops_with_history():
     assert r["steps"] >= 1
 
 
+def test_overflowing_activations_are_a_divergence_not_a_bad_argument(tmp_path):
+    # found by the explore fuzz profile: lr 1e10 makes the fp16 first layer's output Inf, which the next
+    # layer's INT4 quantizer refuses; that is the model diverging (exit 1, result written), not exit 2
+    out = tmp_path / "r.json"
+    rc = main(["--task", "digits", "--model", "mlp", "--recipe", "q4", "--lr", "1e10", "--max-steps", "2",
+               "--no-progress", "--out", str(out)])
+    assert rc == 1
+    result = json.loads(out.read_text())
+    assert "NaN or Inf before a quantizer" in result["stopped"] and result["test_accuracy"] is None
+
+
+def test_quantizers_raise_nonfinite_error_a_value_error():
+    from q4core.formats import INT4, NonFiniteError
+    with pytest.raises(NonFiniteError, match="x contains NaN or Inf"):
+        INT4.encode(np.array([1.0, np.inf]))
+    assert issubclass(NonFiniteError, ValueError)
+
+
 def test_fp16_loss_scaling_skips_overflowing_steps():
     r = train(task="digits", recipe="fp16", epochs=1, max_steps=12, progress=False, loss_scale_init=2.0 ** 24)
     assert r["history"]["skipped_steps"][0] > 0

@@ -38,6 +38,7 @@ import numpy as np
 from .. import gemm as _gemm
 from .. import quant as _quant
 from ..accumulate import fp16_block_matmul
+from ..formats import NonFiniteError
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
@@ -270,7 +271,7 @@ class QuantGemm(Module):
         else:
             hi, lo, flags = _quant.minmax_unchecked(xf, self._quant_threads)
             if flags:
-                raise ValueError("x contains NaN or Inf; a range cannot be estimated from it")
+                raise NonFiniteError("x contains NaN or Inf; a range cannot be estimated from it")
             clip = max(hi, 0.0) if getattr(fmt, "qmin", -1) == 0 else max(abs(hi), abs(lo))
         return self._scale_from_clip(xf, spec, fmt, clip)
 
