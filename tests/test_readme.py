@@ -67,3 +67,23 @@ def test_tpr_resnet_table_from_figure_json(tmp_path):
     assert "lower with TPR" in text                       # all three seeds well below: the interval excludes 0
     assert "+0.1000 (one seed) | not resolved" in text
     assert "seeds [0, 1, 2] paired, 2 epoch(s)" in text
+
+
+def test_accuracy_table_with_unequal_seed_counts(tmp_path):
+    import json
+
+    from q4core import readme_tables
+    from q4core.experiments import full_training as ft
+
+    def run(domain, precision, seed, test, metric):
+        return {"domain": domain, "precision": precision, "ablation": None, "seed": seed, "metric": metric,
+                "test": test, "stopped": None}
+    runs = [run("vision", p, s, 98.0 - (0.3 + 0.1 * s if p == "q4" else 0.0), "accuracy")
+            for p in ("fp32", "fp16", "q4") for s in range(3)]
+    runs += [run("language", p, s, 2.0 + (0.01 * s if p == "q4" else 0.0), "bpc")
+             for p in ("fp32", "fp16", "q4") for s in range(5)]
+    table = ft.results_table(runs)
+    (tmp_path / "04_results.json").write_text(json.dumps({"data": table}))
+    text = readme_tables.render("accuracy", tmp_path)
+    assert "(vision: 3, language: 5 seeds)" in text
+    assert text.count("| vision |") == 1 and text.count("| language |") == 1
