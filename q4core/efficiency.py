@@ -46,13 +46,14 @@ AREA_SOURCE = ("unverified: the area column printed beside Horowitz's energies i
 
 #: what could and could not be checked about the figures (checked December 2026 against the sources reachable
 #: from this project's reference search)
-AREA_NOTE = ("The energies (8/16/32-bit integer add 0.03/0.05/0.1 pJ, 8/32-bit integer multiply 0.2/3.1 pJ, FP16/FP32 "
-             "add 0.4/0.9 pJ, FP16/FP32 multiply 1.1/3.7 pJ) are Horowitz's ISSCC 2014 table; the 32-bit and "
-             "floating-point ones were checked against papers quoting that table. The areas (um^2) are NOT in "
-             "Horowitz's paper as far as we could check: they circulate beside his energies in slides attributed to "
-             "Dally's NIPS 2015 tutorial (and Han et al.'s), where they are said to come from a synthesis at 45 nm; "
-             "we could not verify either attribution from a primary source, so the area column - and every density "
-             "gain - is unverified.")
+AREA_NOTE = ("The energies (8/16/32-bit integer add 0.03/0.05/0.1 pJ, 8/32-bit integer multiply 0.2/3.1 pJ, "
+             "FP16/FP32 add 0.4/0.9 pJ, FP16/FP32 multiply 1.1/3.7 pJ) are Horowitz's ISSCC 2014 table; all but "
+             "the 16-bit integer add (used by no MAC here) were checked against secondary sources quoting that "
+             "table (a paper's table citing Horowitz, code transcribing it), not against the paper itself. The "
+             "areas (um^2) are NOT in Horowitz's paper as far as we could check: they circulate beside his "
+             "energies in slides attributed to Dally's NIPS 2015 tutorial (and Han et al.'s), where they are said "
+             "to come from a synthesis at 45 nm; we could not verify either attribution from a primary source, so "
+             "the area column - and every density gain - is unverified.")
 
 #: every assumption behind :func:`compare_macs`, in words (notebook 05 prints them)
 ASSUMPTIONS = (
