@@ -57,7 +57,8 @@ AREA_NOTE = ("The energies (8/16/32-bit integer add 0.03/0.05/0.1 pJ, 8/32-bit i
 
 #: every assumption behind :func:`compare_macs`, in words (notebook 05 prints them)
 ASSUMPTIONS = (
-    "Energies and areas per operator are Horowitz's 45 nm figures; ratios between operators are assumed "
+    "Energies per operator are Horowitz's 45 nm figures, areas the column printed beside them (source "
+    "unverified: AREA_NOTE); ratios between operators are assumed "
     "to carry over to newer nodes (absolute values do not).",
     "A MAC is one multiplier plus one accumulate adder; registers, operand delivery, memory and control "
     "are left out, although on real chips they cost as much as or more than the arithmetic.",
