@@ -211,9 +211,31 @@ def table_train_step(figures_dir):
     return "\n".join(rows)
 
 
+def table_tpr_resnet(figures_dir):
+    """Two-phase rounding on the ResNet (notebook 04, :mod:`q4core.experiments.tpr_deep`): the effect with minus
+    without TPR, averaged over layers, per seed, with its interval."""
+    data = _load(figures_dir, "04_tpr_resnet")
+    net = data["summary"]["network"]
+    what = {"mean_shift": "BatchNorm running-mean bias, mean over layers of the absolute shift (float SDs)",
+            "var_log2": "BatchNorm running-variance bias, mean over layers of the absolute log2 ratio",
+            "dx_cos": "dL/dX GEMM output, cosine to float", "dw_cos": "dL/dW GEMM output, cosine to float"}
+    rows = ["| quantity | with TPR - without, mean [95 % interval] | verdict |", "|---|---|---|"]
+    for key, label in what.items():
+        iv = net[key]
+        word = _word(iv, worse="higher with TPR", better="lower with TPR") if iv["n"] > 1 else "not resolved"
+        rows.append(f"| {label} | {_ci(iv, 4)} | {word} |")
+    acc = stats.paired_difference(data["tests"]["with TPR"], data["tests"]["without TPR"])
+    rows.append(f"| test accuracy (points) | {_ci(acc, 2)} | "
+                f"{_word(acc, worse='higher with TPR', better='lower with TPR') if acc['n'] > 1 else 'not resolved'} |")
+    rows.append("")
+    rows.append(f"ResNet on MNIST-5k, q4 with and without two-phase rounding, seeds {data['seeds']} paired, "
+                f"{data['epochs']} epoch(s).")
+    return "\n".join(rows)
+
+
 TABLES = {"accuracy": table_accuracy, "ablations": table_ablations, "scaling": table_scaling,
           "radix": table_radix, "format-study": table_format_study, "gemm": table_gemm,
-          "train-step": table_train_step}
+          "train-step": table_train_step, "tpr-resnet": table_tpr_resnet}
 
 
 def render(name, figures_dir=None):

@@ -13,7 +13,8 @@ import numpy as np
 
 from ._validation import check_real
 
-__all__ = ["paired_interval", "verdict", "binomial_se", "paired_difference", "describe"]
+__all__ = ["paired_interval", "verdict", "binomial_se", "paired_difference", "describe", "half_width",
+           "seeds_to_resolve"]
 
 
 def paired_interval(diffs, confidence=0.95):
@@ -56,6 +57,33 @@ def verdict(interval, margin=0.0):
     if margin > 0 and -margin <= lo and hi <= margin:
         return "within"
     return "not resolved"
+
+
+def half_width(sd, n, confidence=0.95):
+    """Half-width ``t_{(1+c)/2, n-1} * sd / sqrt(n)`` of the Student-t interval of a mean of ``n`` paired
+    differences with sample SD ``sd``: what ``n`` seeds would give if their spread were the one observed (a
+    planning figure, not a measurement)."""
+    check_real(sd, "sd", min_value=0)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (an interval needs two seeds), got {n!r}")
+    check_real(confidence, "confidence", min_value=0, max_value=1)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    from scipy.stats import t
+    return float(t.ppf(0.5 + confidence / 2, int(n) - 1)) * float(sd) / math.sqrt(int(n))
+
+
+def seeds_to_resolve(mean, sd, threshold, confidence=0.95, max_seeds=1000):
+    """The fewest seeds ``n >= 2`` whose interval ``mean +- half_width(sd, n)`` would lie wholly on one side of
+    ``threshold``, if the observed ``mean`` and ``sd`` held; None if even ``max_seeds`` would not (``mean`` on
+    the threshold) - a planning figure: more seeds move the mean too."""
+    check_real(mean, "mean")
+    check_real(threshold, "threshold")
+    distance = abs(float(mean) - float(threshold))
+    for n in range(2, int(max_seeds) + 1):
+        if half_width(sd, n, confidence) < distance:
+            return n
+    return None
 
 
 def binomial_se(p, n):

@@ -91,3 +91,41 @@ def test_every_figure_names_its_source():
     assert "** 1" in eff.scale_int_adder(16).source
     for row in eff.compare_macs():
         assert row["multiplier"] in row["source"] and row["adder"] in row["source"]
+
+
+def test_adder_tree_written_out():
+    # 4 products of 8 bits: two 9-bit adders, one 10-bit adder, one int32 accumulate, per 4 products
+    a9, a10 = eff.scale_int_adder(9), eff.scale_int_adder(10)
+    acc = eff.HOROWITZ_45NM["int32_add"]
+    tree = eff.adder_tree(8, 4)
+    assert tree.energy_pj == pytest.approx((2 * a9.energy_pj + a10.energy_pj + acc.energy_pj) / 4)
+    assert tree.area_um2 == pytest.approx((2 * a9.area_um2 + a10.area_um2 + acc.area_um2) / 4)
+    # 0.03 pJ per 8 bits: (2 * 9 + 10) * 0.03 / 8 = 0.105 pJ plus 0.1 pJ, over 4 products
+    assert tree.energy_pj == pytest.approx((0.105 + 0.1) / 4)
+
+
+def test_adder_tree_is_cheaper_than_an_int32_accumulate_per_product():
+    rows = {r["name"]: r for r in eff.compare_macs("FP16")}
+    tree, acc = rows["INT4, adder tree (16)"], rows["FP4 x INT4, INT32 acc."]
+    assert tree["adder"] == "tree8x16" and tree["energy_pj"] < acc["energy_pj"]
+    assert "adder tree" in tree["source"] and "int32_add" in tree["source"]
+    assert eff.mac_cost("int4_mult", "tree8x16").energy_pj == pytest.approx(
+        eff.scale_int_multiplier(4).energy_pj + eff.adder_tree(8, 16).energy_pj)
+
+
+@pytest.mark.parametrize("bits, k, match", [(0, 4, "product_bits"), (8, 3, "k must be a power of two"),
+                                            (8, 1, "k must be a power of two"), (8, True, "k must")])
+def test_adder_tree_rejects_bad_arguments(bits, k, match):
+    with pytest.raises(ValueError, match=match):
+        eff.adder_tree(bits, k)
+
+
+def test_malformed_tree_name_is_named():
+    with pytest.raises(KeyError, match="tree<product bits>x<k>"):
+        eff.mac_cost("int4_mult", "tree8")
+
+
+def test_area_attribution_is_marked_unverified():
+    est = eff.energy_estimate()
+    assert "unverified" in est["area_note"] and "unverified" in est["area_source"]
+    assert "INT4, adder tree (16)" in {r["name"] for r in est["rows"]}

@@ -197,3 +197,31 @@ def test_layer_labels_are_readable_and_say_the_precision():
         assert "layers." not in label and label.endswith(("(4-bit)", "(fp16)"))
         assert label.endswith("(4-bit)") == (name in ft.q4_layers("vision"))
     assert ft.layer_labels("language", max_chars=20000)["layers.1.hidden"] == "LSTM 1 hidden (4-bit)"
+
+
+def test_domain_seeds_extends_one_domain_and_keeps_the_first_seeds():
+    six = ft.domain_seeds(0, 6)
+    assert six == {d: [0, 1, 2, 3, 4, 5] for d in ft.DOMAINS}
+    more = ft.domain_seeds(0, 6, {"language": 10})
+    assert more["language"] == list(range(10)) and more["vision"] == six["vision"]
+    assert more["language"][:6] == six["language"]          # the first six stay the same (cached) runs
+    assert ft.domain_seeds(3, 2)["speech"] == [3, 4]
+
+
+@pytest.mark.parametrize("counts, match", [({"audio": 3}, "unknown domain 'audio'"),
+                                           ({"language": 0}, "seed_counts\\['language'\\]")])
+def test_domain_seeds_rejects_bad_counts(counts, match):
+    with pytest.raises(ValueError, match=match):
+        ft.domain_seeds(0, 6, counts)
+
+
+def test_results_table_with_unequal_seed_counts_per_domain():
+    runs = [_run("vision", p, s, 98.0 - (0.5 + 0.1 * s * s if p == "q4" else 0.0)) for p in ("fp16", "q4")
+            for s in range(3)]
+    runs += [_run("language", p, s, 2.0 + (0.01 + 0.001 * s * s if p == "q4" else 0.0), metric="bpc")
+             for p in ("fp16", "q4") for s in range(5)]
+    table = ft.results_table(runs)
+    assert table["vision"]["gap"]["n"] == 3 and table["language"]["gap"]["n"] == 5
+    assert table["language"]["precisions"]["q4"]["seeds"] == [0, 1, 2, 3, 4]
+    assert table["language"]["verdict"] in ("met", "missed", "inconclusive") and table["vision"]["verdict"]
+    assert "language" in ft.format_table(table) and "vision" in ft.format_table(table)

@@ -50,3 +50,40 @@ def test_readme_tables_refuse_unknown_and_missing(tmp_path):
         readme_tables.render("nope")
     with pytest.raises(FileNotFoundError, match="04_results.json is missing"):
         readme_tables.render("accuracy", tmp_path)
+
+
+def test_tpr_resnet_table_from_figure_json(tmp_path):
+    import json
+
+    from q4core import readme_tables, stats
+    iv = stats.paired_difference([0.10, 0.12, 0.11], [0.20, 0.25, 0.21])     # written out: mean -0.11
+    one = stats.paired_difference([0.9], [0.8])
+    data = {"summary": {"network": {"mean_shift": iv, "var_log2": iv, "dx_cos": one, "dw_cos": iv}},
+            "tests": {"with TPR": [97.0, 96.5, 97.2], "without TPR": [96.8, 96.9, 97.0]}, "seeds": [0, 1, 2],
+            "epochs": 2}
+    (tmp_path / "04_tpr_resnet.json").write_text(json.dumps({"data": data}))
+    text = readme_tables.render("tpr-resnet", tmp_path)
+    assert "| BatchNorm running-mean bias, mean over layers of the absolute shift (float SDs) | -0.1100 [" in text
+    assert "lower with TPR" in text                       # all three seeds well below: the interval excludes 0
+    assert "+0.1000 (one seed) | not resolved" in text
+    assert "seeds [0, 1, 2] paired, 2 epoch(s)" in text
+
+
+def test_accuracy_table_with_unequal_seed_counts(tmp_path):
+    import json
+
+    from q4core import readme_tables
+    from q4core.experiments import full_training as ft
+
+    def run(domain, precision, seed, test, metric):
+        return {"domain": domain, "precision": precision, "ablation": None, "seed": seed, "metric": metric,
+                "test": test, "stopped": None}
+    runs = [run("vision", p, s, 98.0 - (0.3 + 0.1 * s if p == "q4" else 0.0), "accuracy")
+            for p in ("fp32", "fp16", "q4") for s in range(3)]
+    runs += [run("language", p, s, 2.0 + (0.01 * s if p == "q4" else 0.0), "bpc")
+             for p in ("fp32", "fp16", "q4") for s in range(5)]
+    table = ft.results_table(runs)
+    (tmp_path / "04_results.json").write_text(json.dumps({"data": table}))
+    text = readme_tables.render("accuracy", tmp_path)
+    assert "(vision: 3, language: 5 seeds)" in text
+    assert text.count("| vision |") == 1 and text.count("| language |") == 1

@@ -56,3 +56,32 @@ def test_equal_differences_resolve_nothing():
     assert iv["degenerate"] and iv["low"] == -math.inf and iv["high"] == math.inf
     assert stats.verdict(iv) == "not resolved"
     assert "no spread" in stats.describe(stats.paired_difference([92.2, 92.2], [93.31, 93.31]), "a", "b")
+
+
+def test_half_width_is_the_t_interval_of_that_many_seeds():
+    # the half-width paired_interval builds from data equals half_width of its sd and n
+    d = [0.3, 1.1, -0.4, 0.9, 0.2, 1.4]
+    iv = stats.paired_interval(d)
+    assert stats.half_width(iv["sd"], 6) == pytest.approx(iv["high"] - iv["mean"], rel=1e-12)
+    # written out: t_{0.975, 9} = 2.262157, so 10 seeds of SD 1 give 2.262157 / sqrt(10) = 0.715357
+    assert stats.half_width(1.0, 10) == pytest.approx(0.715357, abs=1e-6)
+    assert stats.half_width(0.0, 3) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 0, 2.5, True])
+def test_half_width_needs_two_seeds(n):
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        stats.half_width(1.0, n)
+
+
+def test_half_width_rejects_negative_sd():
+    with pytest.raises(ValueError, match="sd"):
+        stats.half_width(-1.0, 4)
+
+
+def test_seeds_to_resolve_is_the_first_n_whose_interval_clears_the_threshold():
+    n = stats.seeds_to_resolve(1.4, 0.55, 1.0)
+    assert stats.half_width(0.55, n) < 0.4 <= stats.half_width(0.55, n - 1)
+    assert stats.seeds_to_resolve(0.2, 0.5, 1.0) == stats.seeds_to_resolve(1.8, 0.5, 1.0)   # symmetric
+    assert stats.seeds_to_resolve(1.0, 0.5, 1.0) is None        # a mean on the threshold never resolves
+    assert stats.seeds_to_resolve(5.0, 0.0, 1.0) == 2           # no spread: the smallest interval

@@ -32,9 +32,9 @@ from ..recipe import operands
 from ..stats import paired_interval
 from .common import StepRecorder
 
-__all__ = ["DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations", "results_table",
-           "ablation_table", "ablation_study", "format_table", "to_points", "gap", "QuantErrorRecorder",
-           "summarise_errors", "diagnose", "curves_of", "q4_layers", "layer_sensitivity"]
+__all__ = ["domain_seeds", "DOMAINS", "PRECISIONS", "ABLATIONS", "TARGETS", "run_domain", "run_ablations",
+           "results_table", "ablation_table", "ablation_study", "format_table", "to_points", "gap",
+           "QuantErrorRecorder", "summarise_errors", "diagnose", "curves_of", "q4_layers", "layer_sensitivity"]
 
 #: domain -> the q4core.train task, model and what the metric is called
 # models like the paper's, mostly 4-bit (every GEMM but the first and last under q4; share of MACs: mac_share)
@@ -178,6 +178,20 @@ def _run_all(items, epochs, max_steps, max_chars, done=()):
         if items[i][4]:
             out[i]["errors"] = result["records"]
     return out
+
+
+def domain_seeds(first_seed, n_seeds, seed_counts=None):
+    """``{domain: [first_seed, first_seed + 1, ...]}``: ``n_seeds`` seeds per domain, or ``seed_counts[domain]``
+    where given (a domain whose verdict is not resolved gets more).  A domain's first seeds are the same whatever
+    its count, so its runs for them are the same cached runs."""
+    check_int(first_seed, "first_seed", min_value=0)
+    check_int(n_seeds, "n_seeds", min_value=1)
+    counts = dict(seed_counts or {})
+    for d, k in counts.items():
+        if d not in DOMAINS:
+            raise ValueError(f"seed_counts names an unknown domain {d!r}; domains: {sorted(DOMAINS)}")
+        check_int(k, f"seed_counts[{d!r}]", min_value=1)
+    return {d: [int(first_seed) + i for i in range(int(counts.get(d, n_seeds)))] for d in DOMAINS}
 
 
 def _check_common(domain, seeds, epochs):

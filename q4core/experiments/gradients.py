@@ -228,22 +228,41 @@ class GradientFidelityRecorder(StepRecorder):
 
     def record(self, step, model, info):
         for name, layer in model.gemm_layers():
-            gemm, last = layer.gemm, layer.gemm.last
-            g, x, w, sg = (last.get(k) for k in ("grad_output", "input", "weight", "grad_scale"))
-            if g is None or x is None or w is None or not sg or gemm.fmt_gx is None:
-                continue
-            g, x, w = (np.asarray(v, np.float64) for v in (g, x, w))
-            if x.ndim != 2 or x.shape[0] != g.shape[0]:
-                continue      # a layer whose input is not the GEMM's (M, K) matrix (convolutions): not recorded
-            rng = np.random.default_rng(step)
-            gx = operands.quantize(g, gemm.spec_gx, gemm.fmt_gx, sg, rng=rng, backend="numpy").dequantize()
-            gw = operands.quantize(g, gemm.spec_gw, gemm.fmt_gw, sg, rng=rng, backend="numpy").dequantize()
-            rec = {"step": int(step), "layer": name}
-            for what, ref, q in (("dx", g @ w.T, gx @ w.T), ("dw", x.T @ g, x.T @ gw)):
-                nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
-                rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
-                rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
-            self.records.append(rec)
+            rec = backward_fidelity(step, layer.gemm, self.gemm_input(layer))
+            if rec is not None:
+                self.records.append({"step": int(step), "layer": name, **rec})
+
+    @staticmethod
+    def gemm_input(layer):
+        """The (M, K) input matrix of the layer's last forward GEMM, or None where the recorded input is not it
+        (convolutions record their image; :class:`q4core.experiments.tpr_deep.DeepFidelityRecorder` makes the
+        patch matrix)."""
+        x = layer.gemm.last.get("input")
+        return None if x is None or np.ndim(x) != 2 else x
+
+
+def backward_fidelity(step, gemm, x):
+    """The two backward products of one 4-bit layer with its last output gradient quantized as the layer
+    quantized it (specs, formats and scale; a stochastic one with a generator seeded by ``step``) against the
+    float gradient - dL/dx = g W^T and dL/dW = x^T g for the (M, K) input matrix ``x`` - as ``{"dx_cos",
+    "dx_norm_ratio", "dw_cos", "dw_norm_ratio"}``; None where the layer has nothing to compare (no quantized
+    gradient, or ``x`` None or not matching the gradient's rows)."""
+    last = gemm.last
+    g, w, sg = (last.get(k) for k in ("grad_output", "weight", "grad_scale"))
+    if g is None or x is None or w is None or not sg or gemm.fmt_gx is None:
+        return None
+    g, x, w = (np.asarray(v, np.float64) for v in (g, x, w))
+    if x.ndim != 2 or x.shape[0] != g.shape[0]:
+        return None
+    rng = np.random.default_rng(step)
+    gx = operands.quantize(g, gemm.spec_gx, gemm.fmt_gx, sg, rng=rng, backend="numpy").dequantize()
+    gw = operands.quantize(g, gemm.spec_gw, gemm.fmt_gw, sg, rng=rng, backend="numpy").dequantize()
+    rec = {}
+    for what, ref, q in (("dx", g @ w.T, gx @ w.T), ("dw", x.T @ g, x.T @ gw)):
+        nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
+        rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
+        rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
+    return rec
 
 
 def _fidelity_summary(records):
