@@ -292,19 +292,10 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     [1, num_procs()]: a larger team only risks libgomp failing to create it.
     """
     cdef q4_plan plan
-    cdef int is_f64
+    cdef int is_f64 = _float_kind(x)
     cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
-    if x.dtype == np.float64:
-        is_f64 = 1
-    elif x.dtype == np.float32:
-        is_f64 = 0
-    else:
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous
-            and out.flags.aligned and out.flags.writeable):
-        raise ValueError("x and out must be aligned and C-contiguous, and out writeable")
-    if not x.dtype.isnative:
-        raise ValueError("x must be in native byte order")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out must be aligned, C-contiguous and writeable")
     if op == Q4_OP_QUANTIZE:
         if out.dtype != x.dtype or out.size != n:
             raise ValueError("out must match x in dtype and size")
