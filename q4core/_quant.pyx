@@ -42,6 +42,7 @@ cdef extern from "fused_kernels.h" nogil:
                             uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
     double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
                             int threads)
+    void q4_round_f16(const float *x, float *out, ptrdiff_t n)
     unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
                               signed char *packed, int64_t Kp, int64_t *sums)
     int Q4_PANEL, Q4_KALIGN
@@ -235,6 +236,20 @@ def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
     with nogil:
         total = q4_pact_backward(xp, gp, op, n, clip, threads)
     return out, total
+
+
+def round_f16(cnp.ndarray x):
+    """float32 ``x`` (C-contiguous, aligned, native) rounded to the nearest float16 values, as float32 of
+    ``x``'s shape (see q4_round_f16 in fused_kernels.h; equals ``x.astype(float16).astype(float32)``)."""
+    if _float_kind(x) != 0:
+        raise TypeError(f"x must be float32, got {x.dtype}")
+    out = np.empty((<object>x).shape, np.float32)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef ptrdiff_t n = x.size
+    with nogil:
+        q4_round_f16(xp, op, n)
+    return out
 
 
 def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
