@@ -281,12 +281,14 @@ cdef cnp.ndarray _correction(const int64_t[::1] sums, int64_t offset):
 
 def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
          Py_ssize_t kchunk, tuple a_offsets, tuple shifts, int64_t max_product, int kernel,
-         int nthreads, tuple colsums=None):
+         int nthreads, tuple colsums=None, bint narrow=False):
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
     One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
     (a multiple of K_ALIGN) so that no int32 accumulator can wrap; the chunks are summed in
-    int64.  Returns int32 when there is one group, no shift and one chunk, else int64.
+    int64.  Returns int32 when there is one group, no shift and one chunk, else int64; with
+    ``narrow`` int32 whenever there is one chunk (the chunk bounds every exact entry inside int32:
+    half the output bytes of int64).
     ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.
     """
     cdef int ngroups = len(a_bufs)
@@ -322,7 +324,8 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         shift_arr[g] = shifts[g]
     cdef Py_ssize_t nchunks = (Kp + kchunk - 1) // kchunk
     single = ngroups == 1 and shifts[0] == 0 and nchunks == 1
-    result = np.empty((M, N), np.int32 if single else np.int64)
+    narrow32 = narrow and nchunks == 1 and not single
+    result = np.empty((M, N), np.int32 if single or narrow32 else np.int64)
     cdef void *out_ptr = cnp.PyArray_DATA(result)
     cdef Py_ssize_t k0, k1
     cdef int rc, mode
@@ -330,7 +333,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     for c in range(nchunks):
         k0 = c * kchunk
         k1 = min(Kp, k0 + kchunk)
-        mode = 0 if single else (2 if c == 0 else 1)
+        mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
         for g in range(ngroups):
             corr_ptr[g] = NULL
             if a_offsets[g] != 0:
