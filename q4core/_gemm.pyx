@@ -145,9 +145,12 @@ def aligned_zeros(shape, dtype):
     Operand buffers handed to :func:`gemm` should come from here (prep_a and pack_b use it):
     results do not depend on alignment, speed does (AMX tile loads)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    cdef Py_ssize_t nbytes = dtype.itemsize, start
+    for extent in shape:         # not np.prod / arr.ctypes: ~10 us of Python per call on small operands
+        nbytes *= extent
     raw = np.zeros(nbytes + OPERAND_ALIGN, np.uint8)
-    start = (-raw.ctypes.data) % OPERAND_ALIGN
+    start = (-<Py_ssize_t>(<size_t>cnp.PyArray_DATA(raw))) % OPERAND_ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -180,8 +183,9 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
 def _aligned(x):
     """``x`` itself if its data starts on an OPERAND_ALIGN boundary (or it is empty), else an
     aligned C-contiguous copy."""
-    x = np.asarray(x)
-    if x.size == 0 or (x.ctypes.data % OPERAND_ALIGN == 0 and x.flags.c_contiguous):
+    cdef cnp.ndarray arr = np.asarray(x)
+    x = arr
+    if arr.size == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % OPERAND_ALIGN == 0 and arr.flags.c_contiguous):
         return x
     out = aligned_zeros(x.shape, x.dtype)
     out[...] = x
