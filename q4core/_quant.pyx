@@ -8,6 +8,8 @@ reading or writing out of bounds.  Work is split into fixed chunks run by an Ope
 the same bytes.
 """
 import numpy as np
+
+from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
@@ -265,7 +267,6 @@ def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
     cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
     cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
     codes = np.empty((K, N), np.uint8)
-    from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
     packed = aligned_zeros(Kp * Np, np.int8)
     sums = np.zeros(Np, np.int64)
     cdef unsigned flags = 0
