@@ -145,9 +145,12 @@ def aligned_zeros(shape, dtype):
     Operand buffers handed to :func:`gemm` should come from here (prep_a and pack_b use it):
     results do not depend on alignment, speed does (AMX tile loads)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    cdef Py_ssize_t nbytes = dtype.itemsize, start
+    for extent in shape:         # not np.prod / arr.ctypes: ~10 us of Python per call on small operands
+        nbytes *= extent
     raw = np.zeros(nbytes + OPERAND_ALIGN, np.uint8)
-    start = (-raw.ctypes.data) % OPERAND_ALIGN
+    start = (-<Py_ssize_t>(<size_t>cnp.PyArray_DATA(raw))) % OPERAND_ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -180,8 +183,9 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
 def _aligned(x):
     """``x`` itself if its data starts on an OPERAND_ALIGN boundary (or it is empty), else an
     aligned C-contiguous copy."""
-    x = np.asarray(x)
-    if x.size == 0 or (x.ctypes.data % OPERAND_ALIGN == 0 and x.flags.c_contiguous):
+    cdef cnp.ndarray arr = np.asarray(x)
+    x = arr
+    if arr.size == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % OPERAND_ALIGN == 0 and arr.flags.c_contiguous):
         return x
     out = aligned_zeros(x.shape, x.dtype)
     out[...] = x
@@ -281,12 +285,14 @@ cdef cnp.ndarray _correction(const int64_t[::1] sums, int64_t offset):
 
 def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
          Py_ssize_t kchunk, tuple a_offsets, tuple shifts, int64_t max_product, int kernel,
-         int nthreads, tuple colsums=None):
+         int nthreads, tuple colsums=None, bint narrow=False):
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
     One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
     (a multiple of K_ALIGN) so that no int32 accumulator can wrap; the chunks are summed in
-    int64.  Returns int32 when there is one group, no shift and one chunk, else int64.
+    int64.  Returns int32 when there is one group, no shift and one chunk, else int64; with
+    ``narrow`` int32 whenever there is one chunk (the chunk bounds every exact entry inside int32:
+    half the output bytes of int64).
     ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.
     """
     cdef int ngroups = len(a_bufs)
@@ -322,7 +328,8 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         shift_arr[g] = shifts[g]
     cdef Py_ssize_t nchunks = (Kp + kchunk - 1) // kchunk
     single = ngroups == 1 and shifts[0] == 0 and nchunks == 1
-    result = np.empty((M, N), np.int32 if single else np.int64)
+    narrow32 = narrow and nchunks == 1 and not single
+    result = np.empty((M, N), np.int32 if single or narrow32 else np.int64)
     cdef void *out_ptr = cnp.PyArray_DATA(result)
     cdef Py_ssize_t k0, k1
     cdef int rc, mode
@@ -330,7 +337,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     for c in range(nchunks):
         k0 = c * kchunk
         k1 = min(Kp, k0 + kchunk)
-        mode = 0 if single else (2 if c == 0 else 1)
+        mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
         for g in range(ngroups):
             corr_ptr[g] = NULL
             if a_offsets[g] != 0:

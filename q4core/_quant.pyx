@@ -8,6 +8,8 @@ reading or writing out of bounds.  Work is split into fixed chunks run by an Ope
 the same bytes.
 """
 import numpy as np
+
+from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
@@ -42,6 +44,7 @@ cdef extern from "fused_kernels.h" nogil:
                             uint8_t *out1, ptrdiff_t n, double *hi, double *lo, int threads)
     double q4_pact_backward(const float *x, const float *g, float *out, ptrdiff_t n, float clip,
                             int threads)
+    void q4_round_f16(const float *x, float *out, ptrdiff_t n)
     unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
                               signed char *packed, int64_t Kp, int64_t *sums)
     int Q4_PANEL, Q4_KALIGN
@@ -237,6 +240,20 @@ def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
     return out, total
 
 
+def round_f16(cnp.ndarray x):
+    """float32 ``x`` (C-contiguous, aligned, native) rounded to the nearest float16 values, as float32 of
+    ``x``'s shape (see q4_round_f16 in fused_kernels.h; equals ``x.astype(float16).astype(float32)``)."""
+    if _float_kind(x) != 0:
+        raise TypeError(f"x must be float32, got {x.dtype}")
+    out = np.empty((<object>x).shape, np.float32)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef ptrdiff_t n = x.size
+    with nogil:
+        q4_round_f16(xp, op, n)
+    return out
+
+
 def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
     """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
     column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
@@ -250,7 +267,6 @@ def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
     cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
     cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
     codes = np.empty((K, N), np.uint8)
-    from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
     packed = aligned_zeros(Kp * Np, np.int8)
     sums = np.zeros(Np, np.int64)
     cdef unsigned flags = 0
@@ -292,19 +308,10 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     [1, num_procs()]: a larger team only risks libgomp failing to create it.
     """
     cdef q4_plan plan
-    cdef int is_f64
+    cdef int is_f64 = _float_kind(x)
     cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
-    if x.dtype == np.float64:
-        is_f64 = 1
-    elif x.dtype == np.float32:
-        is_f64 = 0
-    else:
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    if not (x.flags.c_contiguous and x.flags.aligned and out.flags.c_contiguous
-            and out.flags.aligned and out.flags.writeable):
-        raise ValueError("x and out must be aligned and C-contiguous, and out writeable")
-    if not x.dtype.isnative:
-        raise ValueError("x must be in native byte order")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out must be aligned, C-contiguous and writeable")
     if op == Q4_OP_QUANTIZE:
         if out.dtype != x.dtype or out.size != n:
             raise ValueError("out must match x in dtype and size")

@@ -409,6 +409,9 @@ _FP4_LEFT_MAX = 128       # offset left FP4 operand: <= 64 + 64
 _INT4_INT4_BOUND = _INT4_MAX * _INT4_MAX               # 225
 _FP4_INT4_BOUND = _FP4_LEFT_MAX * _INT4_MAX            # 1920
 _INT4_FP4_BOUND = _INT4_MAX * _FP4_GROUP_MAX           # 960
+# bound on one exact FP4 x INT4 product |units(g) * b| (units up to 4**6): with K * this inside int32
+# the engine takes the combined result of both exponent groups as int32 (half the bytes of int64)
+_FP4_ENTRY_BOUND = 4 ** 6 * _INT4_MAX                  # 61440
 
 
 def _offset_table(signed):
@@ -503,8 +506,10 @@ def _int4_run(a, a_signed, packed, kid, nthreads):
     return _to_int32(c, K)
 
 
-def _fp4_int4_run(g, packed, kid, nthreads):
-    """int64 units(G) @ B: ``g`` 2-D uint8 FP4 codes 0..15 (any strides), ``packed`` a PackedInt4."""
+def _fp4_int4_run(g, packed, kid, nthreads, narrow=False):
+    """int64 units(G) @ B: ``g`` 2-D uint8 FP4 codes 0..15 (any strides), ``packed`` a PackedInt4;
+    ``narrow``: int32 instead when every exact entry provably fits (K * _FP4_ENTRY_BOUND inside int32 and
+    K one chunk; see _gemm.gemm)."""
     M, K, N = g.shape[0], g.shape[1], packed.shape[1]
     if kid == _REFERENCE_ID:
         return _ref_product(_FP4_UNITS[g.astype(np.intp)], packed.as_array().astype(np.int64))
@@ -523,12 +528,13 @@ def _fp4_int4_run(g, packed, kid, nthreads):
     c = _gemm.gemm(tuple(bufs[i] for i in groups), M, (bpacked,) * n, N, Kp, Np,
                    _kchunk(_FP4_INT4_BOUND), tuple(_FP4_LEFT_OFFSETS[i] for i in groups),
                    tuple(_FP4_HI_SHIFT * i for i in groups), _FP4_INT4_BOUND, kid, nthreads,
-                   (sums,) * n)
-    return c.astype(np.int64, copy=False)
+                   (sums,) * n, narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX)
+    return c if narrow else c.astype(np.int64, copy=False)
 
 
-def _int4_fp4_run(a, a_signed, g, kid, nthreads):
-    """int64 A @ units(G): ``a`` 2-D INT4 levels, ``g`` 2-D uint8 FP4 codes 0..15 (any strides)."""
+def _int4_fp4_run(a, a_signed, g, kid, nthreads, narrow=False):
+    """int64 A @ units(G): ``a`` 2-D INT4 levels, ``g`` 2-D uint8 FP4 codes 0..15 (any strides);
+    ``narrow`` as for :func:`_fp4_int4_run`."""
     M, K, N = a.shape[0], a.shape[1], g.shape[1]
     if kid == _REFERENCE_ID:
         return _ref_product(a.astype(np.int64), _FP4_UNITS[g.astype(np.intp)])
@@ -544,8 +550,8 @@ def _int4_fp4_run(a, a_signed, g, kid, nthreads):
     c = _gemm.gemm((bufs[0],) * n, M, tuple(bpacked[i] for i in groups), N, Kp, Np,
                    _kchunk(_INT4_FP4_BOUND), ((_INT4_OFFSET if a_signed else 0),) * n,
                    tuple(_FP4_HI_SHIFT * i for i in groups), _INT4_FP4_BOUND, kid, nthreads,
-                   tuple(sums[i] for i in groups))
-    return c.astype(np.int64, copy=False)
+                   tuple(sums[i] for i in groups), narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX)
+    return c if narrow else c.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- engine entry points
@@ -605,14 +611,16 @@ def int4_matmul_unchecked(a, b_packed, threads=None):
 
 
 def fp4_int4_matmul_unchecked(g_codes, b_packed, threads=None):
-    """``fp4_int4_matmul`` without operand checks: ``g_codes`` uint8 radix-4 codes, ``b_packed`` packed."""
+    """``fp4_int4_matmul`` without operand checks: ``g_codes`` uint8 radix-4 codes, ``b_packed`` packed.
+    The same exact integers, as int32 when they provably fit (K <= 34952), else int64."""
     packed = _engine_packed(b_packed)
     _engine_inner(g_codes.shape, packed.shape, "g_codes", "b_packed")
-    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads))
+    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads), narrow=True)
 
 
 def int4_fp4_matmul_unchecked(a, g_codes, threads=None):
-    """``int4_fp4_matmul`` without operand checks: levels ``a`` (int8/uint8) and codes ``g_codes``."""
+    """``int4_fp4_matmul`` without operand checks: levels ``a`` (int8/uint8) and codes ``g_codes``.
+    The same exact integers, as int32 when they provably fit (K <= 34952), else int64."""
     _engine_inner(a.shape, g_codes.shape, "a", "g_codes")
     return _int4_fp4_run(a, a.dtype.type is np.int8, g_codes, _engine_kernel_id(),
-                         _engine_threads(threads))
+                         _engine_threads(threads), narrow=True)

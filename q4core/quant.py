@@ -52,6 +52,8 @@ from .formats import (
     _check_scale,
     _check_unpack_args,
 )
+from .gemm import _packed_from_layout
+from .scaling import sawb_from_moments
 
 try:
     from . import _quant
@@ -275,7 +277,6 @@ def sawb_clip_unchecked(w):
         raise NonFiniteError("w contains NaN or Inf; a range cannot be estimated from it")
     if top == 0.0:
         return 0.0
-    from .scaling import sawb_from_moments
     return sawb_from_moments(sq / w.size, ab / w.size, top)
 
 
@@ -361,7 +362,6 @@ def encode_packed_weight_unchecked(fmt, w, scale):
     """``(codes, PackedInt4)`` of a 2-D aligned C-contiguous float32/float64 weight on an integer format:
     ``encode(fmt, w, scale)`` and ``gemm.pack_int4`` of it, built in one read of ``w`` (engine entry
     point; same bytes as encoding then packing, tested).  NaN / Inf raise as in ``encode``."""
-    from .gemm import _packed_from_layout
     kind, params = _cached_params(fmt)
     codes, bpacked, Kp, Np, sums, flags = _quant.encode_pack_b(w, scale, kind, params)
     if flags:

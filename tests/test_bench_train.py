@@ -58,6 +58,8 @@ def test_breakdown_counts_the_integer_gemms_of_each_workload():
         assert sum(r["fractions"].values()) == pytest.approx(1.0)
         assert all(0 <= r["fractions"][p] <= 1 for p in train.BREAKDOWN_PARTS)
         assert r["calls"]["operand making"] > 0 and r["step_seconds"] > 0
+        # every integer GEMM result is rescaled (the fused engine's rescale is counted too)
+        assert r["calls"]["int32 rescale"] == r["calls"]["integer GEMM"]
     text = "\n".join(report.breakdown_lines(result))
     assert "integer GEMM" in text and "residual cnn 32x32 (batch 2)" in text
 

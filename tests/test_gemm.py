@@ -702,9 +702,32 @@ def test_unchecked_equals_public_equals_oracle(m, k, n, a_signed, b_signed, phas
                 (gemm.int4_fp4_matmul_unchecked(a, g_right, threads=threads),
                  gemm.int4_fp4_matmul(a, g_right, threads=threads), oracle(a, units_r)),
             ]:
-                assert got.dtype == public.dtype and got.shape == public.shape == ref.shape
+                # the engine may take an FP4 product as int32 when every exact entry fits (narrow)
+                assert got.dtype in (public.dtype, np.dtype(np.int32)) and got.shape == public.shape == ref.shape
                 np.testing.assert_array_equal(got, public, err_msg=kernel)
                 np.testing.assert_array_equal(got, ref, err_msg=kernel)
+
+
+@pytest.mark.parametrize("k", [gemm._INT32_MAX // gemm._FP4_ENTRY_BOUND, gemm._INT32_MAX // gemm._FP4_ENTRY_BOUND + 1])
+def test_unchecked_fp4_products_narrow_to_int32_only_while_every_entry_fits(k):
+    """The largest FP4 x INT4 entries (units +-4**6 times 15) summed over the longest K that keeps them inside
+    int32 come back as int32 and exact, on every kernel; one K more and they come back as int64, still exact."""
+    units = gemm.fp4_units(np.arange(16, dtype=np.uint8))
+    top, bottom = np.uint8(np.argmax(units)), np.uint8(np.argmin(units))
+    assert units[top] == 4 ** 6 and units[bottom] == -4 ** 6
+    g_left = np.array([[top] * k, [bottom] * k], np.uint8)
+    b = np.full((k, 2), 15, np.uint8)
+    packed = gemm.pack_int4(b)
+    fits = k * 4 ** 6 * 15 <= gemm._INT32_MAX
+    want = np.array([[k * 4 ** 6 * 15] * 2, [-k * 4 ** 6 * 15] * 2], np.int64)
+    for kernel in KERNELS:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("Q4CORE_KERNEL", kernel)
+            for got, exact in ((gemm.fp4_int4_matmul_unchecked(g_left, packed), want),
+                               (gemm.int4_fp4_matmul_unchecked(b.T.copy(), g_left.T.copy()), want.T)):
+                expect = np.int32 if fits and kernel != "reference" else np.int64
+                assert got.dtype == expect, kernel
+                np.testing.assert_array_equal(got, exact, err_msg=kernel)
 
 
 def test_unchecked_phase_codes_decode_to_the_same_product():

@@ -63,3 +63,18 @@ def test_quantizers_identical_for_any_thread_count(n):
             np.testing.assert_array_equal(
                 quant.unpack_nibbles(quant.encode_packed(fmt, x, 0.5, threads=threads), n,
                                      signed=fmt is INT4_SYM), ref)
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(user_value):
+    """Importing q4core makes OMP_WAIT_POLICY default to PASSIVE before libgomp loads (spinning threads
+    stalled two-thread GEMMs on shared cores); a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value is not None:
+        env["OMP_WAIT_POLICY"] = user_value
+    code = "import os, q4core.gemm; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_value or "PASSIVE")

@@ -193,8 +193,12 @@ BREAKDOWN_PARTS = {
                      ("q4core.gemm", "int4_fp4_matmul_unchecked"), ("q4core.gemm", "int4_matmul"),
                      ("q4core.gemm", "fp4_int4_matmul"), ("q4core.gemm", "int4_fp4_matmul")),
     "operand making": (("q4core.recipe.operands", "quantize"), ("q4core.recipe.operands", "scale_for"),
-                       ("q4core.gemm", "pack_int4")),
-    "int32 rescale": (("q4core.nn.qgemm", "_rescale"),),
+                       ("q4core.gemm", "pack_int4"), ("q4core.gemm", "pack_int4_unchecked"),
+                       # the fused engine's operand kernels (qgemm calls them through q4core.quant)
+                       ("q4core.quant", "encode_packed_weight_unchecked"), ("q4core.quant", "encode_unchecked"),
+                       ("q4core.quant", "sawb_clip_unchecked"), ("q4core.quant", "minmax_unchecked"),
+                       ("q4core.quant", "encode_gradient_unchecked")),
+    "int32 rescale": (("q4core.nn.qgemm", "_rescale"), ("q4core.quant", "rescale_unchecked")),
 }
 
 

@@ -41,27 +41,6 @@ Q4_CLONES static void Q4_FN(q4_minmax_block)(const Q4_T *restrict x, ptrdiff_t i
     *inf_out |= (int)((c >> 1) & 1);
 }
 
-/* max and min over x[0, n) ignoring NaN, flags of NaN / Inf seen; chunks over threads */
-static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi_out, double *lo_out,
-                                 int threads) {
-    const ptrdiff_t nchunks = (n + Q4_FUSED_CHUNK - 1) / Q4_FUSED_CHUNK;
-    Q4_T hi = -(Q4_T)INFINITY, lo = (Q4_T)INFINITY;
-    int nan = 0, inf = 0;
-    threads = q4_threads_for_elems(threads, n);
-    (void)threads;
-#if Q4CORE_OPENMP
-    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) \
-        reduction(max:hi) reduction(min:lo) reduction(|:nan, inf)
-#endif
-    for (ptrdiff_t c = 0; c < nchunks; c++) {
-        const ptrdiff_t i0 = c * Q4_FUSED_CHUNK, i1 = n - i0 < Q4_FUSED_CHUNK ? n : i0 + Q4_FUSED_CHUNK;
-        Q4_FN(q4_minmax_block)(x, i0, i1, &hi, &lo, &nan, &inf);
-    }
-    *hi_out = (double)hi;
-    *lo_out = (double)lo;
-    return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
-}
-
 /* numpy's pairwise sums of x*x (sq) and |x| (ab) over x[0, n), n >= 1, both in float64; max |x|
  * and a non-finite flag on the way (order-free) */
 Q4_MOMENTS_ATTRS
@@ -153,20 +132,21 @@ static unsigned Q4_FN(q4_moments)(const Q4_T *restrict x, ptrdiff_t n, double *s
 }
 
 /* one chunk [i0, i1) of q4_encode_pair in cache blocks: each block of x is encoded under p0 and p1
- * by the vectorized loops of quant_kernels.h and scanned for max / min while it is in L1, so x
- * is read from memory once (one loop doing all three did not vectorize: 4x slower) */
+ * (each if not NULL) by the vectorized loops of quant_kernels.h and scanned for max / min while it
+ * is in L1, so x is read from memory once (one loop doing all three did not vectorize: 4x slower) */
 static void Q4_FN(q4_encode_chunk)(const q4_plan *p0, const q4_plan *p1, const Q4_T *restrict x,
                                    uint8_t *restrict out0, uint8_t *restrict out1, ptrdiff_t i0,
                                    ptrdiff_t i1, Q4_T *h_out, Q4_T *l_out, int *nan_out, int *inf_out) {
     for (ptrdiff_t b = i0; b < i1; b += Q4_L1_BLOCK) {
         const ptrdiff_t e = i1 - b < Q4_L1_BLOCK ? i1 : b + Q4_L1_BLOCK;
-        q4_run(p0, Q4_OP_ENCODE, x + b, out0 + b, e - b);
+        if (p0) q4_run(p0, Q4_OP_ENCODE, x + b, out0 + b, e - b);
         if (p1) q4_run(p1, Q4_OP_ENCODE, x + b, out1 + b, e - b);
         Q4_FN(q4_minmax_block)(x, b, e, h_out, l_out, nan_out, inf_out);
     }
 }
 
-/* out0 = codes of x under p0, out1 under p1 (if p1), max / min of x - one read of x from memory */
+/* out0 = codes of x under p0 (if p0), out1 under p1 (if p1), max / min of x ignoring NaN and flags
+ * of NaN / Inf seen - one read of x from memory, chunks over threads */
 static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, const Q4_T *restrict x,
                                       uint8_t *restrict out0, uint8_t *restrict out1, ptrdiff_t n,
                                       double *hi_out, double *lo_out, int threads) {
@@ -186,6 +166,12 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
     *hi_out = (double)hi;
     *lo_out = (double)lo;
     return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
+}
+
+/* max and min over x[0, n) ignoring NaN, flags of NaN / Inf seen: the encoder's scan alone */
+static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi_out, double *lo_out,
+                                 int threads) {
+    return Q4_FN(q4_encode_pair)(NULL, NULL, x, NULL, NULL, n, hi_out, lo_out, threads);
 }
 
 #undef Q4_FN

@@ -134,6 +134,21 @@ static inline void q4_store_int64_row(int64_t *restrict o, const int32_t *s0, co
             o[j] = q4_shl64((int64_t)s0[j] - c0[j], h0) + q4_shl64((int64_t)s1[j] - c1[j], h1);
 }
 
+/* int32 x << s on the unsigned representation (no undefined behaviour for negative x) */
+static inline uint32_t q4_shl32(int32_t x, int s) { return (uint32_t)x << s; }
+
+/* out row (int32) = (s0 - c0) << h0  [+ (s1 - c1) << h1]  over n columns, in modular 32-bit
+ * arithmetic: exact whenever the true sum fits in int32, which the caller's K chunk guarantees */
+static inline void q4_store_int32_row(int32_t *restrict o, const int32_t *s0, const int32_t *c0, int h0,
+                                      const int32_t *s1, const int32_t *c1, int h1, int64_t n) {
+    if (s1 == NULL)
+        for (int64_t j = 0; j < n; j++) o[j] = (int32_t)q4_shl32((int32_t)((uint32_t)s0[j] - (uint32_t)c0[j]), h0);
+    else
+        for (int64_t j = 0; j < n; j++)
+            o[j] = (int32_t)(q4_shl32((int32_t)((uint32_t)s0[j] - (uint32_t)c0[j]), h0)
+                             + q4_shl32((int32_t)((uint32_t)s1[j] - (uint32_t)c1[j]), h1));
+}
+
 /* One or two operand pairs ("groups") summed into one output: the FP4 x INT4 products are
  * two int8 GEMMs (exponent groups) whose int32 results are combined as g0 + (g1 << 8).
  * Both groups share M, N, K and the padded shapes; group g reads A[g] (row stride lda) and
@@ -141,6 +156,8 @@ static inline void q4_store_int64_row(int64_t *restrict o, const int32_t *s0, co
  *   mode 0: out32  = v0                      (one group, shift 0)
  *   mode 1: out64 += sum_g (int64) v_g << shift[g]
  *   mode 2: out64  = sum_g (int64) v_g << shift[g]
+ *   mode 3: out32  = sum_g v_g << shift[g]    (the caller guarantees that the exact sum fits int32:
+ *                                              one K chunk of an FP4 product; half the bytes of mode 2)
  * Returns 0 on success, -1 for an unusable kernel, -2 for out-of-memory,
  * -3 for a product bound the AVX2 kernel cannot take without int16 saturation,
  * -4 for operand padding the kernel cannot step over or a bad group/mode. */
@@ -156,7 +173,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #endif
     if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KALIGN != 0
         || k0 % Q4_KALIGN != 0 || (k1 % Q4_KALIGN != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
-        || mode < 0 || mode > 2 || (mode == 0 && (ngroups != 1 || shift[0] != 0)))
+        || mode < 0 || mode > 3 || (mode == 0 && (ngroups != 1 || shift[0] != 0)))
         return -4;
     for (int g = 0; g < ngroups; g++)
         if (shift[g] < 0 || shift[g] > Q4_MAX_SHIFT) return -4;
@@ -212,6 +229,12 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
                         int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
                         if (c0) for (int64_t j = 0; j < jend; j++) o[j] = s0[j] - c0[j];
                         else memcpy(o, s0, sizeof(int32_t) * jend);
+                        continue;
+                    }
+                    if (mode == 3) {
+                        q4_store_int32_row((int32_t *)out + (i0 + i) * ldo + j0, s0, c0 ? c0 : q4_zero_corr,
+                                           shift[0], ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
+                                           ngroups > 1 ? shift[1] : 0, jend);
                         continue;
                     }
                     int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;

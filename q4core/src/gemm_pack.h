@@ -185,36 +185,44 @@ static inline void q4_merge_seen(uint8_t *seen, const uint8_t *local) {
     for (int v = 0; v < 256; v++) seen[v] |= local[v];
 }
 
+/* q4_pack_b's scalar loop for panel pj (any strides); padding stays zero */
+static inline void q4_pack_b_panel(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
+                                   int64_t pj, const int8_t *tables, int T, int8_t *out,
+                                   int64_t out_stride, int64_t *sums, int64_t Kp, int64_t Np,
+                                   uint8_t *local) {
+    const int64_t j0 = pj * Q4_PANEL, jend = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
+    int64_t acc[Q4_MAX_TABLES][Q4_PANEL];
+    memset(acc, 0, sizeof(acc));
+    for (int64_t k = 0; k < K; k++) {
+        const uint8_t *row = src + k * sk + j0 * sj;
+        const int64_t off = pj * Kp * Q4_PANEL + (k / Q4_KGROUP) * Q4_GROUP_BYTES + (k % Q4_KGROUP);
+        for (int64_t j = 0; j < jend; j++) local[row[j * sj]] = 1;
+        for (int t = 0; t < T; t++) {
+            const int8_t *tab = tables + 256 * t;
+            int8_t *dst = out + t * out_stride + off;
+            for (int64_t j = 0; j < jend; j++) {
+                int8_t v = tab[row[j * sj]];
+                dst[Q4_KGROUP * j] = v;
+                acc[t][j] += v;
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int64_t j = 0; j < jend; j++) sums[t * Np + j0 + j] = acc[t][j];
+}
+
 static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                              const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                              int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads) {
     const int64_t npanels = Np / Q4_PANEL;
+    int vbmi = 0;          /* the VBMI loop packs 64 columns (4 panels) per work item */
 #if Q4_HAVE_PACK_VBMI
-    if (sj == 1 && q4_pack_simd()) {
-        const int64_t nblocks = (npanels + 3) / 4;    /* 64 columns = 4 panels per block */
-        /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
-        nthreads = q4_threads_for_work(nthreads, nblocks, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
-#if Q4CORE_OPENMP
-        #pragma omp parallel num_threads(nthreads)
+    vbmi = sj == 1 && q4_pack_simd();
 #endif
-        {
-            uint8_t local[256];
-            memset(local, 0, sizeof(local));
-#if Q4CORE_OPENMP
-            #pragma omp for schedule(static)
-#endif
-            for (int64_t blk = 0; blk < nblocks; blk++) {
-                const int npan = npanels - 4 * blk < 4 ? (int)(npanels - 4 * blk) : 4;
-                q4_pack_b_block_vbmi(src, sk, K, N, 64 * blk, npan, tables, T, out, out_stride,
-                                     sums, Kp, Np, local);
-            }
-            q4_merge_seen(seen, local);
-        }
-        return;
-    }
-#endif
+    const int64_t per_item = vbmi ? 4 : 1;
+    const int64_t nitems = (npanels + per_item - 1) / per_item;
     /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
-    nthreads = q4_threads_for_work(nthreads, npanels, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
+    nthreads = q4_threads_for_work(nthreads, nitems, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
     (void)nthreads;
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)
@@ -225,27 +233,16 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 #if Q4CORE_OPENMP
         #pragma omp for schedule(static)
 #endif
-        for (int64_t pj = 0; pj < npanels; pj++) {
-            const int64_t j0 = pj * Q4_PANEL, jend = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
-            int64_t acc[Q4_MAX_TABLES][Q4_PANEL];
-            memset(acc, 0, sizeof(acc));
-            for (int64_t k = 0; k < K; k++) {
-                const uint8_t *row = src + k * sk + j0 * sj;
-                const int64_t off = pj * Kp * Q4_PANEL + (k / Q4_KGROUP) * Q4_GROUP_BYTES
-                                    + (k % Q4_KGROUP);
-                for (int64_t j = 0; j < jend; j++) local[row[j * sj]] = 1;
-                for (int t = 0; t < T; t++) {
-                    const int8_t *tab = tables + 256 * t;
-                    int8_t *dst = out + t * out_stride + off;
-                    for (int64_t j = 0; j < jend; j++) {
-                        int8_t v = tab[row[j * sj]];
-                        dst[Q4_KGROUP * j] = v;
-                        acc[t][j] += v;
-                    }
-                }
+        for (int64_t it = 0; it < nitems; it++) {
+#if Q4_HAVE_PACK_VBMI
+            if (vbmi) {
+                const int npan = npanels - 4 * it < 4 ? (int)(npanels - 4 * it) : 4;
+                q4_pack_b_block_vbmi(src, sk, K, N, 64 * it, npan, tables, T, out, out_stride,
+                                     sums, Kp, Np, local);
+                continue;
             }
-            for (int t = 0; t < T; t++)
-                for (int64_t j = 0; j < jend; j++) sums[t * Np + j0 + j] = acc[t][j];
+#endif
+            q4_pack_b_panel(src, sk, sj, K, N, it, tables, T, out, out_stride, sums, Kp, Np, local);
         }
         q4_merge_seen(seen, local);
     }
