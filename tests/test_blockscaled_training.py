@@ -216,7 +216,7 @@ def test_notebook_06_quick_figures_hold_their_numbers(tmp_path):
     assert reproduce.main(["--profile", "quick", "--only", "06", "--notebooks-dir", str(notebooks), "--figures-dir",
                            str(tmp_path / "figures"), "--output-dir", str(tmp_path / "executed")]) == 0
     doc = {name: json.loads((tmp_path / "figures" / f"06_{name}.json").read_text())
-           for name in ("gap", "ablations", "fidelity", "cost")}
+           for name in ("gap", "ablations", "fidelity", "memory")}
     assert set(doc["gap"]["data"]) == {"gaps", "comparisons"}
     assert set(doc["gap"]["data"]["gaps"]) == {"vision", "speech", "language"}
     entry = doc["gap"]["data"]["gaps"]["speech"]["q4"]
@@ -226,6 +226,8 @@ def test_notebook_06_quick_figures_hold_their_numbers(tmp_path):
     assert {"full", "values", "low", "high", "verdict"} <= set(doc["ablations"]["data"]["effects"]["q4+no-tpr"])
     assert set(doc["fidelity"]["data"]) == {"domain", "seed", "recipes"}
     assert doc["fidelity"]["data"]["recipes"]["q4"]["layers"]
-    assert set(doc["cost"]["data"]) == {"memory", "throughput"}
-    assert [r["format"] for r in doc["cost"]["data"]["memory"]] == list(bt.FORMATS)
+    assert set(doc["memory"]["data"]) == {"memory"}
+    assert [r["format"] for r in doc["memory"]["data"]["memory"]] == list(bt.FORMATS)
+    # timings are not byte-reproducible: the quick profile keeps the throughput figure out of the figures folder
+    assert not list((tmp_path / "figures").glob("06_throughput*"))
     assert all(d["caption"] for d in doc.values())
