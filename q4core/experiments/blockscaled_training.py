@@ -13,7 +13,10 @@
 * :func:`fidelity_runs` - per layer, the cosine and norm ratio of dL/dW and dL/dx computed from the quantized
   gradient against the float one, accumulated over a short recorded run (notebook 03's
   :class:`~q4core.experiments.gradients.GradientFidelityRecorder`; it records the GEMM layers whose input is an
-  (M, K) matrix - Linear and LSTM projections, not convolutions - and whose output gradient is quantized).
+  (M, K) matrix - Linear and LSTM projections, not convolutions - and whose output gradient is quantized).  The
+  recorder quantizes each layer's last output gradient again with the layer's own specs and scale
+  (:func:`q4core.recipe.operands.quantize`), so a recipe's fidelity is measured as faithfully as that function
+  reproduces the recipe's backward operands (a random Hadamard transform applied elsewhere is not seen).
 * :func:`memory_per_value` - bits one stored value costs in each 4-bit format: element bits + scale bits / block
   + the per-tensor scale amortized over ``n`` values, from the format objects (and counted on a real encoding).
 * :func:`gemm_throughput` - GOP/s of each format's GEMM on our kernels (:func:`q4core.bench.gemm.measure_gemm`
