@@ -1,0 +1,233 @@
+"""Notebook 06's experiment module (q4core.experiments.blockscaled_training): the tables on written-out run dicts,
+the run configurations against notebook 04's, tiny real trainings with stand-in recipes (q4 and its ablations for
+the block-scaled recipes that live on another branch), memory per value, GEMM throughput, and the notebook's
+figure JSON under the quick profile."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from q4core import bsgemm
+from q4core.experiments import blockscaled_training as bt
+from q4core.runs import RunConfig
+
+T_975_2 = 4.302652729911275      # Student t, 97.5 % quantile, 2 degrees of freedom (3 seeds)
+
+
+def _run(domain, precision, seed, test, metric="accuracy"):
+    return {"domain": domain, "precision": precision, "ablation": None, "seed": seed, "metric": metric,
+            "test": test, "stopped": None}
+
+
+def _runs(domain, tests, metric="accuracy"):
+    return [_run(domain, p, s, v, metric) for p, vals in tests.items() for s, v in enumerate(vals)]
+
+
+ACC = _runs("vision", {"fp16": [90.0, 91.0, 92.0], "a": [89.0, 90.5, 91.0], "b": [89.9, 90.8, 91.85]})
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def test_gap_table_pairs_by_seed_and_gives_notebook_04s_verdicts():
+    table = bt.gap_table(ACC, ["a", "b"])["vision"]
+    a = table["a"]["gap_in_target_unit"]
+    assert a["values"] == pytest.approx([1.0, 0.5, 1.0])
+    half = T_975_2 * math.sqrt(1 / 12) / math.sqrt(3)       # sd of (1, 0.5, 1) is sqrt(1/12)
+    assert (a["low"], a["high"]) == pytest.approx((5 / 6 - half, 5 / 6 + half))
+    assert table["a"]["verdict"] == "inconclusive"           # [0.12, 1.55] reaches above the 1-point aim
+    assert table["b"]["gap_in_target_unit"]["values"] == pytest.approx([0.1, 0.2, 0.15])
+    assert table["b"]["verdict"] == "met"                    # [0.03, 0.27]: all of it below 1
+    assert set(table) == {"a", "b"}                          # fp16 is the reference, not a row
+
+
+def test_gap_table_skips_the_reference_and_needs_the_candidate():
+    assert set(bt.gap_table(ACC, ["fp16", "a"])["vision"]) == {"a"}
+    with pytest.raises(ValueError, match="no 'c'"):
+        bt.gap_table(ACC, ["a", "c"])
+
+
+def test_recipe_comparisons_name_a_winner_only_where_the_interval_excludes_zero():
+    runs = _runs("vision", {"fp16": [90.0, 91.0, 92.0], "a": [89.0, 90.5, 91.0], "b": [91.0, 92.4, 93.1]})
+    (row,) = bt.recipe_comparisons(runs, ["a", "b"])["vision"]
+    assert row["values"] == pytest.approx([2.0, 1.9, 2.1])   # a's loss of accuracy against b, per seed
+    assert (row["verdict"], row["winner"]) == ("above", "b")
+    (row,) = bt.recipe_comparisons(ACC, ["a", "b"])["vision"]
+    assert row["values"] == pytest.approx([0.9, 0.3, 0.85])
+    assert row["low"] < 0 < row["high"]
+    assert (row["verdict"], row["winner"]) == ("not resolved", None)
+
+
+def test_recipe_comparisons_lower_bits_per_character_is_better():
+    runs = _runs("language", {"fp16": [1.8, 1.9, 2.0], "a": [2.0, 2.1, 2.2], "b": [1.9, 2.02, 2.09]}, "bpc")
+    (row,) = bt.recipe_comparisons(runs, ["a", "b"])["language"]
+    assert row["values"] == pytest.approx([0.1, 0.08, 0.11])
+    assert row["winner"] == "b"
+    (row,) = bt.recipe_comparisons(runs, ["b", "a"])["language"]
+    assert row["values"] == pytest.approx([-0.1, -0.08, -0.11])
+    assert (row["verdict"], row["winner"]) == ("below", "b")
+
+
+def test_ablation_effects_pair_each_change_with_its_full_recipe():
+    runs = _runs("language", {"q4": [2.0, 2.1, 2.2], "q4+no-tpr": [2.1, 2.15, 2.32], "mx": [1.0, 1.0, 1.0],
+                              "mx+x": [0.9, 1.0, 0.95]}, "bpc")
+    eff = bt.ablation_effects(runs, "language", ["q4+no-tpr", "mx+x"])
+    assert eff["q4+no-tpr"]["full"] == "q4"
+    assert eff["q4+no-tpr"]["values"] == pytest.approx([0.1, 0.05, 0.12])    # positive: the change is worse
+    assert eff["q4+no-tpr"]["verdict"] == "above"
+    assert eff["mx+x"]["values"] == pytest.approx([-0.1, 0.0, -0.05])
+    assert eff["mx+x"]["verdict"] == "not resolved"
+    with pytest.raises(ValueError, match="no seed with both 'nvfp4\\+no-sr' and 'nvfp4'"):
+        bt.ablation_effects(runs, "language", ["nvfp4+no-sr"])
+    with pytest.raises(ValueError, match="no run of domain 'speech'"):
+        bt.ablation_effects(runs, "speech", ["q4+no-tpr"])
+
+
+@pytest.mark.parametrize("name, full", [("nvfp4+no-rht", "nvfp4"), ("mxfp4+no-rht", "mxfp4"),
+                                        ("q4+no-tpr+radix2", "q4")])
+def test_full_recipe_of(name, full):
+    assert bt.full_recipe_of(name) == full
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "+no-rht", "nvfp4+", ""])
+def test_full_recipe_of_rejects_a_name_that_is_no_ablation(name):
+    with pytest.raises(ValueError, match="ablation recipe is '<recipe>\\+<change>'"):
+        bt.full_recipe_of(name)
+
+
+# ---------------------------------------------------------------------------------------------- configurations
+def test_run_configs_are_notebook_04s_runs():
+    configs = bt.run_configs("language", ["q4", "q4+no-tpr"], seeds=[0, 1], epochs=2, max_steps=3, max_chars=8000)
+    assert [(c.recipe, c.seed) for c in configs] == [(r, s) for r in ("fp16", "q4", "q4+no-tpr") for s in (0, 1)]
+    # as notebook 04's run_domain builds its main runs: same keys, so its cached fp16 and q4 runs are hits
+    for c in configs[:4]:
+        nb04 = RunConfig(task="chars", recipe=c.recipe, seed=c.seed, ablation=None, epochs=2, model="char_lstm",
+                         max_steps=3, recorder=None, max_chars=8000)
+        assert c.key() == nb04.key()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"domain": "imagenet"}, "domain must be one of"),
+    ({"recipes": "q4"}, "recipes must be a non-empty list"),
+    ({"recipes": []}, "recipes must be a non-empty list"),
+    ({"recipes": ["q4", "q4"]}, "recipes repeats a recipe"),
+    ({"seeds": [-1]}, "seeds"),
+    ({"epochs": 0}, "epochs"),
+])
+def test_run_configs_reject_bad_arguments(kwargs, match):
+    args = {"domain": "speech", "recipes": ["q4"], "seeds": [0], "epochs": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        bt.run_configs(**args)
+
+
+# ---------------------------------------------------------------------------------------------- tiny trainings
+@pytest.mark.slow
+def test_run_recipes_and_ablations_train_reuse_and_tabulate(monkeypatch):
+    runs = bt.run_recipes("language", ["q4", "q4+int4-grad"], seeds=[0, 1], epochs=1, max_steps=2, max_chars=8000)
+    assert [(r["precision"], r["seed"]) for r in runs] == [(p, s) for p in ("fp16", "q4", "q4+int4-grad")
+                                                            for s in (0, 1)]
+    assert all(r["metric"] == "bpc" and r["test"] > 0 and r["steps"] == 2 for r in runs)
+    table = bt.gap_table(runs, ["q4", "q4+int4-grad"])["language"]
+    assert table["q4"]["gap"]["n"] == 2
+    from q4core import runs as runs_module
+
+    def no_training(configs, *a, **k):
+        raise AssertionError(f"trained again: {configs}")
+    monkeypatch.setattr(runs_module, "map", no_training)
+    again = bt.run_ablations("language", ["q4+int4-grad"], seeds=[0, 1], epochs=1, max_steps=2, max_chars=8000,
+                             done=runs)
+    assert [r["test"] for r in again] == [r["test"] for r in runs]      # every run reused from done
+    eff = bt.ablation_effects(again, "language", ["q4+int4-grad"])["q4+int4-grad"]
+    assert eff["values"] == pytest.approx([runs[4]["test"] - runs[2]["test"], runs[5]["test"] - runs[3]["test"]])
+
+
+@pytest.mark.slow
+def test_fidelity_runs_record_the_quantized_layers_only():
+    fid = bt.fidelity_runs("language", ["q4", "fp32"], seed=0, epochs=1, every=1, max_steps=3, max_chars=8000)
+    layers = fid["q4"]["layers"]
+    assert set(layers) == {"layers.1.input", "layers.1.hidden"}     # the LSTM's two 4-bit GEMMs
+    for v in layers.values():
+        assert v["n"] == 3
+        assert 0.5 < v["dw_cos"] <= 1.0 and 0.5 < v["dx_cos"] <= 1.0
+        assert 0.5 < v["dw_norm_ratio"] < 1.5 and 0.5 < v["dx_norm_ratio"] < 1.5
+    assert fid["fp32"]["layers"] == {} and fid["fp32"]["records"] == 0    # no quantized gradient: nothing
+
+
+def test_summarise_fidelity_means_per_layer_without_nan():
+    recs = [{"layer": "a", "dw_cos": 0.9, "dw_norm_ratio": 1.0, "dx_cos": 0.8, "dx_norm_ratio": float("nan")},
+            {"layer": "a", "dw_cos": 0.7, "dw_norm_ratio": 0.5, "dx_cos": 0.6, "dx_norm_ratio": 2.0},
+            {"layer": "b", "dw_cos": 1.0, "dw_norm_ratio": 1.0, "dx_cos": 1.0, "dx_norm_ratio": 1.0}]
+    out = bt.summarise_fidelity(recs)
+    assert list(out) == ["a", "b"]
+    assert out["a"] == pytest.approx({"dw_cos": 0.8, "dw_norm_ratio": 0.75, "dx_cos": 0.7, "dx_norm_ratio": 2.0,
+                                      "n": 2})
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def test_memory_per_value_element_plus_block_and_tensor_scales():
+    rows = {r["format"]: r for r in bt.memory_per_value(4096)}
+    assert list(rows) == list(bt.FORMATS)
+    assert rows["INT4"]["bits"] == 4 + 32 / 4096
+    assert rows["radix-4 FP4"]["bits"] == 4 + 32 / 4096
+    assert rows["MXFP4"]["bits"] == 4.25                      # E8M0 byte per 32, no tensor scale
+    assert rows["NVFP4"]["bits"] == 4.5 + 32 / 4096           # E4M3 byte per 16 + an FP32 per tensor
+    for r in rows.values():                                    # whole blocks: a real encoding costs the same
+        assert r["counted_bits"] == r["bits"]
+
+
+def test_memory_per_value_counts_the_padding_of_a_last_short_block():
+    rows = {r["format"]: r for r in bt.memory_per_value(100)}
+    assert rows["MXFP4"]["counted_bits"] == 8 * (50 + 4) / 100       # 50 packed bytes + 4 E8M0 scales
+    assert rows["NVFP4"]["counted_bits"] == 8 * (50 + 7 + 4) / 100   # 7 E4M3 scales + the FP32 tensor scale
+    with pytest.raises(ValueError, match="n"):
+        bt.memory_per_value(1)
+
+
+# ---------------------------------------------------------------------------------------------- throughput
+def test_throughput_times_the_2020_paths_and_skips_block_scaled_without_a_kernel(monkeypatch):
+    monkeypatch.setattr(bsgemm, "blockscaled_matmul", lambda a, b: bsgemm.blockscaled_matmul_reference(a, b))
+    out = bt.gemm_throughput(64, repeat=1)
+    assert [r["op"] for r in out["rows"]] == ["fp32", "int4xint4", "fp4xint4", "int4xfp4"]
+    assert all(r["gops"] > 0 and r["seconds_min"] <= r["seconds"] <= r["seconds_max"] for r in out["rows"])
+    assert out["rows"][0]["ratio_vs_fp32"] == 1.0
+    assert [s["format"] for s in out["skipped"]] == ["MXFP4", "NVFP4"]
+    assert all("numpy reference" in s["reason"] for s in out["skipped"])
+
+
+def test_throughput_times_a_block_scaled_kernel_checked_against_the_reference(monkeypatch):
+    def kernel(a, b, kernel=None):
+        return bsgemm.blockscaled_matmul_reference(a, b)
+    monkeypatch.setattr(bsgemm, "blockscaled_matmul", kernel)
+    assert bt.blockscaled_kernel_status() == (kernel, "kernel")
+    out = bt.gemm_throughput(64, repeat=1)
+    assert [r["op"] for r in out["rows"]][-2:] == ["mxfp4", "nvfp4"] and out["skipped"] == []
+
+    def wrong(a, b, kernel=None):
+        return bsgemm.blockscaled_matmul_reference(a, b) + 1.0
+    monkeypatch.setattr(bsgemm, "blockscaled_matmul", wrong)
+    with pytest.raises(RuntimeError, match="MXFP4 kernel disagrees"):
+        bt.gemm_throughput(64, repeat=1)
+
+
+# ---------------------------------------------------------------------------------------------- the notebook
+@pytest.mark.slow
+def test_notebook_06_quick_figures_hold_their_numbers(tmp_path):
+    from q4core import reproduce
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    assert reproduce.main(["--profile", "quick", "--only", "06", "--notebooks-dir", str(notebooks), "--figures-dir",
+                           str(tmp_path / "figures"), "--output-dir", str(tmp_path / "executed")]) == 0
+    doc = {name: json.loads((tmp_path / "figures" / f"06_{name}.json").read_text())
+           for name in ("gap", "ablations", "fidelity", "memory")}
+    assert set(doc["gap"]["data"]) == {"gaps", "comparisons"}
+    assert set(doc["gap"]["data"]["gaps"]) == {"vision", "speech", "language"}
+    entry = doc["gap"]["data"]["gaps"]["speech"]["q4"]
+    assert {"gap", "gap_in_target_unit", "verdict", "target"} <= set(entry)
+    assert len(entry["gap_in_target_unit"]["values"]) == 2                   # the quick profile's two seeds
+    assert set(doc["ablations"]["data"]) == {"domain", "seeds", "effects"}
+    assert {"full", "values", "low", "high", "verdict"} <= set(doc["ablations"]["data"]["effects"]["q4+no-tpr"])
+    assert set(doc["fidelity"]["data"]) == {"domain", "seed", "recipes"}
+    assert doc["fidelity"]["data"]["recipes"]["q4"]["layers"]
+    assert set(doc["memory"]["data"]) == {"memory"}
+    assert [r["format"] for r in doc["memory"]["data"]["memory"]] == list(bt.FORMATS)
+    # timings are not byte-reproducible: the quick profile keeps the throughput figure out of the figures folder
+    assert not list((tmp_path / "figures").glob("06_throughput*"))
+    assert all(d["caption"] for d in doc.values())
