@@ -1,0 +1,80 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled block-scaled FP4 GEMM (private; use :mod:`q4core.bsgemm`, which validates everything first).
+
+The C driver is ``q4core/src/bsgemm_kernels.h``; the operands are packed with the INT4 GEMM's
+``prep_a`` / ``pack_b`` (q4core._gemm) into the layout its tile kernels read.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
+
+from q4core import _gemm
+
+cnp.import_array()
+
+cdef extern from "bsgemm_kernels.h" nogil:
+    int Q4_BS_OFFSET, Q4_KALIGN, Q4_PANEL, Q4_NKERNELS
+    int q4_bsgemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
+                  const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t K, int blk,
+                  const int32_t *corr, const double *sa, const double *sb, double denom,
+                  double *out, int64_t ldo, int nthreads)
+
+#: added to A's 2x-elements to make them unsigned for vpdpbusd / tdpbusd
+OFFSET = Q4_BS_OFFSET
+# byte tables for prep_a / pack_b: an int8 element (as its byte) -> element + OFFSET (A), itself (B)
+_A_TABLE = ((np.arange(256).astype(np.uint8).view(np.int8).astype(np.int32) + Q4_BS_OFFSET) % 256
+            ).astype(np.uint8)[None, :]
+_B_TABLE = np.arange(256).astype(np.uint8).view(np.int8)[None, :].copy()
+
+
+def _round_up(n, m):
+    return (n + m - 1) // m * m
+
+
+def bsgemm(a_int, b_int, sa, sb, int blk, double denom, int kernel, int nthreads):
+    """``C[i, j] = (sum_kb P_kb[i, j] * ((sa[i, kb] * sb[kb, j]) * 0.25)) / denom`` (bsgemm_kernels.h).
+
+    ``a_int`` (M, K) and ``b_int`` (K, N) int8 in [-12, 12]; ``sa`` (M, nkb), ``sb`` (nkb, N) float64 with
+    nkb = ceil(K / blk); blk 16 or 32.  The caller has checked all of that (q4core.bsgemm)."""
+    cdef Py_ssize_t M = a_int.shape[0], K = a_int.shape[1], N = b_int.shape[1]
+    cdef Py_ssize_t nkb = (K + blk - 1) // blk
+    if kernel < 0 or kernel >= Q4_NKERNELS:
+        raise ValueError(f"unknown kernel id {kernel}")
+    out = np.empty((M, N), np.float64)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out[...] = 0.0 / denom
+        return out
+    cdef Py_ssize_t Kp = _round_up(K, Q4_KALIGN)
+    cdef Py_ssize_t Np
+    packs, Kp_b, Np, _, _ = _gemm.pack_b(b_int.view(np.uint8), _B_TABLE, nthreads)
+    a_bufs, _ = _gemm.prep_a(a_int.view(np.uint8), _A_TABLE, Kp, _gemm.ROW_MULTIPLES[kernel], nthreads,
+                             want_seen=False)
+    if Kp_b != Kp:
+        raise ValueError("internal error: packed K differs between the operands")
+    # the offset's correction per K-block and column: OFFSET * the block's column sums of B
+    edges = np.arange(0, K, blk)
+    corr = np.zeros((nkb, Np), np.int32)
+    corr[:, :N] = np.add.reduceat(b_int.astype(np.int32), edges, axis=0) * Q4_BS_OFFSET
+    sb_p = np.zeros((nkb, Np), np.float64)
+    sb_p[:, :N] = sb
+    sa_c = np.ascontiguousarray(sa, dtype=np.float64)
+    cdef const uint8_t[:, ::1] av = a_bufs[0]
+    cdef const int8_t[::1] bv = packs[0]
+    cdef const int32_t[:, ::1] cv = corr
+    cdef const double[:, ::1] sav = sa_c
+    cdef const double[:, ::1] sbv = sb_p
+    cdef double[:, ::1] ov = out
+    cdef Py_ssize_t Mp = av.shape[0], lda = av.shape[1]
+    cdef int rc
+    with nogil:
+        rc = q4_bsgemm(kernel, &av[0, 0], lda, M, Mp, &bv[0], Kp, N, Np, K, blk, &cv[0, 0],
+                       &sav[0, 0], &sbv[0, 0], denom, &ov[0, 0], N, nthreads)
+    if rc == -1:
+        raise RuntimeError(f"kernel {_gemm.KERNELS[kernel]!r} is not usable on this CPU/OS")
+    if rc == -2:
+        raise MemoryError("q4core block-scaled GEMM could not allocate its per-thread scratch tiles")
+    if rc == -4:
+        raise ValueError("internal error: block length or operand padding does not fit the kernel")
+    return out
