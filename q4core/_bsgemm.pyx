@@ -31,6 +31,25 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
+def operands(a_int, b_int, sb, int blk, int row_multiple, int nthreads=0):
+    """The driver's operands (bsgemm_kernels.h): (A buffer uint8 (Mp, lda), packed B int8 (Kp * Np,), Kp, Np,
+    offset correction int32 (nkb, Np), B's block scales float64 (nkb, Np) zero-padded)."""
+    cdef Py_ssize_t K = a_int.shape[1], N = b_int.shape[1]
+    cdef Py_ssize_t nkb = (K + blk - 1) // blk
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN)
+    packs, Kp_b, Np, _, _ = _gemm.pack_b(b_int.view(np.uint8), _B_TABLE, nthreads)
+    a_bufs, _ = _gemm.prep_a(a_int.view(np.uint8), _A_TABLE, Kp, row_multiple, nthreads, want_seen=False)
+    if Kp_b != Kp:
+        raise ValueError("internal error: packed K differs between the operands")
+    # the offset's correction per K-block and column: OFFSET * the block's column sums of B
+    corr = np.zeros((nkb, Np), np.int32)
+    if K and N:
+        corr[:, :N] = np.add.reduceat(b_int.astype(np.int32), np.arange(0, K, blk), axis=0) * Q4_BS_OFFSET
+    sb_p = np.zeros((nkb, Np), np.float64)
+    sb_p[:, :N] = sb
+    return a_bufs[0], packs[0], Kp, Np, corr, sb_p
+
+
 def bsgemm(a_int, b_int, sa, sb, int blk, double denom, int kernel, int nthreads):
     """``C[i, j] = (sum_kb P_kb[i, j] * ((sa[i, kb] * sb[kb, j]) * 0.25)) / denom`` (bsgemm_kernels.h).
 
@@ -46,30 +65,19 @@ def bsgemm(a_int, b_int, sa, sb, int blk, double denom, int kernel, int nthreads
     if K == 0:
         out[...] = 0.0 / denom
         return out
-    cdef Py_ssize_t Kp = _round_up(K, Q4_KALIGN)
-    cdef Py_ssize_t Np
-    packs, Kp_b, Np, _, _ = _gemm.pack_b(b_int.view(np.uint8), _B_TABLE, nthreads)
-    a_bufs, _ = _gemm.prep_a(a_int.view(np.uint8), _A_TABLE, Kp, _gemm.ROW_MULTIPLES[kernel], nthreads,
-                             want_seen=False)
-    if Kp_b != Kp:
-        raise ValueError("internal error: packed K differs between the operands")
-    # the offset's correction per K-block and column: OFFSET * the block's column sums of B
-    edges = np.arange(0, K, blk)
-    corr = np.zeros((nkb, Np), np.int32)
-    corr[:, :N] = np.add.reduceat(b_int.astype(np.int32), edges, axis=0) * Q4_BS_OFFSET
-    sb_p = np.zeros((nkb, Np), np.float64)
-    sb_p[:, :N] = sb
+    a_buf, packed, Kp, Np, corr, sb_p = operands(a_int, b_int, sb, blk, _gemm.ROW_MULTIPLES[kernel], nthreads)
     sa_c = np.ascontiguousarray(sa, dtype=np.float64)
-    cdef const uint8_t[:, ::1] av = a_bufs[0]
-    cdef const int8_t[::1] bv = packs[0]
+    cdef const uint8_t[:, ::1] av = a_buf
+    cdef const int8_t[::1] bv = packed
     cdef const int32_t[:, ::1] cv = corr
     cdef const double[:, ::1] sav = sa_c
     cdef const double[:, ::1] sbv = sb_p
     cdef double[:, ::1] ov = out
+    cdef Py_ssize_t Kp_c = Kp, Np_c = Np
     cdef Py_ssize_t Mp = av.shape[0], lda = av.shape[1]
     cdef int rc
     with nogil:
-        rc = q4_bsgemm(kernel, &av[0, 0], lda, M, Mp, &bv[0], Kp, N, Np, K, blk, &cv[0, 0],
+        rc = q4_bsgemm(kernel, &av[0, 0], lda, M, Mp, &bv[0], Kp_c, N, Np_c, K, blk, &cv[0, 0],
                        &sav[0, 0], &sbv[0, 0], denom, &ov[0, 0], N, nthreads)
     if rc == -1:
         raise RuntimeError(f"kernel {_gemm.KERNELS[kernel]!r} is not usable on this CPU/OS")
