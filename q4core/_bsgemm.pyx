@@ -44,7 +44,9 @@ def operands(a_int, b_int, sb, int blk, int row_multiple, int nthreads=0):
     # the offset's correction per K-block and column: OFFSET * the block's column sums of B
     corr = np.zeros((nkb, Np), np.int32)
     if K and N:
-        corr[:, :N] = np.add.reduceat(b_int.astype(np.int32), np.arange(0, K, blk), axis=0) * Q4_BS_OFFSET
+        # whole blocks with a zero-padded last one, summed as a reshape (np.add.reduceat took 24 ms at 1024^2)
+        full = b_int if K % blk == 0 else np.concatenate([b_int, np.zeros((nkb * blk - K, N), np.int8)])
+        corr[:, :N] = full.reshape(nkb, blk, N).sum(axis=1, dtype=np.int32) * Q4_BS_OFFSET
     sb_p = np.zeros((nkb, Np), np.float64)
     sb_p[:, :N] = sb
     return a_bufs[0], packs[0], Kp, Np, corr, sb_p
