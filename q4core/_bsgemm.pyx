@@ -31,9 +31,9 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
-def operands(a_int, b_int, sb, int blk, int row_multiple, int nthreads=0):
+def operands(a_int, b_int, sa, sb, int blk, int row_multiple, int nthreads=0):
     """The driver's operands (bsgemm_kernels.h): (A buffer uint8 (Mp, lda), packed B int8 (Kp * Np,), Kp, Np,
-    offset correction int32 (nkb, Np), B's block scales float64 (nkb, Np) zero-padded)."""
+    offset correction int32 (nkb, Np), A's block scales float64 (Mp, nkb), B's (nkb, Np), both zero-padded)."""
     cdef Py_ssize_t K = a_int.shape[1], N = b_int.shape[1]
     cdef Py_ssize_t nkb = (K + blk - 1) // blk
     cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN)
@@ -49,7 +49,9 @@ def operands(a_int, b_int, sb, int blk, int row_multiple, int nthreads=0):
         corr[:, :N] = full.reshape(nkb, blk, N).sum(axis=1, dtype=np.int32) * Q4_BS_OFFSET
     sb_p = np.zeros((nkb, Np), np.float64)
     sb_p[:, :N] = sb
-    return a_bufs[0], packs[0], Kp, Np, corr, sb_p
+    sa_p = np.zeros((a_bufs.shape[1], nkb), np.float64)
+    sa_p[:a_int.shape[0]] = sa
+    return a_bufs[0], packs[0], Kp, Np, corr, sa_p, sb_p
 
 
 def bsgemm(a_int, b_int, sa, sb, int blk, double denom, int kernel, int nthreads):
@@ -67,8 +69,8 @@ def bsgemm(a_int, b_int, sa, sb, int blk, double denom, int kernel, int nthreads
     if K == 0:
         out[...] = 0.0 / denom
         return out
-    a_buf, packed, Kp, Np, corr, sb_p = operands(a_int, b_int, sb, blk, _gemm.ROW_MULTIPLES[kernel], nthreads)
-    sa_c = np.ascontiguousarray(sa, dtype=np.float64)
+    a_buf, packed, Kp, Np, corr, sa_c, sb_p = operands(a_int, b_int, sa, sb, blk, _gemm.ROW_MULTIPLES[kernel],
+                                                        nthreads)
     cdef const uint8_t[:, ::1] av = a_buf
     cdef const int8_t[::1] bv = packed
     cdef const int32_t[:, ::1] cv = corr

@@ -245,8 +245,7 @@ def test_amx_kernel_logic_under_emulation(amx_emulated, fmt, shape, two_d):
     a, b = with_random_codes(a, rng, True), with_random_codes(b, rng, True)
     blk, sa, sb = bsgemm._check_pair(a, b)
     ai, bi = bsgemm.operand_integers(a), bsgemm.operand_integers(b)
-    a_buf, packed, kp, np_, corr, sb_p = _bsgemm.operands(ai, bi, sb, blk, 16)
-    sa = np.ascontiguousarray(sa)
+    a_buf, packed, kp, np_, corr, sa, sb_p = _bsgemm.operands(ai, bi, sa, sb, blk, 16)
     denom = float(a.tensor_scale) * float(b.tensor_scale)
     out = np.zeros((m, n))
     rc = amx_emulated.q4_emu_bsgemm(a_buf.ctypes.data, a_buf.shape[1], m, a_buf.shape[0], packed.ctypes.data, kp,

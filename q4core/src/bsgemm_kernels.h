@@ -9,21 +9,24 @@
  *      row stride lda, K zero-padded to Kp (a multiple of 64), rows zero-padded to Mp;
  *   B  int8 2x-elements packed in 16-column panels (gemm_portable.h), K padded to Kp, N to Np;
  *   corr  int32 (nkb, Np): Q4_BS_OFFSET * the column sums of B over each K-block (undoes the offset);
- *   sa  float64 (M, nkb) block scales of A's rows;  sb  float64 (nkb, Np) block scales of B's columns.
+ *   sa  float64 (Mp, nkb) block scales of A's rows (zero-padded);  sb  float64 (nkb, Np) block scales of B's columns.
  * Every K-block starts at a multiple of blk (16 or 32, a divisor of 64), so the k-range [kb*blk, kb*blk + blk)
  * lies inside Kp and a short last block reads zero padding.  The int32 partial sums of one K-block come from
  * the INT4 GEMM's tile kernels (gemm_*.h, called with that k-range; any multiple of 4 works for them) or, for
  * AMX, from q4_bs_tile_amx below (tiles configured blk bytes deep, since tdpbusd sums over the tile's whole
- * depth); the float64 epilogue then runs per K-block in order.  Each thread owns whole output tiles and
+ * depth); the float64 epilogue then runs per K-block in order.  The AVX-512 VNNI kernel instead fuses both
+ * and keeps the float64 sums in registers (bsgemm_vnni.h).  Each thread owns whole output tiles and
  * runs the same sequence of operations on each element, so the result is identical for any thread count. */
 #ifndef Q4_BSGEMM_KERNELS_H
 #define Q4_BSGEMM_KERNELS_H
 
 #include "gemm_driver.h"
+#include "bsgemm_vnni.h"
 
 #define Q4_BS_OFFSET 12     /* 2x E2M1 elements are in [-12, 12]; + 12 makes them unsigned */
 #define Q4_BS_MC 64         /* output tile rows: a multiple of every row step (AMX: 2 x 16) */
 #define Q4_BS_NC 64         /* output tile columns: a multiple of 2 panels */
+_Static_assert(Q4_BS_VNNI_ROWS == Q4_VNNI_ROWS, "the fused VNNI kernel steps over the vnni kernel's rows");
 _Static_assert(Q4_BS_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_BS_MC % Q4_VNNI_ROWS == 0
                && Q4_BS_MC % Q4_AVX2_ROWS == 0 && Q4_BS_MC % Q4_AVXVNNI_ROWS == 0
                && Q4_BS_MC % Q4_PORTABLE_ROWS == 0 && Q4_BS_NC % (2 * Q4_PANEL) == 0,
@@ -152,6 +155,10 @@ static int q4_bsgemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64
         || Np < N || Kp % Q4_KALIGN != 0 || Kp < K || lda < Kp)
         return -4;
     const q4_bs_epilogue_fn epilogue = q4_bs_epilogue_for(kernel);
+    q4_bs_fused_fn fused = NULL;     /* a kernel with the epilogue in registers (bsgemm_vnni.h) */
+#if Q4_HAVE_BS_VNNI
+    if (kernel == Q4_VNNI) fused = q4_bs_tile_vnni;
+#endif
     const int64_t nkb = (K + blk - 1) / blk;
     const int64_t tiles_m = (M + Q4_BS_MC - 1) / Q4_BS_MC, tiles_n = (N + Q4_BS_NC - 1) / Q4_BS_NC;
     const int64_t ntiles = tiles_m * tiles_n;
@@ -182,17 +189,22 @@ static int q4_bsgemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64
             const int64_t ncols = Np - j0 < Q4_BS_NC ? Np - j0 : Q4_BS_NC;
             const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
             const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
-            for (int64_t i = 0; i < iend; i++) memset(acc + i * Q4_BS_NC, 0, sizeof(double) * jend);
             const int8_t *bt = B + (j0 / Q4_PANEL) * Kp * Q4_PANEL;
-            for (int64_t kb = 0; kb < nkb; kb++) {
-                const int64_t k0 = kb * blk;
+            if (fused != NULL) {
+                fused(A + i0 * lda, lda, bt, Kp, nkb, blk, corr + j0, Np, sa + i0 * nkb, nkb, sb + j0, Np,
+                      acc, Q4_BS_NC, mrows, ncols);
+            } else {
+                for (int64_t i = 0; i < iend; i++) memset(acc + i * Q4_BS_NC, 0, sizeof(double) * jend);
+                for (int64_t kb = 0; kb < nkb; kb++) {
+                    const int64_t k0 = kb * blk;
 #if Q4_HAVE_AMX
-                if (kernel == Q4_AMX)
-                    q4_bs_tile_amx(A + i0 * lda, lda, bt, Kp, k0, S, Q4_BS_NC, mrows, ncols);
-                else
+                    if (kernel == Q4_AMX)
+                        q4_bs_tile_amx(A + i0 * lda, lda, bt, Kp, k0, S, Q4_BS_NC, mrows, ncols);
+                    else
 #endif
-                    fn(A + i0 * lda, lda, bt, Kp, k0, k0 + blk, S, Q4_BS_NC, mrows, ncols, 0);
-                epilogue(acc, S, corr + kb * Np + j0, sa + i0 * nkb + kb, nkb, sb + kb * Np + j0, iend, jend);
+                        fn(A + i0 * lda, lda, bt, Kp, k0, k0 + blk, S, Q4_BS_NC, mrows, ncols, 0);
+                    epilogue(acc, S, corr + kb * Np + j0, sa + i0 * nkb + kb, nkb, sb + kb * Np + j0, iend, jend);
+                }
             }
             for (int64_t i = 0; i < iend; i++) {
                 double *o = out + (i0 + i) * ldo + j0;
