@@ -55,6 +55,8 @@ def _k_blocking(t, name, reduction_axis):
         raise ValueError(f"{name} must be 2-D, got shape {t.codes.shape}")
     if t.fmt.element.bits != 4:
         raise ValueError(f"{name} is {t.fmt.name}: the block-scaled GEMM takes 4-bit (E2M1) elements only")
+    if t.codes.dtype != np.uint8 or (t.codes.size and int(t.codes.max()) >= 1 << t.fmt.element.bits):
+        raise ValueError(f"{name}.codes must be uint8 {t.fmt.name} element codes below {1 << t.fmt.element.bits}")
     axes = tuple(t.axis)
     scales = t.fmt._scale_values(t.scale_codes)             # float64, one per block (exact decode)
     if axes == (reduction_axis,):
@@ -72,10 +74,17 @@ def _k_blocking(t, name, reduction_axis):
                      f"got blocked axes {axes}")
 
 
+def _code_values(fmt):
+    """int8 (256,): ``2 * value`` of each element code of ``fmt`` (0 past its last code)."""
+    n = 1 << fmt.element.bits
+    table = np.zeros(256, np.int8)
+    table[:n] = np.rint(fmt.element.decode(np.arange(n, dtype=np.uint8)) * 2.0)
+    return table
+
+
 def operand_integers(t):
     """The element codes of ``t`` as integers ``2 * value`` in [-12, 12] (int8)."""
-    lut = np.rint(t.fmt.element.decode(np.arange(1 << t.fmt.element.bits, dtype=np.uint8)) * 2.0).astype(np.int8)
-    return lut[t.codes]
+    return np.take(_code_values(t.fmt), t.codes)
 
 
 def _check_pair(a, b):
@@ -115,16 +124,19 @@ def blockscaled_matmul(a, b, *, kernel=None, threads=None):
         return blockscaled_matmul_reference(a, b)
     blk, sa, sb = _check_pair(a, b)
     denom = float(a.tensor_scale) * float(b.tensor_scale)
-    return _run(operand_integers(a), operand_integers(b), sa, sb, blk, denom, kid, nthreads)
+    # the packing maps the element codes to 2x-integers in the same pass (no int8 copy of either operand)
+    return _run(a.codes, b.codes, sa, sb, blk, denom, kid, nthreads, _code_values(a.fmt))
 
 
-def _run(a_int, b_int, sa, sb, blk, denom, kid, nthreads):
+def _run(a_src, b_src, sa, sb, blk, denom, kid, nthreads, values=None):
     if _bsgemm is None:
         raise RuntimeError("the compiled extension q4core._bsgemm is not built; use kernel='reference'")
     if blk not in BLOCK_LENGTHS:
         raise ValueError(f"the compiled kernels take block lengths {BLOCK_LENGTHS} along K, got {blk}; "
                          f"use kernel='reference'")
-    return _bsgemm.bsgemm(a_int, b_int, sa, sb, blk, denom, kid, nthreads)
+    if values is None:
+        return _bsgemm.bsgemm(a_src, b_src, sa, sb, blk, denom, kid, nthreads)
+    return _bsgemm.bsgemm(a_src, b_src, sa, sb, blk, denom, kid, nthreads, values)
 
 
 def _check_elements(x, name):

@@ -167,6 +167,8 @@ def test_bad_inputs_raise_precise_errors():
         bsgemm.blockscaled_matmul(a, b, threads=0)
     with pytest.raises(TypeError, match="threads must be a positive int"):
         bsgemm.blockscaled_matmul(a, b, threads=1.5)
+    with pytest.raises(ValueError, match="b.codes must be uint8 NVFP4 element codes below 16"):
+        bsgemm.blockscaled_matmul(a, dataclasses.replace(b, codes=b.codes | 16))
     odd = MXFP4.encode(rng.normal(size=(8, 40)), block_shape=(8, 8))
     with pytest.raises(ValueError, match="block lengths"):
         bsgemm.blockscaled_matmul(odd, MXFP4.encode(rng.normal(size=(40, 6)), block_shape=(8, 8)),

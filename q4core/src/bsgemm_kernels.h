@@ -24,7 +24,7 @@
 #include "bsgemm_vnni.h"
 
 #define Q4_BS_OFFSET 12     /* 2x E2M1 elements are in [-12, 12]; + 12 makes them unsigned */
-#define Q4_BS_MC 64         /* output tile rows: a multiple of every row step (AMX: 2 x 16) */
+#define Q4_BS_MC 32         /* output tile rows: a multiple of every row step (AMX: 2 x 16) */
 #define Q4_BS_NC 64         /* output tile columns: a multiple of 2 panels */
 _Static_assert(Q4_BS_VNNI_ROWS == Q4_VNNI_ROWS, "the fused VNNI kernel steps over the vnni kernel's rows");
 _Static_assert(Q4_BS_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_BS_MC % Q4_VNNI_ROWS == 0
