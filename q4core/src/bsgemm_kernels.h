@@ -14,19 +14,22 @@
  * lies inside Kp and a short last block reads zero padding.  The int32 partial sums of one K-block come from
  * the INT4 GEMM's tile kernels (gemm_*.h, called with that k-range; any multiple of 4 works for them) or, for
  * AMX, from q4_bs_tile_amx below (tiles configured blk bytes deep, since tdpbusd sums over the tile's whole
- * depth); the float64 epilogue then runs per K-block in order.  The AVX-512 VNNI kernel instead fuses both
- * and keeps the float64 sums in registers (bsgemm_vnni.h).  Each thread owns whole output tiles and
+ * depth); the float64 epilogue then runs per K-block in order.  The AVX-512 VNNI, AVX-VNNI and AVX2 kernels
+ * instead fuse both and keep the float64 sums in registers (bsgemm_vnni.h, bsgemm_avx2.h); the portable
+ * kernel and AMX (whose tile results must go through memory) use the int32 tile + epilogue path.  Each thread owns whole output tiles and
  * runs the same sequence of operations on each element, so the result is identical for any thread count. */
 #ifndef Q4_BSGEMM_KERNELS_H
 #define Q4_BSGEMM_KERNELS_H
 
 #include "gemm_driver.h"
 #include "bsgemm_vnni.h"
+#include "bsgemm_avx2.h"
 
 #define Q4_BS_OFFSET 12     /* 2x E2M1 elements are in [-12, 12]; + 12 makes them unsigned */
 #define Q4_BS_MC 32         /* output tile rows: a multiple of every row step (AMX: 2 x 16) */
 #define Q4_BS_NC 64         /* output tile columns: a multiple of 2 panels */
-_Static_assert(Q4_BS_VNNI_ROWS == Q4_VNNI_ROWS, "the fused VNNI kernel steps over the vnni kernel's rows");
+_Static_assert(Q4_BS_VNNI_ROWS == Q4_VNNI_ROWS && Q4_BS_YMM_ROWS == Q4_AVX2_ROWS && Q4_BS_YMM_ROWS == Q4_AVXVNNI_ROWS,
+               "the fused kernels step over their INT4 twins' rows (A is padded for those)");
 _Static_assert(Q4_BS_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_BS_MC % Q4_VNNI_ROWS == 0
                && Q4_BS_MC % Q4_AVX2_ROWS == 0 && Q4_BS_MC % Q4_AVXVNNI_ROWS == 0
                && Q4_BS_MC % Q4_PORTABLE_ROWS == 0 && Q4_BS_NC % (2 * Q4_PANEL) == 0,
@@ -158,6 +161,12 @@ static int q4_bsgemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64
     q4_bs_fused_fn fused = NULL;     /* a kernel with the epilogue in registers (bsgemm_vnni.h) */
 #if Q4_HAVE_BS_VNNI
     if (kernel == Q4_VNNI) fused = q4_bs_tile_vnni;
+#endif
+#if Q4_HAVE_BS_AVXVNNI
+    if (kernel == Q4_AVXVNNI) fused = q4_bs_tile_avxvnni;
+#endif
+#if Q4_HAVE_BS_YMM
+    if (kernel == Q4_AVX2) fused = q4_bs_tile_avx2;
 #endif
     const int64_t nkb = (K + blk - 1) / blk;
     const int64_t tiles_m = (M + Q4_BS_MC - 1) / Q4_BS_MC, tiles_n = (N + Q4_BS_NC - 1) / Q4_BS_NC;
