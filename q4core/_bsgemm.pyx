@@ -38,7 +38,7 @@ def _round_up(n, m):
 
 def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, values=INT8_VALUES):
     """The driver's operands (bsgemm_kernels.h): (A buffer uint8 (Mp, lda), packed B int8 (Kp * Np,), Kp, Np,
-    offset correction int32 (nkb, Np), A's block scales float64 (Mp, nkb), B's (nkb, Np), both zero-padded).
+    offset correction int32 (nkb, Np), A's block scales / 4 float64 (Mp, nkb), B's (nkb, Np), both zero-padded).
 
     ``a_src`` (M, K) / ``b_src`` (K, N) are bytes whose element values (2x, in [-12, 12]) are ``values[byte]``:
     int8 elements themselves (the default table) or E2M1 codes, which the packing maps in the same pass."""
@@ -60,7 +60,7 @@ def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, va
     sb_p = np.zeros((nkb, Np), np.float64)
     sb_p[:, :N] = sb
     sa_p = np.zeros((a_bufs.shape[1], nkb), np.float64)
-    sa_p[:a_src.shape[0]] = sa
+    sa_p[:a_src.shape[0]] = sa * 0.25     # exact for the scales q4core.bsgemm admits (bsgemm_kernels.h)
     return a_bufs[0], packs[0], Kp, Np, corr, sa_p, sb_p
 
 

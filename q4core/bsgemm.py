@@ -43,6 +43,12 @@ except ImportError:          # extension not built: only the reference runs
 __all__ = ["blockscaled_matmul", "blockscaled_matmul_int", "blockscaled_matmul_reference", "operand_integers",
            "BLOCK_LENGTHS"]
 
+# the block scales the int8 entry point admits: every product P * sa * sb / 4 is then an exact float64 (13 + 17 +
+# 17 significant bits, no underflow or overflow), which the kernels' fused multiply-adds and their folding of the
+# 0.25 into A's scales rely on (bsgemm_kernels.h); the formats' scales (E8M0, E4M3) are far inside
+_SCALE_MIN, _SCALE_MAX = 2.0 ** -400, 2.0 ** 400
+_SCALE_LOW_BITS = (1 << 36) - 1      # float64 mantissa bits below the 16 explicit ones a scale may use
+
 #: block lengths along K the compiled kernels take (NVFP4's 16, MXFP4's 32: divisors of the 64-byte K padding)
 BLOCK_LENGTHS = (16, 32)
 
@@ -158,6 +164,11 @@ def _check_scales(x, name, shape):
         raise ValueError(f"{name} must have shape {shape} (one scale per row / column and K-block), got {x.shape}")
     if x.size and not np.isfinite(x).all():
         raise ValueError(f"{name} must be finite")
+    mag = np.abs(x[x != 0])
+    if mag.size and ((mag < _SCALE_MIN).any() or (mag > _SCALE_MAX).any()
+                     or (mag.view(np.uint64) & np.uint64(_SCALE_LOW_BITS)).any()):
+        raise ValueError(f"{name} must hold 0 or magnitudes in [2**-400, 2**400] with at most 17 significant bits "
+                         "(the formats' scales have 1 or 4), so that every scale product is exact")
     return np.ascontiguousarray(x)
 
 
@@ -165,8 +176,9 @@ def blockscaled_matmul_int(a_int, b_int, sa, sb, block, *, denom=1.0, kernel=Non
     """The block-scaled product on its integer form: ``a_int`` (M, K) and ``b_int`` (K, N) int8 2x-elements in
     [-12, 12], ``sa`` (M, nkb) and ``sb`` (nkb, N) float64 decoded block scales (nkb = ceil(K / block)),
     ``block`` 16 or 32, ``denom`` the product of the tensor scales.  Same result as
-    :func:`blockscaled_matmul` of the operands these came from (exact only for scales whose products are
-    exact, i.e. the formats' E8M0 / E4M3 scales)."""
+    :func:`blockscaled_matmul` of the operands these came from.  Block scales must be 0 or of magnitude in
+    [2**-400, 2**400] with at most 17 significant bits (the formats' scales are), so that every kernel's result
+    is the definition's."""
     a_int = _check_elements(a_int, "a_int")
     b_int = _check_elements(b_int, "b_int")
     if a_int.shape[1] != b_int.shape[0]:

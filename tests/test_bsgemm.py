@@ -195,6 +195,10 @@ def test_integer_entry_point_rejects_bad_arguments():
         call(ai, bi, sa, sb.astype(np.float32), 16)
     with pytest.raises(ValueError, match="sb must be finite"):
         call(ai, bi, sa, np.full((2, 3), np.inf), 16)
+    for bad in (2.0 ** -401, 2.0 ** 401, 1.0 + 2.0 ** -20):
+        with pytest.raises(ValueError, match=r"sa must hold 0 or magnitudes in \[2\*\*-400, 2\*\*400\]"):
+            call(ai, bi, np.full((4, 2), -bad), sb, 16)
+    call(ai, bi, np.full((4, 2), -(2.0 - 2.0 ** -16) * 2.0 ** 399), sb, 16)      # the largest admitted
     with pytest.raises(ValueError, match="denom must be nonzero"):
         call(ai, bi, sa, sb, 16, denom=0.0)
 

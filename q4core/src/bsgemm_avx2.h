@@ -2,7 +2,7 @@
  * whole K loop of a 4-row x 8-column register block with the float64 sums in registers.  Per K-block the
  * int32 sums of blk / 4 k-groups come from vpdpbusd ymm (AVX-VNNI) or vpmaddubsw + vpmaddwd (AVX2: a pair
  * sum is at most 2 * 24 * 12 = 576, far from int16 saturation), then P = sum - corr is converted to float64
- * and added times (sa_i * sb_j) * 0.25 with a separate multiply and add (AVX2 does not imply FMA; the
+ * and added times qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h) with a separate multiply and add (AVX2 does not imply FMA; the
  * product is exact either way). */
 #ifndef Q4_BSGEMM_AVX2_H
 #define Q4_BSGEMM_AVX2_H
@@ -20,7 +20,6 @@
 /* The register block; DOT(acc, a, b) is the int32 dot-product step of the ISA (a macro, so that each
  * instantiation compiles under its own target attribute). */
 #define Q4_BS_YMM_BLOCK(DOT)                                                                                \
-    const __m256d quarter = _mm256_set1_pd(0.25);                                                          \
     __m256d d[Q4_BS_YMM_ROWS][2];                                                                          \
     for (int r = 0; r < Q4_BS_YMM_ROWS; r++) d[r][0] = d[r][1] = _mm256_setzero_pd();                      \
     const int64_t groups = blk / Q4_KGROUP;                                                                \
@@ -42,8 +41,8 @@
             const __m256d ai = _mm256_set1_pd(sa[r * lds + kb]);                                           \
             const __m256d pl = _mm256_cvtepi32_pd(_mm256_castsi256_si128(p));                              \
             const __m256d ph = _mm256_cvtepi32_pd(_mm256_extracti128_si256(p, 1));                         \
-            d[r][0] = _mm256_add_pd(d[r][0], _mm256_mul_pd(pl, _mm256_mul_pd(_mm256_mul_pd(ai, sbl), quarter))); \
-            d[r][1] = _mm256_add_pd(d[r][1], _mm256_mul_pd(ph, _mm256_mul_pd(_mm256_mul_pd(ai, sbh), quarter))); \
+            d[r][0] = _mm256_add_pd(d[r][0], _mm256_mul_pd(pl, _mm256_mul_pd(ai, sbl)));                      \
+            d[r][1] = _mm256_add_pd(d[r][1], _mm256_mul_pd(ph, _mm256_mul_pd(ai, sbh)));                      \
         }                                                                                                  \
     }                                                                                                      \
     for (int r = 0; r < Q4_BS_YMM_ROWS; r++) {                                                             \

@@ -9,7 +9,10 @@
  *      row stride lda, K zero-padded to Kp (a multiple of 64), rows zero-padded to Mp;
  *   B  int8 2x-elements packed in 16-column panels (gemm_portable.h), K padded to Kp, N to Np;
  *   corr  int32 (nkb, Np): Q4_BS_OFFSET * the column sums of B over each K-block (undoes the offset);
- *   sa  float64 (Mp, nkb) block scales of A's rows (zero-padded);  sb  float64 (nkb, Np) block scales of B's columns.
+ *   qa  float64 (Mp, nkb) block scales of A's rows divided by 4 (zero-padded): qa_i * sb_j equals
+ *       (sa_i * sb_j) * 0.25 because both are exact - the formats' scales are powers of two or have 4
+ *       significant bits, within 2**-127 .. 2**127 (q4core.bsgemm checks the bounds of the int8 entry point),
+ *       and the 0.25 folded into A's scales saves one multiply per output element and K-block;  sb  float64 (nkb, Np) block scales of B's columns.
  * Every K-block starts at a multiple of blk (16 or 32, a divisor of 64), so the k-range [kb*blk, kb*blk + blk)
  * lies inside Kp and a short last block reads zero padding.  The int32 partial sums of one K-block come from
  * the INT4 GEMM's tile kernels (gemm_*.h, called with that k-range; any multiple of 4 works for them) or, for
@@ -35,7 +38,7 @@ _Static_assert(Q4_BS_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_BS_MC % Q4_VNNI_ROWS == 0
                && Q4_BS_MC % Q4_PORTABLE_ROWS == 0 && Q4_BS_NC % (2 * Q4_PANEL) == 0,
                "the block-scaled tile fits every kernel's register block");
 
-/* The epilogue of one K-block over a tile: acc += (double)(S - corr) * ((sa_i * sb_j) * 0.25).
+/* The epilogue of one K-block over a tile: acc += (double)(S - corr) * (qa_i * sb_j).
  * P * s is exact (13 + 8 significant bits), so a fused multiply-add rounds exactly like the separate
  * multiply and add of the definition: the ISA variants below differ in speed only. */
 #define Q4_BS_EPILOGUE_BODY                                                                          \
@@ -44,7 +47,7 @@ _Static_assert(Q4_BS_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_BS_MC % Q4_VNNI_ROWS == 0
         const int32_t *s = S + i * Q4_BS_NC;                                                        \
         double *o = acc + i * Q4_BS_NC;                                                             \
         for (int64_t j = 0; j < ncols; j++)                                                         \
-            o[j] += (double)(s[j] - corr[j]) * ((ai * sb[j]) * 0.25);                               \
+            o[j] += (double)(s[j] - corr[j]) * (ai * sb[j]);                                        \
     }
 
 typedef void (*q4_bs_epilogue_fn)(double *acc, const int32_t *S, const int32_t *corr, const double *sa,

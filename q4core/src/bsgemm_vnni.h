@@ -2,7 +2,7 @@
  * register block with the float64 accumulators in registers.  Per K-block: blk / 4 vpdpbusd per row into
  * zeroed int32 sums (u8 x s8, A offset by Q4_BS_OFFSET: gemm_vnni.h's register block, one panel wide),
  * then P = sum - corr, two int32 -> float64 conversions and two fused multiply-adds by
- * (sa_i * sb_j) * 0.25.  P * s is exact (13 + 8 significant bits), so the fused multiply-add rounds
+ * qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h).  P * s is exact (13 + 8 significant bits), so the fused multiply-add rounds
  * exactly like the definition's multiply then add; the per-element order of operations is the
  * definition's.  Without the fusion the int32 sums go through memory once per K-block, and at blocks
  * of 16 that store and reload cost more than the dot products. */
@@ -28,7 +28,6 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline))
 static inline void q4_bs_vnni_block(const uint8_t *a0, int64_t lda, const int8_t *panel, int64_t nkb, int blk,
                                     const int32_t *corr, int64_t ldcorr, const double *sa, int64_t lds,
                                     const double *sb, int64_t ldsb, double *acc, int64_t ldacc) {
-    const __m512d quarter = _mm512_set1_pd(0.25);
     __m512d d[Q4_BS_VNNI_ROWS][2];
     for (int r = 0; r < Q4_BS_VNNI_ROWS; r++) d[r][0] = d[r][1] = _mm512_setzero_pd();
     const int64_t groups = blk / Q4_KGROUP;
@@ -50,8 +49,8 @@ static inline void q4_bs_vnni_block(const uint8_t *a0, int64_t lda, const int8_t
             const __m512d ai = _mm512_set1_pd(sa[r * lds + kb]);
             const __m512d pl = _mm512_cvtepi32_pd(_mm512_castsi512_si256(p));
             const __m512d ph = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(p, 1));
-            d[r][0] = _mm512_fmadd_pd(pl, _mm512_mul_pd(_mm512_mul_pd(ai, sbl), quarter), d[r][0]);
-            d[r][1] = _mm512_fmadd_pd(ph, _mm512_mul_pd(_mm512_mul_pd(ai, sbh), quarter), d[r][1]);
+            d[r][0] = _mm512_fmadd_pd(pl, _mm512_mul_pd(ai, sbl), d[r][0]);
+            d[r][1] = _mm512_fmadd_pd(ph, _mm512_mul_pd(ai, sbh), d[r][1]);
         }
     }
     for (int r = 0; r < Q4_BS_VNNI_ROWS; r++) {
