@@ -67,7 +67,8 @@ def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, va
 def bsgemm(a_src, b_src, sa, sb, int blk, double denom, int kernel, int nthreads, values=INT8_VALUES):
     """``C[i, j] = (sum_kb P_kb[i, j] * ((sa[i, kb] * sb[kb, j]) * 0.25)) / denom`` (bsgemm_kernels.h).
 
-    ``a_src`` (M, K) and ``b_src`` (K, N) bytes of elements ``values[byte]`` (see :func:`operands`) in [-12, 12]; ``sa`` (M, nkb), ``sb`` (nkb, N) float64 with
+    ``a_src`` (M, K) and ``b_src`` (K, N) bytes of elements ``values[byte]`` in [-12, 12] (see :func:`operands`);
+    ``sa`` (M, nkb), ``sb`` (nkb, N) float64 with
     nkb = ceil(K / blk); blk 16 or 32.  The caller has checked all of that (q4core.bsgemm)."""
     cdef Py_ssize_t M = a_src.shape[0], K = a_src.shape[1], N = b_src.shape[1]
     cdef Py_ssize_t nkb = (K + blk - 1) // blk

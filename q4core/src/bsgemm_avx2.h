@@ -2,8 +2,8 @@
  * whole K loop of a 4-row x 8-column register block with the float64 sums in registers.  Per K-block the
  * int32 sums of blk / 4 k-groups come from vpdpbusd ymm (AVX-VNNI) or vpmaddubsw + vpmaddwd (AVX2: a pair
  * sum is at most 2 * 24 * 12 = 576, far from int16 saturation), then P = sum - corr is converted to float64
- * and added times qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h) with a separate multiply and add (AVX2 does not imply FMA; the
- * product is exact either way). */
+ * and added times qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h) with a separate multiply and add (AVX2 does not
+ * imply FMA; the product is exact either way). */
 #ifndef Q4_BSGEMM_AVX2_H
 #define Q4_BSGEMM_AVX2_H
 

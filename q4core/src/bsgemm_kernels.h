@@ -9,18 +9,20 @@
  *      row stride lda, K zero-padded to Kp (a multiple of 64), rows zero-padded to Mp;
  *   B  int8 2x-elements packed in 16-column panels (gemm_portable.h), K padded to Kp, N to Np;
  *   corr  int32 (nkb, Np): Q4_BS_OFFSET * the column sums of B over each K-block (undoes the offset);
- *   qa  float64 (Mp, nkb) block scales of A's rows divided by 4 (zero-padded): qa_i * sb_j equals
- *       (sa_i * sb_j) * 0.25 because both are exact - the formats' scales are powers of two or have 4
- *       significant bits, within 2**-127 .. 2**127 (q4core.bsgemm checks the bounds of the int8 entry point),
- *       and the 0.25 folded into A's scales saves one multiply per output element and K-block;  sb  float64 (nkb, Np) block scales of B's columns.
+ *   qa  float64 (Mp, nkb): A's block scales divided by 4, zero-padded.  qa_i * sb_j equals (sa_i * sb_j) * 0.25,
+ *       and P * qa_i * sb_j is exact (so a fused multiply-add rounds like the definition's multiply then add),
+ *       for every scale q4core.bsgemm admits: 0 or magnitudes in [2**-400, 2**400] with at most 17
+ *       significant bits (E8M0 and E4M3 scales are far inside);
+ *   sb  float64 (nkb, Np) block scales of B's columns, zero-padded.
  * Every K-block starts at a multiple of blk (16 or 32, a divisor of 64), so the k-range [kb*blk, kb*blk + blk)
  * lies inside Kp and a short last block reads zero padding.  The int32 partial sums of one K-block come from
  * the INT4 GEMM's tile kernels (gemm_*.h, called with that k-range; any multiple of 4 works for them) or, for
  * AMX, from q4_bs_tile_amx below (tiles configured blk bytes deep, since tdpbusd sums over the tile's whole
  * depth); the float64 epilogue then runs per K-block in order.  The AVX-512 VNNI, AVX-VNNI and AVX2 kernels
  * instead fuse both and keep the float64 sums in registers (bsgemm_vnni.h, bsgemm_avx2.h); the portable
- * kernel and AMX (whose tile results must go through memory) use the int32 tile + epilogue path.  Each thread owns whole output tiles and
- * runs the same sequence of operations on each element, so the result is identical for any thread count. */
+ * kernel and AMX (whose tile results must go through memory) use the int32 tile + epilogue path.  Each thread
+ * owns whole output tiles and runs the same sequence of operations on each element, so the result is identical
+ * for any thread count. */
 #ifndef Q4_BSGEMM_KERNELS_H
 #define Q4_BSGEMM_KERNELS_H
 

@@ -2,8 +2,8 @@
  * register block with the float64 accumulators in registers.  Per K-block: blk / 4 vpdpbusd per row into
  * zeroed int32 sums (u8 x s8, A offset by Q4_BS_OFFSET: gemm_vnni.h's register block, one panel wide),
  * then P = sum - corr, two int32 -> float64 conversions and two fused multiply-adds by
- * qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h).  P * s is exact (13 + 8 significant bits), so the fused multiply-add rounds
- * exactly like the definition's multiply then add; the per-element order of operations is the
+ * qa_i * sb_j (qa = sa / 4, bsgemm_kernels.h).  P * qa_i * sb_j is exact (bsgemm_kernels.h), so the fused
+ * multiply-add rounds exactly like the definition's multiply then add; the per-element order of operations is the
  * definition's.  Without the fusion the int32 sums go through memory once per K-block, and at blocks
  * of 16 that store and reload cost more than the dot products. */
 #ifndef Q4_BSGEMM_VNNI_H
