@@ -89,7 +89,8 @@ def test_measure_gemm_records_are_well_formed():
     recs = result["records"]
     assert result["sizes"] == [16, 32] and result["threads"] == [1] and result["kernels"] == kernels
     assert result["repeat"] == 1 and result["seed"] == 4 and result["kernel_info"] == gemm.kernel_info()
-    expected = {(n, op, k) for n in (16, 32) for op in bench_gemm.GEMM_OPS for k in kernels}
+    ops = bench_gemm.GEMM_OPS + tuple(bench_gemm.BLOCKSCALED_OPS)
+    expected = {(n, op, k) for n in (16, 32) for op in ops for k in kernels}
     expected |= {(n, op, "numpy") for n in (16, 32) for op in ("fp32", "fakequant_int4", "fakequant_fp4")}
     assert {(r["size"], r["op"], r["kernel"]) for r in recs} == expected
     assert len(recs) == len(expected)
@@ -108,7 +109,7 @@ def test_measure_gemm_records_are_well_formed():
 def test_measure_gemm_options_and_errors():
     result = bench_gemm.measure_gemm(8, repeat=1, kernels=["portable"], fakequant=False, portable_max_size=8)
     assert {(r["op"], r["kernel"]) for r in result["records"]} == {("fp32", "numpy")} | {
-        (op, "portable") for op in bench_gemm.GEMM_OPS}
+        (op, "portable") for op in bench_gemm.GEMM_OPS + tuple(bench_gemm.BLOCKSCALED_OPS)}
     with pytest.raises(ValueError, match="kernels"):
         bench_gemm.measure_gemm([8], kernels=["reference"])
     with pytest.raises(ValueError, match="kernels"):

@@ -8,6 +8,8 @@
   - ``int4xint4``      :func:`q4core.gemm.int4_matmul`, weights packed once (``pack_int4``);
   - ``fp4xint4``       :func:`q4core.gemm.fp4_int4_matmul` (dL/dx = dL/dy @ W^T), weights packed once;
   - ``int4xfp4``       :func:`q4core.gemm.int4_fp4_matmul` (dL/dW = X^T @ dL/dy), FP4 packed per call;
+  - ``mxfp4``, ``nvfp4`` :func:`q4core.bsgemm.blockscaled_matmul` of ``x`` (blocked along K) and ``w``
+    (blocked along K) encoded once in MXFP4 / NVFP4 (issue 16; the per-call work packs both operands);
   - ``fakequant_int4`` the simulation baseline: quantize both float32 operands to INT4 (to the
     grid, i.e. quantize + dequantize) with the numpy reference, then float32 matmul;
   - ``fakequant_fp4``  the same with the left operand on the radix-4 FP4 grid;
@@ -40,7 +42,7 @@ import numpy as np
 
 from ._timing import median_seconds, positive_int, positive_ints, thread_limit
 
-__all__ = ["GEMM_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
+__all__ = ["GEMM_OPS", "BLOCKSCALED_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
            "target_verdicts", "limit_verdicts", "records_of", "cpu_model", "CEILING_TARGET", "ORT_TARGET"]
 
 #: the three GEMMs of a layer's training step: forward, grad-input, grad-weight
@@ -54,6 +56,28 @@ TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "a
 CEILING_TARGET, ORT_TARGET = 0.8, 1.5
 #: outputs of kernels are checked against the reference during timing up to this size
 _CHECK_MAX_SIZE = 1024
+#: the block-scaled paths' numpy reference is an int64 product per K-block: checked up to this size only
+_BS_CHECK_MAX_SIZE = 512
+#: the block-scaled FP4 formats timed next to INT4 (op name -> format name in q4core.blockscaled)
+BLOCKSCALED_OPS = {"mxfp4": "MXFP4", "nvfp4": "NVFP4"}
+
+
+def _blockscaled_paths(x, w, n, t, kernels, portable_max_size):
+    """``(op, kernel, fn)`` of the block-scaled FP4 GEMM (:data:`BLOCKSCALED_OPS`) of ``x @ w`` on each kernel,
+    each checked against :func:`q4core.bsgemm.blockscaled_matmul_reference` up to :data:`_BS_CHECK_MAX_SIZE`."""
+    from .. import blockscaled, bsgemm
+    paths = []
+    for op, name in BLOCKSCALED_OPS.items():
+        fmt = getattr(blockscaled, name)
+        a, b = fmt.encode(x, axis=1), fmt.encode(w, axis=0)
+        ref = bsgemm.blockscaled_matmul_reference(a, b) if n <= _BS_CHECK_MAX_SIZE else None
+        for k in kernels:
+            if k == "portable" and n > portable_max_size:
+                continue
+            if ref is not None and not np.array_equal(bsgemm.blockscaled_matmul(a, b, threads=t, kernel=k), ref):
+                raise RuntimeError(f"kernel {k} disagrees with the {name} reference at n={n}")
+            paths.append((op, k, lambda a=a, b=b, k=k: bsgemm.blockscaled_matmul(a, b, threads=t, kernel=k)))
+    return paths
 
 
 def _operands(n, rng):
@@ -192,6 +216,7 @@ def measure_gemm(sizes=DEFAULT_SIZES, threads=(1, 2), repeat=5, kernels=None, se
                 paths.append(("int4xint4", k, lambda k=k: gemm.int4_matmul(a, packed, threads=t, kernel=k)))
                 paths.append(("fp4xint4", k, lambda k=k: gemm.fp4_int4_matmul(gc, packed, threads=t, kernel=k)))
                 paths.append(("int4xfp4", k, lambda k=k: gemm.int4_fp4_matmul(a, gc, threads=t, kernel=k)))
+            paths.extend(_blockscaled_paths(x, w, n, t, kernels, portable_max_size))
             exact = {}
             if peer["available"]:
                 peer_paths, exact = _peer_paths(d, n, t, ours, peer)
