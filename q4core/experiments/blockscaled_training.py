@@ -35,7 +35,6 @@ minutes beyond notebook 04.
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -46,7 +45,7 @@ from . import full_training as ft
 
 __all__ = ["DOMAINS", "REFERENCE", "run_configs", "run_recipes", "gap_table", "recipe_comparisons", "full_recipe_of",
            "run_ablations", "ablation_effects", "fidelity_runs", "summarise_fidelity", "FORMATS",
-           "memory_per_value", "blockscaled_kernel_status", "gemm_throughput"]
+           "memory_per_value", "gemm_throughput"]
 
 #: notebook 04's domains (task, model, label): the same models, so the same runs
 DOMAINS = ft.DOMAINS
@@ -292,20 +291,6 @@ def memory_per_value(n=4096, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------- throughput
-def blockscaled_kernel_status():
-    """``(function or None, reason)``: :func:`q4core.bsgemm.blockscaled_matmul` when it is backed by a kernel
-    (it takes a ``kernel=`` argument, as the integer GEMMs of :mod:`q4core.gemm` do), else None and why not - the
-    numpy reference of the definition is not a kernel and timing it would say nothing about one."""
-    try:
-        from ..bsgemm import blockscaled_matmul
-    except ImportError as exc:
-        return None, f"q4core.bsgemm.blockscaled_matmul is not importable here ({exc})"
-    if "kernel" not in inspect.signature(blockscaled_matmul).parameters:
-        return None, ("q4core.bsgemm.blockscaled_matmul in this build is the numpy reference of the definition "
-                      "(no kernel= argument): no block-scaled kernel to time")
-    return blockscaled_matmul, "kernel"
-
-
 def _fast_kernels():
     from .. import gemm
     kernels = [k for k in gemm.available_kernels() if k not in ("reference", "portable")]
@@ -316,11 +301,10 @@ def gemm_throughput(size=1024, repeat=5, seed=0, threads=1):
     """GOP/s (2 M N K ops per GEMM over the median wall time) of a ``size``-cubed GEMM per format on ``threads``
     threads: ``{"rows": [{"format", "op", "kernel", "seconds", "seconds_min", "seconds_max", "gops",
     "ratio_vs_fp32"}], "skipped": [{"format", "reason"}], "cpu_model", "kernel_info", "size", "threads"}``.
-    float32 (numpy), INT4 x INT4 (forward) and the radix-4 FP4 x INT4 products (dL/dx, dL/dW) come from
-    :func:`q4core.bench.gemm.measure_gemm` (the fastest kernel of each); MXFP4 and NVFP4 are timed only when a
-    block-scaled kernel exists (:func:`blockscaled_kernel_status`), after checking it against the reference."""
+    Every row comes from one :func:`q4core.bench.gemm.measure_gemm` run (the fastest kernel of each op): float32
+    (numpy), INT4 x INT4 (forward), the radix-4 FP4 x INT4 products (dL/dx, dL/dW) and the block-scaled MXFP4 and
+    NVFP4 GEMMs (:mod:`q4core.bsgemm`, which the bench checks against the reference up to a moderate size)."""
     from ..bench import gemm as bench
-    from ..bench._timing import median_seconds, thread_limit
     check_int(size, "size", min_value=1)
     check_int(repeat, "repeat", min_value=1)
     check_int(threads, "threads", min_value=1)
@@ -328,31 +312,14 @@ def gemm_throughput(size=1024, repeat=5, seed=0, threads=1):
                              fakequant=False)
     labels = {"fp32": "float32", "int4xint4": "INT4 x INT4", "fp4xint4": "radix-4 FP4 x INT4 (dL/dx)",
               "int4xfp4": "INT4 x radix-4 FP4 (dL/dW)"}
+    labels.update({op: f"{name} x {name}" for op, name in bench.BLOCKSCALED_OPS.items()})
     best = {}
     for r in res["records"]:
         if r["op"] in labels and (r["op"] not in best or r["gops"] > best[r["op"]]["gops"]):
             best[r["op"]] = r
     rows = [{"format": labels[op], "op": op, **{k: best[op][k] for k in (
         "kernel", "seconds", "seconds_min", "seconds_max", "gops", "ratio_vs_fp32")}} for op in labels if op in best]
-    fp32_s = best["fp32"]["seconds"]
-    skipped = []
-    fn, reason = blockscaled_kernel_status()
-    for name in ("MXFP4", "NVFP4"):
-        if fn is None:
-            skipped.append({"format": name, "reason": reason})
-            continue
-        from ..bsgemm import blockscaled_matmul_reference
-        fmt = _formats()[name]
-        rng = np.random.default_rng(seed)
-        a = fmt.encode(rng.standard_normal((size, size)), axis=1)
-        b = fmt.encode(rng.standard_normal((size, size)), axis=0)
-        if size <= 256 and not np.array_equal(fn(a, b), blockscaled_matmul_reference(a, b)):
-            raise RuntimeError(f"the {name} kernel disagrees with the reference at size {size}")
-        with thread_limit(threads):
-            times = [median_seconds(lambda a=a, b=b: fn(a, b), repeat=1, warmup=int(i == 0)) for i in range(repeat)]
-        s = float(np.median(times))
-        rows.append({"format": f"{name} x {name}", "op": name.lower(), "kernel": "blockscaled", "seconds": s,
-                     "seconds_min": float(min(times)), "seconds_max": float(max(times)),
-                     "gops": 2.0 * size ** 3 / s / 1e9, "ratio_vs_fp32": fp32_s / s})
+    skipped = [{"format": labels[op], "reason": "no kernel of this build measured it"}
+               for op in labels if op not in best]
     return {"rows": rows, "skipped": skipped, "cpu_model": res["cpu_model"], "kernel_info": res["kernel_info"],
             "size": int(size), "threads": int(threads), "repeat": int(repeat)}
