@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .spec import OperandSpec, Recipe
 
-__all__ = ["PRESETS", "ABLATIONS", "BLOCK_SCALED", "BLOCK_ABLATIONS", "BLOCK_SCALED_ABLATED", "STUDIES", "get_recipe", "recipe_names", "SWEEP_GRAD_FORMATS",
+__all__ = ["PRESETS", "ABLATIONS", "BLOCK_SCALED", "BLOCK_ABLATIONS", "BLOCK_SCALED_ABLATED", "STUDIES",
+           "get_recipe", "recipe_names", "SWEEP_GRAD_FORMATS",
            "grad_recipe"]
 
 _W_SAWB = OperandSpec("int4_sym", "sawb")
