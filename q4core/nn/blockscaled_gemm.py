@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import bsgemm
 from ..blockscaled import BlockScaledTensor
+from ..blockscaled_encode import encode_rows
 from ..recipe import operands
 from .half import round_to_float16
 
@@ -112,9 +113,13 @@ class BlockScaledGemm:
 
     # ------------------------------------------------------------------ operands
     def encode(self, x, axis, spec, block_shape=None):
-        """``x`` blocked along ``axis`` (or in ``block_shape`` tiles) by ``spec``'s rounding."""
+        """The 2-D ``x`` blocked along ``axis`` (or in ``block_shape`` tiles) by ``spec``'s rounding: bit for bit
+        ``fmt.encode(x, axis=1)`` (or the tiles) - and along axis 0 ``transposed(fmt.encode(x.T, axis=1))``,
+        so stochastic rounding draws in the order of the blocked rows - by the fast encoder."""
         rng = self.rng if spec.rounding == "stochastic" else None
-        return self.fmt.encode(x, axis=axis, block_shape=block_shape, rounding=spec.rounding, rng=rng)
+        if block_shape is not None or axis == 1:
+            return encode_rows(self.fmt, x, block_shape, spec.rounding, rng)
+        return transposed(encode_rows(self.fmt, x.T, None, spec.rounding, rng))
 
     def _encode_weight(self, w, axis):
         if self.tile is not None:
@@ -163,7 +168,7 @@ class BlockScaledGemm:
             r = random_hadamard(np.random.default_rng([self.recipe.seed, self.index, 2, self.hadamard_calls]))
             self.hadamard_calls += 1
             x, grad_y = rotate_batch(x, r), rotate_batch(grad_y, r)
-        a = self.encode(np.ascontiguousarray(x.T), 1, self.recipe.activation)
+        a = self.encode(x.T, 1, self.recipe.activation)
         return self._product(a, self.encode(grad_y, 0, self.recipe.grad_dw))
 
     def backward(self, grad_y, ctx, seq=None):

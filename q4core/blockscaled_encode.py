@@ -1,0 +1,82 @@
+"""Fast encoding of 2-D arrays into block-scaled FP4 (MXFP4, NVFP4): bit for bit :meth:`BlockScaledFormat.encode`.
+
+The training layers (:mod:`q4core.nn.blockscaled_gemm`) quantize every GEMM operand of every step, so the
+general encoder of :mod:`q4core.blockscaled` (any rank, any axis, any element format) is too slow there: it
+expands the block scales to every element with ``np.repeat`` and rounds through the general minifloat code.
+:func:`encode_rows` takes the one case the layers need - a 2-D array blocked along axis 1, or in 2-D tiles -
+and does the same float64 arithmetic on broadcast views:
+
+* the tensor scale, the block maxima and the scale codes exactly as the reference computes them;
+* ``y = x / block scale`` (one float64 division per element, the reference's);
+* E2M1 rounding of ``|y|``: the quantum is 0.5 below 2, 1 below 4 and 2 above (E2M1's exponents), so
+  ``|y| / quantum`` is exact and ``rint`` (nearest, ties to even) or ``floor(. + u)`` (stochastic, ``u`` drawn
+  as the reference draws it: one ``rng.random(x.shape)``) rounds as :class:`~q4core.formats.MiniFloat` does;
+  saturation at 6; the sign bit of ``y``.
+
+E2M1 elements only (MXFP4, NVFP4); the tests compare every code and scale code with the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .blockscaled import BlockScaledFormat, BlockScaledTensor
+from .formats import FP8_E4M3
+
+__all__ = ["encode_rows"]
+
+# E2M1 magnitude code of 2 * |value| (0, 0.5, 1, 1.5, 2, 3, 4, 6 -> codes 0..7)
+_E2M1_CODE_OF_TWICE = np.zeros(13, np.uint8)
+_E2M1_CODE_OF_TWICE[[0, 1, 2, 3, 4, 6, 8, 12]] = np.arange(8, dtype=np.uint8)
+
+
+def _e2m1_codes(y, rounding, rng):
+    """E2M1 codes of ``y`` (float64, finite), as ``E2M1.encode`` (nearest) or its stochastic twin gives them."""
+    a = np.abs(y)
+    inv_quantum = np.where(a < 2.0, 2.0, np.where(a < 4.0, 1.0, 0.5))
+    units = a * inv_quantum                              # exact: a power-of-two scaling
+    if rounding == "nearest":
+        np.rint(units, out=units)
+    else:
+        units += rng.random(y.shape)
+        np.floor(units, out=units)
+    units /= inv_quantum                                 # the rounded magnitude, exact
+    np.minimum(units, 6.0, out=units)                    # saturate at E2M1's max
+    units *= 2.0
+    codes = _E2M1_CODE_OF_TWICE[units.astype(np.intp)]
+    codes |= np.signbit(y).astype(np.uint8) << 3
+    return codes
+
+
+def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
+    """``fmt.encode(x, axis=1, rounding=rounding, rng=rng)`` of a 2-D ``x`` - or with ``block_shape`` (rows,
+    cols) its 2-D tiles - bit for bit, faster.  ``rng``: a numpy Generator (stochastic rounding)."""
+    if not isinstance(fmt, BlockScaledFormat) or fmt.element.bits != 4:
+        raise ValueError(f"fmt must be a block-scaled format with E2M1 elements (MXFP4, NVFP4), got {fmt!r}")
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    if rounding == "stochastic" and not isinstance(rng, np.random.Generator):
+        raise ValueError("rounding='stochastic' needs rng= (a numpy Generator): results must be reproducible")
+    arr = np.asarray(x, np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"x must be 2-D, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
+    m, k = arr.shape
+    tensor_scale = 1.0
+    if fmt.scale == "e4m3":
+        amax_t = float(np.abs(arr).max()) if arr.size else 0.0
+        tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
+    br, bc = (1, fmt.block) if block_shape is None else (int(block_shape[0]), int(block_shape[1]))
+    pr, pc = (-m) % br, (-k) % bc
+    padded = np.pad(arr, ((0, pr), (0, pc))) if (pr or pc) else arr
+    tiles = padded.reshape((m + pr) // br, br, (k + pc) // bc, bc)
+    amax = np.abs(tiles).max(axis=(1, 3)) if tiles.size else np.zeros(tiles.shape[::2])
+    scale_codes = fmt._block_scale_codes(amax, tensor_scale)
+    per_block = (fmt._scale_values(scale_codes) / tensor_scale)[:, None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(per_block > 0, tiles / np.where(per_block > 0, per_block, 1.0), 0.0)
+    y = y.reshape(padded.shape)[:m, :k]
+    codes = _e2m1_codes(y, rounding, rng)
+    if block_shape is None:
+        return BlockScaledTensor(codes, scale_codes, tensor_scale, (1,), (bc,), fmt)
+    return BlockScaledTensor(codes, scale_codes, tensor_scale, (0, 1), (br, bc), fmt)
