@@ -24,27 +24,26 @@ from .formats import FP8_E4M3
 
 __all__ = ["encode_rows"]
 
-# E2M1 magnitude code of 2 * |value| (0, 0.5, 1, 1.5, 2, 3, 4, 6 -> codes 0..7)
-_E2M1_CODE_OF_TWICE = np.zeros(13, np.uint8)
-_E2M1_CODE_OF_TWICE[[0, 1, 2, 3, 4, 6, 8, 12]] = np.arange(8, dtype=np.uint8)
+# E2M1 magnitudes in code order (codes 0..7) and the rounding boundaries of round-to-nearest: a tie goes to the
+# even code, so a boundary whose upper neighbour has the even code is moved one ulp down (|y| == boundary then
+# counts as above it); searchsorted(side="left") counts the boundaries below |y|: the code, saturating at 7
+_E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+_MIDPOINTS = (_E2M1_GRID[:-1] + _E2M1_GRID[1:]) / 2
+_NEAREST_BOUNDS = np.where(np.arange(7) % 2 == 1, np.nextafter(_MIDPOINTS, 0.0), _MIDPOINTS)
 
 
-def _e2m1_codes(y, rounding, rng):
-    """E2M1 codes of ``y`` (float64, finite), as ``E2M1.encode`` (nearest) or its stochastic twin gives them."""
-    a = np.abs(y)
+def _e2m1_magnitude_codes(a, rounding, rng):
+    """E2M1 magnitude codes (uint8, 0..7) of ``a = |y|`` (float64), as ``E2M1.encode`` (nearest) or its stochastic
+    twin gives them."""
+    if rounding == "nearest":
+        return np.searchsorted(_NEAREST_BOUNDS, a).astype(np.uint8)
+    # the reference's arithmetic: the quantum 2**(e - 1) of E2M1's exponent e, floor(|y| / quantum + u)
     inv_quantum = np.where(a < 2.0, 2.0, np.where(a < 4.0, 1.0, 0.5))
     units = a * inv_quantum                              # exact: a power-of-two scaling
-    if rounding == "nearest":
-        np.rint(units, out=units)
-    else:
-        units += rng.random(y.shape)
-        np.floor(units, out=units)
-    units /= inv_quantum                                 # the rounded magnitude, exact
-    np.minimum(units, 6.0, out=units)                    # saturate at E2M1's max
-    units *= 2.0
-    codes = _E2M1_CODE_OF_TWICE[units.astype(np.intp)]
-    codes |= np.signbit(y).astype(np.uint8) << 3
-    return codes
+    units += rng.random(a.shape)
+    np.floor(units, out=units)
+    units /= inv_quantum                                 # the rounded magnitude, exact; above 6 saturates
+    return np.minimum(np.searchsorted(_E2M1_GRID, units), 7).astype(np.uint8)
 
 
 def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
@@ -56,27 +55,34 @@ def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
         raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
     if rounding == "stochastic" and not isinstance(rng, np.random.Generator):
         raise ValueError("rounding='stochastic' needs rng= (a numpy Generator): results must be reproducible")
-    arr = np.asarray(x, np.float64)
+    arr = np.asarray(x)
+    if arr.dtype.type not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
     if arr.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
     m, k = arr.shape
-    tensor_scale = 1.0
-    if fmt.scale == "e4m3":
-        amax_t = float(np.abs(arr).max()) if arr.size else 0.0
-        tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
     br, bc = (1, fmt.block) if block_shape is None else (int(block_shape[0]), int(block_shape[1]))
     pr, pc = (-m) % br, (-k) % bc
     padded = np.pad(arr, ((0, pr), (0, pc))) if (pr or pc) else arr
     tiles = padded.reshape((m + pr) // br, br, (k + pc) // bc, bc)
-    amax = np.abs(tiles).max(axis=(1, 3)) if tiles.size else np.zeros(tiles.shape[::2])
+    # block maxima on the input's own dtype (float32 -> float64 is exact); their max is the tensor's, and NaN / Inf
+    # show in them
+    amax = (np.abs(tiles).max(axis=(1, 3)) if tiles.size else np.zeros(tiles.shape[::2])).astype(np.float64)
+    if not np.isfinite(amax).all():
+        raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
+    tensor_scale = 1.0
+    if fmt.scale == "e4m3":
+        amax_t = float(amax.max()) if amax.size else 0.0
+        tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
     scale_codes = fmt._block_scale_codes(amax, tensor_scale)
     per_block = (fmt._scale_values(scale_codes) / tensor_scale)[:, None, :, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.where(per_block > 0, tiles / np.where(per_block > 0, per_block, 1.0), 0.0)
+    zero = per_block <= 0                                # the reference sets these blocks to +0
+    y = tiles / np.where(zero, 1.0, per_block) if zero.any() else tiles / per_block   # float64, as the reference
+    if zero.any():
+        y = np.where(zero, 0.0, y)
     y = y.reshape(padded.shape)[:m, :k]
-    codes = _e2m1_codes(y, rounding, rng)
+    codes = _e2m1_magnitude_codes(np.abs(y), rounding, rng)
+    codes |= np.signbit(y).view(np.uint8) << 3
     if block_shape is None:
         return BlockScaledTensor(codes, scale_codes, tensor_scale, (1,), (bc,), fmt)
     return BlockScaledTensor(codes, scale_codes, tensor_scale, (0, 1), (br, bc), fmt)
