@@ -11,7 +11,8 @@ and does the same float64 arithmetic on broadcast views:
 * E2M1 rounding of ``|y|``: the quantum is 0.5 below 2, 1 below 4 and 2 above (E2M1's exponents), so
   ``|y| / quantum`` is exact and ``rint`` (nearest, ties to even) or ``floor(. + u)`` (stochastic, ``u`` drawn
   as the reference draws it: one ``rng.random(x.shape)``) rounds as :class:`~q4core.formats.MiniFloat` does;
-  saturation at 6; the sign bit of ``y``.
+  the code follows from the rounded integer and the quantum class without forming the value; saturation at 6;
+  the sign bit of ``y``.
 
 E2M1 elements only (MXFP4, NVFP4); the tests compare every code and scale code with the reference.
 """
@@ -24,26 +25,23 @@ from .formats import FP8_E4M3
 
 __all__ = ["encode_rows"]
 
-# E2M1 magnitudes in code order (codes 0..7) and the rounding boundaries of round-to-nearest: a tie goes to the
-# even code, so a boundary whose upper neighbour has the even code is moved one ulp down (|y| == boundary then
-# counts as above it); searchsorted(side="left") counts the boundaries below |y|: the code, saturating at 7
-_E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-_MIDPOINTS = (_E2M1_GRID[:-1] + _E2M1_GRID[1:]) / 2
-_NEAREST_BOUNDS = np.where(np.arange(7) % 2 == 1, np.nextafter(_MIDPOINTS, 0.0), _MIDPOINTS)
-
-
 def _e2m1_magnitude_codes(a, rounding, rng):
     """E2M1 magnitude codes (uint8, 0..7) of ``a = |y|`` (float64), as ``E2M1.encode`` (nearest) or its stochastic
-    twin gives them."""
+    twin gives them: the reference's arithmetic ``n = rint(a / quantum)`` or ``floor(a / quantum + u)`` with the
+    quantum 2**(e - 1) of E2M1's exponent e (0.5 below 2, 1 below 4, 2 above), and the code from ``n`` directly:
+    ``n`` below 2 (codes 0..4), ``n + 2`` in [2, 4) (codes 4..6), ``n + 4`` from 4 (codes 6, 7), saturating at 7."""
+    ge2, ge4 = a >= 2.0, a >= 4.0
+    units = a * np.where(ge2, np.where(ge4, 0.5, 1.0), 2.0)      # exact: a power-of-two scaling
     if rounding == "nearest":
-        return np.searchsorted(_NEAREST_BOUNDS, a).astype(np.uint8)
-    # the reference's arithmetic: the quantum 2**(e - 1) of E2M1's exponent e, floor(|y| / quantum + u)
-    inv_quantum = np.where(a < 2.0, 2.0, np.where(a < 4.0, 1.0, 0.5))
-    units = a * inv_quantum                              # exact: a power-of-two scaling
-    units += rng.random(a.shape)
-    np.floor(units, out=units)
-    units /= inv_quantum                                 # the rounded magnitude, exact; above 6 saturates
-    return np.minimum(np.searchsorted(_E2M1_GRID, units), 7).astype(np.uint8)
+        np.rint(units, out=units)
+    else:
+        units += rng.random(a.shape)
+        np.floor(units, out=units)
+    np.minimum(units, 7.0, out=units)
+    codes = units.astype(np.uint8)
+    codes += (ge2.view(np.uint8) + ge4.view(np.uint8)) << 1
+    np.minimum(codes, 7, out=codes)
+    return codes
 
 
 def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
