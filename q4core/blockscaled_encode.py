@@ -14,7 +14,10 @@ and does the same float64 arithmetic on broadcast views:
   the code follows from the rounded integer and the quantum class without forming the value; saturation at 6;
   the sign bit of ``y``.
 
-E2M1 elements only (MXFP4, NVFP4); the tests compare every code and scale code with the reference.
+The two element-wise passes (block maxima; division, rounding and code of each element) run as compiled loops
+(``q4core._bsencode``, the same double arithmetic) when the extension is built (on a C-contiguous copy of ``x``);
+else as numpy.  E2M1 elements only (MXFP4, NVFP4); the tests compare every code and scale code of both
+paths with the reference.
 """
 from __future__ import annotations
 
@@ -23,7 +26,15 @@ import numpy as np
 from .blockscaled import BlockScaledFormat, BlockScaledTensor
 from .formats import FP8_E4M3
 
-__all__ = ["encode_rows"]
+try:
+    from . import _bsencode
+except ImportError:       # pragma: no cover - the compiled extension is optional
+    _bsencode = None
+
+__all__ = ["encode_rows", "COMPILED"]
+
+#: the compiled loops are built (``encode_rows(..., compiled=False)`` forces numpy)
+COMPILED = _bsencode is not None
 
 def _e2m1_magnitude_codes(a, rounding, rng):
     """E2M1 magnitude codes (uint8, 0..7) of ``a = |y|`` (float64), as ``E2M1.encode`` (nearest) or its stochastic
@@ -44,9 +55,10 @@ def _e2m1_magnitude_codes(a, rounding, rng):
     return codes
 
 
-def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
+def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None, compiled=None):
     """``fmt.encode(x, axis=1, rounding=rounding, rng=rng)`` of a 2-D ``x`` - or with ``block_shape`` (rows,
-    cols) its 2-D tiles - bit for bit, faster.  ``rng``: a numpy Generator (stochastic rounding)."""
+    cols) its 2-D tiles - bit for bit, faster.  ``rng``: a numpy Generator (stochastic rounding).  ``compiled``:
+    None uses the compiled loops where they apply, False the numpy path."""
     if not isinstance(fmt, BlockScaledFormat) or fmt.element.bits != 4:
         raise ValueError(f"fmt must be a block-scaled format with E2M1 elements (MXFP4, NVFP4), got {fmt!r}")
     if rounding not in ("nearest", "stochastic"):
@@ -59,6 +71,8 @@ def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
     if arr.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {arr.shape}")
     m, k = arr.shape
+    if (COMPILED if compiled is None else compiled) and 0 not in arr.shape:
+        return _encode_compiled(fmt, np.ascontiguousarray(arr), block_shape, rounding, rng)
     br, bc = (1, fmt.block) if block_shape is None else (int(block_shape[0]), int(block_shape[1]))
     pr, pc = (-m) % br, (-k) % bc
     padded = np.pad(arr, ((0, pr), (0, pc))) if (pr or pc) else arr
@@ -66,14 +80,8 @@ def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
     # block maxima on the input's own dtype (float32 -> float64 is exact); their max is the tensor's, and NaN / Inf
     # show in them
     amax = (np.abs(tiles).max(axis=(1, 3)) if tiles.size else np.zeros(tiles.shape[::2])).astype(np.float64)
-    if not np.isfinite(amax).all():
-        raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
-    tensor_scale = 1.0
-    if fmt.scale == "e4m3":
-        amax_t = float(amax.max()) if amax.size else 0.0
-        tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
-    scale_codes = fmt._block_scale_codes(amax, tensor_scale)
-    per_block = (fmt._scale_values(scale_codes) / tensor_scale)[:, None, :, None]
+    tensor_scale, scale_codes, per_block = _scales(fmt, amax)
+    per_block = per_block[:, None, :, None]
     zero = per_block <= 0                                # the reference sets these blocks to +0
     y = tiles / np.where(zero, 1.0, per_block) if zero.any() else tiles / per_block   # float64, as the reference
     if zero.any():
@@ -81,6 +89,28 @@ def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None):
     y = y.reshape(padded.shape)[:m, :k]
     codes = _e2m1_magnitude_codes(np.abs(y), rounding, rng)
     codes |= np.signbit(y).view(np.uint8) << 3
+    if block_shape is None:
+        return BlockScaledTensor(codes, scale_codes, tensor_scale, (1,), (bc,), fmt)
+    return BlockScaledTensor(codes, scale_codes, tensor_scale, (0, 1), (br, bc), fmt)
+
+
+def _scales(fmt, amax):
+    """(tensor scale, scale codes, float64 scale of every block) from the block maxima, as the reference."""
+    if not np.isfinite(amax).all():
+        raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
+    tensor_scale = 1.0
+    if fmt.scale == "e4m3":
+        amax_t = float(amax.max()) if amax.size else 0.0
+        tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
+    scale_codes = fmt._block_scale_codes(amax, tensor_scale)
+    return tensor_scale, scale_codes, np.ascontiguousarray(fmt._scale_values(scale_codes) / tensor_scale)
+
+
+def _encode_compiled(fmt, arr, block_shape, rounding, rng):
+    br, bc = (1, fmt.block) if block_shape is None else (int(block_shape[0]), int(block_shape[1]))
+    tensor_scale, scale_codes, per_block = _scales(fmt, _bsencode.block_amax(arr, br, bc))
+    u = rng.random(arr.shape) if rounding == "stochastic" else None
+    codes = _bsencode.e2m1_codes(arr, per_block, br, bc, u)
     if block_shape is None:
         return BlockScaledTensor(codes, scale_codes, tensor_scale, (1,), (bc,), fmt)
     return BlockScaledTensor(codes, scale_codes, tensor_scale, (0, 1), (br, bc), fmt)

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from q4core import bsgemm
 from q4core.blockscaled import MXFP4, NVFP4
-from q4core.blockscaled_encode import encode_rows
+from q4core.blockscaled_encode import COMPILED, encode_rows
 from q4core.nn.blockscaled_gemm import hadamard16, random_hadamard, rotate_batch, transposed
 from q4core.nn.qgemm import QuantGemm
 from q4core.recipe import BLOCK_SCALED, OperandSpec, Recipe, get_recipe, recipe_names
 from q4core.train import train
 
+ENCODERS = [False, True] if COMPILED else [False]
 BLOCK_NAMES = ["nvfp4", "mxfp4", "nvfp4+no-rht", "nvfp4+no-sr", "nvfp4+1d-weights", "nvfp4+mx-scales",
                "mxfp4+no-rht"]
 FORMATS = {"nvfp4": NVFP4, "mxfp4": MXFP4}
@@ -84,31 +85,38 @@ def test_block_options_refused_on_other_recipes():
 # ---------------------------------------------------------------------------------------------- fast encoder
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(0, 40), cols=st.integers(1, 70), spread=st.floats(0, 6), seed=st.integers(0, 2**16),
-       fmt=st.sampled_from([NVFP4, MXFP4]), tiles=st.booleans(), rounding=st.sampled_from(["nearest", "stochastic"]))
-def test_fast_encoder_equals_the_reference(rows, cols, spread, seed, fmt, tiles, rounding):
+       fmt=st.sampled_from([NVFP4, MXFP4]), tiles=st.booleans(), rounding=st.sampled_from(["nearest", "stochastic"]),
+       compiled=st.sampled_from(ENCODERS), dtype=st.sampled_from([np.float32, np.float64]))
+def test_fast_encoder_equals_the_reference(rows, cols, spread, seed, fmt, tiles, rounding, compiled, dtype):
     r = np.random.default_rng(seed)
-    x = (r.standard_normal((rows, cols)) * np.exp(spread * r.standard_normal((rows, cols)))).astype(np.float32)
+    x = (r.standard_normal((rows, cols)) * np.exp(spread * r.standard_normal((rows, cols)))).astype(dtype)
     if x.size:
         x.flat[::7] = 0.0
         x.flat[1::11] = -0.0
     bs = (fmt.block, fmt.block) if tiles else None
     ref = fmt.encode(x, axis=1, block_shape=bs, rounding=rounding, rng=np.random.default_rng(seed))
-    got = encode_rows(fmt, x, bs, rounding, np.random.default_rng(seed))
+    got = encode_rows(fmt, x, bs, rounding, np.random.default_rng(seed), compiled=compiled)
     assert got.codes.dtype == ref.codes.dtype == np.uint8
     np.testing.assert_array_equal(got.codes, ref.codes)
     np.testing.assert_array_equal(got.scale_codes, ref.scale_codes)
     assert (got.tensor_scale, got.axis, got.block_shape) == (ref.tensor_scale, ref.axis, ref.block_shape)
 
 
-def test_fast_encoder_corner_cases():
+@pytest.mark.parametrize("compiled", ENCODERS)
+def test_fast_encoder_corner_cases(compiled):
     # ties of E2M1 go to the even code: 0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4
     x = np.array([[0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0] + [6.0] + [0.0] * 23]) * 2.0 ** -3
-    t = encode_rows(MXFP4, x)
+    t = encode_rows(MXFP4, x, compiled=compiled)
     np.testing.assert_array_equal(MXFP4.decode(t)[0, :9] * 8, [0, 1, 1, 2, 2, 4, 4, -4, 6])
     np.testing.assert_array_equal(t.codes, MXFP4.encode(x, axis=1).codes)
-    np.testing.assert_array_equal(encode_rows(NVFP4, np.zeros((2, 16))).codes, 0)
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        encode_rows(NVFP4, np.array([[1.0, np.inf]]))
+    np.testing.assert_array_equal(encode_rows(NVFP4, np.zeros((2, 16)), compiled=compiled).codes, 0)
+    # a block whose E4M3 scale underflows to zero is +0 throughout, as the reference makes it
+    tiny = np.concatenate([np.full(16, 1e6), -np.full(16, 1e-9)])[None, :]
+    np.testing.assert_array_equal(encode_rows(NVFP4, tiny, compiled=compiled).codes, NVFP4.encode(tiny).codes)
+    assert encode_rows(NVFP4, tiny, compiled=compiled).codes[0, 16:].max() == 0
+    for bad in ([[1.0, np.inf]], [[np.nan, 1.0, 2.0]], [[1.0, np.nan] * 20]):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            encode_rows(NVFP4, np.array(bad), compiled=compiled)
     with pytest.raises(ValueError, match="needs rng="):
         encode_rows(NVFP4, np.ones((1, 16)), rounding="stochastic")
     with pytest.raises(ValueError, match="must be 2-D"):
