@@ -287,3 +287,14 @@ def test_recipes_train_a_tiny_resnet_and_char_lstm(name, task, model, kwargs):
     r = train(task=task, model=model, recipe=name, epochs=1, max_steps=8, progress=False, seed=0, threads=1,
               model_kwargs=kwargs, **extra)
     assert r["stopped"] is None and _decreases(r["history"]["step_loss"]), r["history"]["step_loss"]
+
+
+def test_block_scaled_runs_hash_the_block_scaled_sources():
+    """The block-scaled formats, encoder and GEMM change the numbers of mxfp4 / nvfp4 runs only."""
+    from q4core import runs
+    block = {"blockscaled.py", "blockscaled_encode.py", "_bsencode.pyx", "bsgemm.py"}
+    for name in ("nvfp4", "mxfp4+no-rht"):
+        assert set(runs.RunConfig(task="digits", recipe=name, seed=0, epochs=1).identity()["sources"]) == block
+    assert "sources" not in runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1).identity()
+    assert runs.RunConfig(task="digits", recipe="nvfp4", seed=0, epochs=1).key() != \
+        runs.RunConfig(task="digits", recipe="nvfp4+no-rht", seed=0, epochs=1).key()
