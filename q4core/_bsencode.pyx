@@ -9,7 +9,7 @@ operation in IEEE double (division, a power-of-two multiply, rint or floor): the
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport fabs, floor, rint, signbit
+from libc.math cimport fabs, floor, frexp, ldexp, rint, signbit
 from libc.stdint cimport uint8_t
 
 cnp.import_array()
@@ -88,3 +88,36 @@ def e2m1_codes(const floating[:, ::1] x, const double[:, ::1] scale, Py_ssize_t 
                         code = 7
                     out[i, j] = <uint8_t>(code | (8 if signbit(y) else 0))
     return out_arr
+
+
+def e4m3_block_scales(const double[:, ::1] amax, double tensor_scale):
+    """NVFP4's block scales from the block maxima: ``codes = FP8_E4M3.encode(amax / 6 * tensor_scale)`` (E4M3FN,
+    round half to even, saturating at 448; the values are non-negative) and ``values = decode(codes) /
+    tensor_scale`` (float64), the reference's arithmetic: frexp's exponent, a power-of-two scaling, rint."""
+    cdef Py_ssize_t r = amax.shape[0], c = amax.shape[1], i, j
+    codes_arr = np.empty((r, c), np.uint8)
+    values_arr = np.empty((r, c))
+    cdef uint8_t[:, ::1] codes = codes_arr
+    cdef double[:, ::1] values = values_arr
+    cdef double v, q
+    cdef int ex, e, man, field
+    with nogil:
+        for i in range(r):
+            for j in range(c):
+                v = amax[i, j] / 6.0 * tensor_scale
+                frexp(v, &ex)                       # v = m * 2**ex, m in [0.5, 1)
+                e = ex - 1 if ex - 1 > -6 else -6       # E4M3's exponent, at least emin = -6
+                q = ldexp(rint(ldexp(v, -(e - 3))), e - 3)
+                if q > 448.0:
+                    q = 448.0
+                frexp(q, &ex)
+                e = ex - 1 if ex - 1 > -6 else -6
+                man = <int>ldexp(q, -(e - 3))           # 8 + mantissa (normal) or the mantissa (subnormal)
+                if q >= 0.015625:                       # 2**-6: normal
+                    field = e + 7
+                    man = man - 8
+                else:
+                    field = 0
+                codes[i, j] = <uint8_t>((field << 3) | man)
+                values[i, j] = q / tensor_scale
+    return codes_arr, values_arr

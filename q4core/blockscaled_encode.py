@@ -94,21 +94,25 @@ def encode_rows(fmt, x, block_shape=None, rounding="nearest", rng=None, compiled
     return BlockScaledTensor(codes, scale_codes, tensor_scale, (0, 1), (br, bc), fmt)
 
 
-def _scales(fmt, amax):
-    """(tensor scale, scale codes, float64 scale of every block) from the block maxima, as the reference."""
+def _scales(fmt, amax, compiled=False):
+    """(tensor scale, scale codes, float64 scale of every block) from the block maxima, as the reference
+    (``compiled``: NVFP4's E4M3 scale codes and values by the compiled loop, the same arithmetic)."""
     if not np.isfinite(amax).all():
         raise ValueError(f"x holds NaN or Inf; {fmt.name} quantization takes finite values only")
     tensor_scale = 1.0
     if fmt.scale == "e4m3":
         amax_t = float(amax.max()) if amax.size else 0.0
         tensor_scale = float(np.float32(FP8_E4M3.max * fmt.element.max / amax_t)) if amax_t > 0 else 1.0
+        if compiled and fmt.element.max == 6.0:
+            return (tensor_scale, *_bsencode.e4m3_block_scales(np.ascontiguousarray(amax, np.float64),
+                                                                tensor_scale))
     scale_codes = fmt._block_scale_codes(amax, tensor_scale)
     return tensor_scale, scale_codes, np.ascontiguousarray(fmt._scale_values(scale_codes) / tensor_scale)
 
 
 def _encode_compiled(fmt, arr, block_shape, rounding, rng):
     br, bc = (1, fmt.block) if block_shape is None else (int(block_shape[0]), int(block_shape[1]))
-    tensor_scale, scale_codes, per_block = _scales(fmt, _bsencode.block_amax(arr, br, bc))
+    tensor_scale, scale_codes, per_block = _scales(fmt, _bsencode.block_amax(arr, br, bc), compiled=True)
     u = rng.random(arr.shape) if rounding == "stochastic" else None
     codes = _bsencode.e2m1_codes(arr, per_block, br, bc, u)
     if block_shape is None:

@@ -298,3 +298,19 @@ def test_block_scaled_runs_hash_the_block_scaled_sources():
     assert "sources" not in runs.RunConfig(task="digits", recipe="q4", seed=0, epochs=1).identity()
     assert runs.RunConfig(task="digits", recipe="nvfp4", seed=0, epochs=1).key() != \
         runs.RunConfig(task="digits", recipe="nvfp4+no-rht", seed=0, epochs=1).key()
+
+
+@pytest.mark.skipif(not COMPILED, reason="the compiled encoder is not built")
+def test_compiled_e4m3_block_scales_equal_the_reference():
+    from q4core import _bsencode
+    from q4core.formats import FP8_E4M3
+    g = np.random.default_rng(8)
+    grid = FP8_E4M3.values[FP8_E4M3.values >= 0]
+    ties = (grid[:-1] + grid[1:]) / 2                      # every tie of E4M3, subnormal and normal
+    amax = np.concatenate([[0.0, 1e-300, 448.0, 460.0, 1e6], grid, ties, np.nextafter(ties, 0),
+                           np.nextafter(ties, np.inf), np.exp(g.uniform(-14, 7, 500))]) * 6.0
+    for ts in (1.0, float(np.float32(448 * 6 / 3.7)), 2.0 ** -5):
+        codes, values = _bsencode.e4m3_block_scales(amax[None, :], ts)
+        ref = FP8_E4M3.encode(amax / 6.0 * ts)
+        np.testing.assert_array_equal(codes[0], ref)
+        np.testing.assert_array_equal(values[0], FP8_E4M3.decode(ref) / ts)
