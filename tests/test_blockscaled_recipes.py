@@ -281,8 +281,10 @@ def test_each_recipe_trains_the_digits_mlp(name):
 @pytest.mark.parametrize("task, model, kwargs", [
     ("digits", "resnet", {"widths": (8,), "blocks": 1}),
     ("chars", "char_lstm", {"embed": 8, "hidden": 16}),
+    ("chars", "char_gru", {"embed": 8, "hidden": 16}),
+    ("chars", "char_transformer", {"dim": 16, "heads": 2, "layers": 1}),
 ])
-def test_recipes_train_a_tiny_resnet_and_char_lstm(name, task, model, kwargs):
+def test_recipes_train_a_tiny_resnet_and_char_models(name, task, model, kwargs):
     extra = {"max_chars": 40000} if task == "chars" else {}
     r = train(task=task, model=model, recipe=name, epochs=1, max_steps=8, progress=False, seed=0, threads=1,
               model_kwargs=kwargs, **extra)
