@@ -30,6 +30,9 @@ NaN or Inf reaching a layer: the forward returns NaN (the trainer reports the di
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 
 from .. import bsgemm
@@ -110,6 +113,9 @@ class BlockScaledGemm:
         self.rng = np.random.default_rng([recipe.seed, self.index, 1])
         self.hadamard_calls = 0
         self.matmul = bsgemm.blockscaled_matmul_reference if recipe.simulate else bsgemm.blockscaled_matmul
+        if not recipe.simulate and "threads" in inspect.signature(bsgemm.blockscaled_matmul).parameters:
+            # the compiled kernels take the recipe's thread count (their result does not depend on it)
+            self.matmul = functools.partial(bsgemm.blockscaled_matmul, threads=recipe.threads)
 
     # ------------------------------------------------------------------ operands
     def encode(self, x, axis, spec, block_shape=None):
