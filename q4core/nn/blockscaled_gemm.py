@@ -18,8 +18,12 @@ of ``W``).  With ``hadamard`` both inputs of the grad-weight GEMM are multiplied
 block-diagonal random Hadamard matrix ``R`` (16 x 16 blocks ``H16 diag(signs) / 4``, zero rows padding the batch
 to a multiple of 16): ``R^T R = I``, so ``(R x)^T (R dY) = x^T dY`` before quantization, and quantizing the
 rotated operands spreads a block's outlier over its block (Tseng et al. 2025; NVIDIA 2025).  The signs come
-from ``(recipe seed, layer index, call number)``: deterministic.  Stochastic rounding draws from the layer's
-stream ``(recipe seed, layer index)``.
+from ``(recipe seed, layer index, number of weight-gradient GEMMs so far)`` - one per training step -:
+deterministic.  Stochastic rounding draws from the layer's stream ``(recipe seed, layer index)``.  Neither
+counter is saved in a checkpoint, so a resumed run rounds and rotates with other draws than an uninterrupted one.
+
+Operands are encoded by :func:`q4core.blockscaled_encode.encode_rows` (bit for bit ``fmt.encode``; compiled
+loops when built).
 
 Every product is :func:`q4core.bsgemm.blockscaled_matmul` of two encoded operands (its exact definition:
 integer block products, float64 accumulation in K-block order), rounded to float32 - or, with
