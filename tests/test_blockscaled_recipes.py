@@ -316,3 +316,12 @@ def test_compiled_e4m3_block_scales_equal_the_reference():
         ref = FP8_E4M3.encode(amax / 6.0 * ts)
         np.testing.assert_array_equal(codes[0], ref)
         np.testing.assert_array_equal(values[0], FP8_E4M3.decode(ref) / ts)
+
+
+def test_mac_share_counts_the_forward_of_mxfp4_as_16_bit():
+    from q4core.nn.macs import mac_share
+    from q4core.nn.models import build_model
+    net = build_model("mlp", (64,), 10, hidden=(32, 32))
+    nv, mx = mac_share(net, (64,), "nvfp4"), mac_share(net, (64,), "mxfp4")
+    assert nv["forward_share"] > 0 and mx["forward_share"] == 0
+    assert 0 < mx["share"] < nv["share"]
