@@ -72,9 +72,13 @@ RESULT_FORMAT = 1
 #: package files whose content can change a run's numbers (globs relative to the q4core package folder)
 NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py", "tasks.py", "data.py",
                     "_quant.pyx", "_gemm.pyx", "src/*.h", "src/*.c", "nn/*.py", "recipe/*.py")
-#: sources that change the numbers of some runs only: (file, recipe field, value) - hashed into those runs'
-#: identities (simulated FP16 accumulation is used by accumulator="fp16" recipes alone)
-CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"),)
+#: sources that change the numbers of some runs only: (file, recipe field, value or tuple of values; a dotted field
+#: looks into an operand role) - hashed into those runs' identities (simulated FP16 accumulation is used by
+#: accumulator="fp16" recipes alone, the block-scaled formats and layers by the mxfp4 / nvfp4 recipes)
+_BLOCK = ("mxfp4", "nvfp4")
+CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"), ("blockscaled.py", "weight.format", _BLOCK),
+                       ("blockscaled_encode.py", "weight.format", _BLOCK), ("_bsencode.pyx", "weight.format", _BLOCK),
+                       ("bsgemm.py", "weight.format", _BLOCK))
 #: result keys that are measurements of time, not numbers of the run (left out by :func:`numbers_of`)
 TIMING_KEYS = ("wall_seconds", "epoch_seconds")
 #: train() keywords a cached run cannot take (callbacks and side effects)
@@ -281,7 +285,10 @@ def identity(config):
     if getattr(config, "recorder", None) is not None:
         out["recorder"] = _plain(config.recorder)
     for source, field, value in CONDITIONAL_SOURCES:
-        if recipe.get(field) == value:
+        got = recipe
+        for part in field.split("."):
+            got = got.get(part) if isinstance(got, dict) else None
+        if got == value or (isinstance(value, tuple) and got in value):
             out.setdefault("sources", {})[source] = hashlib.sha256((_PACKAGE / source).read_bytes()).hexdigest()[:16]
     return out
 

@@ -65,6 +65,8 @@ def mac_counts(model, input_shape, recipe="q4"):
     rows = []
     for name, r in own.items():
         four = {p: _four_bit(getattr(r, a)) and _four_bit(getattr(r, b)) for p, (a, b) in _PRODUCTS.items()}
+        if r.blockscaled_forward != "block":      # a block-scaled recipe with a 16/32-bit forward GEMM
+            four["forward"] = False
         rows.append({"name": name, "recipe": r.name, "macs_forward": counted[name], "four_bit": four})
     for name, module in net.named_modules():
         extra = getattr(module, "float_macs", 0)

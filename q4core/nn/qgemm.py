@@ -27,6 +27,9 @@ same bits as :func:`q4core.recipe.operands.quantize` with :func:`~q4core.recipe.
 
 The layer keeps its quantizer state here: PACT's alpha, GradScale, frozen static scales, the
 stochastic-rounding stream, and ``last`` (the last input, weight and output gradient, for recorders).
+
+A block-scaled recipe (MXFP4, NVFP4) hands the products to :class:`~q4core.nn.blockscaled_gemm.BlockScaledGemm`
+(``self.blockscaled``; None otherwise).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from ..formats import NonFiniteError
 from ..recipe import operands
 from ..recipe.spec import INT_FORMATS, Recipe
 from ..scaling import GradScale, minmax_clip
+from .blockscaled_gemm import BlockScaledGemm
 from .core import Module, Parameter
 
 __all__ = ["QuantGemm", "WeightOperand", "PrecisionState"]
@@ -179,6 +183,7 @@ class QuantGemm(Module):
                          "grad_dx": _product_kind(_operand_kind(r.grad_dx), kind_w),
                          "grad_dw": _product_kind(kind_a, _operand_kind(r.grad_dw))}
         self.quantized = r.four_bit
+        self.blockscaled = BlockScaledGemm(r, index) if r.block_scaled else None
         # the fused compiled operand makers (see the module docstring); False: operands.quantize
         self.fused = not r.simulate and _quant.AVAILABLE
         self._fmt_a = {}
@@ -212,6 +217,8 @@ class QuantGemm(Module):
     # ------------------------------------------------------------------ weights
     def prepare_weight(self, w):
         """Quantize/round the (K, N) weight once for this forward pass."""
+        if self.blockscaled is not None:
+            return self.blockscaled.prepare_weight(w)
         spec, fmt = self.spec_w, self.fmt_w
         if fmt is None or spec.scaling in ("none", "pow2-max"):
             scale = 1.0 if fmt is None or spec.scaling == "none" else operands.scale_for(w, spec, fmt)
@@ -310,7 +317,7 @@ class QuantGemm(Module):
         on every grid, and the range of the patches is the range of the image), so this equals quantizing
         the patch matrix, with a fraction of the work."""
         spec = self.spec_a
-        if spec.format == "fp32":
+        if spec.format == "fp32" or self.blockscaled is not None:   # block scales: made on the (M, K) matrix
             return _Input(x, operands.Operand("float", x), None)
         if spec.scaling in ("none", "pow2-max"):
             fmt = operands.operand_format(spec)
@@ -382,6 +389,9 @@ class QuantGemm(Module):
         ``data``, the (M, K) patch matrix made from ``inp.data``."""
         if inp is None:
             inp = self.prepare_input(x)
+        if self.blockscaled is not None:
+            self.last["input"], self.last["weight"] = inp.x, wop.w
+            return self.blockscaled.forward(inp.x if data is None else data, wop, inp)
         xop = inp.op if data is None else operands.Operand(inp.op.kind, data, inp.op.scale, inp.op.fmt)
         self.last["input"] = inp.x
         self.last["weight"] = wop.w
@@ -421,6 +431,8 @@ class QuantGemm(Module):
 
     def finish_sequence(self, seq):
         """The weight gradient summed over the calls of ``seq`` (None if there were none)."""
+        if self.blockscaled is not None:
+            return self.blockscaled.finish_sequence(seq)
         if self.spec_gx.scaling == "gradscale" and seq.gmax > 0:
             self.gradscale.observe(seq.gmax)
         total = None
@@ -513,6 +525,9 @@ class QuantGemm(Module):
         (from :meth:`begin_sequence`) the weight gradient is deferred: ``dL/dW`` is returned as None and
         :meth:`finish_sequence` forms the sum over all calls with one GEMM."""
         self.last["grad_output"] = grad_y
+        if self.blockscaled is not None:
+            gx, gw = self.blockscaled.backward(grad_y, ctx, seq)
+            return (self.pact_backward(gx, ctx.inp) if pact and ctx.inp is not None else gx), gw
         spec_x, spec_w = self.spec_gx, self.spec_gw
         if not spec_x.quantized or spec_x.scaling in ("none",):
             g_x = operands.quantize(grad_y, spec_x, self.fmt_gx)

@@ -10,8 +10,19 @@ operands with :mod:`q4core.recipe.operands` and hands them to the kernels.
 ('q4+no-tpr', 'radix4', 0)
 """
 from .operands import Operand
-from .registry import ABLATIONS, PRESETS, STUDIES, SWEEP_GRAD_FORMATS, get_recipe, grad_recipe, recipe_names
+from .registry import (
+           ABLATIONS,
+           BLOCK_ABLATIONS,
+           BLOCK_SCALED,
+           PRESETS,
+           STUDIES,
+           SWEEP_GRAD_FORMATS,
+           get_recipe,
+           grad_recipe,
+           recipe_names,
+)
 from .spec import ROLES, OperandSpec, Recipe
 
-__all__ = ["Recipe", "OperandSpec", "Operand", "ROLES", "PRESETS", "ABLATIONS", "STUDIES",
+__all__ = ["Recipe", "OperandSpec", "Operand", "ROLES", "PRESETS", "ABLATIONS", "BLOCK_SCALED", "BLOCK_ABLATIONS",
+           "STUDIES",
            "SWEEP_GRAD_FORMATS", "get_recipe", "grad_recipe", "recipe_names"]

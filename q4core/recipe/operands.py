@@ -23,7 +23,7 @@ import numpy as np
 
 from ..formats import get_format
 from ..scaling import minmax_clip, sawb_clip
-from .spec import INT_FORMATS
+from .spec import BLOCK_FORMATS, INT_FORMATS
 
 __all__ = ["Operand", "operand_format", "scale_for", "quantize", "unit_bound"]
 
@@ -75,6 +75,10 @@ def operand_format(spec, signed=False):
     activation spec on UINT4 is taken on its signed counterpart, INT4_SYM."""
     if spec.format == "fp32":
         return None
+    if spec.format in BLOCK_FORMATS:
+        # blocked along each GEMM's reduction axis: made by q4core.nn.blockscaled_gemm, not by quantize()
+        from ..blockscaled import MXFP4, NVFP4
+        return {"mxfp4": MXFP4, "nvfp4": NVFP4}[spec.format]
     name = "int4_sym" if (signed and spec.format == "uint4") else spec.format
     return get_format(name, phase=spec.phase, rounding=spec.rounding)
 
@@ -117,6 +121,9 @@ def quantize(x, spec, fmt, scale=1.0, *, rng=None, backend="auto"):
     :mod:`q4core.formats` (``numpy`` for the simulated twin of the integer path)."""
     if fmt is None:                                    # fp32
         return Operand("float", x, 1.0, None, x)
+    if spec.format in BLOCK_FORMATS:
+        raise ValueError(f"a {spec.format} operand is blocked along its GEMM's reduction axis: quantize it with "
+                         f"q4core.nn.blockscaled_gemm, not operands.quantize")
     if spec.format == "fp16":
         from ..nn.half import round_to_float16
         return Operand("float", round_to_float16(x), 1.0, fmt, x)

@@ -2,14 +2,15 @@
 
 ``get_recipe(name)`` returns a fresh :class:`~q4core.recipe.spec.Recipe`; ``get_recipe("q4",
 ablation=["no-tpr"], simulate=True)`` applies named ablations (:data:`ABLATIONS`, each a patch of the q4
-recipe) and field overrides on top.  Every name in :data:`RECIPES` (presets, ``q4+<ablation>`` and the
-study recipes of notebooks 02 and 03) is listed by :func:`recipe_names`.
+recipe) and field overrides on top.  Every name (presets, ``q4+<ablation>``, the block-scaled FP4 recipes of
+2025 and their ablations, the study recipes of notebooks 02 and 03) is listed by :func:`recipe_names`.
 """
 from __future__ import annotations
 
 from .spec import OperandSpec, Recipe
 
-__all__ = ["PRESETS", "ABLATIONS", "STUDIES", "get_recipe", "recipe_names", "SWEEP_GRAD_FORMATS",
+__all__ = ["PRESETS", "ABLATIONS", "BLOCK_SCALED", "BLOCK_ABLATIONS", "BLOCK_SCALED_ABLATED", "STUDIES",
+           "get_recipe", "recipe_names", "SWEEP_GRAD_FORMATS",
            "grad_recipe"]
 
 _W_SAWB = OperandSpec("int4_sym", "sawb")
@@ -30,6 +31,41 @@ PRESETS = {
     # two-phase rounding (even grid into dL/dx, odd grid into dL/dW); first and last layers in FP16
     "q4": dict(weight=_W_SAWB, activation=_A_PACT, grad_dx=_G_EVEN, grad_dw=_G_ODD, first_last="fp16"),
 }
+
+
+def _block(fmt, rounding="nearest"):
+    return OperandSpec(fmt, "block", rounding)
+
+
+#: 2025's block-scaled FP4 training recipes (q4core.blockscaled formats; layers: q4core.nn.blockscaled_gemm)
+BLOCK_SCALED = {
+    # NVIDIA, "Pretraining LLMs with NVFP4" (arXiv 2509.25149): NVFP4 in all three GEMMs; 16 x 16 weight tiles,
+    # 1 x 16 blocks for activations and gradients; stochastic rounding on gradients only; a 16 x 16 random
+    # Hadamard transform on the weight-gradient GEMM's inputs; the last ~15 % of layers (and the first) in BF16.
+    # Our models have a handful of GEMM layers, so "first and last layer" is the closest cut; BF16 has no numpy
+    # type and fp16 is the engine's 16-bit precision (the one q4 keeps them in), so they run in fp16.
+    "nvfp4": dict(weight=_block("nvfp4"), activation=_block("nvfp4"), grad_dx=_block("nvfp4", "stochastic"),
+                  grad_dw=_block("nvfp4", "stochastic"), weight_blocks="2d", hadamard=True, first_last="fp16"),
+    # Tseng et al., "Training LLMs with MXFP4" (arXiv 2502.20586): the backward GEMMs in MXFP4 (blocks of 32,
+    # E8M0 scales) with stochastic rounding of the gradients and a random Hadamard transform bounding its
+    # variance; the forward pass stays in BF16 (fp16 here, as above); first and last layer as in q4 and nvfp4.
+    "mxfp4": dict(weight=_block("mxfp4"), activation=_block("mxfp4"), grad_dx=_block("mxfp4", "stochastic"),
+                  grad_dw=_block("mxfp4", "stochastic"), hadamard=True, blockscaled_forward="fp16",
+                  first_last="fp16"),
+}
+
+#: ablations of the block-scaled recipes (``nvfp4+no-rht``, ...): each switches off or swaps one piece
+BLOCK_ABLATIONS = {
+    "no-rht": dict(hadamard=False),
+    "no-sr": dict(grad_dx=_block("nvfp4"), grad_dw=_block("nvfp4")),
+    "1d-weights": dict(weight_blocks="1d"),
+    # NVFP4's recipe with MXFP4's scales: E8M0 per 32 elements (2-D weight tiles become 32 x 32), no tensor scale
+    "mx-scales": dict(weight=_block("mxfp4"), activation=_block("mxfp4"), grad_dx=_block("mxfp4", "stochastic"),
+                      grad_dw=_block("mxfp4", "stochastic")),
+}
+
+#: the registered ablations of each block-scaled recipe
+BLOCK_SCALED_ABLATED = {"nvfp4": ("no-rht", "no-sr", "1d-weights", "mx-scales"), "mxfp4": ("no-rht",)}
 
 
 def _grads(fmt, scaling="gradscale", tpr=None, rounding="nearest"):
@@ -86,7 +122,8 @@ STUDIES = {
 
 def recipe_names():
     """Every registered name: presets, ``q4+<ablation>`` for each ablation, the studies."""
-    return sorted(PRESETS) + [f"q4+{a}" for a in ABLATIONS] + sorted(STUDIES)
+    return (sorted(PRESETS) + [f"q4+{a}" for a in ABLATIONS] + sorted(BLOCK_SCALED)
+            + [f"{r}+{a}" for r in sorted(BLOCK_SCALED) for a in BLOCK_SCALED_ABLATED[r]] + sorted(STUDIES))
 
 
 def _base(name):
@@ -94,8 +131,10 @@ def _base(name):
         return dict(PRESETS[name], name=name)
     if name in STUDIES:
         return dict(STUDIES[name], name=name)
+    if name in BLOCK_SCALED:
+        return dict(BLOCK_SCALED[name], name=name)
     head, sep, tail = name.partition("+")
-    if sep and (head in PRESETS or head in STUDIES):
+    if sep and (head in PRESETS or head in STUDIES or head in BLOCK_SCALED):
         return _patched(_base(head), tail.split("+"))
     raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipe_names())} "
                      f"(or a dict of Recipe fields)")
@@ -103,11 +142,17 @@ def _base(name):
 
 def _patched(base, ablations):
     for a in ablations:
-        if a not in ABLATIONS:
-            raise ValueError(f"unknown ablation {a!r}; known ablations: {', '.join(ABLATIONS)}")
+        block_scaled = Recipe.from_dict(base).block_scaled
+        table = BLOCK_ABLATIONS if block_scaled else ABLATIONS
+        if a not in table:
+            raise ValueError(f"unknown ablation {a!r} of {'a block-scaled' if block_scaled else 'a 4-bit'} recipe; "
+                             f"known ablations: {', '.join(table)}")
         if not Recipe.from_dict(base).four_bit:
             raise ValueError(f"ablation {a!r} changes a 4-bit recipe; {base.get('name')!r} has no 4-bit operand")
-        base = dict(base, **ABLATIONS[a])
+        patch = dict(BLOCK_ABLATIONS[a]) if block_scaled else ABLATIONS[a]
+        if a == "no-sr":        # nearest rounding of the recipe's own gradient format
+            patch = {role: _block(base["grad_dx"].format) for role in ("grad_dx", "grad_dw")}
+        base = dict(base, **patch)
     if ablations:
         base["name"] = base.get("name", "custom") + "".join(f"+{a}" for a in ablations)
     return base

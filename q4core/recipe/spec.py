@@ -28,6 +28,19 @@ Scaling rules (the scale ``s`` of an operand; real value = ``s * grid value``):
                 (the trainer's) is all the scaling they get, as in FP16 training
 ``fixed``       gradients: encoded at a fixed scale ``1 / grad_static_scale`` of the true gradient
                 (the loss scale divided out)
+``block``       block-scaled formats (``mxfp4``, ``nvfp4``): the format's own scales, one per block along the
+                reduction axis of each GEMM (and NVFP4's per-tensor scale); see below
+
+Block-scaled FP4 (2025's recipes, :mod:`q4core.blockscaled`): ``mxfp4`` (32 E2M1 elements per E8M0 scale) and
+``nvfp4`` (16 E2M1 elements per E4M3 scale, one FP32 scale per tensor), scaling ``block``, rounding ``nearest``
+or ``stochastic``.  A recipe that uses them uses one of them for all four roles (a block-scaled GEMM multiplies two
+operands of one format).  Each GEMM operand is blocked along that GEMM's reduction axis, so the layer quantizes
+a tensor once per GEMM it enters (:mod:`q4core.nn.blockscaled_gemm`).  Recipe-wide: ``weight_blocks`` ``1d``
+(blocks along the reduction axis; the grad-input GEMM needs a second quantization of W, along N) or ``2d``
+(block x block tiles, 16 x 16 for NVFP4: one quantization serves W and W^T); ``hadamard`` (a 16 x 16 random
+Hadamard transform along the batch axis of both inputs of the weight-gradient GEMM; it cancels in exact
+arithmetic); ``blockscaled_forward`` ``block`` (the forward GEMM block-scaled too) or ``fp16``/``fp32``
+(a higher-precision forward, as Tseng et al.'s MXFP4 recipe keeps it).
 
 Activations: the spec names the format and rule for non-negative inputs (after ReLU: UINT4 with PACT);
 inputs that can be negative use the signed counterpart of the format with ``max`` scaling (INT4_SYM).
@@ -42,7 +55,7 @@ from .._validation import check_bool, check_int, check_one_of, check_real
 from ..formats import FORMAT_NAMES
 
 __all__ = ["OperandSpec", "Recipe", "ROLES", "SCALINGS", "ROUNDINGS", "FLOAT_FORMATS", "INT_FORMATS",
-           "KERNEL_GRAD_FORMATS"]
+           "KERNEL_GRAD_FORMATS", "BLOCK_FORMATS"]
 
 ROLES = ("weight", "activation", "grad_dx", "grad_dw")
 FLOAT_FORMATS = ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2")
@@ -50,15 +63,19 @@ FLOAT_FORMATS = ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2")
 INT_FORMATS = ("int4", "int4_sym", "uint4")
 #: gradient formats with an integer kernel against INT4 (FP4 x INT4, INT4 x INT4)
 KERNEL_GRAD_FORMATS = ("radix4",) + INT_FORMATS
-SCALINGS = ("none", "max", "sawb", "pact", "pow2-max", "gradscale", "loss-scale", "fixed")
+#: block-scaled FP4 formats (:mod:`q4core.blockscaled`), scaling rule ``block``
+BLOCK_FORMATS = ("mxfp4", "nvfp4")
+SCALINGS = ("none", "max", "sawb", "pact", "pow2-max", "gradscale", "loss-scale", "fixed", "block")
 ROUNDINGS = ("nearest", "log", "stochastic")
 _ROLE_SCALINGS = {
-    "weight": ("none", "max", "sawb", "pow2-max"),
-    "activation": ("none", "max", "pact", "pow2-max"),
-    "grad_dx": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
-    "grad_dw": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed"),
+    "weight": ("none", "max", "sawb", "pow2-max", "block"),
+    "activation": ("none", "max", "pact", "pow2-max", "block"),
+    "grad_dx": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed", "block"),
+    "grad_dw": ("none", "max", "pow2-max", "gradscale", "loss-scale", "fixed", "block"),
 }
 _ACCUMULATORS = ("exact", "fp16")
+_WEIGHT_BLOCKS = ("1d", "2d")
+_BLOCKSCALED_FORWARD = ("block", "fp16", "fp32")
 _GRADSCALE_ALIGN = ("max", "threshold")
 
 
@@ -79,10 +96,19 @@ class OperandSpec:
 
     def check(self, role):
         where = f"recipe {role}"
-        _one_of(f"{where}.format", self.format, FLOAT_FORMATS[:1] + tuple(FORMAT_NAMES))
+        _one_of(f"{where}.format", self.format, FLOAT_FORMATS[:1] + tuple(FORMAT_NAMES) + BLOCK_FORMATS)
         _one_of(f"{where}.scaling", self.scaling, _ROLE_SCALINGS[role])
         _one_of(f"{where}.rounding", self.rounding, ROUNDINGS)
         check_one_of(self.phase, f"{where}.phase", (0, 1))
+        if (self.format in BLOCK_FORMATS) != (self.scaling == "block"):
+            raise ValueError(f"{where}: scaling 'block' goes with the block-scaled formats "
+                             f"({', '.join(BLOCK_FORMATS)}) and they take no other; got format {self.format!r} "
+                             f"with scaling {self.scaling!r}")
+        if self.format in BLOCK_FORMATS:
+            if self.rounding not in ("nearest", "stochastic") or self.phase:
+                raise ValueError(f"{where}: {self.format} takes rounding 'nearest' or 'stochastic' and phase 0, "
+                                 f"got rounding {self.rounding!r}, phase {self.phase}")
+            return self
         if self.format in ("fp32", "fp16"):
             if self.scaling != "none" or self.rounding != "nearest" or self.phase:
                 raise ValueError(f"{where}: {self.format} takes scaling 'none', rounding 'nearest', phase 0")
@@ -164,6 +190,12 @@ class Recipe:
     seed: int = 0
     #: threads of the integer kernels (None: the kernels' default)
     threads: int | None = None
+    #: block-scaled recipes: weight blocks ``1d`` (along each GEMM's reduction axis) or ``2d`` (block x block tiles)
+    weight_blocks: str = "1d"
+    #: block-scaled recipes: 16 x 16 random Hadamard transform on the batch axis of the weight-gradient GEMM's inputs
+    hadamard: bool = False
+    #: block-scaled recipes: the forward GEMM ``block``-scaled, or in ``fp16`` / ``fp32`` (Tseng et al. keep it high)
+    blockscaled_forward: str = "block"
 
     def __post_init__(self):
         for role in ROLES:
@@ -205,7 +237,30 @@ class Recipe:
         check_int(self.loss_scale_window, "recipe loss_scale_window", min_value=1)
         check_int(self.seed, "recipe seed", min_value=0)
         check_int(self.threads, "recipe threads", min_value=1, allow_none=True)
+        self._validate_block_scaled()
         return self
+
+    def _validate_block_scaled(self):
+        _one_of("recipe weight_blocks", self.weight_blocks, _WEIGHT_BLOCKS)
+        check_bool(self.hadamard, "recipe hadamard")
+        _one_of("recipe blockscaled_forward", self.blockscaled_forward, _BLOCKSCALED_FORWARD)
+        formats = {getattr(self, role).format for role in ROLES}
+        if not formats & set(BLOCK_FORMATS):
+            for key, plain in (("weight_blocks", "1d"), ("hadamard", False), ("blockscaled_forward", "block")):
+                if getattr(self, key) != plain:
+                    raise ValueError(f"recipe {key}={getattr(self, key)!r} applies to block-scaled recipes "
+                                     f"(formats {', '.join(BLOCK_FORMATS)}); this recipe has none")
+            return
+        if len(formats) != 1:
+            raise ValueError("recipe: a block-scaled GEMM multiplies two operands of one format, so a block-scaled "
+                             "recipe uses one block format for all four roles; got "
+                             + ", ".join(f"{role} {getattr(self, role).format}" for role in ROLES))
+        if self.accumulator != "exact":
+            raise ValueError("recipe accumulator: block-scaled GEMMs accumulate exactly in float64 "
+                             "(q4core.bsgemm); 'fp16' accumulation is for the INT4 recipes")
+        if self.static_scale:
+            raise ValueError("recipe static_scale: block-scaled formats compute their block scales every call; "
+                             "there is no scale to freeze")
 
     # ------------------------------------------------------------------ what it says
     @property
@@ -217,6 +272,11 @@ class Recipe:
     def four_bit(self):
         """True when any operand role is in a 4-bit format."""
         return any(getattr(self, role).format not in FLOAT_FORMATS for role in ROLES)
+
+    @property
+    def block_scaled(self):
+        """True when the recipe's operands are in a block-scaled format (mxfp4, nvfp4)."""
+        return self.weight.format in BLOCK_FORMATS
 
     def uses(self, fmt):
         return any(getattr(self, role).format == fmt for role in ROLES)
