@@ -78,7 +78,7 @@ NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py
 _BLOCK = ("mxfp4", "nvfp4")
 CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"), ("blockscaled.py", "weight.format", _BLOCK),
                        ("blockscaled_encode.py", "weight.format", _BLOCK), ("_bsencode.pyx", "weight.format", _BLOCK),
-                       ("bsgemm.py", "weight.format", _BLOCK))
+                       ("bsgemm.py", "weight.format", _BLOCK), ("_bsgemm.pyx", "weight.format", _BLOCK))
 #: result keys that are measurements of time, not numbers of the run (left out by :func:`numbers_of`)
 TIMING_KEYS = ("wall_seconds", "epoch_seconds")
 #: train() keywords a cached run cannot take (callbacks and side effects)
