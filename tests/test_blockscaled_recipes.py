@@ -325,3 +325,23 @@ def test_mac_share_counts_the_forward_of_mxfp4_as_16_bit():
     nv, mx = mac_share(net, (64,), "nvfp4"), mac_share(net, (64,), "mxfp4")
     assert nv["forward_share"] > 0 and mx["forward_share"] == 0
     assert 0 < mx["share"] < nv["share"]
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4"])
+def test_gradient_fidelity_of_block_scaled_layers_leaves_training_alone(name):
+    """Notebook 03's recorder measures block-scaled layers too (their own GEMMs, a twin's random streams), and
+    recording does not change the run: the training streams are the layer's, untouched."""
+    from q4core.experiments.gradients import GradientFidelityRecorder
+    rec = GradientFidelityRecorder(every=2)
+    kw = dict(task="digits", model="mlp", recipe=name, epochs=1, max_steps=6, progress=False, seed=0)
+    with_rec = train(on_step=rec, **kw)
+    without = train(**kw)
+    assert with_rec["history"]["step_loss"] == without["history"]["step_loss"]
+    assert with_rec["test_accuracy"] == without["test_accuracy"]
+    assert [r["step"] for r in rec.records] == [2, 4, 6]          # the one 4-bit (middle) layer of the MLP
+    for r in rec.records:
+        assert 0.9 < r["dx_cos"] <= 1.0 and 0.9 < r["dw_cos"] <= 1.0
+        assert 0.8 < r["dx_norm_ratio"] < 1.2 and 0.8 < r["dw_norm_ratio"] < 1.2
+    again = GradientFidelityRecorder(every=2)
+    train(on_step=again, **kw)
+    assert again.records == rec.records

@@ -22,6 +22,7 @@ settles on, the largest power of two ``s`` with ``max|g| * s <= format max`` (:f
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -249,6 +250,8 @@ def backward_fidelity(step, gemm, x):
     gradient, or ``x`` None or not matching the gradient's rows)."""
     last = gemm.last
     g, w, sg = (last.get(k) for k in ("grad_output", "weight", "grad_scale"))
+    if getattr(gemm, "blockscaled", None) is not None:
+        return _blockscaled_fidelity(step, gemm, x, g, w)
     if g is None or x is None or w is None or not sg or gemm.fmt_gx is None:
         return None
     g, x, w = (np.asarray(v, np.float64) for v in (g, x, w))
@@ -259,6 +262,30 @@ def backward_fidelity(step, gemm, x):
     gw = operands.quantize(g, gemm.spec_gw, gemm.fmt_gw, sg, rng=rng, backend="numpy").dequantize()
     rec = {}
     for what, ref, q in (("dx", g @ w.T, gx @ w.T), ("dw", x.T @ g, x.T @ gw)):
+        nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
+        rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
+        rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
+    return rec
+
+
+def _blockscaled_fidelity(step, gemm, x, g, w):
+    """:func:`backward_fidelity` of a block-scaled layer (MXFP4 / NVFP4): both backward products as the layer
+    makes them - each operand blocked along the product's reduction axis, the weight as the recipe blocks it, the
+    random Hadamard transform on the weight-gradient inputs when the recipe has it - by a copy of the layer's
+    block-scaled GEMM whose random streams are seeded by ``step`` (the training streams are left alone)."""
+    from ..nn.blockscaled_gemm import BlockScaledGemm, _BlockCtx
+    if g is None or x is None or w is None:
+        return None
+    x, g, w = (np.asarray(v, np.float32) for v in (x, g, w))
+    if x.ndim != 2 or x.shape[0] != g.shape[0]:
+        return None
+    recipe = gemm.blockscaled.recipe
+    twin = BlockScaledGemm(dataclasses.replace(recipe, seed=int(step)), gemm.blockscaled.index)
+    ctx = _BlockCtx(x, twin.prepare_weight(w), None)       # grad_input reads the weight operand alone
+    g64, x64, w64 = (np.asarray(v, np.float64) for v in (g, x, w))
+    rec = {}
+    for what, ref, q in (("dx", g64 @ w64.T, twin.grad_input(g, ctx)), ("dw", x64.T @ g64, twin.grad_weight(x, g))):
+        q = np.asarray(q, np.float64)
         nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
         rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
         rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
