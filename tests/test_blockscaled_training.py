@@ -78,7 +78,7 @@ def test_ablation_effects_pair_each_change_with_its_full_recipe():
     with pytest.raises(ValueError, match="no seed with both 'nvfp4\\+no-sr' and 'nvfp4'"):
         bt.ablation_effects(runs, "language", ["nvfp4+no-sr"])
     with pytest.raises(ValueError, match="no run of domain 'speech'"):
-        bt.ablation_effects(runs, "speech", ["q4+no-tpr"])
+        bt.ablation_effects(runs, "speech", ["nvfp4+no-rht"])
 
 
 @pytest.mark.parametrize("name, full", [("nvfp4+no-rht", "nvfp4"), ("mxfp4+no-rht", "mxfp4"),
@@ -204,7 +204,7 @@ def test_notebook_06_quick_figures_hold_their_numbers(tmp_path):
     assert {"gap", "gap_in_target_unit", "verdict", "target"} <= set(entry)
     assert len(entry["gap_in_target_unit"]["values"]) == 2                   # the quick profile's two seeds
     assert set(doc["ablations"]["data"]) == {"domain", "seeds", "effects"}
-    assert {"full", "values", "low", "high", "verdict"} <= set(doc["ablations"]["data"]["effects"]["q4+no-tpr"])
+    assert {"full", "values", "low", "high", "verdict"} <= set(doc["ablations"]["data"]["effects"]["nvfp4+no-rht"])
     assert set(doc["fidelity"]["data"]) == {"domain", "seed", "recipes"}
     assert doc["fidelity"]["data"]["recipes"]["q4"]["layers"]
     assert set(doc["memory"]["data"]) == {"memory"}
