@@ -233,9 +233,57 @@ def table_tpr_resnet(figures_dir):
     return "\n".join(rows)
 
 
+def table_blockscaled(figures_dir):
+    """Notebook 06: each 4-bit recipe's gap to fp16 per domain with its interval and verdict, and which recipe
+    wins each pairwise comparison (only where the paired interval excludes zero)."""
+    data = _load(figures_dir, "06_gap")
+    gaps, comparisons = data["gaps"], data["comparisons"]
+    recipes = sorted(next(iter(gaps.values())), key=lambda r: (r != "q4", r))    # the 2020 recipe first
+    rows = ["| domain | " + " | ".join(f"{r}: gap to fp16 [95 % interval], verdict" for r in recipes) + " |",
+            "|---|" + "---|" * len(recipes)]
+    for domain, by_recipe in gaps.items():
+        cells = []
+        for r in recipes:
+            e = by_recipe[r]
+            g = e["gap_in_target_unit"]
+            unit = " points" if e["metric"] == "accuracy" else " %"
+            cells.append(f"{_ci(g, 2, unit)}, {e['verdict']}")
+        rows.append(f"| {domain} | " + " | ".join(cells) + " |")
+    rows.append("")
+    rows.append("| domain | first vs second | the first's loss against the second [95 % interval] | winner |")
+    rows.append("|---|---|---|---|")
+    for domain, comps in comparisons.items():
+        for c in comps:
+            unit = " points" if c["metric"] == "accuracy" else " bits/char"
+            rows.append(f"| {domain} | {c['a']} vs {c['b']} | {_ci(c, 3, unit)} | {c['winner'] or 'not resolved'} |")
+    seeds = {d: next(iter(e.values()))["gap"]["n"] for d, e in gaps.items()}
+    rows.append("")
+    rows.append("Gap = fp16 - recipe, paired by seed (bits/char: % of the fp16 value; positive = 4-bit worse); "
+                "verdict against the 1-point aim: met only when the interval's upper end is within it. Loss of the "
+                "first recipe against the second, paired by seed: points of accuracy or bits/char, positive = the "
+                "first is worse; a winner only where the interval excludes zero. Seeds: "
+                + ", ".join(f"{d} {k}" for d, k in seeds.items()) + ".")
+    return "\n".join(rows)
+
+
+def table_blockscaled_ablations(figures_dir):
+    """Notebook 06's ablations: each change's effect against its full recipe, paired by seed."""
+    data = _load(figures_dir, "06_ablations")
+    rows = ["| ablation | full recipe | effect [95 % interval] | verdict |", "|---|---|---|---|"]
+    for name, e in data["effects"].items():
+        unit = " points" if e["metric"] == "accuracy" else " bits/char"
+        rows.append(f"| {name} | {e['full']} | {_ci(e, 3, unit)} | {_word(e)} |")
+    rows.append("")
+    rows.append(f"{data['domain']} domain, seeds {data['seeds']}; effect = ablation minus full recipe (bits/char: "
+                "positive = the change is worse; accuracy: points lost); \"worse\"/\"better\" only where the interval "
+                "excludes zero.")
+    return "\n".join(rows)
+
+
 TABLES = {"accuracy": table_accuracy, "ablations": table_ablations, "scaling": table_scaling,
           "radix": table_radix, "format-study": table_format_study, "gemm": table_gemm,
-          "train-step": table_train_step, "tpr-resnet": table_tpr_resnet}
+          "train-step": table_train_step, "tpr-resnet": table_tpr_resnet, "blockscaled": table_blockscaled,
+          "blockscaled-ablations": table_blockscaled_ablations}
 
 
 def render(name, figures_dir=None):

@@ -2,14 +2,10 @@
 bit for bit: every compiled kernel, the AMX kernel under emulation, 1-D and 16 x 16 blockings, MXFP4 and NVFP4."""
 import ctypes
 import dataclasses
-import os
-import platform
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _amx_emulation import build_emulation
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -221,16 +217,7 @@ def amx_emulated(tmp_path_factory):
     """The real q4_bs_tile_amx + driver compiled against scalar tile emulation (gemm_amx_emu.h)."""
     if bsgemm._bsgemm is None:
         pytest.skip("q4core._bsgemm is not built")
-    cc = shutil.which(os.environ.get("CC", "cc").split()[0])
-    if cc is None or platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("needs a C compiler on x86-64 to build the AMX emulation")
-    work = tmp_path_factory.mktemp("bs_amx_emu")
-    (work / "shim.c").write_text(EMU_SHIM)
-    lib_path = work / "libq4bsamxemu.so"
-    src_dir = Path(gemm.__file__).parent / "src"
-    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-I", str(src_dir), str(work / "shim.c"), "-o", str(lib_path)],
-                   check=True, capture_output=True)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_emulation(tmp_path_factory, EMU_SHIM, "q4bsamxemu")
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q4_emu_bsgemm.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, i64, ctypes.c_int, ptr, ptr, ptr,
                                   ctypes.c_double, ptr]

@@ -6,7 +6,6 @@ decoder (``RadixFP.decode(codes) * 4**6 / f``).
 """
 import ctypes
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _amx_emulation import build_emulation
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -344,16 +344,7 @@ def amx_emulated(tmp_path_factory):
     """The real q4_tile_amx + driver compiled against scalar tile emulation (gemm_amx_emu.h)."""
     if not gemm.kernel_info()["compiled"]:
         pytest.skip("q4core._gemm is not built")
-    cc = shutil.which(os.environ.get("CC", "cc").split()[0])
-    if cc is None or platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("needs a C compiler on x86-64 to build the AMX emulation")
-    work = tmp_path_factory.mktemp("amx_emu")
-    (work / "shim.c").write_text(EMU_SHIM)
-    lib_path = work / "libq4amxemu.so"
-    src_dir = Path(gemm.__file__).parent / "src"
-    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-I", str(src_dir), str(work / "shim.c"),
-                    "-o", str(lib_path)], check=True, capture_output=True)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_emulation(tmp_path_factory, EMU_SHIM, "q4amxemu")
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q4_emu_gemm.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, ptr]
     lib.q4_emu_gemm.restype = ctypes.c_int
