@@ -260,8 +260,19 @@ def backward_fidelity(step, gemm, x):
     rng = np.random.default_rng(step)
     gx = operands.quantize(g, gemm.spec_gx, gemm.fmt_gx, sg, rng=rng, backend="numpy").dequantize()
     gw = operands.quantize(g, gemm.spec_gw, gemm.fmt_gw, sg, rng=rng, backend="numpy").dequantize()
+    return _products_against_float(g @ w.T, gx @ w.T, x.T @ g, x.T @ gw)
+
+
+#: the numbers :func:`backward_fidelity` records per layer and step
+FIDELITY_KEYS = ("dx_cos", "dx_norm_ratio", "dw_cos", "dw_norm_ratio")
+
+
+def _products_against_float(dx_ref, dx_q, dw_ref, dw_q):
+    """``{"dx_cos", "dx_norm_ratio", "dw_cos", "dw_norm_ratio"}``: each quantized backward product against its
+    float one (float64) by cosine similarity and norm ratio |quantized| / |float|."""
     rec = {}
-    for what, ref, q in (("dx", g @ w.T, gx @ w.T), ("dw", x.T @ g, x.T @ gw)):
+    for what, ref, q in (("dx", dx_ref, dx_q), ("dw", dw_ref, dw_q)):
+        q = np.asarray(q, np.float64)
         nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
         rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
         rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
@@ -283,19 +294,12 @@ def _blockscaled_fidelity(step, gemm, x, g, w):
     twin = BlockScaledGemm(dataclasses.replace(recipe, seed=int(step)), gemm.blockscaled.index)
     ctx = _BlockCtx(x, twin.prepare_weight(w), None)       # grad_input reads the weight operand alone
     g64, x64, w64 = (np.asarray(v, np.float64) for v in (g, x, w))
-    rec = {}
-    for what, ref, q in (("dx", g64 @ w64.T, twin.grad_input(g, ctx)), ("dw", x64.T @ g64, twin.grad_weight(x, g))):
-        q = np.asarray(q, np.float64)
-        nr, nq = float(np.linalg.norm(ref)), float(np.linalg.norm(q))
-        rec[f"{what}_cos"] = float(np.sum(ref * q) / (nr * nq)) if nr > 0 and nq > 0 else 0.0
-        rec[f"{what}_norm_ratio"] = nq / nr if nr > 0 else float("nan")
-    return rec
+    return _products_against_float(g64 @ w64.T, twin.grad_input(g, ctx), x64.T @ g64, twin.grad_weight(x, g))
 
 
 def _fidelity_summary(records):
     """Mean over recorded steps and layers of each fidelity number."""
-    keys = ("dx_cos", "dx_norm_ratio", "dw_cos", "dw_norm_ratio")
-    return {k: float(np.nanmean([r[k] for r in records])) if records else float("nan") for k in keys}
+    return {k: float(np.nanmean([r[k] for r in records])) if records else float("nan") for k in FIDELITY_KEYS}
 
 
 def format_study(dataset, seeds, names=SWEEP_GRAD_FORMATS, roundings=STUDY_ROUNDINGS, hidden=(64, 64), epochs=3,

@@ -34,7 +34,7 @@ import numpy as np
 from .._validation import check_int, check_int_list
 from ..nn.layers import BatchNorm, Conv2d, im2col2d
 from .common import StepRecorder
-from .gradients import GradientFidelityRecorder, backward_fidelity
+from .gradients import FIDELITY_KEYS, GradientFidelityRecorder, backward_fidelity
 
 __all__ = ["BatchNormBiasRecorder", "DeepFidelityRecorder", "TPRRecorder", "bn_bias", "batch_statistics",
            "TPR_RECIPES", "tpr_study", "summarise_study", "BN_KEYS", "GEMM_KEYS"]
@@ -42,7 +42,7 @@ __all__ = ["BatchNormBiasRecorder", "DeepFidelityRecorder", "TPRRecorder", "bn_b
 #: label -> q4core.recipe ablation of q4 (None: the full recipe, with TPR)
 TPR_RECIPES = {"with TPR": None, "without TPR": "no-tpr"}
 BN_KEYS = ("mean_shift", "mean_shift_rms", "var_log2", "q4_mean_shift", "q4_var_log2")
-GEMM_KEYS = ("dx_cos", "dx_norm_ratio", "dw_cos", "dw_norm_ratio")
+GEMM_KEYS = FIDELITY_KEYS
 
 
 def batch_statistics(model, x, recipe=None):
