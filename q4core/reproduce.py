@@ -95,6 +95,8 @@ from ._io import check_replaceable, pid_alive, write_atomic
 
 PROFILES = ("quick", "default", "full")
 KERNEL_NAME = "python3"
+# run in the kernel before the notebook (binds no name in the notebook's namespace)
+KERNEL_EXEC_LINE = "--IPKernelApp.exec_lines=['import q4core._kernel_log as _q4_kernel_log; del _q4_kernel_log']"
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 REQUIRED_PARAMETERS = ("profile", "seed", "figures_dir")
 _TIMING_KEYS = ("start_time", "end_time", "duration")
@@ -343,6 +345,9 @@ def _kernel_manager_class():
       and ipykernel, idle by then, logs ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` after every
       successful notebook.  The notebook has finished when papermill shuts the kernel down, so there is nothing
       to interrupt; a real interrupt (not shutting down) still goes through.
+    * No traceback from ipykernel's shutdown race: the kernel imports ``q4core._kernel_log`` first, which drops
+      the one log record ipykernel 7.x can emit after a finished notebook (a ZMQError ENOTSOCK from a send on a
+      socket closed under it); every other kernel log line still reaches stderr.
     * It encrypts the kernel's ZMQ sockets (CurveZMQ) where jupyter_client, pyzmq and the kernelspec support it,
       so ipykernel (>= 7.3) does not warn about plain TCP on every notebook.
     None (papermill's default manager) if jupyter_client is missing."""
@@ -358,6 +363,12 @@ def _kernel_manager_class():
             if getattr(self, "shutting_down", False):
                 return
             await super()._async_interrupt_kernel()
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            if "ipykernel_launcher" in cmd:      # an IPython kernel: filter its shutdown race (q4core/_kernel_log)
+                cmd.append(KERNEL_EXEC_LINE)
+            return cmd
 
     if not hasattr(AsyncKernelManager, "transport_encryption") or not zmq.has("curve"):
         return QuietShutdownKernelManager

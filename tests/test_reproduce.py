@@ -450,6 +450,74 @@ def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(tmp_path, monk
     assert not marker.exists(), "the kernel was interrupted while being shut down"
 
 
+def test_kernel_log_filter_drops_only_the_enotsock_shutdown_race():
+    import errno
+    import logging
+
+    import zmq
+
+    from q4core import _kernel_log
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+    logger = logging.getLogger("tornado.general")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        _kernel_log.install()
+        _kernel_log.install()                                   # idempotent: one filter
+        assert sum(isinstance(f, _kernel_log.ShutdownRaceFilter) for f in logger.filters) == 1
+        for exc in (zmq.ZMQError(errno.ENOTSOCK), zmq.ZMQError(errno.EAGAIN), ValueError("real")):
+            try:
+                raise exc
+            except Exception:
+                logger.error("Uncaught exception in ZMQStream callback", exc_info=True)
+        logger.error("a plain message")
+    finally:
+        logger.removeHandler(handler)
+    kept = [(type(r.exc_info[1]).__name__ if r.exc_info else None, getattr(r.exc_info[1], "errno", None)
+             if r.exc_info else None) for r in seen]
+    assert kept == [("ZMQError", errno.EAGAIN), ("ValueError", None), (None, None)]
+
+
+_CHECK_KERNEL_LOG = """
+import logging
+_names = set(globals())
+assert "_q4_kernel_log" not in _names and "q4core" not in _names, sorted(_names)
+from q4core._kernel_log import ShutdownRaceFilter
+assert any(isinstance(f, ShutdownRaceFilter) for f in logging.getLogger("tornado.general").filters)
+"""
+
+
+@slow
+def test_reproduce_kernels_start_with_the_shutdown_race_filter_and_a_clean_namespace(monkeypatch):
+    import asyncio
+    import shutil
+    manager_class = reproduce._kernel_manager_class()
+    root = reproduce.kernel_environment()
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+
+    async def scenario():
+        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            reply = await kc.execute_interactive(_CHECK_KERNEL_LOG, timeout=60)
+            return reply["content"]
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+    try:
+        content = asyncio.run(scenario())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert content["status"] == "ok", content
+
+
 def test_a_figure_destination_that_is_not_a_regular_file_stops_the_run_before_it_starts(project, capsys):
     figures = project / "figures"
     (figures / "01_fig1.png").mkdir(parents=True)
