@@ -78,3 +78,19 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(user_value):
     code = "import os, q4core.gemm; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (user_value or "PASSIVE")
+
+
+@pytest.mark.parametrize("user_value", [None, "20"])
+def test_openblas_workers_sleep_at_once_unless_the_user_chose(user_value):
+    """Importing q4core makes OPENBLAS_THREAD_TIMEOUT default to 4 (OpenBLAS's minimum) before numpy loads, so
+    OpenBLAS's idle workers do not spin on the core a two-thread 4-bit GEMM needs next; a user's value is kept.
+    OpenBLAS reads it when numpy loads, which here is inside ``import q4core``."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if user_value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
+    code = "import os, q4core; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_value or "4")
