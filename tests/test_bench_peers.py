@@ -143,3 +143,37 @@ def test_limit_verdicts_against_ceiling_and_peer():
     assert "  vnni      of ceiling 0.85 met      x ORT 1.60x met" in text
     assert "  avx2      of ceiling 0.50 SHORT    x ORT 0.80x SHORT" in text
     assert "  portable  of ceiling not measured  x ORT 0.40x SHORT" in text
+
+
+def test_issue12_verdicts_from_hand_made_records():
+    """Issue 12's fp32-ratio, backward-over-forward and thread-scaling targets (hand-made records, not
+    measurements), and the ceilings that say when a goal is beyond the CPU."""
+    from q4core.bench import report
+
+    def rec(op, kernel, seconds, threads=1, **extra):
+        return {"size": 2048, "threads": threads, "op": op, "kernel": kernel, "seconds": seconds,
+                "gops": 1 / seconds, "ratio_vs_fp32": 8.0 / seconds if op != "fp32" else 1.0, **extra}
+    recs = [rec("fp32", "numpy", 8.0), rec("int4xint4", "vnni", 2.0, ceiling_gops=1 / 1.8),
+            rec("fp4xint4", "vnni", 4.0), rec("int4xfp4", "vnni", 3.0),
+            rec("fp32", "numpy", 4.0, threads=2), rec("int4xint4", "vnni", 1.1, threads=2),
+            rec("int4xint4", "avx2", 3.0),
+            rec("ort_matmulint", "mlas", 2.0, ceiling_gops=1.0)]
+    rows = {(v["kernel"], v["target"]): v for v in bench_gemm.issue12_verdicts(recs)}
+    assert set(rows) == {("vnni", "x fp32"), ("vnni", "fp4xint4 / int4"), ("vnni", "int4xfp4 / int4"),
+                         ("vnni", "2 / 1 threads")}                    # avx2 has no goal, no backward, one thread
+    assert rows[("vnni", "x fp32")]["value"] == pytest.approx(4.0) and rows[("vnni", "x fp32")]["met"] is False
+    assert rows[("vnni", "x fp32")]["attainable"] == pytest.approx(8.0 / 1.8)          # ceiling / fp32
+    fp4, back = rows[("vnni", "fp4xint4 / int4")], rows[("vnni", "int4xfp4 / int4")]
+    scaling = rows[("vnni", "2 / 1 threads")]
+    assert fp4["value"] == pytest.approx(0.5) and not fp4["met"]
+    assert back["value"] == pytest.approx(2 / 3) and back["met"]
+    assert scaling["value"] == pytest.approx(2 / 1.1) and scaling["met"]
+    limits = {v["kernel"]: v for v in bench_gemm.limit_verdicts(recs)}
+    assert limits["vnni"]["ort_attainable"] == pytest.approx((1 / 1.8) / 0.5)          # ceiling / ORT's GOP/s
+    assert limits["avx2"]["ort_attainable"] is None                                    # no ceiling measured
+    result = {"records": recs, "kernel_info": {"cpu": {}, "chosen_kernel": "vnni", "openmp": True},
+              "kernels": ["vnni", "avx2"], "repeat": 1, "numpy": "x", "machine": "m"}
+    text = "\n".join(report.gemm_lines(result))
+    assert "vnni      x fp32           >=  5.0:  4.00 SHORT   (this CPU's vnni ceiling allows at most 4.44x: " \
+           "beyond reach here)" in text
+    assert "(ceiling / ORT 1.11x: beyond reach here)" in text

@@ -43,7 +43,8 @@ import numpy as np
 from ._timing import median_seconds, positive_int, positive_ints, thread_limit
 
 __all__ = ["GEMM_OPS", "BLOCKSCALED_OPS", "DEFAULT_SIZES", "TARGETS", "measure_gemm", "check_kernels", "summarize_gemm",
-           "target_verdicts", "limit_verdicts", "records_of", "cpu_model", "CEILING_TARGET", "ORT_TARGET"]
+           "target_verdicts", "limit_verdicts", "issue12_verdicts", "records_of", "cpu_model", "CEILING_TARGET",
+           "ORT_TARGET", "FP32_RATIO_TARGETS", "BACKWARD_TARGET", "SCALING_TARGET"]
 
 #: the three GEMMs of a layer's training step: forward, grad-input, grad-weight
 GEMM_OPS = ("int4xint4", "fp4xint4", "int4xfp4")
@@ -54,6 +55,11 @@ TARGETS = (("int4xint4", "amx", 10.0), ("fp4xint4", "amx", 5.0), ("int4xfp4", "a
 #: issue 12's targets at 2048^3, one thread: INT4 x INT4 at this fraction of its ISA's ceiling, and this many
 #: times ONNX Runtime's MatMulInteger speed
 CEILING_TARGET, ORT_TARGET = 0.8, 1.5
+#: issue 12's other GEMM targets at 2048^3: INT4 x INT4 this many times numpy float32 (one thread) per kernel;
+#: each backward GEMM (FP4 x INT4, INT4 x FP4) at this fraction of the INT4 forward's speed on the same kernel
+#: (one thread); two threads this many times one thread (INT4 x INT4)
+FP32_RATIO_TARGETS = {"vnni": 5.0, "amx": 10.0}
+BACKWARD_TARGET, SCALING_TARGET = 0.6, 1.7
 #: outputs of kernels are checked against the reference during timing up to this size
 _CHECK_MAX_SIZE = 1024
 #: the block-scaled paths' numpy reference is an int64 product per K-block: checked up to this size only
@@ -338,8 +344,9 @@ def target_verdicts(result, size=2048, threads=1):
 
 def limit_verdicts(result, size=2048, threads=1):
     """Issue 12's targets for each kernel's INT4 x INT4 at ``size`` and ``threads``: ``[{"kernel",
-    "fraction_of_ceiling", "ceiling_met", "vs_ort", "ort_met"}]`` (``None`` where the run has no ceiling or no
-    ORT peer); ``[]`` when the run has no such records."""
+    "fraction_of_ceiling", "ceiling_met", "vs_ort", "ort_met", "ort_attainable"}]`` (``ort_attainable``: the
+    kernel's instruction ceiling over ORT's GOP/s, the most any kernel of that instruction could reach;
+    ``None`` where the run has no ceiling or no ORT peer); ``[]`` when the run has no such records."""
     recs = [r for r in records_of(result) if r["size"] == size and r["threads"] == threads]
     ort = next((r for r in recs if r["op"] == "ort_matmulint"), None)
     rows = []
@@ -348,9 +355,46 @@ def limit_verdicts(result, size=2048, threads=1):
             continue
         frac = r.get("fraction_of_ceiling")
         vs_ort = None if ort is None else ort["seconds"] / r["seconds"]
-        rows.append({"kernel": r["kernel"], "fraction_of_ceiling": frac,
+        # the most any kernel of this instruction could be over ORT: its ceiling over ORT's GOP/s
+        ort_attainable = r["ceiling_gops"] / ort["gops"] if ort is not None and "ceiling_gops" in r else None
+        rows.append({"kernel": r["kernel"], "fraction_of_ceiling": frac, "ort_attainable": ort_attainable,
                      "ceiling_met": None if frac is None else frac >= CEILING_TARGET,
                      "vs_ort": vs_ort, "ort_met": None if vs_ort is None else vs_ort >= ORT_TARGET})
+    return rows
+
+
+def issue12_verdicts(result, size=2048):
+    """Issue 12's ratio targets against a run, per kernel of ours: ``[{"kernel", "target", "goal", "value",
+    "met", "attainable"}]``.  ``target`` is ``"x fp32"`` (INT4 x INT4 over numpy float32, one thread; kernels
+    of :data:`FP32_RATIO_TARGETS` only), ``"fp4xint4 / int4"`` and ``"int4xfp4 / int4"`` (a backward GEMM's
+    speed over the forward's, one thread) or ``"2 / 1 threads"`` (INT4 x INT4; only when both were run).
+    ``attainable`` (``"x fp32"`` only, else None) is the kernel's instruction ceiling over numpy float32 in the
+    same run: a goal above it cannot be met on this CPU by any kernel of that instruction.  Rows whose
+    records are missing are left out."""
+    recs = [r for r in records_of(result) if r["size"] == size]
+
+    def find(op, kernel, threads):
+        return next((r for r in recs if r["op"] == op and r["kernel"] == kernel and r["threads"] == threads), None)
+    rows = []
+    for kernel in dict.fromkeys(r["kernel"] for r in recs if r["op"] == "int4xint4"):
+        one = find("int4xint4", kernel, 1)
+        if one is not None and kernel in FP32_RATIO_TARGETS:
+            fp32 = find("fp32", "numpy", 1)
+            attainable = (one["ceiling_gops"] / fp32["gops"]) if "ceiling_gops" in one and fp32 else None
+            goal = FP32_RATIO_TARGETS[kernel]
+            rows.append({"kernel": kernel, "target": "x fp32", "goal": goal, "value": one["ratio_vs_fp32"],
+                         "met": one["ratio_vs_fp32"] >= goal, "attainable": attainable})
+        for op in ("fp4xint4", "int4xfp4"):
+            back = find(op, kernel, 1)
+            if one is not None and back is not None:
+                value = one["seconds"] / back["seconds"]
+                rows.append({"kernel": kernel, "target": f"{op} / int4", "goal": BACKWARD_TARGET, "value": value,
+                             "met": value >= BACKWARD_TARGET, "attainable": None})
+        two = find("int4xint4", kernel, 2)
+        if one is not None and two is not None:
+            value = one["seconds"] / two["seconds"]
+            rows.append({"kernel": kernel, "target": "2 / 1 threads", "goal": SCALING_TARGET, "value": value,
+                         "met": value >= SCALING_TARGET, "attainable": None})
     return rows
 
 

@@ -4,7 +4,7 @@ Each function takes the dict a measurement function returned and formats it; not
 """
 from __future__ import annotations
 
-from .gemm import CEILING_TARGET, ORT_TARGET, limit_verdicts, target_verdicts
+from .gemm import CEILING_TARGET, ORT_TARGET, issue12_verdicts, limit_verdicts, target_verdicts
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import paths_of, threads_of
 from .train import PRECISIONS, summarize_train
@@ -61,7 +61,21 @@ def gemm_lines(result):
             return "not measured" if value is None else f"{value:.2f}{unit} {'met' if met else 'SHORT'}"
         for v in limits:
             lines.append(f"  {v['kernel']:9s} of ceiling {verdict(v['fraction_of_ceiling'], v['ceiling_met'], ''):12s}"
-                         f"  x ORT {verdict(v['vs_ort'], v['ort_met'], 'x')}")
+                         f"  x ORT {verdict(v['vs_ort'], v['ort_met'], 'x')}"
+                         + ("" if v["ort_attainable"] is None else
+                            f"   (ceiling / ORT {v['ort_attainable']:.2f}x"
+                            + (": beyond reach here)" if v["ort_attainable"] < ORT_TARGET else ")")))
+    others = issue12_verdicts(result)
+    if others:
+        lines.append("\nissue 12 at 2048^3: INT4 x INT4 over numpy float32 (one thread), each backward GEMM over the "
+                     "INT4 forward (one thread), two threads over one (INT4 x INT4):")
+        for v in others:
+            line = f"  {v['kernel']:9s} {v['target']:16s} >= {v['goal']:4.1f}: {v['value']:5.2f} " \
+                   f"{'met' if v['met'] else 'SHORT'}"
+            if v["attainable"] is not None:
+                line += f"   (this CPU's {v['kernel']} ceiling allows at most {v['attainable']:.2f}x" + \
+                        (": beyond reach here)" if v["attainable"] < v["goal"] else ")")
+            lines.append(line)
     return lines
 
 
