@@ -282,6 +282,20 @@ def test_train_lines_flag_differing_losses():
     assert "q4 and simulated q4 losses differ" in text
     assert "q4 / fp32           1.20x   target <= 1.5x : met" in text
     assert "simulated / q4      4.00x   target >= 3x   : met" in text
+    assert "q4 / fp32           1.20x   issue 12: <= 1x (built-in model): short" in text
+
+
+def test_train_lines_hold_gemm_heavy_workloads_to_issue_12s_stricter_target():
+    def records(model, q4):
+        return [{"model": model, "precision": p, "seconds": s}
+                for p, s in (("fp32", 0.010), ("q4", q4), ("q4 simulated", 0.048))]
+    heavy, small = "residual cnn 32x32 (batch 64)", "vision cnn 28x28 (batch 64)"
+    assert train.is_heavy(heavy) and train.is_heavy("mlp 3x1024 (batch 256)") and not train.is_heavy(small)
+    result = {"records": records(heavy, 0.007) + records(small, 0.007),
+              "identical_losses": {heavy: True, small: True}}
+    text = "\n".join(report.train_lines(result))
+    assert "q4 / fp32           0.70x   issue 12: <= 0.6x (GEMM-heavy): short" in text
+    assert "q4 / fp32           0.70x   issue 12: <= 1x (built-in model): met" in text
 
 
 # --------------------------------------------------------------------------- figures

@@ -35,8 +35,8 @@ import numpy as np
 
 from ._timing import positive_int, thread_limit
 
-__all__ = ["LANGUAGE_MODELS", "HEAVY_WORKLOADS", "PRECISIONS", "TARGETS", "BREAKDOWN_PARTS", "train_step_times",
-           "summarize_train", "step_breakdown", "instrumented"]
+__all__ = ["LANGUAGE_MODELS", "HEAVY_WORKLOADS", "PRECISIONS", "TARGETS", "ISSUE12_TARGETS", "BREAKDOWN_PARTS",
+           "train_step_times", "summarize_train", "step_breakdown", "instrumented", "is_heavy"]
 
 LANGUAGE_MODELS = ("char_lstm", "char_transformer")
 #: GEMM-heavy workloads (see the module docstring)
@@ -45,6 +45,15 @@ HEAVY_WORKLOADS = ("mlp1024", "rescnn", "transformer256")
 PRECISIONS = ("fp32", "q4", "q4 simulated")
 #: issue 4's targets: q4 / fp32 at most 1.5, simulated q4 / q4 at least 3
 TARGETS = {"q4_over_fp32": 1.5, "simulated_over_q4": 3.0}
+#: issue 12's targets for q4 / fp32: at most 1.0 on every built-in model, at most 0.6 on the GEMM-heavy workloads
+ISSUE12_TARGETS = {"builtin": 1.0, "heavy": 0.6}
+#: the display names of the GEMM-heavy workloads start with these (see :func:`_workloads`)
+_HEAVY_PREFIXES = ("mlp 3x1024", "residual cnn", "transformer d256")
+
+
+def is_heavy(model):
+    """Whether a record's ``model`` name is one of the GEMM-heavy workloads."""
+    return model.startswith(_HEAVY_PREFIXES)
 
 
 def _policy(name, **kw):
