@@ -1,6 +1,7 @@
-"""``python -m q4core.bench {quantize,gemm,train} [options]``: parse the arguments, measure, print.
+"""``python -m q4core.bench {quantize,gemm,train,layer} [options]``: parse the arguments, measure, print.
 
-The measurements are the plain functions of :mod:`q4core.bench.quantize`, :mod:`.gemm` and :mod:`.train`;
+The measurements are the plain functions of :mod:`q4core.bench.quantize`, :mod:`.gemm`, :mod:`.train` and
+:mod:`.layer`;
 the tables are :mod:`q4core.bench.report`'s.  Nothing is measured or formatted here.
 """
 from __future__ import annotations
@@ -13,13 +14,15 @@ import sys
 from pathlib import Path
 
 from .._io import check_replaceable, write_atomic
-from . import gemm, quantize, report, train
+from . import gemm, layer, quantize, report, train
 
 COMMANDS = {
     "quantize": "INT4 / radix-4 FP4 quantize+pack throughput against the numpy chain",
     "gemm": "INT4 and FP4 x INT4 GEMM GOP/s of every kernel path against numpy float32, ONNX Runtime and the "
             "ISA ceilings",
     "train": "time of one training step under fp32, q4 and simulated q4",
+    "layer": "per-call cost of a quantized Linear layer's forward and backward beyond its integer GEMMs, "
+             "against fp32",
 }
 
 
@@ -154,7 +157,34 @@ def _train(argv):
     return 0 if all(result["identical_losses"].values()) else 1
 
 
-_RUN = {"quantize": _quantize, "gemm": _gemm, "train": _train}
+def _layer(argv):
+    p = _parser("layer")
+    p.add_argument("--sizes", type=_int_in(1, 4096), nargs="+", default=list(layer.DEFAULT_SIZES),
+                   help="layer sizes n: Linear(n, n) on n rows, 1..4096 (default: %(default)s)")
+    p.add_argument("--repeat", type=_int_in(1, 1000), default=15,
+                   help="samples per median, 1..1000 (default: %(default)s)")
+    p.add_argument("--threads", type=_int_in(1, 1024), default=1,
+                   help="BLAS and integer-kernel threads (default: %(default)s)")
+    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0,
+                   help="seed of the weights, input and gradient (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the measurements as JSON")
+    args = p.parse_args(argv)
+    _check_output(p, args.json, "--json")
+    try:
+        result = layer.measure_layer(args.sizes, repeat=args.repeat, threads=args.threads, seed=args.seed)
+    except ValueError as exc:
+        p.error(str(exc))
+    except RuntimeError as exc:     # the q4 layer does not run the integer kernels
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(report.layer_lines(result)))
+    if args.json:
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)), "argument --json:")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+_RUN = {"quantize": _quantize, "gemm": _gemm, "train": _train, "layer": _layer}
 
 
 def main(argv=None):

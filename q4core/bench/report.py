@@ -5,12 +5,13 @@ Each function takes the dict a measurement function returned and formats it; not
 from __future__ import annotations
 
 from .gemm import CEILING_TARGET, ORT_TARGET, issue12_verdicts, limit_verdicts, target_verdicts
+from .layer import ENGINE_GEMMS, OVERHEAD_TARGET_US, TARGET_SIZE, overhead_verdict
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import paths_of, threads_of
 from .train import ISSUE12_TARGETS, PRECISIONS, is_heavy, summarize_train
 from .train import TARGETS as TRAIN_TARGETS
 
-__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines", "breakdown_lines"]
+__all__ = ["gemm_lines", "ceiling_lines", "quantize_lines", "train_lines", "breakdown_lines", "layer_lines"]
 
 
 def _threads(t):
@@ -149,4 +150,39 @@ def breakdown_lines(result):
     for r in result["records"]:
         lines.append(f"  {r['model']:36s} {r['step_seconds'] * 1e3:8.2f} "
                      + " ".join(f"{100 * r['fractions'][p]:13.1f}%" for p in parts))
+    return lines
+
+
+def layer_lines(result):
+    """A :func:`q4core.bench.layer.measure_layer` result: per size the medians of the q4 layer, the fp32 layer
+    and the bare GEMMs, the engine's cost beyond its GEMMs and q4 / fp32, then issue 12's forward-overhead
+    target at 64."""
+    lines = [f"quantized Linear(n, n) on n rows, training mode - {result['cpu_model']}, numpy {result['numpy']}, "
+             f"{_threads(result['threads'])}",
+             f"medians of {result['repeat']} samples of ~{result['sample_seconds'] * 1e3:g} ms loops, microseconds "
+             "per call; q4 = the default recipe, the layer itself 4-bit",
+             "GEMM(s) = the engine's entry points on prepared operands, public = the validated public functions; "
+             "beyond GEMM = q4 layer - GEMM(s)"]
+    for r in result["records"]:
+        gemm, public = r["gemm_us"], r["public_gemm_us"]
+        back_gemms = gemm["grad_dx"] + gemm["grad_dw"]
+        lines += [f"\nn = {r['size']} (kernel {r['kernel']})",
+                  f"  {'':9s} {'q4 layer':>10s} {'fp32 layer':>10s} {'q4/fp32':>8s} {'GEMM(s)':>9s} "
+                  f"{'public':>9s} {'beyond GEMM':>12s}",
+                  f"  {'forward':9s} {r['q4_forward_us']:10.1f} {r['fp32_forward_us']:10.1f} "
+                  f"{r['forward_q4_over_fp32']:8.2f} {gemm['forward']:9.1f} {public['forward']:9.1f} "
+                  f"{r['forward_beyond_gemm_us']:12.1f}",
+                  f"  {'backward':9s} {r['q4_backward_us']:10.1f} {r['fp32_backward_us']:10.1f} "
+                  f"{r['backward_q4_over_fp32']:8.2f} {back_gemms:9.1f} "
+                  f"{public['grad_dx'] + public['grad_dw']:9.1f} {r['backward_beyond_gemms_us']:12.1f}",
+                  "  backward GEMMs: " + ", ".join(
+                      f"{p} {ENGINE_GEMMS[p][0]} {gemm[p]:.1f} (public {public[p]:.1f})"
+                      for p in ("grad_dx", "grad_dw"))]
+    verdict = overhead_verdict(result)
+    n = TARGET_SIZE
+    head = f"\nissue 12: forward of a {n}x{n}x{n} q4 layer <= {OVERHEAD_TARGET_US:g} us beyond its GEMM:"
+    if verdict is None:
+        lines.append(f"{head} not measured (size {TARGET_SIZE} not among the sizes)")
+    else:
+        lines.append(f"{head} {verdict['overhead_us']:.1f} us {'met' if verdict['met'] else 'short'}")
     return lines
