@@ -140,7 +140,7 @@ def test_measure_gemm_refuses_a_kernel_that_disagrees(monkeypatch, capsys):
 
 def test_cli_dispatch_and_argument_errors(capsys):
     from q4core.bench import cli
-    assert cli.main([]) == 0 and "usage: python -m q4core.bench {quantize,gemm,train}" in capsys.readouterr().out
+    assert cli.main([]) == 0 and "usage: python -m q4core.bench {quantize,gemm,train,layer}" in capsys.readouterr().out
     assert cli.main(["nope"]) == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main(["gemm", "--sizes", "0"])

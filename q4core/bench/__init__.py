@@ -9,11 +9,13 @@ Every measurement is a plain function returning plain dicts and lists - no print
 * :mod:`.quantize` - compiled INT4 / radix-4 FP4 encode+pack throughput against the numpy chain;
 * :mod:`.train` - one training step under fp32, q4 and simulated q4, GEMM-heavy workloads, and where a q4
   step's time goes (integer GEMMs, operand making, rescale, the rest);
+* :mod:`.layer` - the per-call cost of a quantized Linear layer's forward and backward beyond its integer
+  GEMMs (issue 12's 30 us at 64x64x64);
 * :mod:`.memory` - bytes per stored value, per parameter and per activation, counted on real arrays;
 * :mod:`.cpu` - what this CPU offers: features, kernels, MACs per instruction of its units.
 
 :mod:`.report` turns the results into text tables; :mod:`.cli` (``python -m q4core.bench
-{quantize,gemm,train}``) parses arguments, calls the functions and prints the tables.  Notebook 05 calls the
+{quantize,gemm,train,layer}``) parses arguments, calls the functions and prints the tables.  Notebook 05 calls the
 functions directly and draws with :mod:`q4core.experiments.speed`.  Speed targets live here, never in timed
 unit tests; every benchmark reports ratios against a numpy baseline measured in the same run.
 """
