@@ -404,6 +404,34 @@ def test_sigint_of_a_serial_run_keeps_the_previous_figures_and_manifest(project,
     assert not [p for p in figures.rglob("*") if p.name.endswith(".tmp")]
 
 
+def _in_reproduce_kernel(monkeypatch, scenario):
+    """Start a kernel with q4-reproduce's manager and kernelspec, ``await scenario(km, kc)`` once it is ready,
+    shut it down (half a second for late signals to land), remove the kernelspec folder; returns what the
+    scenario returned."""
+    import asyncio
+    import shutil
+    manager_class = reproduce._kernel_manager_class()
+    root = reproduce.kernel_environment()
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+
+    async def run():
+        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            return await scenario(km, kc)
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+            await asyncio.sleep(0.5)
+    try:
+        return asyncio.run(run())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 _CATCH_SIGINT = """
 import pathlib, signal
 def _mark(signum, frame):
@@ -417,36 +445,19 @@ def test_kernel_manager_does_not_interrupt_a_kernel_it_shuts_down(tmp_path, monk
     """jupyter_client (>= 8) sends SIGINT before shutdown; ipykernel then logs 'KeyboardInterrupt caught in
     kernel.' after a successful notebook whenever the signal lands in a message handler."""
     import asyncio
-    manager_class = reproduce._kernel_manager_class()
-    root = reproduce.kernel_environment()
-    monkeypatch.setenv("JUPYTER_PATH", str(root))
     marker = tmp_path / "sigint"
 
-    async def scenario():
-        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
-        await km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        try:
-            await kc.wait_for_ready(timeout=60)
-            reply = await kc.execute_interactive(_CATCH_SIGINT.format(marker=str(marker)), timeout=60)
-            assert reply["content"]["status"] == "ok"
-            await km.interrupt_kernel()                  # a real interrupt still reaches the kernel ...
-            for _ in range(100):
-                if marker.exists():
-                    break
-                await asyncio.sleep(0.05)
-            assert marker.exists(), "the kernel did not see a deliberate interrupt"
-            marker.unlink()
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()                   # ... but shutting down sends none
-        await asyncio.sleep(0.5)
-    try:
-        asyncio.run(scenario())
-    finally:
-        import shutil
-        shutil.rmtree(root, ignore_errors=True)
+    async def scenario(km, kc):
+        reply = await kc.execute_interactive(_CATCH_SIGINT.format(marker=str(marker)), timeout=60)
+        assert reply["content"]["status"] == "ok"
+        await km.interrupt_kernel()                  # a real interrupt still reaches the kernel ...
+        for _ in range(100):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert marker.exists(), "the kernel did not see a deliberate interrupt"
+        marker.unlink()
+    _in_reproduce_kernel(monkeypatch, scenario)      # ... but shutting it down sends none
     assert not marker.exists(), "the kernel was interrupted while being shut down"
 
 
@@ -493,28 +504,9 @@ assert any(isinstance(f, ShutdownRaceFilter) for f in logging.getLogger("tornado
 
 @slow
 def test_reproduce_kernels_start_with_the_shutdown_race_filter_and_a_clean_namespace(monkeypatch):
-    import asyncio
-    import shutil
-    manager_class = reproduce._kernel_manager_class()
-    root = reproduce.kernel_environment()
-    monkeypatch.setenv("JUPYTER_PATH", str(root))
-
-    async def scenario():
-        km = manager_class(kernel_name=reproduce.KERNEL_NAME)
-        await km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        try:
-            await kc.wait_for_ready(timeout=60)
-            reply = await kc.execute_interactive(_CHECK_KERNEL_LOG, timeout=60)
-            return reply["content"]
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
-    try:
-        content = asyncio.run(scenario())
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    async def scenario(km, kc):
+        return (await kc.execute_interactive(_CHECK_KERNEL_LOG, timeout=60))["content"]
+    content = _in_reproduce_kernel(monkeypatch, scenario)
     assert content["status"] == "ok", content
 
 

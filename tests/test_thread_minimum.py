@@ -65,32 +65,19 @@ def test_quantizers_identical_for_any_thread_count(n):
                                      signed=fmt is INT4_SYM), ref)
 
 
-@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
-def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(user_value):
-    """Importing q4core makes OMP_WAIT_POLICY default to PASSIVE before libgomp loads (spinning threads
-    stalled two-thread GEMMs on shared cores); a value the user set is kept."""
+@pytest.mark.parametrize("var, default, user_value", [
+    ("OMP_WAIT_POLICY", "PASSIVE", None), ("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE"),
+    ("OPENBLAS_THREAD_TIMEOUT", "4", None), ("OPENBLAS_THREAD_TIMEOUT", "4", "20")])
+def test_idle_threads_sleep_at_once_unless_the_user_chose(var, default, user_value):
+    """Importing q4core sets, before libgomp and numpy's OpenBLAS load, the defaults that make their idle threads
+    sleep rather than spin (OMP_WAIT_POLICY=PASSIVE; OPENBLAS_THREAD_TIMEOUT=4, OpenBLAS's minimum): a spinning
+    thread holds the core that a two-thread 4-bit GEMM needs next.  A value the user set is kept."""
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k != var}
     if user_value is not None:
-        env["OMP_WAIT_POLICY"] = user_value
-    code = "import os, q4core.gemm; print(os.environ['OMP_WAIT_POLICY'])"
+        env[var] = user_value
+    code = f"import os, q4core.gemm; print(os.environ[{var!r}])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (user_value or "PASSIVE")
-
-
-@pytest.mark.parametrize("user_value", [None, "20"])
-def test_openblas_workers_sleep_at_once_unless_the_user_chose(user_value):
-    """Importing q4core makes OPENBLAS_THREAD_TIMEOUT default to 4 (OpenBLAS's minimum) before numpy loads, so
-    OpenBLAS's idle workers do not spin on the core a two-thread 4-bit GEMM needs next; a user's value is kept.
-    OpenBLAS reads it when numpy loads, which here is inside ``import q4core``."""
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if user_value is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
-    code = "import os, q4core; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (user_value or "4")
+    assert out.stdout.strip() == (user_value or default)

@@ -54,6 +54,15 @@ def _positive_float(text):
     return value
 
 
+def _print_and_save(lines, result, json_path):
+    """Print a command's table; with ``--json``, write ``result`` there atomically and say so.  Returns 0."""
+    print("\n".join(lines))
+    if json_path:
+        write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)), "argument --json:")
+        print(f"\nwrote {json_path}")
+    return 0
+
+
 def _check_output(parser, path, option):
     """Refuse an output path that cannot be written, before anything is measured (argparse error naming
     ``option``): its folder must exist and the path must be absent or a regular file."""
@@ -117,11 +126,7 @@ def _gemm(argv):
     except RuntimeError as exc:     # a kernel that disagrees with the reference
         print(exc, file=sys.stderr)
         return 1
-    print("\n".join(report.gemm_lines(result)))
-    if args.json:
-        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)), "argument --json:")
-        print(f"\nwrote {args.json}")
-    return 0
+    return _print_and_save(report.gemm_lines(result), result, args.json)
 
 
 def _train(argv):
@@ -177,11 +182,7 @@ def _layer(argv):
     except RuntimeError as exc:     # the q4 layer does not run the integer kernels
         print(exc, file=sys.stderr)
         return 1
-    print("\n".join(report.layer_lines(result)))
-    if args.json:
-        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)), "argument --json:")
-        print(f"\nwrote {args.json}")
-    return 0
+    return _print_and_save(report.layer_lines(result), result, args.json)
 
 
 _RUN = {"quantize": _quantize, "gemm": _gemm, "train": _train, "layer": _layer}
