@@ -104,6 +104,16 @@ def test_run_configs_are_notebook_04s_runs():
         assert c.key() == nb04.key()
 
 
+def test_run_configs_record_only_the_q4_runs_with_notebook_04s_recorder():
+    from q4core.experiments import full_training as ft
+    configs = bt.run_configs("speech", ["q4", "nvfp4"], seeds=[0, 1], epochs=1, max_steps=3, q4_recorder_every=7)
+    recorders = {(c.recipe, c.seed): c.recorder for c in configs}
+    assert recorders[("q4", 0)] == recorders[("q4", 1)] == ft.QuantErrorRecorder.spec(7)
+    assert recorders[("fp16", 0)] is recorders[("nvfp4", 1)] is None
+    unrecorded = bt.run_configs("speech", ["q4"], seeds=[0], epochs=1, max_steps=3)
+    assert unrecorded[1].recorder is None and unrecorded[1].key() != configs[2].key()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"domain": "imagenet"}, "domain must be one of"),
     ({"recipes": "q4"}, "recipes must be a non-empty list"),
@@ -111,11 +121,94 @@ def test_run_configs_are_notebook_04s_runs():
     ({"recipes": ["q4", "q4"]}, "recipes repeats a recipe"),
     ({"seeds": [-1]}, "seeds"),
     ({"epochs": 0}, "epochs"),
+    ({"q4_recorder_every": 0}, "q4_recorder_every"),
 ])
 def test_run_configs_reject_bad_arguments(kwargs, match):
     args = {"domain": "speech", "recipes": ["q4"], "seeds": [0], "epochs": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         bt.run_configs(**args)
+
+
+# ---------------------------------------------------------------------------------------------- notebook 04's runs
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _parameters(number, profile):
+    """A notebook's parameters under ``profile``: its parameters cell overridden by the profile (q4-reproduce's)."""
+    import nbformat
+
+    from q4core import reproduce
+    nb = nbformat.read(reproduce.find_notebooks(NOTEBOOKS_DIR)[number], as_version=4)
+    return {**reproduce.parameter_defaults(nb), **reproduce.notebook_profiles(nb)[profile]}
+
+
+class _Asked(Exception):
+    pass
+
+
+def _asked_configs(monkeypatch, sweep):
+    """The RunConfigs ``sweep()`` hands to q4core.runs.map (stopped there: nothing is trained or read)."""
+    from q4core import runs as runs_module
+    asked = []
+
+    def capture(configs, *args, **kwargs):
+        asked.extend(configs)
+        raise _Asked
+
+    monkeypatch.setattr(runs_module, "map", capture)
+    try:
+        sweep()
+    except _Asked:
+        pass
+    return asked
+
+
+def _nb04_main_runs(monkeypatch, p):
+    """Notebook 04's main runs, asked for as its first code cell asks for them."""
+    from q4core.experiments import full_training as ft
+    seeds = ft.domain_seeds(p["seed"], p["n_seeds"], p["seed_counts"])
+    epochs = {"vision": p["vision_epochs"], "speech": p["speech_epochs"], "language": p["language_epochs"]}
+    configs = []
+    for domain in ft.DOMAINS:
+        configs += _asked_configs(monkeypatch, lambda domain=domain: ft.run_domain(
+            domain, seeds=seeds[domain], epochs=epochs[domain], max_steps=p["max_steps"] or None,
+            max_chars=p["language_chars"], recorder_every=p["record_every"]))
+    return configs
+
+
+def _nb06_main_runs(monkeypatch, p):
+    """Notebook 06's main runs, asked for as its first code cell asks for them."""
+    seeds = [p["seed"] + i for i in range(p["n_seeds"])]
+    epochs = {"vision": p["vision_epochs"], "speech": p["speech_epochs"], "language": p["language_epochs"]}
+    configs = []
+    for domain in bt.DOMAINS:
+        configs += _asked_configs(monkeypatch, lambda domain=domain: bt.run_recipes(
+            domain, p["recipes"], seeds=seeds, epochs=epochs[domain], max_steps=p["max_steps"] or None,
+            max_chars=p["language_chars"], q4_recorder_every=p["q4_record_every"]))
+    return configs
+
+
+@pytest.mark.parametrize("profile", ["quick", "default", "full"])
+def test_notebook_06_records_its_q4_runs_as_notebook_04_does(profile):
+    assert _parameters("06", profile)["q4_record_every"] == _parameters("04", profile)["record_every"]
+
+
+@pytest.mark.parametrize("precision", ["q4", "fp16"])
+def test_notebook_06s_default_runs_are_notebook_04s(monkeypatch, precision):
+    p04, p06 = _parameters("04", "default"), _parameters("06", "default")
+    nb04 = {c.key(): c for c in _nb04_main_runs(monkeypatch, p04) if c.recipe == precision}
+    nb06 = [c for c in _nb06_main_runs(monkeypatch, p06) if c.recipe == precision]
+    tasks = {spec["task"] for spec in bt.DOMAINS.values()}
+    assert {(c.task, c.seed) for c in nb06} == {(t, p06["seed"] + i) for t in tasks for i in range(p06["n_seeds"])}
+    for c in nb06:
+        assert c.key() in nb04, f"notebook 06 asks for a {precision} run notebook 04 does not make: {c!r}"
+        assert c.identity() == nb04[c.key()].identity()
+    # run_configs names the same runs run_recipes asks for
+    epochs = {"vision": p06["vision_epochs"], "speech": p06["speech_epochs"], "language": p06["language_epochs"]}
+    listed = [c.key() for d in bt.DOMAINS for c in bt.run_configs(
+        d, p06["recipes"], [p06["seed"] + i for i in range(p06["n_seeds"])], epochs[d], p06["max_steps"] or None,
+        p06["language_chars"], q4_recorder_every=p06["q4_record_every"]) if c.recipe == precision]
+    assert listed == [c.key() for c in nb06]
 
 
 # ---------------------------------------------------------------------------------------------- tiny trainings

@@ -3,7 +3,10 @@
 
 * :func:`run_configs` / :func:`run_recipes` - every domain of notebook 04 (:data:`DOMAINS`) under ``fp16`` and
   each recipe of a list, with notebook 04's seeds and schedule.  The configurations are made by notebook 04's own
-  builder, so the ``fp16`` and ``q4`` runs are the *same* cached runs as notebook 04's (cache hits, not retrained).
+  builder, so the ``fp16`` runs are the *same* cached runs as notebook 04's (cache hits, not retrained), and so are
+  the ``q4`` runs when ``q4_recorder_every`` is notebook 04's ``record_every``: its q4 runs carry a
+  :class:`~q4core.experiments.full_training.QuantErrorRecorder`, which is part of a run's identity (it does not
+  change training), so unrecorded q4 runs would be other runs, trained again.
 * :func:`gap_table` - per domain and recipe, the gap to fp16 paired by seed with its 95 % Student-t interval and
   notebook 04's verdict against the 1-point aim (:func:`q4core.experiments.full_training.results_table`: met /
   missed / inconclusive); :func:`recipe_comparisons` - every pair of recipes per domain, paired by seed, and which
@@ -26,12 +29,13 @@
 
 Compute budget of the default profile (notebook 04's default schedule, 6 seeds; notebook 04's q4 runs take about
 65 s (vision), 23 s (speech) and 12 s (language) each at one thread, block-scaled runs an expected 1.5-2x that):
-the fp16 and q4 runs are notebook 04's (0 s).  New main runs: 2 recipes (nvfp4, mxfp4) x 6 seeds x (65 + 23 + 12) s
-x 1.5-2 = 1800-2400 s.  Ablations on the language domain: 5 ablation recipes x 3 seeds x 12 s x 1.5-2 = 270-360 s
-(their full recipes are main runs).  Gradient fidelity: one recorded run per recipe (3) on the language domain,
-24 s each at most: 72 s.  GEMM timing at 1024: about 10 s (8 s measured, with the block-scaled rows skipped).
-Total 2150-2840 core-seconds, i.e. 18-24 minutes on the 2 cores (two single-threaded workers) - within the 25
-minutes beyond notebook 04.
+the fp16 and q4 runs are notebook 04's (0 s; the q4 runs only with ``q4_recorder_every`` = notebook 04's
+``record_every``, else another 6 seeds x (65 + 23 + 12) s = 600 s).  New main runs: 2 recipes (nvfp4, mxfp4) x 6
+seeds x (65 + 23 + 12) s x 1.5-2 = 1800-2400 s.  Ablations on the language domain: 5 ablation recipes x 3 seeds
+x 12 s x 1.5-2 = 270-360 s (their full recipes are main runs).  Gradient fidelity: one recorded run per recipe (3)
+on the language domain, 24 s each at most: 72 s.  GEMM timing at 1024: about 10 s (8 s measured, with the
+block-scaled rows skipped).  Total 2150-2840 core-seconds, i.e. 18-24 minutes on the 2 cores (two single-threaded
+workers) - within the 25 minutes beyond notebook 04.
 """
 from __future__ import annotations
 
@@ -72,24 +76,42 @@ def _with_reference(recipes):
 
 
 # ---------------------------------------------------------------------------------------------- main runs
-def run_configs(domain, recipes, seeds, epochs, max_steps=None, max_chars=None, train_kwargs=None):
+#: the recipe whose runs notebook 04 records (its QuantErrorRecorder) when asked
+_RECORDED_RECIPE = "q4"
+
+
+def _items(domain, recipes, seeds, train_kwargs, q4_recorder_every):
+    """``ft._run_all`` items of fp16 and each recipe per seed (recipe-major); only the q4 runs get the recorder."""
+    return [(domain, r, None, s, q4_recorder_every if r == _RECORDED_RECIPE else None, train_kwargs)
+            for r in _with_reference(recipes) for s in seeds]
+
+
+def run_configs(domain, recipes, seeds, epochs, max_steps=None, max_chars=None, train_kwargs=None,
+                q4_recorder_every=None):
     """The cached runs (:class:`q4core.runs.RunConfig`) of ``domain`` under fp16 and each of ``recipes`` for each
     seed, in that order (recipe-major), built by notebook 04's builder: with notebook 04's seeds and schedule the
-    fp16 and q4 configurations are identical to its main runs (same keys, so cache hits)."""
+    fp16 configurations are identical to its main runs (same keys, so cache hits), and so are the q4 ones when
+    ``q4_recorder_every`` is notebook 04's ``record_every`` (the q4 runs then carry its QuantErrorRecorder; None:
+    unrecorded, other runs).  Other recipes are never recorded."""
     _check_domain(domain)
     recipes = _check_recipes(recipes, "recipes")
     seeds = check_int_list(seeds, "seeds", min_value=0)
     check_int(epochs, "epochs", min_value=1)
+    if q4_recorder_every is not None:
+        check_int(q4_recorder_every, "q4_recorder_every", min_value=1)
     schedule = ft._schedule(domain, epochs, max_steps, max_chars, train_kwargs)
-    return [ft._config(domain, r, None, s, schedule) for r in _with_reference(recipes) for s in seeds]
+    return [ft._config(domain, recipe, None, seed, schedule, every)
+            for _, recipe, _, seed, every, _ in _items(domain, recipes, seeds, train_kwargs, q4_recorder_every)]
 
 
-def run_recipes(domain, recipes, seeds, epochs, max_steps=None, max_chars=None, train_kwargs=None, done=()):
+def run_recipes(domain, recipes, seeds, epochs, max_steps=None, max_chars=None, train_kwargs=None, done=(),
+                q4_recorder_every=None):
     """Train (or take from the cache) the runs of :func:`run_configs`; notebook 04's run dicts (``precision`` =
-    the recipe name, ``test`` in table units: accuracy in %, bits per character as is).  Runs in ``done`` with the
-    same recipe, seed and schedule are reused."""
-    run_configs(domain, recipes, seeds, epochs, max_steps, max_chars, train_kwargs)     # the argument checks
-    items = [(domain, r, None, s, None, train_kwargs) for r in _with_reference(recipes) for s in seeds]
+    the recipe name, ``test`` in table units: accuracy in %, bits per character as is; recorded q4 runs also carry
+    ``errors``, the recorder's records).  Runs in ``done`` with the same recipe, seed and schedule are reused
+    (not the q4 runs to be recorded: notebook 04's rule)."""
+    run_configs(domain, recipes, seeds, epochs, max_steps, max_chars, train_kwargs, q4_recorder_every)  # checks
+    items = _items(domain, recipes, seeds, train_kwargs, q4_recorder_every)
     return ft._run_all(items, epochs, max_steps, max_chars, done)
 
 
