@@ -12,10 +12,10 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The same for numpy's OpenBLAS, whose idle workers spin for about 2^28 cycles (~0.1 s) after each float
 # GEMM and so take the core our next 4-bit GEMM's second thread needs: a two-thread INT4 2048^3 GEMM right
-# after a numpy matmul took 43 ms instead of 22 ms (AMD EPYC Zen 4, 2 cores).  4 (2^4 cycles, OpenBLAS's
-# minimum) lets them sleep at once; numpy's own float32 GEMMs of 64-2048 ran at the same speed either way.
-# OpenBLAS reads it when numpy loads, so it only acts where q4core is imported before numpy (the bench and
-# the kernels and workers q4-reproduce starts inherit it).  No result depends on it.
+# after a numpy matmul took 43-46 ms instead of 22-23 ms (AMD EPYC Zen 4, 2 cores; several runs).  4 (2^4
+# cycles, OpenBLAS's minimum) lets them sleep at once; numpy's own float32 GEMMs of 64-2048 ran at the
+# same speed either way.  OpenBLAS reads it when numpy loads, so it only acts where q4core is imported before
+# numpy (the bench; the kernels and workers q4-reproduce starts inherit it).  No result depends on it.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .formats import (  # noqa: F401, E402

@@ -96,7 +96,8 @@ from ._io import check_replaceable, pid_alive, write_atomic
 PROFILES = ("quick", "default", "full")
 KERNEL_NAME = "python3"
 # run in the kernel before the notebook (binds no name in the notebook's namespace)
-KERNEL_EXEC_LINE = "--IPKernelApp.exec_lines=['import q4core._kernel_log as _q4_kernel_log; del _q4_kernel_log']"
+# (traitlets' item form of a list option: one line, appended to the kernel's exec_lines)
+KERNEL_EXEC_LINE = "--IPKernelApp.exec_lines=import q4core._kernel_log as _q4_kernel_log; del _q4_kernel_log"
 NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 REQUIRED_PARAMETERS = ("profile", "seed", "figures_dir")
 _TIMING_KEYS = ("start_time", "end_time", "duration")
@@ -339,7 +340,7 @@ def strip_timing(nb):
 
 
 def _kernel_manager_class():
-    """papermill's kernel manager with two changes.
+    """papermill's kernel manager with three changes.
 
     * No interrupt at shutdown: jupyter_client (>= 8) sends SIGINT to the kernel before asking it to shut down,
       and ipykernel, idle by then, logs ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` after every
@@ -347,7 +348,7 @@ def _kernel_manager_class():
       to interrupt; a real interrupt (not shutting down) still goes through.
     * No traceback from ipykernel's shutdown race: the kernel imports ``q4core._kernel_log`` first, which drops
       the one log record ipykernel 7.x can emit after a finished notebook (a ZMQError ENOTSOCK from a send on a
-      socket closed under it); every other kernel log line still reaches stderr.
+      socket closed under it, once the kernel shuts down); every other kernel log line still reaches stderr.
     * It encrypts the kernel's ZMQ sockets (CurveZMQ) where jupyter_client, pyzmq and the kernelspec support it,
       so ipykernel (>= 7.3) does not warn about plain TCP on every notebook.
     None (papermill's default manager) if jupyter_client is missing."""

@@ -105,3 +105,14 @@ def test_train_cli_options(capsys, monkeypatch):
                      "--seq-len", "4", "--heavy", "--breakdown"]) == 0
     out = capsys.readouterr().out
     assert "where a q4 step's time goes" in out and "char_lstm (batch 2 x 4)" in out and "mlp 3x1024" not in out
+
+
+def test_the_gemm_heavy_workloads_are_the_ones_is_heavy_names():
+    """is_heavy reads the display names _workloads makes: every heavy workload, and no other, must match (a
+    renamed workload would otherwise be held to the lenient built-in target)."""
+    loads = train._workloads(2, list(train.LANGUAGE_MODELS), 2, 4, 0, list(train.HEAVY_WORKLOADS), 2)
+    plain = train._workloads(2, list(train.LANGUAGE_MODELS), 2, 4, 0, [], 2)
+    heavy = [name for name in loads if name not in plain]
+    assert len(heavy) == len(train.HEAVY_WORKLOADS)
+    assert all(train.is_heavy(name) for name in heavy)
+    assert not any(train.is_heavy(name) for name in plain)

@@ -78,6 +78,18 @@ def test_idle_threads_sleep_at_once_unless_the_user_chose(var, default, user_val
     env = {k: v for k, v in os.environ.items() if k != var}
     if user_value is not None:
         env[var] = user_value
-    code = f"import os, q4core.gemm; print(os.environ[{var!r}])"
+    # what the variable holds at the moment numpy (and with it OpenBLAS) is first imported, and after
+    code = f"""
+import builtins, os
+seen = []
+real_import = builtins.__import__
+def spy(name, *args, **kwargs):
+    if name.split(".")[0] == "numpy" and not seen:
+        seen.append(os.environ.get({var!r}))
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+import q4core.gemm
+print(seen[0], os.environ[{var!r}])
+"""
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (user_value or default)
+    assert out.stdout.split() == [user_value or default] * 2
