@@ -329,13 +329,20 @@ def radix_verdicts(study, a="radix2", b="radix4"):
     """Paired accuracy difference ``a - b`` (points) under every rounding both formats have, and the conclusion
     that survives all of them: ``"<a> better"`` / ``"<b> better"`` only if every rounding mode resolves it the same
     way, else ``"not resolved"``.  Returns ``{"by_rounding": {rounding: interval}, "conclusion": str}``."""
+    points = {(c["format"], c["rounding"]): [None if v is None else 100 * v for v in c["accuracy"]]
+              for c in study["cells"]}
+    return verdicts_across_roundings(points, a, b)
+
+
+def verdicts_across_roundings(values, a, b):
+    """:func:`radix_verdicts` on any per-seed quantity where higher is better: ``values`` maps ``(format,
+    rounding)`` to the per-seed values (paired by position; None = a diverged run, dropped pairwise).  Returns
+    ``{"by_rounding": {rounding: interval of a - b}, "conclusion": str}``."""
     from .. import stats
     by = {}
-    cells = {(c["format"], c["rounding"]): c for c in study["cells"]}
     for r in STUDY_ROUNDINGS:
-        if (a, r) in cells and (b, r) in cells:
-            by[r] = stats.paired_difference([100 * v for v in cells[(a, r)]["accuracy"]],
-                                            [100 * v for v in cells[(b, r)]["accuracy"]])
+        if (a, r) in values and (b, r) in values:
+            by[r] = stats.paired_difference(values[(a, r)], values[(b, r)])
     verdicts = {iv["verdict"] for iv in by.values()}
     conclusion = "not resolved"
     if verdicts == {"above"}:
