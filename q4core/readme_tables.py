@@ -280,8 +280,48 @@ def table_blockscaled_ablations(figures_dir):
     return "\n".join(rows)
 
 
+def _seed_mean_sd(values):
+    """Mean and sample SD of the finite per-seed values (None: a diverged run), and how many diverged."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    mean = sum(vals) / len(vals) if vals else None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, sd, len(values) - len(vals)
+
+
+def table_format_study_resnet(figures_dir):
+    data = _load(figures_dir, "03_format_study_resnet")
+    cells = data["cells"]
+    present = {c["rounding"] for c in cells}
+    roundings = [r for r in ("nearest", "log", "stochastic") if r in present] + sorted(
+        present - {"nearest", "log", "stochastic"})
+    formats = list(dict.fromkeys(c["format"] for c in cells))
+    by = {(c["format"], c["rounding"]): c for c in cells}
+    rows = ["| gradient format | " + " | ".join(f"{r}: accuracy %, dL/dX cos, dL/dW cos" for r in roundings) + " |",
+            "|---|" + "---|" * len(roundings)]
+    for f in formats:
+        out = []
+        for r in roundings:
+            c = by.get((f, r))
+            if c is None:
+                out.append("-")
+                continue
+            mean, sd, diverged = _seed_mean_sd(c["accuracy"])
+            acc = _pm(mean, sd, 2) + (f" ({diverged} diverged)" if diverged else "")
+            cos = [_seed_mean_sd([s.get(k) for s in c["fidelity"]])[0] for k in ("dx_cos", "dw_cos")]
+            out.append(acc + ", " + ", ".join("n/a" if v is None else f"{v:.3f}" for v in cos))
+        rows.append(f"| {f} | " + " | ".join(out) + " |")
+    rows.append("")
+    mean, sd, _ = _seed_mean_sd(data["fp32"]["accuracy"])
+    rows.append("The ResNet of notebook 04 (float forward, every layer's output gradient in the format with the "
+                f"per-step max scale onto its own maximum), {data['epochs']} epochs; accuracy mean ± sample SD over "
+                f"seeds {data['seeds']} (float32 gradients: {_pm(mean, sd, 2)}); cosines of the backward GEMM outputs "
+                "to the float ones, averaged over training, over the layers and over the seeds.")
+    return "\n".join(rows)
+
+
 TABLES = {"accuracy": table_accuracy, "ablations": table_ablations, "scaling": table_scaling,
-          "radix": table_radix, "format-study": table_format_study, "gemm": table_gemm,
+          "radix": table_radix, "format-study": table_format_study, "format-study-resnet": table_format_study_resnet,
+          "gemm": table_gemm,
           "train-step": table_train_step, "tpr-resnet": table_tpr_resnet, "blockscaled": table_blockscaled,
           "blockscaled-ablations": table_blockscaled_ablations}
 

@@ -87,3 +87,22 @@ def test_accuracy_table_with_unequal_seed_counts(tmp_path):
     text = readme_tables.render("accuracy", tmp_path)
     assert "(vision: 3, language: 5 seeds)" in text
     assert text.count("| vision |") == 1 and text.count("| language |") == 1
+
+
+def test_format_study_resnet_table_from_figure_json(tmp_path):
+    import json
+
+    from q4core import readme_tables
+
+    def cell(fmt, rounding, acc, dx, dw):
+        return {"format": fmt, "rounding": rounding, "accuracy": acc, "stopped": [None] * len(acc),
+                "fidelity": [{"dx_cos": dx, "dw_cos": dw}] * len(acc), "layers": {}}
+    data = {"seeds": [0, 1, 2], "epochs": 2, "fp32": {"accuracy": [97.0, 97.2, 97.4]},
+            "cells": [cell("radix4", "nearest", [96.0, 96.2, 96.4], 0.95, 0.94),
+                      cell("radix4", "log", [95.0, None, 95.4], 0.96, 0.93),
+                      cell("int4_sym", "nearest", [96.5, 96.5, 96.5], 0.99, 0.98)]}
+    (tmp_path / "03_format_study_resnet.json").write_text(json.dumps({"data": data}))
+    text = readme_tables.render("format-study-resnet", tmp_path)
+    assert "| radix4 | 96.20 ± 0.20, 0.950, 0.940 | 95.20 ± 0.28 (1 diverged), 0.960, 0.930 |" in text
+    assert "| int4_sym | 96.50 ± 0.00, 0.990, 0.980 | - |" in text
+    assert "2 epochs" in text and "seeds [0, 1, 2] (float32 gradients: 97.20 ± 0.20)" in text
