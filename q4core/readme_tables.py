@@ -289,7 +289,7 @@ def _seed_mean_sd(values):
 
 
 def table_format_study_resnet(figures_dir):
-    data = _load(figures_dir, "03_format_study_resnet")
+    data = _load(figures_dir, "03_format_study_resnet")["study"]
     cells = data["cells"]
     present = {c["rounding"] for c in cells}
     roundings = [r for r in ("nearest", "log", "stochastic") if r in present] + sorted(

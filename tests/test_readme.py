@@ -101,7 +101,7 @@ def test_format_study_resnet_table_from_figure_json(tmp_path):
             "cells": [cell("radix4", "nearest", [96.0, 96.2, 96.4], 0.95, 0.94),
                       cell("radix4", "log", [95.0, None, 95.4], 0.96, 0.93),
                       cell("int4_sym", "nearest", [96.5, 96.5, 96.5], 0.99, 0.98)]}
-    (tmp_path / "03_format_study_resnet.json").write_text(json.dumps({"data": data}))
+    (tmp_path / "03_format_study_resnet.json").write_text(json.dumps({"data": {"study": data, "verdicts": {}}}))
     text = readme_tables.render("format-study-resnet", tmp_path)
     assert "| radix4 | 96.20 ± 0.20, 0.950, 0.940 | 95.20 ± 0.28 (1 diverged), 0.960, 0.930 |" in text
     assert "| int4_sym | 96.50 ± 0.00, 0.990, 0.980 | - |" in text
