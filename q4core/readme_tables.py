@@ -145,28 +145,29 @@ def table_radix(figures_dir):
     return "\n".join(rows)
 
 
-def table_format_study(figures_dir):
-    data = _load(figures_dir, "03_format_study")
-    cells = data["cells"]
+def _study_rows(cells, column, cell_text):
+    """The rows of a format-study table: one per gradient format, one column per rounding mode (nearest, log,
+    stochastic first), ``cell_text(cell)`` in each and "-" where the study has no such cell."""
     present = {c["rounding"] for c in cells}
     roundings = [r for r in ("nearest", "log", "stochastic") if r in present] + sorted(
         present - {"nearest", "log", "stochastic"})
-    formats = list(dict.fromkeys(c["format"] for c in cells))
     by = {(c["format"], c["rounding"]): c for c in cells}
-    rows = ["| gradient format | " + " | ".join(f"{r}: accuracy %, dL/dx cos, dL/dW cos" for r in roundings) + " |",
+    rows = ["| gradient format | " + " | ".join(f"{r}: {column}" for r in roundings) + " |",
             "|---|" + "---|" * len(roundings)]
-    for f in formats:
-        out = []
-        for r in roundings:
-            c = by.get((f, r))
-            if c is None:
-                out.append("-")
-                continue
-            fid = c["fidelity"]
-            out.append(f"{_pm(100 * float(c['mean']), 100 * float(c['std']), 2)}, {float(fid['dx_cos']):.3f}, "
-                       f"{float(fid['dw_cos']):.3f}")
+    for f in dict.fromkeys(c["format"] for c in cells):
+        out = [cell_text(by[(f, r)]) if (f, r) in by else "-" for r in roundings]
         rows.append(f"| {f} | " + " | ".join(out) + " |")
-    rows.append("")
+    return rows + [""]
+
+
+def table_format_study(figures_dir):
+    data = _load(figures_dir, "03_format_study")
+
+    def text(c):
+        fid = c["fidelity"]
+        return (f"{_pm(100 * float(c['mean']), 100 * float(c['std']), 2)}, {float(fid['dx_cos']):.3f}, "
+                f"{float(fid['dw_cos']):.3f}")
+    rows = _study_rows(data["cells"], "accuracy %, dL/dx cos, dL/dW cos", text)
     fp32 = _pm(100 * float(data["fp32"]["mean"]), 100 * float(data["fp32"]["std"]), 2)
     rows.append("Every format with the per-step max scale onto its own maximum; accuracy mean ± sample SD over "
                 f"seeds {data['seeds']} (float32 gradients: {fp32}); "
@@ -290,27 +291,13 @@ def _seed_mean_sd(values):
 
 def table_format_study_resnet(figures_dir):
     data = _load(figures_dir, "03_format_study_resnet")["study"]
-    cells = data["cells"]
-    present = {c["rounding"] for c in cells}
-    roundings = [r for r in ("nearest", "log", "stochastic") if r in present] + sorted(
-        present - {"nearest", "log", "stochastic"})
-    formats = list(dict.fromkeys(c["format"] for c in cells))
-    by = {(c["format"], c["rounding"]): c for c in cells}
-    rows = ["| gradient format | " + " | ".join(f"{r}: accuracy %, dL/dX cos, dL/dW cos" for r in roundings) + " |",
-            "|---|" + "---|" * len(roundings)]
-    for f in formats:
-        out = []
-        for r in roundings:
-            c = by.get((f, r))
-            if c is None:
-                out.append("-")
-                continue
-            mean, sd, diverged = _seed_mean_sd(c["accuracy"])
-            acc = _pm(mean, sd, 2) + (f" ({diverged} diverged)" if diverged else "")
-            cos = [_seed_mean_sd([s.get(k) for s in c["fidelity"]])[0] for k in ("dx_cos", "dw_cos")]
-            out.append(acc + ", " + ", ".join("n/a" if v is None else f"{v:.3f}" for v in cos))
-        rows.append(f"| {f} | " + " | ".join(out) + " |")
-    rows.append("")
+
+    def text(c):
+        mean, sd, diverged = _seed_mean_sd(c["accuracy"])
+        acc = _pm(mean, sd, 2) + (f" ({diverged} diverged)" if diverged else "")
+        cos = [_seed_mean_sd([s.get(k) for s in c["fidelity"]])[0] for k in ("dx_cos", "dw_cos")]
+        return acc + ", " + ", ".join("n/a" if v is None else f"{v:.3f}" for v in cos)
+    rows = _study_rows(data["cells"], "accuracy %, dL/dX cos, dL/dW cos", text)
     mean, sd, _ = _seed_mean_sd(data["fp32"]["accuracy"])
     rows.append("The ResNet of notebook 04 (float forward, every layer's output gradient in the format with the "
                 f"per-step max scale onto its own maximum), {data['epochs']} epochs; accuracy mean ± sample SD over "
