@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_int, check_int_list, check_one_of
-from .gradients import FIDELITY_KEYS, STUDY_ROUNDINGS, study_cells, study_recipe, verdicts_across_roundings
-from .tpr_deep import DeepFidelityRecorder, _per_seed
+from .gradients import FIDELITY_KEYS, study_cells, study_recipe, verdicts_across_roundings
+from .tpr_deep import DeepFidelityRecorder, _per_seed, resnet_config
 
 __all__ = ["deep_format_study", "deep_radix_verdicts", "VERDICT_KEYS"]
 
@@ -43,21 +43,9 @@ def _check_cells(cells):
     return out
 
 
-def _config(recipe, seed, epochs, max_steps, recorder=None):
-    from ..runs import RunConfig
-    from .full_training import DOMAINS
-    spec = DOMAINS["vision"]
-    return RunConfig(task=spec["task"], model=spec["model"], recipe=recipe, seed=int(seed), epochs=int(epochs),
-                     max_steps=max_steps, recorder=recorder)
-
-
 def _percent(result):
     acc = result.get("test_accuracy")
     return None if acc is None or acc != acc else 100.0 * float(acc)
-
-
-def _finite_or_none(value):
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _network_fidelity(layers):
@@ -93,8 +81,8 @@ def deep_format_study(seeds, epochs=2, max_steps=None, record_every=20, cells=No
     check_int(record_every, "record_every", min_value=1)
     cells = study_cells() if cells is None else _check_cells(cells)
     recorder = DeepFidelityRecorder.spec(int(record_every))
-    configs = [_config(study_recipe(f, r), s, epochs, max_steps, recorder) for f, r in cells for s in seeds]
-    configs += [_config("fp32", s, epochs, max_steps) for s in seeds]
+    configs = [resnet_config(study_recipe(f, r), s, epochs, max_steps, recorder) for f, r in cells for s in seeds]
+    configs += [resnet_config("fp32", s, epochs, max_steps) for s in seeds]
     results = iter(runs.map(configs))        # one map: the executor runs them side by side
     out_cells = []
     for f, r in cells:
@@ -136,4 +124,4 @@ def deep_radix_verdicts(study, a="radix2", b="radix4", key="accuracy"):
     return {**verdicts_across_roundings(values, a, b), "key": key}
 
 
-assert set(VERDICT_KEYS[1:]) <= set(FIDELITY_KEYS) and STUDY_ROUNDINGS
+assert set(VERDICT_KEYS[1:]) <= set(FIDELITY_KEYS)     # the fidelity keys the verdicts read are recorded

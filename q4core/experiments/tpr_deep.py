@@ -37,7 +37,7 @@ from .common import StepRecorder
 from .gradients import FIDELITY_KEYS, GradientFidelityRecorder, backward_fidelity
 
 __all__ = ["BatchNormBiasRecorder", "DeepFidelityRecorder", "TPRRecorder", "bn_bias", "batch_statistics",
-           "TPR_RECIPES", "tpr_study", "summarise_study", "BN_KEYS", "GEMM_KEYS"]
+           "TPR_RECIPES", "tpr_study", "summarise_study", "resnet_config", "BN_KEYS", "GEMM_KEYS"]
 
 #: label -> q4core.recipe ablation of q4 (None: the full recipe, with TPR)
 TPR_RECIPES = {"with TPR": None, "without TPR": "no-tpr"}
@@ -148,13 +148,20 @@ class TPRRecorder(BatchNormBiasRecorder):
         self.records.extend(fidelity.records)
 
 
-def _config(label, seed, epochs, max_steps, every, batch):
+def resnet_config(recipe, seed, epochs, max_steps, recorder=None, ablation=None):
+    """A cached run (:class:`q4core.runs.RunConfig`) of the ResNet of notebook 04's vision domain under ``recipe``
+    (a name or a recipe dict) and ``ablation``, recorded by ``recorder`` (a recorder spec, or None)."""
     from ..runs import RunConfig
     from .full_training import DOMAINS
     spec = DOMAINS["vision"]
-    return RunConfig(task=spec["task"], model=spec["model"], recipe="q4", ablation=TPR_RECIPES[label],
-                     seed=int(seed), epochs=int(epochs), max_steps=max_steps,
-                     recorder=TPRRecorder.spec(every, spec["task"], int(seed), batch))
+    return RunConfig(task=spec["task"], model=spec["model"], recipe=recipe, ablation=ablation, seed=int(seed),
+                     epochs=int(epochs), max_steps=max_steps, recorder=recorder)
+
+
+def _config(label, seed, epochs, max_steps, every, batch):
+    from .full_training import DOMAINS
+    recorder = TPRRecorder.spec(every, DOMAINS["vision"]["task"], int(seed), batch)
+    return resnet_config("q4", seed, epochs, max_steps, recorder, ablation=TPR_RECIPES[label])
 
 
 def tpr_study(seeds, epochs=2, max_steps=None, record_every=10, batch=256):
