@@ -478,6 +478,10 @@ def test_kernel_log_filter_drops_only_the_enotsock_race_during_shutdown(logger_n
     logger = logging.getLogger(logger_name)
     handler = Keep()
     before = list(logger.filters)
+    # a Dask LocalCluster earlier in the session sets tornado's loggers to CRITICAL: the records must reach us
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
     logger.addHandler(handler)
     try:
         _kernel_log.install()
@@ -494,6 +498,8 @@ def test_kernel_log_filter_drops_only_the_enotsock_race_during_shutdown(logger_n
     finally:
         logger.removeHandler(handler)
         logger.filters[:] = before
+        logger.setLevel(level)
+        logger.disabled = disabled
     kept = [(type(r.exc_info[1]).__name__, r.exc_info[1].errno if isinstance(r.exc_info[1], zmq.ZMQError) else None)
             if r.exc_info else None for r in seen]
     running = [("ZMQError", errno.ENOTSOCK), ("ZMQError", errno.EAGAIN), ("ValueError", None), None]
