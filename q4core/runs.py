@@ -4,11 +4,13 @@ A run (:class:`RunConfig`) is one :func:`q4core.train.train` call without callba
 canonical JSON of: the task name and a sha256 of the data it trains on (the arrays as loaded), the resolved
 recipe (:meth:`q4core.recipe.Recipe.to_dict`, without ``threads``), every other training keyword (model,
 epochs, schedule, ...), the seed, the **numerics version** (:func:`numerics_version`: a sha256 of the package
-sources that can change a run's numbers - formats, quantizers, kernels, layers, recipes, trainer, tasks, data
-loaders - read from the package files, not from git, so a README edit invalidates nothing) and the numpy version.
-Its **key** is the sha256 of that JSON.  Kernel thread counts are not part of the identity: the integer kernels,
-OpenBLAS float32 GEMMs and the float16 path give the same numbers for any thread count (tests/test_runs.py
-checks 1 against 2 threads).
+sources that define a run's numbers - formats, quantizers and their numpy references, GEMM wrappers, layers,
+recipes, trainer, tasks, data loaders - read from the package files, not from git, so a README edit invalidates
+nothing) and the numpy version.  Its **key** is the sha256 of that JSON.  The compiled kernels (Cython and C) are
+implementations held bit for bit to those references by the tests, so, like the ISA kernel a machine picks, they
+are not in the identity: each entry records the :func:`implementation_version` that computed it.  Kernel thread
+counts are not part of the identity either: the integer kernels, OpenBLAS float32 GEMMs and the float16 path give
+the same numbers for any thread count (tests/test_runs.py checks 1 against 2 threads).
 
 **Cache** (:class:`RunCache`): one JSON file per key, ``<folder>/<key[:2]>/<key>.json`` holding the identity,
 the result (history and metrics: what ``train`` returns, numpy scalars as Python numbers, NaN written as
@@ -64,21 +66,29 @@ import numpy as np
 from ._io import write_atomic
 
 __all__ = ["RunConfig", "RunCache", "RunsFailed", "MissingDaskError", "Serial", "Processes", "Dask",
-           "numerics_version", "identity", "run_key", "execute", "map", "default_cache", "default_executor",
-           "executor_from_spec", "close_executors", "TIMING_KEYS", "numbers_of", "main"]
+           "numerics_version", "implementation_version", "identity", "run_key", "execute", "map", "default_cache",
+           "default_executor", "executor_from_spec", "close_executors", "TIMING_KEYS", "numbers_of", "main"]
 
 #: bump when the layout of a cache entry or of a normalised result changes
 RESULT_FORMAT = 1
-#: package files whose content can change a run's numbers (globs relative to the q4core package folder)
+#: package files that define a run's numbers (globs relative to the q4core package folder): the Python engine -
+#: formats, quantizers and their numpy references, the GEMM wrappers and their int64 reference, scaling, layers,
+#: recipes, trainer, tasks, data loaders
 NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py", "tasks.py", "data.py",
-                    "_quant.pyx", "_gemm.pyx", "src/*.h", "src/*.c", "nn/*.py", "recipe/*.py")
+                    "nn/*.py", "recipe/*.py")
+#: the compiled implementations of those numbers: Cython modules and C kernels.  They are not part of a run's
+#: identity - a faster kernel gives the same bits, just as the ISA kernel a machine picks (AMX, VNNI, AVX2,
+#: portable) never was part of it - because every one is held bit for bit to its numpy reference by the tests
+#: (test_gemm, test_quant, test_fused_operands, test_bsgemm, test_fuzz, integer == simulated training), and end
+#: to end by recomputing committed runs (:func:`verify`, run by the test suite).  Each cache entry records the
+#: implementation that computed it (:func:`implementation_version`, outside the key) as provenance.
+IMPLEMENTATION_SOURCES = ("_quant.pyx", "_gemm.pyx", "_bsencode.pyx", "_bsgemm.pyx", "src/*.h", "src/*.c")
 #: sources that change the numbers of some runs only: (file, recipe field, value or tuple of values; a dotted field
 #: looks into an operand role) - hashed into those runs' identities (simulated FP16 accumulation is used by
 #: accumulator="fp16" recipes alone, the block-scaled formats and layers by the mxfp4 / nvfp4 recipes)
 _BLOCK = ("mxfp4", "nvfp4")
 CONDITIONAL_SOURCES = (("accumulate.py", "accumulator", "fp16"), ("blockscaled.py", "weight.format", _BLOCK),
-                       ("blockscaled_encode.py", "weight.format", _BLOCK), ("_bsencode.pyx", "weight.format", _BLOCK),
-                       ("bsgemm.py", "weight.format", _BLOCK), ("_bsgemm.pyx", "weight.format", _BLOCK))
+                       ("blockscaled_encode.py", "weight.format", _BLOCK), ("bsgemm.py", "weight.format", _BLOCK))
 #: result keys that are measurements of time, not numbers of the run (left out by :func:`numbers_of`)
 TIMING_KEYS = ("wall_seconds", "epoch_seconds")
 #: train() keywords a cached run cannot take (callbacks and side effects)
@@ -102,20 +112,32 @@ class MissingDaskError(ImportError):
 
 
 # ---------------------------------------------------------------------------------------------- identity
-@functools.lru_cache(maxsize=None)
-def numerics_version(package=None):
-    """sha256 of the package sources that can change a run's numbers (:data:`NUMERICS_SOURCES`), each file
-    hashed with its path relative to the package, in sorted order.  ``package``: the q4core folder (this one
-    by default)."""
-    package = _PACKAGE if package is None else Path(package)
+def sources_hash(package, patterns, what="numerics"):
+    """sha256 of the files of ``package`` matching ``patterns`` (globs), each hashed with its path relative to
+    the package, in sorted order."""
+    package = Path(package)
     h = hashlib.sha256()
-    files = sorted({p for pattern in NUMERICS_SOURCES for p in package.glob(pattern) if p.is_file()})
+    files = sorted({p for pattern in patterns for p in package.glob(pattern) if p.is_file()})
     if not files:
-        raise RuntimeError(f"no numerics sources found under {package}")
+        raise RuntimeError(f"no {what} sources found under {package}")
     for path in files:
         h.update(path.relative_to(package).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def numerics_version(package=None):
+    """sha256 of the package sources that define a run's numbers (:data:`NUMERICS_SOURCES`).  ``package``: the
+    q4core folder (this one by default)."""
+    return sources_hash(_PACKAGE if package is None else package, NUMERICS_SOURCES)
+
+
+@functools.lru_cache(maxsize=None)
+def implementation_version(package=None):
+    """sha256 of the compiled implementation's sources (:data:`IMPLEMENTATION_SOURCES`): recorded in each cache
+    entry as provenance, not part of its key."""
+    return sources_hash(_PACKAGE if package is None else package, IMPLEMENTATION_SOURCES, "implementation")
 
 
 def _plain(obj):
@@ -567,7 +589,8 @@ class RunCache:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"format": RESULT_FORMAT, "key": key, "identity": identity, "source": source,
-                 "sha256": _sha256_text(_canonical(result)), "result": result}
+                 "implementation": implementation_version(), "sha256": _sha256_text(_canonical(result)),
+                 "result": result}
         text = json.dumps(_plain(entry), sort_keys=True, indent=1, allow_nan=True)
 
         def write(tmp):
@@ -683,17 +706,20 @@ def cache_info(cache=None, labels=None, out=None):
     for what, folder in (("cache", cache.folder), ("committed results", cache.results)):
         paths = [p for p in (cache.entries(folder) if what == "cache" else sorted(folder.glob("*/*.json"))
                              if folder.is_dir() else []) if p.parent.name != "requests"]
-        fresh = stale = bad = 0
+        fresh = stale = bad = other_impl = 0
         for p in paths:
             try:
-                numerics = json.loads(p.read_text())["identity"]["numerics"]
+                entry = json.loads(p.read_text())
+                numerics = entry["identity"]["numerics"]
             except (OSError, ValueError, KeyError, TypeError):
                 bad += 1
                 continue
             fresh += numerics == current
             stale += numerics != current
-        print(f"{what} {folder}: {fresh} run(s) of the current numerics {current[:12]}, {stale} of older numerics "
-              f"(never reused){f', {bad} unreadable' if bad else ''}", file=out)
+            other_impl += numerics == current and entry.get("implementation") != implementation_version()
+        by = f" ({other_impl} computed by other compiled kernels)" if other_impl else ""
+        print(f"{what} {folder}: {fresh} run(s) of the current numerics {current[:12]}{by}, {stale} of older "
+              f"numerics (never reused){f', {bad} unreadable' if bad else ''}", file=out)
     logs = sorted((cache.folder / "requests").glob("*.json")) if (cache.folder / "requests").is_dir() else []
     wanted = None if labels is None else {str(label).replace("/", "--") for label in labels}
     shown = set()
@@ -779,10 +805,11 @@ def _config_from_entry(entry):
                      seed=ident["seed"], source=source, **kw)
 
 
-def verify(sample, seed, max_seconds=None, results=None, out=None):
+def verify(sample, seed, max_seconds=None, results=None, out=None, where=None):
     """Recompute ``sample`` committed runs of the current numerics, chosen with ``random.Random(seed)``, and
     compare their numbers (:func:`numbers_of`) bit for bit.  Returns ``(checked, mismatches, skipped)``;
-    stops choosing new runs once ``max_seconds`` have passed."""
+    stops choosing new runs once ``max_seconds`` have passed.  ``where``: a predicate on an entry (the parsed
+    JSON) choosing among the valid entries only."""
     out = out if out is not None else sys.stdout
     cache = RunCache(results=results, read=False, write=False)
     current = numerics_version()
@@ -794,7 +821,8 @@ def verify(sample, seed, max_seconds=None, results=None, out=None):
             candidates.append((path, None, None))
             continue
         entry = json.loads(path.read_text())
-        if entry["identity"]["numerics"] == current and entry["identity"]["numpy"] == np.__version__:
+        if entry["identity"]["numerics"] == current and entry["identity"]["numpy"] == np.__version__ and \
+                (where is None or where(entry)):
             candidates.append((path, entry, result))
     chosen = random.Random(seed).sample(candidates, min(int(sample), len(candidates)))
     t0, checked, mismatches, skipped = time.perf_counter(), 0, [], 0
@@ -818,8 +846,11 @@ def verify(sample, seed, max_seconds=None, results=None, out=None):
         fresh = execute(config)
         same = _canonical(numbers_of(fresh)) == _canonical(numbers_of(result))
         checked += 1
+        made_by = entry.get("implementation")
+        by = "" if made_by == implementation_version() else \
+            f" (computed by implementation {str(made_by)[:12]}, checked with {implementation_version()[:12]})"
         print(f"{path.name[:16]} {ident['task']} {ident['recipe'].get('name')} seed {ident['seed']}: "
-              f"{'identical' if same else 'DIFFERENT'}", file=out)
+              f"{'identical' if same else 'DIFFERENT'}{by}", file=out)
         if not same:
             mismatches.append(path)
     return checked, mismatches, skipped

@@ -80,12 +80,29 @@ def test_numerics_version_follows_numeric_sources_only(tmp_path):
     (pkg / "plotting.py").write_text((pkg / "plotting.py").read_text() + "\n# a comment\n")
     (tmp_path / "README.md").write_text("an edit")
     assert runs.numerics_version(pkg) == before
-    for source in ("gemm.py", "nn/qgemm.py", "src/gemm_portable.h", "recipe/registry.py"):
+    impl = runs.implementation_version(pkg)
+    assert impl == runs.implementation_version(ROOT / "q4core")
+    for source in ("gemm.py", "nn/qgemm.py", "recipe/registry.py", "quant.py", "src/gemm_portable.h",
+                   "src/quant_kernels.h", "_gemm.pyx", "_quant.pyx"):
         copy = tmp_path / f"copy-{source.replace('/', '-')}" / "q4core"
         shutil.copytree(pkg, copy)
         (copy / source).write_text((copy / source).read_text() + "\n/* x */\n" if source.endswith(".h")
                                    else (copy / source).read_text() + "\n# x\n")
-        assert runs.numerics_version(copy) != before, source
+        compiled = source.startswith("src/") or source.endswith(".pyx")
+        # the Python engine defines the numbers; a compiled kernel is an implementation held bit for bit to it
+        # by the tests, recorded as provenance, not part of a run's identity
+        assert (runs.numerics_version(copy) == before) == compiled, source
+        assert (runs.implementation_version(copy) != impl) == compiled, source
+
+
+def test_every_compiled_source_is_an_implementation_source():
+    """A new Cython module or C header is covered by the implementation version (and so by provenance)."""
+    pkg = ROOT / "q4core"
+    compiled = {p for p in pkg.glob("*.pyx")} | {p for p in (pkg / "src").iterdir() if p.suffix in (".h", ".c")}
+    covered = {p for pattern in runs.IMPLEMENTATION_SOURCES for p in pkg.glob(pattern)}
+    assert compiled and compiled <= covered, sorted(str(p) for p in compiled - covered)
+    numerics = {p for pattern in runs.NUMERICS_SOURCES for p in pkg.glob(pattern)}
+    assert not numerics & covered
 
 
 def test_a_cached_run_cannot_take_a_callback(digits):
@@ -355,6 +372,23 @@ def test_committed_results_recompute_bit_for_bit():
         warnings.simplefilter("error", RuntimeWarning)
         checked, mismatches, _ = runs.verify(sample=2, seed=seed, max_seconds=60)
     assert checked >= 1 and mismatches == [], f"python -m q4core.runs verify --sample 2 --seed {seed}"
+
+
+def _integer_q4_run(entry):
+    """A committed run of the 4-bit integer path (INT4 forward, FP4 gradients: every compiled GEMM and quantizer
+    kernel of the default recipe) on the small digits task."""
+    ident = entry["identity"]
+    return ident["task"] == "digits" and ident["recipe"]["name"] == "q4" and not ident["recipe"]["simulate"]
+
+
+def test_the_compiled_kernels_recompute_a_committed_integer_run_bit_for_bit():
+    """The compiled kernels are not in a run's identity (runs.IMPLEMENTATION_SOURCES): besides their bit-for-bit
+    tests, one committed 4-bit integer run recomputed on this machine's kernel must give its committed numbers."""
+    pool = [p for p in sorted(runs.RunCache().results.glob("*/*.json")) if _integer_q4_run(json.loads(p.read_text()))]
+    if runs.committed_runs_of_current_numerics() == 0 or not pool:
+        pytest.skip("results/ holds no committed 4-bit integer digits run of the current numerics")
+    checked, mismatches, _ = runs.verify(sample=1, seed=0, out=open("/dev/null", "w"), where=_integer_q4_run)
+    assert checked == 1 and mismatches == []
 
 
 # ---------------------------------------------------------------------------------------------- cache info
