@@ -141,6 +141,27 @@ def seed_intervals(ax, groups, *, colors=None, reference=None, reference_label=N
     return out
 
 
+def seed_points(ax, x, values, color, *, floor=None):
+    """At ``x``: one open circle per seed (``None`` and NaN left out) and a diamond at their mean with its 95%
+    Student-t interval (:func:`q4core.stats.paired_interval`; a bare diamond when the interval is unbounded: one
+    value, or all equal).  ``floor``: values below it are drawn at it and the interval is cut there (a log axis).
+    Returns the interval dict.  The many-groups-per-axis twin of :func:`seed_intervals` (format x rounding
+    studies)."""
+    from . import stats
+    vals = [float(v) for v in values if v is not None and v == v]
+    if floor is not None:
+        vals = [max(v, floor) for v in vals]
+    ax.plot(np.full(len(vals), x), vals, "o", ms=2.5, mfc="none", mec=color, mew=0.7)
+    iv = stats.paired_interval(vals)
+    if iv["n"] > 1 and np.isfinite(iv["low"]):
+        low = iv["low"] if floor is None else max(iv["low"], floor)
+        ax.errorbar(x, iv["mean"], yerr=[[iv["mean"] - low], [iv["high"] - iv["mean"]]], fmt="D", ms=3,
+                    color=color, capsize=1.5, lw=0.8)
+    elif iv["mean"] is not None:
+        ax.plot(x, iv["mean"], "D", ms=3, color=color)
+    return iv
+
+
 def _jsonable(value):
     """numpy scalars/arrays and tuples -> plain JSON types; non-finite floats -> strings ('inf', 'nan')."""
     if isinstance(value, dict):

@@ -164,3 +164,23 @@ def test_seed_intervals_draws_dots_means_and_intervals():
     fig2, ax2 = plotting.new_figure()
     plotting.seed_intervals(ax2, {"long label": [1.0, 2.0]}, horizontal=True, ylabel="gap (points)")
     assert ax2.get_xlabel() == "gap (points)"
+
+
+def test_seed_points_draws_seeds_a_mean_and_its_interval_cut_at_the_floor():
+    fig, ax = plotting.new_figure()
+    iv = plotting.seed_points(ax, 1.0, [1.0, None, 2.0, float("nan"), 3.0], "C0")
+    assert iv["n"] == 3 and iv["mean"] == 2.0 and iv["low"] < 1.0
+    circles, diamond = ax.lines[0], ax.containers[0]
+    assert list(circles.get_ydata()) == [1.0, 2.0, 3.0] and list(circles.get_xdata()) == [1.0, 1.0, 1.0]
+    low_cap = min(line.get_ydata()[0] for line in diamond.lines[1])
+    assert low_cap == pytest.approx(iv["low"])
+    # a log-axis floor: values and the interval's bottom are drawn at it
+    fig2, ax2 = plotting.new_figure()
+    iv2 = plotting.seed_points(ax2, 0.0, [1e-9, 1e-3, 2e-3], "C1", floor=1e-6)
+    assert min(ax2.lines[0].get_ydata()) == 1e-6 and iv2["low"] < 1e-6
+    assert min(line.get_ydata()[0] for line in ax2.containers[0].lines[1]) == pytest.approx(1e-6)
+    # one value, or all equal: a bare diamond, no bar
+    fig3, ax3 = plotting.new_figure()
+    for x, vals in ((0.0, [5.0]), (1.0, [4.0, 4.0])):
+        plotting.seed_points(ax3, x, vals, "C2")
+    assert not ax3.containers and [list(line.get_marker() for line in ax3.lines)] == [["o", "D", "o", "D"]]
