@@ -60,6 +60,9 @@ def test_breakdown_counts_the_integer_gemms_of_each_workload():
         assert r["calls"]["operand making"] > 0 and r["step_seconds"] > 0
         # every integer GEMM result is rescaled (the fused engine's rescale is counted too)
         assert r["calls"]["int32 rescale"] == r["calls"]["integer GEMM"]
+        # the fp16 first and last layers' three products each (the engine also forms the first layer's dL/dx,
+        # which no one reads), float GEMMs timed apart from the integer ones
+        assert r["calls"]["float GEMM"] == 6, r["model"]
     text = "\n".join(report.breakdown_lines(result))
     assert "integer GEMM" in text and "residual cnn 32x32 (batch 2)" in text
 
@@ -87,7 +90,11 @@ def test_nested_wrapped_calls_count_once():
     inner = clock.wrap("operand making", lambda: 1)
     outer = clock.wrap("integer GEMM", lambda: inner() + 1)
     assert outer() == 2 and inner() == 1
-    assert clock.calls == {"integer GEMM": 1, "operand making": 1, "int32 rescale": 0}
+    assert clock.calls == {"integer GEMM": 1, "operand making": 1, "int32 rescale": 0, "float GEMM": 0}
+    # a call outside its predicate passes through uncounted, and the calls inside it are still timed
+    gated = clock.wrap("float GEMM", lambda kind: inner() + (kind == "float"), when=lambda kind: kind == "float")
+    assert gated("int") == 1 and gated("float") == 2
+    assert clock.calls["float GEMM"] == 1 and clock.calls["operand making"] == 2
 
 
 def test_train_cli_options(capsys, monkeypatch):

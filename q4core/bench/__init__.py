@@ -8,7 +8,7 @@ Every measurement is a plain function returning plain dicts and lists - no print
   small C probe built at bench time); :mod:`.peers` - ONNX Runtime's MLAS integer GEMMs, timed next to ours;
 * :mod:`.quantize` - compiled INT4 / radix-4 FP4 encode+pack throughput against the numpy chain;
 * :mod:`.train` - one training step under fp32, q4 and simulated q4, GEMM-heavy workloads, and where a q4
-  step's time goes (integer GEMMs, operand making, rescale, the rest);
+  step's time goes (integer GEMMs, operand making, rescale, float GEMMs, the rest);
 * :mod:`.layer` - the per-call cost of a quantized Linear layer's forward and backward beyond its integer
   GEMMs (issue 12's 30 us at 64x64x64);
 * :mod:`.memory` - bytes per stored value, per parameter and per activation, counted on real arrays;

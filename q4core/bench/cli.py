@@ -145,7 +145,7 @@ def _train(argv):
     p.add_argument("--heavy-batch", type=int, default=256, help="rows of the mlp1024 batch (default 256)")
     p.add_argument("--breakdown", action="store_true",
                    help="after the timed runs, instrumented q4 steps: fraction of the step in the integer GEMMs, "
-                        "operand making, the int32 rescale and the rest")
+                        "operand making, the int32 rescale, the float GEMMs (fp16 layers) and the rest")
     args = p.parse_args(argv)
     common = {"threads": args.threads, "batch": args.batch, "language_models": args.lm, "lm_batch": args.lm_batch,
               "seq_len": args.seq_len, "first_last": args.first_last, "heavy": args.heavy,

@@ -17,9 +17,9 @@ training's (:data:`HEAVY_WORKLOADS`, opt-in with ``heavy=``; the CLI times them 
   identical losses.
 * :func:`summarize_train` - per model the three times and the ratios the targets speak of.
 * :func:`step_breakdown` - where a q4 step's time goes: the integer GEMMs, operand making (scales, quantize,
-  encode, pack), the rescale of the int32 results, and the rest.  Measured in runs of its own, with the
-  engine's calls wrapped by timers (:func:`instrumented`); the timed runs of :func:`train_step_times` are
-  never instrumented.
+  encode, pack), the rescale of the int32 results, the float GEMMs of the fp16 first and last layers, and the
+  rest.  Measured in runs of its own, with the engine's calls wrapped by timers (:func:`instrumented`); the
+  timed runs of :func:`train_step_times` are never instrumented.
 
 Targets (issue 4, :data:`TARGETS`): the q4 integer step at most 1.5x the fp32 step, and at least 3x faster
 than the simulated q4 step.  Nothing here prints: ``python -m q4core.bench train`` (:mod:`q4core.bench.cli`;
@@ -208,7 +208,12 @@ BREAKDOWN_PARTS = {
                        ("q4core.quant", "sawb_clip_unchecked"), ("q4core.quant", "minmax_unchecked"),
                        ("q4core.quant", "encode_gradient_unchecked")),
     "int32 rescale": (("q4core.nn.qgemm", "_rescale"), ("q4core.quant", "rescale_unchecked")),
+    # the layers' products of float operands: the fp16 first and last layers of the q4 recipe (float32 BLAS on
+    # float16-rounded values) - work the fp32 step has too, which bounds how far below it a q4 step can go
+    "float GEMM": (("q4core.nn.qgemm", "QuantGemm._product"),),
 }
+#: wrapped calls timed only when the predicate holds (the others pass through, their inner calls still timed)
+_ONLY_WHEN = {"QuantGemm._product": lambda self, which, *args, **kwargs: self.strategy[which] == "float"}
 
 
 class _Clock:
@@ -220,9 +225,9 @@ class _Clock:
         self.calls = dict.fromkeys(BREAKDOWN_PARTS, 0)
         self.depth = 0
 
-    def wrap(self, part, fn):
+    def wrap(self, part, fn, when=None):
         def timed(*args, **kwargs):
-            if self.depth:
+            if self.depth or (when is not None and not when(*args, **kwargs)):
                 return fn(*args, **kwargs)
             self.depth += 1
             t0 = time.perf_counter()
@@ -243,16 +248,19 @@ def instrumented():
     clock, saved = _Clock(), []
     try:
         for part, targets in BREAKDOWN_PARTS.items():
-            for module_name, attr in targets:
-                module = importlib.import_module(module_name)
-                if hasattr(module, attr):
-                    fn = getattr(module, attr)
-                    saved.append((module, attr, fn))
-                    setattr(module, attr, clock.wrap(part, fn))
+            for module_name, dotted in targets:
+                owner = importlib.import_module(module_name)
+                *path, attr = dotted.split(".")
+                for name in path:          # a method: "Class.method"
+                    owner = getattr(owner, name)
+                if hasattr(owner, attr):
+                    fn = getattr(owner, attr)
+                    saved.append((owner, attr, fn))
+                    setattr(owner, attr, clock.wrap(part, fn, _ONLY_WHEN.get(dotted)))
         yield clock
     finally:
-        for module, attr, fn in reversed(saved):
-            setattr(module, attr, fn)
+        for owner, attr, fn in reversed(saved):
+            setattr(owner, attr, fn)
 
 
 def step_breakdown(repeat=5, threads=1, batch=64, language_models=LANGUAGE_MODELS, lm_batch=32, seq_len=64,
@@ -263,8 +271,8 @@ def step_breakdown(repeat=5, threads=1, batch=64, language_models=LANGUAGE_MODEL
     Returns ``{"records": [{"model", "step_seconds" (median instrumented step), "fractions": {part: fraction
     of the summed step time}, "calls": {part: calls per step}}], "parts": [...], "repeat", "threads",
     "first_last", "note"}`` with the parts of :data:`BREAKDOWN_PARTS` and ``"rest"`` (everything else:
-    im2col, activations, normalisation, loss, optimizer, Python).  The timers add a little to every wrapped
-    call; these runs are not the timed ones.
+    im2col, activations, normalisation, attention's own products, loss, optimizer, Python).  The timers add a
+    little to every wrapped call; these runs are not the timed ones.
     """
     repeat, threads, batch, lm_batch, seq_len, heavy_batch = _check_common(
         repeat, threads, batch, language_models, lm_batch, seq_len, first_last, heavy_batch)
