@@ -123,3 +123,20 @@ def test_the_gemm_heavy_workloads_are_the_ones_is_heavy_names():
     assert len(heavy) == len(train.HEAVY_WORKLOADS)
     assert all(train.is_heavy(name) for name in heavy)
     assert not any(train.is_heavy(name) for name in plain)
+
+
+def test_patched_puts_every_original_back_also_when_a_later_replacement_fails():
+    from q4core.bench._timing import patched
+
+    class Owner:
+        a, b = 1, 2
+
+    def broken(_):
+        raise RuntimeError("no wrapper")
+    with pytest.raises(RuntimeError, match="no wrapper"), patched([(Owner, "a", lambda v: v + 10),
+                                                                   (Owner, "b", broken)]):
+        pass
+    assert (Owner.a, Owner.b) == (1, 2)
+    with patched([(Owner, "a", lambda v: v + 10)]):
+        assert Owner.a == 11
+    assert Owner.a == 1

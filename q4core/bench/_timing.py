@@ -1,4 +1,5 @@
 """Shared helpers of the benchmarks: medians of repeated wall-clock runs, thread limits, argument checks."""
+import contextlib
 import numbers
 import statistics
 import time
@@ -54,3 +55,21 @@ def positive_ints(values, name):
 def positive_int(value, name):
     """One positive int (see :func:`positive_ints`)."""
     return positive_ints(value, name)[0]
+
+
+@contextlib.contextmanager
+def patched(replacements):
+    """Within the block, ``setattr(owner, attr, make(original))`` for each ``(owner, attr, make)`` of
+    ``replacements`` (an iterable, consumed as the block starts); every original is put back on exit, also when
+    the block raises or a later ``make`` fails.  The benchmarks wrap the engine's entry points with it (the
+    engine looks them up as attributes at each call, so the wrapper sees every call)."""
+    saved = []
+    try:
+        for owner, attr, make in replacements:
+            original = getattr(owner, attr)
+            saved.append((owner, attr, original))
+            setattr(owner, attr, make(original))
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)

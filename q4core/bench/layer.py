@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from ._timing import positive_int, positive_ints, thread_limit
+from ._timing import patched, positive_int, positive_ints, thread_limit
 
 __all__ = ["OVERHEAD_TARGET_US", "TARGET_SIZE", "DEFAULT_SIZES", "ENGINE_GEMMS", "measure_layer",
            "overhead_verdict"]
@@ -65,7 +65,7 @@ def _captured_gemm_calls():
     ``(product, copies of its two operands)``; the originals are restored on exit.  (The engine looks the
     entry points up as attributes of :mod:`q4core.gemm` at each call, so wrapping the attribute sees them.)"""
     from .. import gemm
-    calls, saved = [], []
+    calls = []
 
     def wrap(product, fn):
         def recorded(a, b, threads=None):
@@ -73,14 +73,9 @@ def _captured_gemm_calls():
             calls.append((product, np.array(a, copy=True), np.array(b_values, copy=True)))
             return fn(a, b, threads=threads)
         return recorded
-    try:
-        for product, (entry, _) in ENGINE_GEMMS.items():
-            saved.append((entry, getattr(gemm, entry)))
-            setattr(gemm, entry, wrap(product, saved[-1][1]))
+    with patched((gemm, entry, lambda fn, product=product: wrap(product, fn))
+                 for product, (entry, _) in ENGINE_GEMMS.items()):
         yield calls
-    finally:
-        for entry, fn in saved:
-            setattr(gemm, entry, fn)
 
 
 def _layer(n, recipe, seed):

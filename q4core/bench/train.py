@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from ._timing import positive_int, thread_limit
+from ._timing import patched, positive_int, thread_limit
 
 __all__ = ["LANGUAGE_MODELS", "HEAVY_WORKLOADS", "PRECISIONS", "TARGETS", "ISSUE12_TARGETS", "BREAKDOWN_PARTS",
            "train_step_times", "summarize_train", "step_breakdown", "instrumented", "is_heavy"]
@@ -245,22 +245,20 @@ class _Clock:
 def instrumented():
     """Within the block, the engine's calls listed in :data:`BREAKDOWN_PARTS` are timed; yields the
     :class:`_Clock` (``seconds`` and ``calls`` per part).  The originals are restored on exit."""
-    clock, saved = _Clock(), []
-    try:
-        for part, targets in BREAKDOWN_PARTS.items():
-            for module_name, dotted in targets:
+    clock = _Clock()
+
+    def targets():
+        for part, entries in BREAKDOWN_PARTS.items():
+            for module_name, dotted in entries:
                 owner = importlib.import_module(module_name)
                 *path, attr = dotted.split(".")
                 for name in path:          # a method: "Class.method"
                     owner = getattr(owner, name)
                 if hasattr(owner, attr):
-                    fn = getattr(owner, attr)
-                    saved.append((owner, attr, fn))
-                    setattr(owner, attr, clock.wrap(part, fn, _ONLY_WHEN.get(dotted)))
+                    when = _ONLY_WHEN.get(dotted)
+                    yield owner, attr, lambda fn, part=part, when=when: clock.wrap(part, fn, when)
+    with patched(targets()):
         yield clock
-    finally:
-        for owner, attr, fn in reversed(saved):
-            setattr(owner, attr, fn)
 
 
 def step_breakdown(repeat=5, threads=1, batch=64, language_models=LANGUAGE_MODELS, lm_batch=32, seq_len=64,
