@@ -721,6 +721,43 @@ def test_unchecked_fp4_products_narrow_to_int32_only_while_every_entry_fits(k):
                 np.testing.assert_array_equal(got, exact, err_msg=kernel)
 
 
+
+def _fused_k_limit(max_product):
+    """Largest padded K whose two-group product the driver sums in int32 inside one pass
+    (gemm_driver.h: max_product * Kp * (2**0 + 2**8) inside int32)."""
+    kp = gemm._INT32_MAX // (max_product * 257)
+    return kp // gemm._gemm.K_ALIGN * gemm._gemm.K_ALIGN
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fp4_products_at_the_int32_two_group_limit(side):
+    """The public (int64) FP4 products sum both exponent groups in int32 in one kernel pass while the
+    driver's bound allows it (AVX-512 VNNI), else in int64 as before: extreme and random operands on
+    both sides of that K limit, every kernel, 1 and 2 threads, exact and identical."""
+    bound = gemm._FP4_INT4_BOUND if side == "left" else gemm._INT4_FP4_BOUND
+    units = gemm.fp4_units(np.arange(16, dtype=np.uint8))
+    top, bottom = np.uint8(np.argmax(units)), np.uint8(np.argmin(units))
+    rng = np.random.default_rng(31)
+    limit = _fused_k_limit(bound)
+    for k in (limit, limit + 1):
+        g = np.array([[top] * k, [bottom] * k, [7 if i % 2 else 4 for i in range(k)]], np.uint8)
+        g = np.concatenate([g, rand_fp4(rng, (5, k))])
+        b = np.concatenate([np.full((k, 2), 15, np.uint8), np.full((k, 2), 0, np.uint8),
+                            rng.integers(0, 16, (k, 13), dtype=np.uint8)], axis=1)
+        bs = (b.astype(np.int16) - 8).astype(np.int8)
+        for bb in (b, bs):
+            if side == "left":
+                ref = oracle(units_from_formats(g), bb)
+                run = lambda kern, t: gemm.fp4_int4_matmul(g, bb, kernel=kern, threads=t)
+            else:
+                ref = oracle(bb.T, units_from_formats(g.T))
+                run = lambda kern, t: gemm.int4_fp4_matmul(bb.T, g.T, kernel=kern, threads=t)
+            for kernel in KERNELS:
+                for t in (1, 2):
+                    got = run(kernel, t)
+                    assert got.dtype == np.int64
+                    np.testing.assert_array_equal(got, ref, err_msg=f"{kernel} k={k} threads={t}")
+
 def test_unchecked_phase_codes_decode_to_the_same_product():
     """Both TPR phases produce codes of one kind: the unchecked product times f * 4**-6 is the
     float product of the decoded values (phase 1: f = 2)."""

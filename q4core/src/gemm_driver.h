@@ -182,6 +182,22 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #else
     (void)max_product;
 #endif
+    /* Two groups on the AVX-512 VNNI kernel: both in one pass over the shared operand, summed
+     * as (v0 << s0) + (v1 << s1) in int32 inside the kernel (one scratch tile, one store).  The
+     * modular 32-bit sum is exact when the result of this call fits in int32: always in mode 3
+     * (the caller's guarantee), else when max_product * (k1 - k0) * (2**s0 + 2**s1) does -
+     * max_product bounds |a * b| of every stored product, the offset is inside A's range, so
+     * |v_g| <= max_product * (k1 - k0). */
+    int fused = 0;
+#if Q4_HAVE_VNNI
+    if (kernel == Q4_VNNI && ngroups == 2 && mode != 0 && k1 > k0) {
+        if (mode == 3) fused = 1;
+        else if (max_product > 0 && max_product <= INT32_MAX / (k1 - k0)) {
+            const int64_t v = max_product * (k1 - k0);    /* < 2**31: the shifted sum fits int64 */
+            fused = (v << shift[0]) + (v << shift[1]) <= INT32_MAX;
+        }
+    }
+#endif
     const int64_t tiles_m = (Mp + Q4_MC - 1) / Q4_MC, tiles_n = (Np + Q4_NC - 1) / Q4_NC;
     const int64_t ntiles = tiles_m * tiles_n;
     const size_t tile_ints = (size_t)Q4_MC * Q4_NC;
@@ -194,7 +210,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     #pragma omp parallel num_threads(nthreads) reduction(|:failed)
 #endif
     {
-        int32_t *scratch = (int32_t *)aligned_alloc(Q4_CACHE_LINE, sizeof(int32_t) * tile_ints * ngroups);
+        int32_t *scratch = (int32_t *)aligned_alloc(Q4_CACHE_LINE, sizeof(int32_t) * tile_ints * (fused ? 1 : ngroups));
         if (scratch == NULL) failed = 1;
         {
 #if Q4_HAVE_AMX
@@ -209,6 +225,36 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
                 const int64_t i0 = (t / tiles_n) * Q4_MC, j0 = (t % tiles_n) * Q4_NC;
                 const int64_t mrows = Mp - i0 < Q4_MC ? Mp - i0 : Q4_MC;
                 const int64_t ncols = Np - j0 < Q4_NC ? Np - j0 : Q4_NC;
+#if Q4_HAVE_VNNI
+                if (fused) {
+                    for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
+                        const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
+                        const int64_t boff = (j0 / Q4_PANEL) * Kp * Q4_PANEL;
+                        q4_tile2_vnni(A[0] + i0 * lda, A[1] + i0 * lda, lda, B[0] + boff, B[1] + boff, Kp,
+                                      kb, ke, scratch, Q4_NC, mrows, ncols, kb != k0, shift[0], shift[1]);
+                    }
+                    const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
+                    const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
+                    uint32_t cc[Q4_NC];     /* the combined correction, modular like the sums */
+                    for (int64_t j = 0; j < jend; j++)
+                        cc[j] = ((corr[0] ? (uint32_t)corr[0][j0 + j] : 0u) << shift[0])
+                              + ((corr[1] ? (uint32_t)corr[1][j0 + j] : 0u) << shift[1]);
+                    for (int64_t i = 0; i < iend; i++) {
+                        const int32_t *s0 = scratch + i * Q4_NC;
+                        if (mode == 3) {
+                            int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
+                            for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
+                        } else if (mode == 2) {
+                            int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
+                            for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
+                        } else {
+                            int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
+                            for (int64_t j = 0; j < jend; j++) o[j] += (int32_t)((uint32_t)s0[j] - cc[j]);
+                        }
+                    }
+                    continue;
+                }
+#endif
                 for (int g = 0; g < ngroups; g++) {
                     int32_t *sg = scratch + g * tile_ints;
                     for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
