@@ -17,6 +17,59 @@
 #define Q4_HAVE_AVX2 1
 #define Q4_AVX2_MAX_PRODUCT 4095
 
+/* One step of the inner loop: k-group u (0..3) of the current 4 groups, for all 4 rows. */
+#define Q4_AVX2_GROUP(u)                                                                       \
+    "vmovdqu " #u "*64(%[pb]), %[b0]\n\t"                                                     \
+    "vmovdqu " #u "*64+32(%[pb]), %[b1]\n\t"                                                  \
+    "vpbroadcastd " #u "*4(%[pa]), %[x0]\n\t"                                                 \
+    "vpbroadcastd " #u "*4(%[pa],%[lda]), %[x1]\n\t"                                          \
+    "vpmaddubsw %[b0], %[x0], %[t0]\n\t"  "vpaddw %[t0], %[s00], %[s00]\n\t"                   \
+    "vpmaddubsw %[b1], %[x0], %[t1]\n\t"  "vpaddw %[t1], %[s01], %[s01]\n\t"                   \
+    "vpbroadcastd " #u "*4(%[pa],%[lda],2), %[x0]\n\t"                                        \
+    "vpmaddubsw %[b0], %[x1], %[t0]\n\t"  "vpaddw %[t0], %[s10], %[s10]\n\t"                   \
+    "vpmaddubsw %[b1], %[x1], %[t1]\n\t"  "vpaddw %[t1], %[s11], %[s11]\n\t"                   \
+    "vpbroadcastd " #u "*4(%[pa],%[lda3]), %[x1]\n\t"                                         \
+    "vpmaddubsw %[b0], %[x0], %[t0]\n\t"  "vpaddw %[t0], %[s20], %[s20]\n\t"                   \
+    "vpmaddubsw %[b1], %[x0], %[t1]\n\t"  "vpaddw %[t1], %[s21], %[s21]\n\t"                   \
+    "vpmaddubsw %[b0], %[x1], %[t0]\n\t"  "vpaddw %[t0], %[s30], %[s30]\n\t"                   \
+    "vpmaddubsw %[b1], %[x1], %[t1]\n\t"  "vpaddw %[t1], %[s31], %[s31]\n\t"
+
+/* s[r][h] = int16 pair sums over n k-groups (n a positive multiple of 4) of row r of A
+ * (bytes at a + r * lda, 4 per group) times the packed panel groups at b (64 bytes each),
+ * columns 16h .. 16h+15.  Written in assembly: with the 4 x 16 block, its 8 int16 sums,
+ * the two B vectors, the broadcast A words and the products need 14 ymm registers, and gcc
+ * allocated them with a register copy per vpaddw (front-end bound at ~0.70 of the
+ * vpmaddubsw + vpaddw ceiling). */
+__attribute__((target("avx2"), always_inline))
+static inline void q4_avx2_span_groups(const uint8_t *a, int64_t lda, const int8_t *b, int64_t n,
+                                       __m256i s[Q4_AVX2_ROWS][2]) {
+    __m256i s00, s01, s10, s11, s20, s21, s30, s31, b0, b1, x0, x1, t0, t1;
+    const uint8_t *pa = a, *end = a + Q4_KGROUP * n;
+    const int8_t *pb = b;
+    const int64_t lda3 = 3 * lda;
+    __asm__ volatile(
+        "vpxor %[s00], %[s00], %[s00]\n\t" "vpxor %[s01], %[s01], %[s01]\n\t"
+        "vpxor %[s10], %[s10], %[s10]\n\t" "vpxor %[s11], %[s11], %[s11]\n\t"
+        "vpxor %[s20], %[s20], %[s20]\n\t" "vpxor %[s21], %[s21], %[s21]\n\t"
+        "vpxor %[s30], %[s30], %[s30]\n\t" "vpxor %[s31], %[s31], %[s31]\n\t"
+        ".p2align 5\n"
+        "1:\n\t"
+        Q4_AVX2_GROUP(0) Q4_AVX2_GROUP(1) Q4_AVX2_GROUP(2) Q4_AVX2_GROUP(3)
+        "addq $16, %[pa]\n\t"
+        "addq $256, %[pb]\n\t"
+        "cmpq %[end], %[pa]\n\t"
+        "jne 1b\n\t"
+        : [s00] "=&x"(s00), [s01] "=&x"(s01), [s10] "=&x"(s10), [s11] "=&x"(s11),
+          [s20] "=&x"(s20), [s21] "=&x"(s21), [s30] "=&x"(s30), [s31] "=&x"(s31),
+          [b0] "=&x"(b0), [b1] "=&x"(b1), [x0] "=&x"(x0), [x1] "=&x"(x1),
+          [t0] "=&x"(t0), [t1] "=&x"(t1), [pa] "+r"(pa), [pb] "+r"(pb)
+        : [end] "r"(end), [lda] "r"(lda), [lda3] "r"(lda3)
+        : "memory", "cc");
+    s[0][0] = s00; s[0][1] = s01; s[1][0] = s10; s[1][1] = s11;
+    s[2][0] = s20; s[2][1] = s21; s[3][0] = s30; s[3][1] = s31;
+}
+#undef Q4_AVX2_GROUP
+
 /* Body shared by the span variants: int16 pair sums of up to ``span`` consecutive k-groups
  * are added before one vpmaddwd widens them; span is a compile-time constant after inlining. */
 __attribute__((target("avx2"), always_inline))
@@ -37,19 +90,8 @@ static inline void q4_avx2_body(const uint8_t *A, int64_t lda, const int8_t *B, 
             for (int64_t g = k0 / Q4_KGROUP; g < k1 / Q4_KGROUP;) {
                 const int64_t gend = k1 / Q4_KGROUP - g < span ? k1 / Q4_KGROUP : g + span;
                 __m256i s[Q4_AVX2_ROWS][2];
-                for (int r = 0; r < Q4_AVX2_ROWS; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
-                for (; g < gend; g++) {
-                    const int8_t *bg = panel + g * Q4_GROUP_BYTES;
-                    __m256i b0 = _mm256_loadu_si256((const __m256i *)bg);
-                    __m256i b1 = _mm256_loadu_si256((const __m256i *)(bg + 32));
-                    for (int r = 0; r < Q4_AVX2_ROWS; r++) {
-                        int32_t word;
-                        memcpy(&word, a0 + r * lda + Q4_KGROUP * g, 4);
-                        __m256i av = _mm256_set1_epi32(word);
-                        s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(av, b0));
-                        s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(av, b1));
-                    }
-                }
+                q4_avx2_span_groups(a0 + Q4_KGROUP * g, lda, panel + g * Q4_GROUP_BYTES, gend - g, s);
+                g = gend;
                 for (int r = 0; r < Q4_AVX2_ROWS; r++) {
                     acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(s[r][0], ones));
                     acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(s[r][1], ones));
