@@ -96,6 +96,46 @@ def test_int4_extreme_operands(kernel):
             assert (c == a_val * b_val * k).all(), (kernel, k, a_val, b_val)
 
 
+def _extreme_int4(rng, shape, signed, lo_first):
+    """INT4 levels mostly at the extremes, with whole rows (lo_first) / columns at one extreme, so that
+    int16 partial sums of the AVX2 kernel reach the product bound in every span."""
+    lo, hi = (-8, 7) if signed else (0, 15)
+    x = np.where(rng.random(shape) < 0.75, np.where(rng.random(shape) < 0.5, lo, hi),
+                 rng.integers(lo, hi + 1, shape))
+    if lo_first:
+        x[0, :], x[-1, :] = lo, hi
+    else:
+        x[:, 0], x[:, -1] = lo, hi
+    return x.astype(np.int8 if signed else np.uint8)
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_int16_spans_and_k_blocks_at_the_product_bound(kernel):
+    """K lengths whose k-group counts end int16 spans (AVX2: 64 groups for INT4 x INT4, 16 for INT4 x FP4,
+    4 for FP4 x INT4) and the driver's 512-deep K blocks at every remainder the kernel loops see (4 or 0
+    groups mod 8, one group short or past a block), M not a multiple of the row block and N not of the
+    16-column panel, operands at the extremes, one and two threads: all equal the int64 product."""
+    rng = np.random.default_rng(31)
+    for (m, k, n) in [(5, 16, 17), (7, 48, 31), (6, 252, 16), (9, 320, 33), (3, 508, 18), (5, 516, 3),
+                      (6, 1088, 20), (2, 2112, 35)]:
+        for a_signed, b_signed in ((True, True), (False, True), (True, False), (False, False)):
+            a = _extreme_int4(rng, (m, k), a_signed, True)
+            b = _extreme_int4(rng, (k, n), b_signed, False)
+            packed = gemm.pack_int4(b)
+            g_left = np.where(rng.random((m, k)) < 0.5, 0x7 | 8 * (rng.random((m, k)) < 0.5),
+                              rand_fp4(rng, (m, k))).astype(np.uint8)
+            g_right = np.where(rng.random((k, n)) < 0.5, 0x7 | 8 * (rng.random((k, n)) < 0.5),
+                               rand_fp4(rng, (k, n))).astype(np.uint8)
+            for threads in (1, 2):
+                err = f"{kernel} {m}x{k}x{n} signed {a_signed} {b_signed} threads {threads}"
+                np.testing.assert_array_equal(gemm.int4_matmul(a, packed, kernel=kernel, threads=threads),
+                                              oracle(a, b), err_msg=err)
+                np.testing.assert_array_equal(gemm.fp4_int4_matmul(g_left, packed, kernel=kernel, threads=threads),
+                                              oracle(units_from_formats(g_left), b), err_msg=err)
+                np.testing.assert_array_equal(gemm.int4_fp4_matmul(a, g_right, kernel=kernel, threads=threads),
+                                              oracle(a, units_from_formats(g_right)), err_msg=err)
+
+
 @pytest.mark.parametrize("kernel", FAST)
 def test_int4_k_chunks_summed_exactly(kernel, monkeypatch):
     # force 64-long K chunks so the chunk loop (int64 sum of int32 chunk results) runs

@@ -17,7 +17,7 @@
 #define Q4_HAVE_AVX2 1
 #define Q4_AVX2_MAX_PRODUCT 4095
 
-/* One step of the inner loop: k-group u (0..3) of the current 4 groups, for all 4 rows. */
+/* One step of the inner loop: k-group u (0..7) of the loop iteration's 8, for all 4 rows. */
 #define Q4_AVX2_GROUP(u)                                                                       \
     "vmovdqu " #u "*64(%[pb]), %[b0]\n\t"                                                     \
     "vmovdqu " #u "*64+32(%[pb]), %[b1]\n\t"                                                  \
@@ -34,37 +34,70 @@
     "vpmaddubsw %[b0], %[x1], %[t0]\n\t"  "vpaddw %[t0], %[s30], %[s30]\n\t"                   \
     "vpmaddubsw %[b1], %[x1], %[t1]\n\t"  "vpaddw %[t1], %[s31], %[s31]\n\t"
 
-/* s[r][h] = int16 pair sums over n k-groups (n a positive multiple of 4) of row r of A
- * (bytes at a + r * lda, 4 per group) times the packed panel groups at b (64 bytes each),
- * columns 16h .. 16h+15.  Written in assembly: with the 4 x 16 block, its 8 int16 sums,
- * the two B vectors, the broadcast A words and the products need 14 ymm registers, and gcc
- * allocated them with a register copy per vpaddw (front-end bound at ~0.70 of the
- * vpmaddubsw + vpaddw ceiling). */
+/* s[r][h] = int16 pair sums over n >= 0 k-groups of row r of A (bytes at a + r * lda, 4 per
+ * group) times the packed panel groups at b (64 bytes each), columns 8h .. 8h+7.
+ * The groups in multiples of 4 run in assembly, 8 per loop iteration (a count that is 4 mod 8
+ * enters the loop at its second half): with the 4 x 16 block, its 8 int16 sums, the two B
+ * vectors, two broadcast A words and two products take 14 ymm registers, and gcc, given the
+ * intrinsics, added a register copy per vpaddw and spilled, which left the kernel front-end
+ * bound at ~0.70 of the vpmaddubsw + vpaddw ceiling.  The loop is 22 instructions per k-group
+ * (2 loads, 4 broadcasts, 8 vpmaddubsw, 8 vpaddw) plus 4 per 8 groups.  The driver's k-ranges
+ * are multiples of 64 (16 groups); the n % 4 tail in intrinsics serves any other caller. */
 __attribute__((target("avx2"), always_inline))
 static inline void q4_avx2_span_groups(const uint8_t *a, int64_t lda, const int8_t *b, int64_t n,
                                        __m256i s[Q4_AVX2_ROWS][2]) {
     __m256i s00, s01, s10, s11, s20, s21, s30, s31, b0, b1, x0, x1, t0, t1;
-    const uint8_t *pa = a, *end = a + Q4_KGROUP * n;
+    const int64_t n4 = n & ~(int64_t)3;
+    const uint8_t *pa = a, *end = a + Q4_KGROUP * n4;
     const int8_t *pb = b;
     const int64_t lda3 = 3 * lda;
+    if (n4 == 0) {
+        s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _mm256_setzero_si256();
+    } else {
     __asm__ volatile(
         "vpxor %[s00], %[s00], %[s00]\n\t" "vpxor %[s01], %[s01], %[s01]\n\t"
         "vpxor %[s10], %[s10], %[s10]\n\t" "vpxor %[s11], %[s11], %[s11]\n\t"
         "vpxor %[s20], %[s20], %[s20]\n\t" "vpxor %[s21], %[s21], %[s21]\n\t"
         "vpxor %[s30], %[s30], %[s30]\n\t" "vpxor %[s31], %[s31], %[s31]\n\t"
+        "testq $4, %[n]\n\t"
+        "jz 1f\n\t"
+        "subq $16, %[pa]\n\t"
+        "subq $256, %[pb]\n\t"
+        "jmp 3f\n\t"
         ".p2align 5\n"
         "1:\n\t"
         Q4_AVX2_GROUP(0) Q4_AVX2_GROUP(1) Q4_AVX2_GROUP(2) Q4_AVX2_GROUP(3)
-        "addq $16, %[pa]\n\t"
-        "addq $256, %[pb]\n\t"
+        "3:\n\t"
+        Q4_AVX2_GROUP(4) Q4_AVX2_GROUP(5) Q4_AVX2_GROUP(6) Q4_AVX2_GROUP(7)
+        "addq $32, %[pa]\n\t"
+        "addq $512, %[pb]\n\t"
         "cmpq %[end], %[pa]\n\t"
         "jne 1b\n\t"
         : [s00] "=&x"(s00), [s01] "=&x"(s01), [s10] "=&x"(s10), [s11] "=&x"(s11),
           [s20] "=&x"(s20), [s21] "=&x"(s21), [s30] "=&x"(s30), [s31] "=&x"(s31),
           [b0] "=&x"(b0), [b1] "=&x"(b1), [x0] "=&x"(x0), [x1] "=&x"(x1),
           [t0] "=&x"(t0), [t1] "=&x"(t1), [pa] "+r"(pa), [pb] "+r"(pb)
-        : [end] "r"(end), [lda] "r"(lda), [lda3] "r"(lda3)
+        : [end] "r"(end), [n] "r"(n4), [lda] "r"(lda), [lda3] "r"(lda3)
         : "memory", "cc");
+    }
+    for (int64_t g = n4; g < n; g++) {      /* not reached from the driver (see above) */
+        const __m256i c0 = _mm256_loadu_si256((const __m256i *)(b + g * Q4_GROUP_BYTES));
+        const __m256i c1 = _mm256_loadu_si256((const __m256i *)(b + g * Q4_GROUP_BYTES + 32));
+        __m256i w[Q4_AVX2_ROWS];
+        for (int r = 0; r < Q4_AVX2_ROWS; r++) {
+            int32_t word;
+            memcpy(&word, a + r * lda + Q4_KGROUP * g, 4);
+            w[r] = _mm256_set1_epi32(word);
+        }
+        s00 = _mm256_add_epi16(s00, _mm256_maddubs_epi16(w[0], c0));
+        s01 = _mm256_add_epi16(s01, _mm256_maddubs_epi16(w[0], c1));
+        s10 = _mm256_add_epi16(s10, _mm256_maddubs_epi16(w[1], c0));
+        s11 = _mm256_add_epi16(s11, _mm256_maddubs_epi16(w[1], c1));
+        s20 = _mm256_add_epi16(s20, _mm256_maddubs_epi16(w[2], c0));
+        s21 = _mm256_add_epi16(s21, _mm256_maddubs_epi16(w[2], c1));
+        s30 = _mm256_add_epi16(s30, _mm256_maddubs_epi16(w[3], c0));
+        s31 = _mm256_add_epi16(s31, _mm256_maddubs_epi16(w[3], c1));
+    }
     s[0][0] = s00; s[0][1] = s01; s[1][0] = s10; s[1][1] = s11;
     s[2][0] = s20; s[2][1] = s21; s[3][0] = s30; s[3][1] = s31;
 }
@@ -87,6 +120,15 @@ static inline void q4_avx2_body(const uint8_t *A, int64_t lda, const int8_t *B, 
                 acc[r][1] = accumulate ? _mm256_loadu_si256((const __m256i *)(c + 8)) : _mm256_setzero_si256();
             }
             const uint8_t *a0 = A + i * lda;
+            /* prefetch the next panel's k-range into L1, a few lines per row block, so that its
+             * first row block does not wait on L2 / L3 */
+            if (jp + Q4_PANEL < ncols) {
+                const int8_t *np_ = panel + Kp * Q4_PANEL + k0 / Q4_KGROUP * Q4_GROUP_BYTES;
+                const int64_t lines = (k1 - k0) / Q4_KGROUP, nblk = mrows / Q4_AVX2_ROWS;
+                const int64_t per = (lines + nblk - 1) / nblk, ib = i / Q4_AVX2_ROWS;
+                for (int64_t l = ib * per; l < lines && l < (ib + 1) * per; l++)
+                    _mm_prefetch((const char *)(np_ + 64 * l), _MM_HINT_T0);
+            }
             for (int64_t g = k0 / Q4_KGROUP; g < k1 / Q4_KGROUP;) {
                 const int64_t gend = k1 / Q4_KGROUP - g < span ? k1 / Q4_KGROUP : g + span;
                 __m256i s[Q4_AVX2_ROWS][2];
