@@ -138,10 +138,7 @@ static void q4_bs_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64
                 _tile_dpbusd(2, 5, 6);
                 if (two_n) _tile_dpbusd(3, 5, 7);
             }
-            _tile_stored(0, c, cstride);
-            if (two_n) _tile_stored(1, c + Q4_AMX_COLS, cstride);
-            if (two_m) _tile_stored(2, c + Q4_AMX_ROWS * ldc, cstride);
-            if (two_m && two_n) _tile_stored(3, c + Q4_AMX_ROWS * ldc + Q4_AMX_COLS, cstride);
+            Q4_AMX_BLOCK(_tile_stored, c, ldc, cstride, two_m, two_n);
         }
     }
     __asm__ volatile("" : : : "memory");

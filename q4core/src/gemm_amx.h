@@ -56,6 +56,15 @@ typedef struct {
 #define Q4_LDTILECFG(cfg) __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory")
 #endif
 
+/* op (_tile_loadd or _tile_stored) on the up-to-2 x 2 block of accumulator tiles at c: tile 0 at c, 1 to its right,
+ * 2 below, 3 diagonal (row stride ldc int32s, cstride bytes).  A macro: tile numbers must be constants. */
+#define Q4_AMX_BLOCK(op, c, ldc, cstride, two_m, two_n) do {                                    \
+        op(0, (c), (cstride));                                                                  \
+        if (two_n) op(1, (c) + Q4_AMX_COLS, (cstride));                                         \
+        if (two_m) op(2, (c) + Q4_AMX_ROWS * (ldc), (cstride));                                 \
+        if ((two_m) && (two_n)) op(3, (c) + Q4_AMX_ROWS * (ldc) + Q4_AMX_COLS, (cstride));      \
+    } while (0)
+
 Q4_AMX_TARGET
 static void q4_amx_thread_begin(void) {
     q4_tilecfg cfg;
@@ -91,10 +100,7 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
             const int two_m = mrows - i >= 2 * Q4_AMX_ROWS;
             int32_t *c = C + i * ldc + jp;
             if (accumulate) {
-                _tile_loadd(0, c, cstride);
-                if (two_n) _tile_loadd(1, c + Q4_AMX_COLS, cstride);
-                if (two_m) _tile_loadd(2, c + Q4_AMX_ROWS * ldc, cstride);
-                if (two_m && two_n) _tile_loadd(3, c + Q4_AMX_ROWS * ldc + Q4_AMX_COLS, cstride);
+                Q4_AMX_BLOCK(_tile_loadd, c, ldc, cstride, two_m, two_n);
             } else {
                 _tile_zero(0);
                 _tile_zero(1);
@@ -129,10 +135,7 @@ static void q4_tile_amx(const uint8_t *A, int64_t lda, const int8_t *B, int64_t 
                     }
                 }
             }
-            _tile_stored(0, c, cstride);
-            if (two_n) _tile_stored(1, c + Q4_AMX_COLS, cstride);
-            if (two_m) _tile_stored(2, c + Q4_AMX_ROWS * ldc, cstride);
-            if (two_m && two_n) _tile_stored(3, c + Q4_AMX_ROWS * ldc + Q4_AMX_COLS, cstride);
+            Q4_AMX_BLOCK(_tile_stored, c, ldc, cstride, two_m, two_n);
         }
     }
     __asm__ volatile("" : : : "memory");
