@@ -788,15 +788,15 @@ def test_fp4_products_at_the_int32_two_group_limit(side):
         for bb in (b, bs):
             if side == "left":
                 ref = oracle(units_from_formats(g), bb)
-                run = lambda kern, t: gemm.fp4_int4_matmul(g, bb, kernel=kern, threads=t)
             else:
                 ref = oracle(bb.T, units_from_formats(g.T))
-                run = lambda kern, t: gemm.int4_fp4_matmul(bb.T, g.T, kernel=kern, threads=t)
             for kernel in KERNELS:
                 for t in (1, 2):
-                    got = run(kernel, t)
+                    got = (gemm.fp4_int4_matmul(g, bb, kernel=kernel, threads=t) if side == "left"
+                           else gemm.int4_fp4_matmul(bb.T, g.T, kernel=kernel, threads=t))
                     assert got.dtype == np.int64
                     np.testing.assert_array_equal(got, ref, err_msg=f"{kernel} k={k} threads={t}")
+
 
 def test_unchecked_phase_codes_decode_to_the_same_product():
     """Both TPR phases produce codes of one kind: the unchecked product times f * 4**-6 is the
