@@ -9,7 +9,7 @@ the same bytes.
 """
 import numpy as np
 
-from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
+from ._gemm import OPERAND_ALIGN   # the GEMM's operand alignment (AMX tile rows on one cache line)
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
@@ -63,10 +63,15 @@ cdef enum:
     CHUNK = 1 << 16
 
 
+# constants of the build, decoded once (openmp_info runs per engine call)
+_OPENMP = bool(Q4CORE_OPENMP)
+_CLONES_NAME = Q4_CLONES_NAME.decode()
+cdef Py_ssize_t _ALIGN = OPERAND_ALIGN
+
+
 def openmp_info():
     """``{'openmp': bool, 'max_threads': int, 'simd_clones': str}`` of this build."""
-    return {"openmp": bool(Q4CORE_OPENMP), "max_threads": int(q4_max_threads()),
-            "simd_clones": Q4_CLONES_NAME.decode()}
+    return {"openmp": _OPENMP, "max_threads": int(q4_max_threads()), "simd_clones": _CLONES_NAME}
 
 
 #: elements per thread at least: smaller calls run on fewer threads (thread start-up costs more)
@@ -112,8 +117,10 @@ cdef unsigned _run_rows(const q4_plan *p, const char *x, char *out, ptrdiff_t nr
     cdef ptrdiff_t nblocks = (nrows + per_block - 1) // per_block
     cdef ptrdiff_t blk, r, r0, r1
     cdef unsigned flags = 0, f
-    if threads < 1 or nblocks <= 1:
-        threads = 1
+    if threads <= 1 or nblocks <= 1:     # no parallel region: libgomp costs more than a small call
+        for r in range(nrows):
+            flags = flags | q4_run(p, Q4_OP_ENCODE_PACK, x + r * row * in_size, out + r * out_row, row)
+        return flags
     for blk in prange(nblocks, num_threads=threads, schedule="static"):
         r0 = blk * per_block
         r1 = r0 + per_block
@@ -146,17 +153,19 @@ cdef _make_plan(q4_plan *plan, fmt_kind, params, double scale, int is_f64):
         raise ValueError("format parameters outside the compiled kernels' range")
 
 
+cdef inline bint _carray(cnp.ndarray a) noexcept:
+    """C-contiguous and aligned (C-level flag tests: ``a.flags`` builds an object per look)."""
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+
+
 cdef int _float_kind(cnp.ndarray x) except -1:
     """1 for float64, 0 for float32 (aligned, C-contiguous, native), else an error."""
-    if x.dtype == np.float64:
-        is_f64 = 1
-    elif x.dtype == np.float32:
-        is_f64 = 0
-    else:
+    cdef cnp.npy_intp size = cnp.PyArray_ITEMSIZE(x)
+    if not cnp.PyArray_ISFLOAT(x) or cnp.PyArray_ISBYTESWAPPED(x) or (size != 4 and size != 8):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    if not (x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative):
+    if not _carray(x):
         raise ValueError("x must be aligned, C-contiguous and in native byte order")
-    return is_f64
+    return size == 8
 
 
 def minmax(cnp.ndarray x, int threads):
@@ -190,6 +199,11 @@ def moments(cnp.ndarray x):
     return sq, ab, top, flags
 
 
+cdef inline bint _byte_out(cnp.ndarray out, ptrdiff_t n) noexcept:
+    return (cnp.PyArray_IS_C_CONTIGUOUS(out) and cnp.PyArray_ISWRITEABLE(out)
+            and cnp.PyArray_ITEMSIZE(out) == 1 and cnp.PyArray_SIZE(out) == n)
+
+
 def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, kind1, params1,
                 cnp.ndarray out1, int threads):
     """Codes of ``x`` under format 0 into ``out0`` and (``kind1`` not None) format 1 into ``out1``
@@ -197,9 +211,8 @@ def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, k
     cdef q4_plan plan0, plan1
     cdef int is_f64 = _float_kind(x)
     cdef ptrdiff_t n = x.size
-    for out in (out0,) if kind1 is None else (out0, out1):
-        if not (out.flags.c_contiguous and out.flags.writeable) or out.itemsize != 1 or out.size != n:
-            raise ValueError("each out must be a writeable C-contiguous byte array of x's size")
+    if not _byte_out(out0, n) or (kind1 is not None and not _byte_out(out1, n)):
+        raise ValueError("each out must be a writeable C-contiguous byte array of x's size")
     _make_plan(&plan0, kind0, params0, scale, is_f64)
     cdef q4_plan *p1 = NULL
     cdef uint8_t *o1 = NULL
@@ -223,13 +236,13 @@ def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
     """``(g * ((x >= 0) - (x >= clip)), np.sum(g * (x >= clip), dtype=np.float64))`` for C-contiguous
     float32 ``x`` and ``g`` of one shape, in one pass (see q4_pact_backward in fused_kernels.h)."""
     for name, a in (("x", x), ("g", g)):
-        if a.dtype != np.float32 or not a.dtype.isnative:
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or cnp.PyArray_ISBYTESWAPPED(a):
             raise TypeError(f"{name} must be native float32, got {a.dtype}")
-        if not (a.flags.c_contiguous and a.flags.aligned):
+        if not _carray(a):
             raise ValueError(f"{name} must be aligned and C-contiguous")
-    if (<object>x).shape != (<object>g).shape:
+    if not cnp.PyArray_SAMESHAPE(x, g):
         raise ValueError(f"x {(<object>x).shape} and g {(<object>g).shape} must have one shape")
-    out = np.empty((<object>g).shape, np.float32)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(g), cnp.PyArray_DIMS(g), cnp.NPY_FLOAT, 0)
     cdef ptrdiff_t n = x.size
     cdef double total
     cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
@@ -245,13 +258,26 @@ def round_f16(cnp.ndarray x):
     ``x``'s shape (see q4_round_f16 in fused_kernels.h; equals ``x.astype(float16).astype(float32)``)."""
     if _float_kind(x) != 0:
         raise TypeError(f"x must be float32, got {x.dtype}")
-    out = np.empty((<object>x).shape, np.float32)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.NPY_FLOAT, 0)
     cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
     cdef float *op = <float *>cnp.PyArray_DATA(out)
     cdef ptrdiff_t n = x.size
     with nogil:
         q4_round_f16(xp, op, n)
     return out
+
+
+cdef cnp.ndarray _aligned_zeros_i8(cnp.npy_intp n):
+    """``q4core._gemm.aligned_zeros(n, np.int8)`` in C calls: zeros whose data starts on an
+    OPERAND_ALIGN-byte boundary (a view into a slightly larger zeroed buffer, its base)."""
+    cdef cnp.npy_intp nbytes = n + _ALIGN
+    cdef cnp.ndarray raw = cnp.PyArray_ZEROS(1, &nbytes, cnp.NPY_UINT8, 0)
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
+    cdef size_t start = (<size_t>_ALIGN - addr % <size_t>_ALIGN) % <size_t>_ALIGN
+    cdef cnp.ndarray arr = cnp.PyArray_SimpleNewFromData(1, &n, cnp.NPY_INT8,
+                                                         <char *>cnp.PyArray_DATA(raw) + start)
+    cnp.set_array_base(arr, raw)
+    return arr
 
 
 def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
@@ -266,9 +292,10 @@ def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
     cdef int64_t K = x.shape[0], N = x.shape[1]
     cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
     cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
-    codes = np.empty((K, N), np.uint8)
-    packed = aligned_zeros(Kp * Np, np.int8)
-    sums = np.zeros(Np, np.int64)
+    cdef cnp.npy_intp np_ = Np
+    cdef cnp.ndarray codes = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), cnp.NPY_UINT8, 0)
+    cdef cnp.ndarray packed = _aligned_zeros_i8(Kp * Np)
+    cdef cnp.ndarray sums = cnp.PyArray_ZEROS(1, &np_, cnp.NPY_INT64, 0)
     cdef unsigned flags = 0
     cdef const void *xp = cnp.PyArray_DATA(x)
     cdef uint8_t *cp = <uint8_t *>cnp.PyArray_DATA(codes)
@@ -281,15 +308,16 @@ def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
 
 def rescale(cnp.ndarray acc, double factor, bint exact, int threads):
     """float32 ``acc * factor`` of a C-contiguous int32/int64 ``acc`` (see q4_rescale in fused_kernels.h)."""
-    if acc.dtype not in (np.int32, np.int64) or not acc.dtype.isnative:
+    cdef cnp.npy_intp size = cnp.PyArray_ITEMSIZE(acc)
+    if not cnp.PyArray_ISSIGNED(acc) or cnp.PyArray_ISBYTESWAPPED(acc) or (size != 4 and size != 8):
         raise TypeError(f"acc must be native int32 or int64, got {acc.dtype}")
-    if not (acc.flags.c_contiguous and acc.flags.aligned):
+    if not _carray(acc):
         raise ValueError("acc must be aligned and C-contiguous")
-    out = np.empty((<object>acc).shape, np.float32)
-    cdef ptrdiff_t n = acc.size
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(acc), cnp.PyArray_DIMS(acc), cnp.NPY_FLOAT, 0)
+    cdef ptrdiff_t n = cnp.PyArray_SIZE(acc)
     cdef const void *ap = cnp.PyArray_DATA(acc)
     cdef float *op = <float *>cnp.PyArray_DATA(out)
-    cdef bint wide = acc.dtype == np.int64
+    cdef bint wide = size == 8
     with nogil:
         if wide:
             q4_rescale_i64(<const int64_t *>ap, op, n, factor, exact, threads)
@@ -310,13 +338,13 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     cdef q4_plan plan
     cdef int is_f64 = _float_kind(x)
     cdef ptrdiff_t n = x.size, row = 0, nrows = 0, expected
-    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+    if not (_carray(out) and cnp.PyArray_ISWRITEABLE(out)):
         raise ValueError("out must be aligned, C-contiguous and writeable")
     if op == Q4_OP_QUANTIZE:
-        if out.dtype != x.dtype or out.size != n:
+        if not cnp.PyArray_EquivTypes(out.dtype, x.dtype) or out.size != n:
             raise ValueError("out must match x in dtype and size")
     elif op == Q4_OP_ENCODE:
-        if out.itemsize != 1 or out.size != n:
+        if cnp.PyArray_ITEMSIZE(out) != 1 or out.size != n:
             raise ValueError("out must be a byte array of x's size")
     elif op == Q4_OP_ENCODE_PACK:
         if x.ndim == 0:
@@ -334,7 +362,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     threads = q4_threads_for_elems(threads, n)
     cdef const char *xp = <const char *>cnp.PyArray_DATA(x)
     cdef char *op_out = <char *>cnp.PyArray_DATA(out)
-    cdef ptrdiff_t in_size = x.itemsize, out_size = out.itemsize
+    cdef ptrdiff_t in_size = cnp.PyArray_ITEMSIZE(x), out_size = cnp.PyArray_ITEMSIZE(out)
     cdef unsigned flags
     with nogil:
         if op == Q4_OP_ENCODE_PACK and row % 2 == 1:
@@ -347,9 +375,10 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
 def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
     """Unpack the last axis of C-contiguous uint8 ``packed`` into ``out`` (n codes per row);
     ``threads`` clamped to [1, num_procs()] as in :func:`run`."""
-    if packed.dtype != np.uint8 or out.itemsize != 1:
+    if cnp.PyArray_TYPE(packed) != cnp.NPY_UINT8 or cnp.PyArray_ITEMSIZE(out) != 1:
         raise TypeError("packed must be uint8 and out a byte array")
-    if not packed.flags.c_contiguous or not out.flags.c_contiguous or not out.flags.writeable:
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(packed) and cnp.PyArray_IS_C_CONTIGUOUS(out)
+            and cnp.PyArray_ISWRITEABLE(out)):
         raise ValueError("packed and out must be C-contiguous and out writeable")
     if packed.ndim == 0 or out.ndim != packed.ndim:
         raise ValueError("packed and out must have the same number of dimensions (>= 1)")
@@ -366,23 +395,26 @@ def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
     with nogil:
         if row % 2 == 0:
             nchunks = (n + CHUNK - 1) // CHUNK
-            if nchunks <= 1:
-                threads = 1
-            for c in prange(nchunks, num_threads=threads, schedule="static"):
-                start = c * CHUNK
-                stop = start + CHUNK
-                if stop > n:
-                    stop = n
-                q4_unpack(src + start // 2, dst + start, stop - start, is_signed)
+            if nchunks <= 1 or threads <= 1:    # no parallel region for one thread
+                q4_unpack(src, dst, n, is_signed)
+            else:
+                for c in prange(nchunks, num_threads=threads, schedule="static"):
+                    start = c * CHUNK
+                    stop = start + CHUNK
+                    if stop > n:
+                        stop = n
+                    q4_unpack(src + start // 2, dst + start, stop - start, is_signed)
         else:
             per_block = CHUNK // row if row < CHUNK else 1
             nblocks = (nrows + per_block - 1) // per_block
-            if nblocks <= 1:
-                threads = 1
-            for c in prange(nblocks, num_threads=threads, schedule="static"):
-                r0 = c * per_block
-                r1 = r0 + per_block
-                if r1 > nrows:
-                    r1 = nrows
-                for r in range(r0, r1):
+            if nblocks <= 1 or threads <= 1:
+                for r in range(nrows):
                     q4_unpack(src + r * prow, dst + r * row, row, is_signed)
+            else:
+                for c in prange(nblocks, num_threads=threads, schedule="static"):
+                    r0 = c * per_block
+                    r1 = r0 + per_block
+                    if r1 > nrows:
+                        r1 = nrows
+                    for r in range(r0, r1):
+                        q4_unpack(src + r * prow, dst + r * row, row, is_signed)

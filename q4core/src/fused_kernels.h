@@ -83,7 +83,10 @@ static void q4_rescale_##SUF(const I *acc, float *out, ptrdiff_t n, double facto
                              int threads) {                                                       \
     const ptrdiff_t nchunks = (n + Q4_FUSED_CHUNK - 1) / Q4_FUSED_CHUNK;                          \
     threads = q4_threads_for_elems(threads, n);                                                   \
-    (void)threads;                                                                                \
+    if (threads <= 1) {             /* no parallel region at all: libgomp costs more than a small call */ \
+        q4_rescale_block_##SUF(acc, out, n, factor, exact);                                       \
+        return;                                                                                   \
+    }                                                                                             \
     Q4_OMP_FOR                                                                                    \
     for (ptrdiff_t c = 0; c < nchunks; c++) {                                                     \
         const ptrdiff_t i0 = c * Q4_FUSED_CHUNK;                                                  \
@@ -165,11 +168,12 @@ static double q4_pact_backward(const float *x, const float *g, float *out, ptrdi
                                int threads) {
     const ptrdiff_t nbuf = (n + Q4_NP_BUFSIZE - 1) / Q4_NP_BUFSIZE;
     double stack[64];
-    double *part = nbuf <= 64 ? stack : (double *)malloc(sizeof(double) * (size_t)nbuf);
-    threads = part == NULL ? 1 : q4_threads_for_elems(threads, n);
+    threads = q4_threads_for_elems(threads, n);
+    double *part = threads <= 1 ? NULL
+                 : nbuf <= 64 ? stack : (double *)malloc(sizeof(double) * (size_t)nbuf);
     double sum = 0.0;
-    (void)threads;
-    if (part == NULL) {                 /* no memory for the partial sums: the same order, serially */
+    if (part == NULL) {     /* one thread, or no memory for the partial sums: the same order, serially
+                               (and no parallel region: libgomp costs more than a small call) */
         for (ptrdiff_t c = 0; c < nbuf; c++) {
             const ptrdiff_t i0 = c * Q4_NP_BUFSIZE, len = n - i0 < Q4_NP_BUFSIZE ? n - i0 : Q4_NP_BUFSIZE;
             sum += q4_pw_masked(g + i0, x + i0, clip, len);
@@ -190,26 +194,48 @@ static double q4_pact_backward(const float *x, const float *g, float *out, ptrdi
     return sum;
 }
 
-/* A (K x N) weight straight to the GEMM's right operand: codes (K x N bytes, the level plan's
- * levels) and the packed panel layout of q4_pack_b with the identity table (gemm_portable.h: 16
- * columns per panel, 4 consecutive k per 32-bit lane; ``packed`` zeroed by the caller, Kp x Np)
- * and its int64 column sums, reading the floats once.  Returns Q4_FLAG_* of x. */
-static unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
-                                 int8_t *packed, int64_t Kp, int64_t *sums) {
-    /* the codes in one vectorized pass (a small weight stays in cache for the scatter below) */
-    const unsigned flags = q4_run(p, Q4_OP_ENCODE, x, codes, K * N);
+/* the codes' scatter into the panels and the column sums: the sums row by row along contiguous
+ * columns, the panels four rows (one k-group) at a time, each column's four codes one 32-bit lane
+ * written together (interleaved stores: both loops vectorize) */
+Q4_CLONES static void q4_pack_codes_b(const uint8_t *restrict codes, int64_t K, int64_t N,
+                                      int8_t *restrict packed, int64_t Kp, int64_t *restrict sums) {
     for (int64_t k = 0; k < K; k++) {
+        const int8_t *row = (const int8_t *)codes + k * N;
+        for (int64_t j = 0; j < N; j++) sums[j] += row[j];
+    }
+    const int64_t K4 = K - K % Q4_KGROUP;
+    for (int64_t k = 0; k < K4; k += Q4_KGROUP) {
+        const uint8_t *r0 = codes + k * N, *r1 = r0 + N, *r2 = r1 + N, *r3 = r2 + N;
+        int8_t *dst = packed + (k / Q4_KGROUP) * Q4_GROUP_BYTES;
+        for (int64_t j0 = 0; j0 < N; j0 += Q4_PANEL, dst += Kp * Q4_PANEL) {
+            const int64_t w = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
+            for (int64_t j = 0; j < w; j++) {
+                dst[Q4_KGROUP * j] = (int8_t)r0[j0 + j];
+                dst[Q4_KGROUP * j + 1] = (int8_t)r1[j0 + j];
+                dst[Q4_KGROUP * j + 2] = (int8_t)r2[j0 + j];
+                dst[Q4_KGROUP * j + 3] = (int8_t)r3[j0 + j];
+            }
+        }
+    }
+    for (int64_t k = K4; k < K; k++) {          /* the last, partial k-group: byte by byte */
         const uint8_t *row = codes + k * N;
         int8_t *dst = packed + (k / Q4_KGROUP) * Q4_GROUP_BYTES + (k % Q4_KGROUP);
         for (int64_t j0 = 0; j0 < N; j0 += Q4_PANEL, dst += Kp * Q4_PANEL) {
             const int64_t w = N - j0 < Q4_PANEL ? N - j0 : Q4_PANEL;
-            for (int64_t j = 0; j < w; j++) {
-                const int8_t v = (int8_t)row[j0 + j];
-                dst[Q4_KGROUP * j] = v;
-                sums[j0 + j] += v;
-            }
+            for (int64_t j = 0; j < w; j++) dst[Q4_KGROUP * j] = (int8_t)row[j0 + j];
         }
     }
+}
+
+/* A (K x N) weight straight to the GEMM's right operand: codes (K x N bytes, the level plan's
+ * levels) and the packed panel layout of q4_pack_b with the identity table (gemm_portable.h: 16
+ * columns per panel, 4 consecutive k per 32-bit lane; ``packed`` zeroed by the caller, Kp x Np)
+ * and its int64 column sums (zeroed by the caller), reading the floats once.  Returns Q4_FLAG_* of x. */
+static unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
+                                 int8_t *packed, int64_t Kp, int64_t *sums) {
+    /* the codes in one vectorized pass (a small weight stays in cache for the scatter below) */
+    const unsigned flags = q4_run(p, Q4_OP_ENCODE, x, codes, K * N);
+    q4_pack_codes_b(codes, K, N, packed, Kp, sums);
     return flags;
 }
 

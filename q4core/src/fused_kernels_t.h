@@ -154,7 +154,15 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
     Q4_T hi = -(Q4_T)INFINITY, lo = (Q4_T)INFINITY;
     int nan = 0, inf = 0;
     threads = q4_threads_for_elems(threads, n);
-    (void)threads;
+    if (threads <= 1) {     /* no parallel region at all: libgomp costs more than a small call */
+        for (ptrdiff_t c = 0; c < nchunks; c++) {
+            const ptrdiff_t i0 = c * Q4_FUSED_CHUNK, i1 = n - i0 < Q4_FUSED_CHUNK ? n : i0 + Q4_FUSED_CHUNK;
+            Q4_FN(q4_encode_chunk)(p0, p1, x, out0, out1, i0, i1, &hi, &lo, &nan, &inf);
+        }
+        *hi_out = (double)hi;
+        *lo_out = (double)lo;
+        return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
+    }
 #if Q4CORE_OPENMP
     #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) \
         reduction(max:hi) reduction(min:lo) reduction(|:nan, inf)

@@ -55,9 +55,11 @@ static int q4_clamp_threads(int threads) {
 
 /* q4_clamp_threads, then at most one thread per Q4_QUANT_ELEMS_PER_THREAD of n elements */
 static int q4_threads_for_elems(int threads, ptrdiff_t n) {
-    threads = q4_clamp_threads(threads);
     const ptrdiff_t by_work = n / Q4_QUANT_ELEMS_PER_THREAD;
-    if (by_work < threads) threads = by_work > 1 ? (int)by_work : 1;
+    /* one thread whatever the processors: skip omp_get_num_procs (an affinity syscall per call) */
+    if (threads <= 1 || by_work <= 1) return 1;
+    threads = q4_clamp_threads(threads);
+    if (by_work < threads) threads = (int)by_work;
     return threads;
 }
 
