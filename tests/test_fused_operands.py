@@ -305,3 +305,114 @@ def test_encode_packed_weight_equals_encode_then_pack(shape, dtype):
     w[1 % shape[0], 0] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         quant.encode_packed_weight_unchecked(INT4_SYM, w, 0.05)
+
+
+def _moment_inputs(rng, n, dtype, case):
+    """Wide magnitudes; few values (ties, exact sums); NaN / Inf / signed zeros; squares beyond float32."""
+    if case == 0:
+        return wide_values(rng, n, dtype)
+    if case == 1:
+        return (rng.integers(-3, 4, n) * 0.5).astype(dtype)
+    if case == 2:
+        x = wide_values(rng, n, dtype)
+        if n:
+            pick = rng.integers(0, n, 1 + n // 40)
+            x[pick] = rng.choice(np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0], dtype), pick.size)
+        return x
+    big = np.finfo(dtype).max
+    return (rng.uniform(-1, 1, n) * big).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moments_bit_identical_on_random_sizes(dtype):
+    """_quant.moments' sums in numpy's pairwise order (8 accumulators per block of <= 128, halves
+    rounded down to a multiple of 8), max |x| and its flags, on every size 0..300 and random sizes
+    up to 5000, with NaN / Inf / ties / signed zeros / float32 squares beyond float32."""
+    from q4core import _quant
+    rng = np.random.default_rng(20261201)
+    sizes = list(range(301)) + [int(s) for s in rng.integers(301, 5001, 150)] + [1024, 4096, 4097, 5000]
+    for n in sizes:
+        for case in range(4):
+            x = _moment_inputs(rng, n, dtype, case)
+            if n > 3 and case == 2 and n % 5 == 0:
+                x[:] = np.nan                          # no value for the max at all
+            sq, ab, top, flags = _quant.moments(x)
+            d = x.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                same(sq, float(np.add.reduce(d * d)))
+                same(ab, float(np.add.reduce(np.abs(d))))
+                a = np.abs(d)[~np.isnan(d)]
+            same(top, float(a.max()) if a.size else 0.0)
+            assert flags == (0 if np.isfinite(d).all() else _quant.FLAG_NAN | _quant.FLAG_INF), (n, case)
+            if n >= 8 and case == 0:                  # an unaligned start: the same sums
+                y = np.empty(n + 1, dtype)[1:]
+                y[:] = x
+                assert _quant.moments(y)[:3] == (sq, ab, top)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 70), st.integers(0, 70), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2 ** 32))
+def test_encode_pack_b_any_shape(K, N, dtype, seed):
+    """encode_pack_b (four rows per packed lane, partial last k-group) equals encode then pack_b,
+    its packed buffer starts on the GEMM's operand alignment and is writeable."""
+    from q4core import _gemm, _quant
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((K, N)) * 0.3).astype(dtype)
+    for fmt in (INT4_SYM, UINT4):
+        kind, params = quant._cached_params(fmt)
+        codes, packed, Kp, Np, sums, flags = _quant.encode_pack_b(w, 0.05, kind, params)
+        ref = fmt.encode(w, 0.05, backend="numpy")
+        assert flags == 0 and codes.shape == (K, N)
+        np.testing.assert_array_equal(codes.view(ref.dtype), ref)
+        want, wKp, wNp, wsums, _ = _gemm.pack_b(ref.view(np.uint8), np.arange(256).astype(np.uint8)
+                                                 .view(np.int8)[None, :])
+        assert (Kp, Np) == (wKp, wNp)
+        assert packed.dtype == np.int8 and packed.shape == (Kp * Np,) and packed.flags.writeable
+        assert packed.ctypes.data % _gemm.OPERAND_ALIGN == 0 and packed.flags.c_contiguous
+        np.testing.assert_array_equal(packed, want[0])
+        np.testing.assert_array_equal(sums, wsums[0])
+
+
+def test_compiled_makers_refuse_bad_arrays_at_c_level():
+    """The C-level checks keep the documented errors: dtype / byte order -> TypeError, layout -> ValueError."""
+    from q4core import _quant
+    x = np.linspace(-1, 1, 64).astype(np.float32).reshape(8, 8)
+    for bad in (x.astype(">f4"), x.astype(np.float16), x.astype(np.int32), x.astype(np.longdouble)):
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            _quant.moments(bad)
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            _quant.minmax(bad, 1)
+    for bad in (x.T, x[:, ::2]):
+        with pytest.raises(ValueError, match="aligned, C-contiguous"):
+            _quant.moments(bad)
+    unaligned = np.zeros(257, np.uint8)[1:].view(np.float32)
+    assert not unaligned.flags.aligned
+    with pytest.raises(ValueError, match="aligned, C-contiguous"):
+        _quant.moments(unaligned)
+    acc = np.arange(64, dtype=np.int32).reshape(8, 8)
+    for bad in (acc.astype(">i4"), acc.astype(np.int16), acc.astype(np.uint32), acc.astype(np.float32)):
+        with pytest.raises(TypeError, match="acc must be native int32 or int64"):
+            _quant.rescale(bad, 1.0, True, 1)
+    for ok in (acc.astype(np.intc), acc.astype(np.longlong), acc.astype(np.int64)):
+        np.testing.assert_array_equal(_quant.rescale(ok, 0.5, True, 1), acc * np.float32(0.5))
+    kind, params = quant._cached_params(INT4_SYM)
+    out = np.empty(64, np.uint8)
+    with pytest.raises(ValueError, match="writeable"):
+        ro = out.copy()
+        ro.flags.writeable = False
+        _quant.run(kind, _quant.OP_ENCODE, x, ro, 0.1, params, 1)
+    with pytest.raises(ValueError, match="match x in dtype"):
+        _quant.run(kind, _quant.OP_QUANTIZE, x, np.empty(64, np.float64), 0.1, params, 1)
+    _quant.run(kind, _quant.OP_QUANTIZE, x, np.empty(64, np.dtype("=f4")), 0.1, params, 1)
+    with pytest.raises(ValueError, match="each out must be"):
+        _quant.encode_pair(x, 0.1, kind, params, np.empty(63, np.uint8), None, None, out, 1)
+    with pytest.raises(ValueError, match="each out must be"):
+        _quant.encode_pair(x, 0.1, kind, params, out, kind, params, np.empty((8, 8), np.uint8).T, 1)
+    with pytest.raises(TypeError, match="packed must be uint8"):
+        _quant.unpack(np.zeros(4, np.int8), np.zeros(8, np.uint8), False, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _quant.unpack(np.zeros((4, 4), np.uint8).T, np.zeros((4, 8), np.uint8), False, 1)
+    info = _quant.openmp_info()
+    info["simd_clones"] = "changed"                     # a fresh dict per call
+    assert _quant.openmp_info()["simd_clones"] != "changed"

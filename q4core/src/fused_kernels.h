@@ -45,15 +45,26 @@
 /* elements per cache block of the fused encode (4096 float32 = 16 KiB: within L1 with its codes) */
 #define Q4_L1_BLOCK ((ptrdiff_t)4096)
 
+/* the 8 accumulators of numpy's pairwise-sum block as the lanes of one vector (GCC / Clang vector
+ * extensions: lane-wise IEEE arithmetic, so each lane rounds exactly as its scalar accumulator) */
+typedef double q4_v8d __attribute__((vector_size(64)));
+typedef uint64_t q4_v8u64 __attribute__((vector_size(64)));
+typedef float q4_v8_f32 __attribute__((vector_size(32)));
+typedef int32_t q4_v8i_f32 __attribute__((vector_size(32)));
+#define Q4_ABS_MASK64 (((q4_v8u64){0}) + 0x7fffffffffffffffull)
+
 #define Q4_T float
 #define Q4_SUF f32
 #define Q4_I int32_t
+#define Q4_ABS_BITS 0x7fffffff
+#define Q4_INF_BITS 0x7f800000
 #define Q4_ABS(x) __builtin_fabsf(x)
 #define Q4_FINITE_MAX 3.4028234663852886e38f
 #define Q4_BOUNDS(p) ((p)->b32)
 /* float32 squares are exact in float64, so an FMA the AVX2 clone might form rounds as numpy's
  * multiply-then-add: the float32 moments take SIMD clones; the float64 ones must not contract */
 #define Q4_MOMENTS_ATTRS Q4_CLONES
+#define Q4_MOMENTS_VECTOR 1       /* the block's 8 accumulators as one vector (8 x float64: AVX-512) */
 #include "fused_kernels_t.h"
 
 #define Q4_T double
@@ -63,6 +74,7 @@
 #define Q4_FINITE_MAX 1.7976931348623157e308
 #define Q4_BOUNDS(p) ((p)->b64)
 #define Q4_MOMENTS_ATTRS Q4_NO_CONTRACT
+#define Q4_MOMENTS_VECTOR 0       /* no SIMD clones here (no contraction): the scalar lanes are faster */
 #include "fused_kernels_t.h"
 
 /* The rescale after an integer GEMM, y = acc * factor as float32, rounded as the engine's numpy

@@ -60,6 +60,53 @@ static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, ptrdiff_t n, doub
         }
         *sq = s;
         *ab = a;
+#if Q4_MOMENTS_VECTOR
+    } else if (n <= Q4_PW_BLOCK) {
+        /* numpy's 8 accumulators r[0..7] as the 8 lanes of one vector: lane j adds x[j], x[j + 8],
+         * ... in numpy's order (lane-wise IEEE adds, the very same roundings), max |x| and the
+         * non-finite test in the same pass */
+        Q4_FN(q4_v8) xv;
+        memcpy(&xv, x, sizeof xv);
+        q4_v8d d = __builtin_convertvector(xv, q4_v8d);
+        q4_v8d vs = d * d;
+        q4_v8d va = (q4_v8d)((q4_v8u64)d & Q4_ABS_MASK64);
+        const Q4_FN(q4_v8i) zero = {0};
+        const Q4_FN(q4_v8i) absm = zero + Q4_ABS_BITS, infb = zero + Q4_INF_BITS;
+        /* |x| as integer bits orders as |x| (sign cleared); above Inf's bits: NaN, not a max */
+        Q4_FN(q4_v8i) ai = (Q4_FN(q4_v8i))xv & absm;
+        Q4_FN(q4_v8i) bl = ai >= infb;                         /* NaN or Inf */
+        Q4_FN(q4_v8i) ml = ai & ~(ai > infb);                  /* running max |x| (bits), NaN as +0 */
+        ptrdiff_t i = Q4_PW_UNROLL;
+        for (; i < n - (n % Q4_PW_UNROLL); i += Q4_PW_UNROLL) {
+            memcpy(&xv, x + i, sizeof xv);
+            d = __builtin_convertvector(xv, q4_v8d);
+            vs += d * d;
+            va += (q4_v8d)((q4_v8u64)d & Q4_ABS_MASK64);
+            ai = (Q4_FN(q4_v8i))xv & absm;
+            bl |= ai >= infb;
+            const Q4_FN(q4_v8i) gt = (ai > ml) & ~(ai > infb);
+            ml = (ai & gt) | (ml & ~gt);
+        }
+        double s = ((vs[0] + vs[1]) + (vs[2] + vs[3])) + ((vs[4] + vs[5]) + (vs[6] + vs[7]));
+        double a = ((va[0] + va[1]) + (va[2] + va[3])) + ((va[4] + va[5]) + (va[6] + va[7]));
+        for (; i < n; i++) {
+            const double v = (double)x[i];
+            const Q4_T ax = Q4_ABS(x[i]);
+            s += v * v;
+            a += __builtin_fabs(v);
+            m = ax > m ? ax : m;
+            b |= !(ax <= Q4_FINITE_MAX);
+        }
+        for (int j = 0; j < Q4_PW_UNROLL; j++) {
+            Q4_T mj;
+            const Q4_I bits = ml[j];
+            memcpy(&mj, &bits, sizeof mj);
+            m = mj > m ? mj : m;
+            b |= bl[j] != 0;
+        }
+        *sq = s;
+        *ab = a;
+#else
     } else if (n <= Q4_PW_BLOCK) {
         double rs[Q4_PW_UNROLL], ra[Q4_PW_UNROLL];
         for (int j = 0; j < Q4_PW_UNROLL; j++) {
@@ -102,6 +149,7 @@ static void Q4_FN(q4_pairwise_moments)(const Q4_T *restrict x, ptrdiff_t n, doub
         }
         *sq = s;
         *ab = a;
+#endif
     } else {
         ptrdiff_t n2 = n / 2;
         n2 -= n2 % Q4_PW_UNROLL;
@@ -192,3 +240,6 @@ static unsigned Q4_FN(q4_minmax)(const Q4_T *restrict x, ptrdiff_t n, double *hi
 #undef Q4_BOUNDS
 #undef Q4_MOMENTS_ATTRS
 #undef Q4_I
+#undef Q4_ABS_BITS
+#undef Q4_MOMENTS_VECTOR
+#undef Q4_INF_BITS
