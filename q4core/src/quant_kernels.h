@@ -74,6 +74,8 @@ static int q4_threads_for_elems(int threads, ptrdiff_t n) {
 #define Q4_CLONES_NAME "default only"
 #endif
 
+/* elements per block of the encoders' full-width count buffer (on the stack, in L1) */
+#define Q4_ENCODE_BLOCK 512
 #define Q4_MAX_BOUNDS 15          /* 4-bit codes: at most 15 level boundaries */
 #define Q4_RADIX_BOUNDS 7         /* radix formats: at most 3 exponent bits */
 #define Q4_FLAG_NAN 1u

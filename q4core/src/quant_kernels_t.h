@@ -70,11 +70,19 @@ Q4_CLONES static unsigned Q4_FN(q4_level_encode)(const Q4_T *restrict x, uint8_t
     memcpy(b, Q4_BOUNDS(p), sizeof b);
     const Q4_I offset = p->offset;
     Q4_I nan = 0, inf = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        Q4_T xi = x[i];
-        out[i] = (uint8_t)Q4_FN(q4_level_of)(xi, b, offset);
-        nan |= (Q4_I)(xi != xi);
-        inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
+    /* counts in full-width lanes, then narrowed to bytes in a second loop: counting straight into
+     * bytes makes GCC narrow every comparison's mask (two shuffles per bound), ~3x slower */
+    Q4_I counts[Q4_ENCODE_BLOCK];
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += Q4_ENCODE_BLOCK) {
+        const ptrdiff_t len = n - i0 < Q4_ENCODE_BLOCK ? n - i0 : Q4_ENCODE_BLOCK;
+        const Q4_T *restrict xb = x + i0;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            Q4_T xi = xb[i];
+            counts[i] = Q4_FN(q4_level_of)(xi, b, offset);
+            nan |= (Q4_I)(xi != xi);
+            inf |= (Q4_I)(Q4_ABS(xi) == (Q4_T)INFINITY);
+        }
+        for (ptrdiff_t i = 0; i < len; i++) out[i0 + i] = (uint8_t)counts[i];
     }
     return Q4_FN(q4_flags)(nan, inf);
 }
