@@ -451,3 +451,31 @@ def test_benchmark_runs_and_checks_its_results(capsys):
 def test_module_doctests():
     result = doctest.testmod(quant, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.parametrize("fmt", [INT4_SYM, UINT4, IntFormat(4), IntFormat(2), IntFormat(3, signed=False),
+                                 IntFormat(2, signed=False)], ids=repr)
+def test_level_encode_at_its_boundaries_on_random_sizes(fmt):
+    """The float32 level encoder (16 values per binary search over the bound table, a scalar tail)
+    equals the reference on values at, one ulp below and above every level boundary, ties, NaN,
+    +-Inf, signed zeros and huge values, for every size 0..100 and random sizes to 5000, at several
+    scales; every start offset mod 16 of the 16-wide loop."""
+    rng = np.random.default_rng(7)
+    for scale in (0.05, 1.0, 3.0e-7, 2.5e5):
+        mids = (np.arange(-9, 17) + 0.5) * scale
+        near = np.concatenate([mids, np.nextafter(mids.astype(np.float32), np.float32(np.inf)),
+                               np.nextafter(mids.astype(np.float32), np.float32(-np.inf))]).astype(np.float32)
+        special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e-45], np.float32)
+        sizes = list(range(101)) + [int(s) for s in rng.integers(101, 5001, 12)]
+        for n in sizes:
+            x = rng.choice(near, n) if n else np.zeros(0, np.float32)
+            if n and n % 3 == 0:
+                x[rng.integers(0, n, 1 + n // 30)] = rng.choice(special, 1 + n // 30)
+            for off in ((0, 5) if n > 5 else (0,)):
+                xo = x[off:]
+                if np.isfinite(xo).all():
+                    np.testing.assert_array_equal(quant.encode(fmt, xo, scale),
+                                                  fmt.encode(xo, scale, backend="numpy"))
+                else:
+                    with pytest.raises(ValueError, match="NaN or Inf"):
+                        quant.encode(fmt, xo, scale)

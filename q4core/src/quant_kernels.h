@@ -234,8 +234,20 @@ static int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *t
     return 0;
 }
 
+/* float32 level encode by binary search over a 16-lane bound table (GCC's __builtin_shuffle with
+ * a variable index: one permute per step on AVX-512) */
+#if defined(__GNUC__) && !defined(__clang__)
+typedef float q4_v16f __attribute__((vector_size(64)));
+typedef int32_t q4_v16i __attribute__((vector_size(64)));
+typedef uint8_t q4_v16u8 __attribute__((vector_size(16)));
+#define Q4_LEVEL_SEARCH_F32 1
+#else
+#define Q4_LEVEL_SEARCH_F32 0
+#endif
+
 /* ---- the element loops, once per input type */
 #define Q4_T float
+#define Q4_LEVEL_SEARCH Q4_LEVEL_SEARCH_F32
 #define Q4_SUF f32
 #define Q4_U uint32_t
 #define Q4_I int32_t
@@ -247,6 +259,7 @@ static int q4_plan_signmag(q4_plan *p, int is_f64, double scale, const double *t
 #include "quant_kernels_t.h"
 
 #define Q4_T double
+#define Q4_LEVEL_SEARCH 0
 #define Q4_SUF f64
 #define Q4_U uint64_t
 #define Q4_I int64_t
