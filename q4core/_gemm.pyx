@@ -9,6 +9,9 @@ that (offsets, exponent groups) and validates everything before it gets here.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
+from libc.stdlib cimport malloc, free
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 
 cnp.import_array()
 
@@ -139,22 +142,104 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
+cdef extern from "numpy/arrayobject.h":
+    PyTypeObject PyArray_Type
+    # steals a reference to descr (numpy's own .pxd leaves it undeclared)
+    object _new_from_descr "PyArray_NewFromDescr"(PyTypeObject *subtype, cnp.dtype descr, int nd,
+                                                  cnp.npy_intp *dims, cnp.npy_intp *strides,
+                                                  void *data, int flags, PyObject *obj)
+
+# The operand helpers below work on the numpy C API: on 64 x 64 operands the Python-level views,
+# typed-memoryview acquisitions and temporary arrays they replace cost several times the
+# multiply-accumulates (aligned_zeros 1.5 us, prep_a 4.3 us, gemm 5.4 us on Zen 4)
+
+
+cdef object _aligned_descr(int nd, const cnp.npy_intp *dims, object descr):
+    """Zeros of dtype ``descr`` (a numpy dtype) and C shape ``dims``, data on an OPERAND_ALIGN
+    boundary: one zeroed raw byte buffer (the base) and one array on its first aligned byte."""
+    cdef cnp.npy_intp nbytes = (<cnp.dtype>descr).itemsize, rawlen, d
+    cdef int i
+    for i in range(nd):
+        d = dims[i]
+        if d < 0:
+            raise ValueError("negative dimensions are not allowed")
+        if d and nbytes > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - OPERAND_ALIGN) // d:
+            raise ValueError("array is too big")
+        nbytes *= d
+    rawlen = nbytes + OPERAND_ALIGN
+    cdef cnp.ndarray raw = cnp.PyArray_ZEROS(1, &rawlen, cnp.NPY_UINT8, 0)
+    cdef char *data = <char *>cnp.PyArray_DATA(raw)
+    data += (-<Py_ssize_t>(<size_t>data)) % OPERAND_ALIGN
+    Py_INCREF(descr)                      # PyArray_NewFromDescr steals it
+    cdef cnp.ndarray out = _new_from_descr(&PyArray_Type, <cnp.dtype>descr, nd, <cnp.npy_intp *>dims,
+                                           NULL, data, cnp.NPY_ARRAY_CARRAY, NULL)
+    cnp.set_array_base(out, raw)
+    return out
+
+
+cdef cnp.ndarray _aligned_typed(int nd, const cnp.npy_intp *dims, int typenum):
+    return _aligned_descr(nd, dims, cnp.PyArray_DescrFromType(typenum))
+
+
 def aligned_zeros(shape, dtype):
     """``np.zeros(shape, dtype)`` whose data starts on an OPERAND_ALIGN-byte boundary.
 
     Operand buffers handed to :func:`gemm` should come from here (prep_a and pack_b use it):
     results do not depend on alignment, speed does (AMX tile loads)."""
     dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError("aligned_zeros: object dtypes are not supported")
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    cdef Py_ssize_t nbytes = dtype.itemsize, start
-    for extent in shape:         # not np.prod / arr.ctypes: ~10 us of Python per call on small operands
-        nbytes *= extent
-    raw = np.zeros(nbytes + OPERAND_ALIGN, np.uint8)
-    start = (-<Py_ssize_t>(<size_t>cnp.PyArray_DATA(raw))) % OPERAND_ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    cdef cnp.npy_intp dims[32]
+    cdef int nd = len(shape), i
+    if nd > 32:
+        raise ValueError("aligned_zeros: at most 32 dimensions")
+    for i in range(nd):
+        dims[i] = shape[i]
+    return _aligned_descr(nd, dims, dtype)
 
 
-def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0):
+cdef inline bint _fits(object x, int nd, int typenum, bint contig):
+    """``x`` is an ndarray of ``nd`` dimensions and type ``typenum`` (native order, aligned),
+    C-contiguous if ``contig``: its data can be handed to C as is."""
+    if not isinstance(x, cnp.ndarray):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    return (cnp.PyArray_NDIM(a) == nd and cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_ISALIGNED(a) and (not contig or cnp.PyArray_IS_C_CONTIGUOUS(a)))
+
+
+cdef cnp.ndarray _operand(object x, int nd, int typenum, bint contig):
+    """``x`` as an ndarray whose data C may read with the layout asked for: ``x`` itself when it
+    is one (the fast path), else through the typed memoryview the entry points used to take, which
+    accepts and rejects exactly what it did (any buffer object; the same errors)."""
+    if _fits(x, nd, typenum, contig):
+        return <cnp.ndarray>x
+    cdef const uint8_t[:, :] u2
+    cdef const uint8_t[:, ::1] u2c
+    cdef const int8_t[:, ::1] s2c
+    cdef const int8_t[::1] s1c
+    cdef const int64_t[::1] l1c
+    if nd == 2 and typenum == cnp.NPY_UINT8 and not contig:
+        u2 = x
+        return np.asarray(u2)       # the array keeps the memoryview, and with it the buffer, alive
+    # [:, ::1] takes rows with any stride; C reads them 256 bytes (a table) or lda apart
+    if nd == 2 and typenum == cnp.NPY_UINT8:
+        u2c = x
+        return np.ascontiguousarray(np.asarray(u2c))
+    if nd == 2 and typenum == cnp.NPY_INT8 and contig:
+        s2c = x
+        return np.ascontiguousarray(np.asarray(s2c))
+    if nd == 1 and typenum == cnp.NPY_INT8 and contig:
+        s1c = x
+        return np.asarray(s1c)
+    if nd == 1 and typenum == cnp.NPY_INT64 and contig:
+        l1c = x
+        return np.asarray(l1c)
+    raise TypeError("internal error: unsupported operand layout")
+
+
+def pack_b(src, tables, int nthreads=0):
     """Map B (K x N bytes, any strides) through each row of ``tables`` (T x 256) into the
     kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
 
@@ -163,21 +248,32 @@ def pack_b(const uint8_t[:, :] src, const int8_t[:, ::1] tables, int nthreads=0)
     any product); ``seen[v]`` tells whether byte value v occurs in B.  Column panels are
     spread over ``nthreads`` OpenMP threads (0: the default count).
     """
-    cdef Py_ssize_t K = src.shape[0], N = src.shape[1], T = tables.shape[0]
-    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN), Np = _round_up(max(N, 1), Q4_PANEL)
-    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
+    cdef cnp.ndarray s = _operand(src, 2, cnp.NPY_UINT8, False)
+    cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_INT8, True)
+    cdef Py_ssize_t K = cnp.PyArray_DIMS(s)[0], N = cnp.PyArray_DIMS(s)[1]
+    cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
+    cdef Py_ssize_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
+    cdef Py_ssize_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
+    if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
-    packed = aligned_zeros((T, Kp * Np), np.int8)
-    sums = np.zeros((T, Np), np.int64)
-    seen = np.zeros(256, np.uint8)
-    cdef int8_t[:, ::1] p = packed
-    cdef int64_t[:, ::1] cs = sums
-    cdef uint8_t[::1] sv = seen
+    cdef cnp.npy_intp dims[2]
+    dims[0] = T
+    dims[1] = Kp * Np
+    packed = _aligned_typed(2, dims, cnp.NPY_INT8)
+    dims[1] = Np
+    sums = cnp.PyArray_ZEROS(2, dims, cnp.NPY_INT64, 0)
+    dims[0] = 256
+    seen = cnp.PyArray_ZEROS(1, dims, cnp.NPY_BOOL, 0)     # the C code stores 0 / 1 bytes
+    cdef const uint8_t *sp = <const uint8_t *>cnp.PyArray_DATA(s)
+    cdef int64_t sk = cnp.PyArray_STRIDES(s)[0], sj = cnp.PyArray_STRIDES(s)[1]
+    cdef const int8_t *tp = <const int8_t *>cnp.PyArray_DATA(tab)
+    cdef int8_t *pp = <int8_t *>cnp.PyArray_DATA(packed)
+    cdef int64_t *cs = <int64_t *>cnp.PyArray_DATA(sums)
+    cdef uint8_t *sv = <uint8_t *>cnp.PyArray_DATA(seen)
     if K and N:
         with nogil:
-            q4_pack_b(&src[0, 0], src.strides[0], src.strides[1], K, N, &tables[0, 0], T,
-                      &p[0, 0], Kp * Np, &cs[0, 0], Kp, Np, &sv[0], nthreads)
-    return packed, Kp, Np, sums, seen.astype(bool)
+            q4_pack_b(sp, sk, sj, K, N, tp, T, pp, Kp * Np, cs, Kp, Np, sv, nthreads)
+    return packed, Kp, Np, sums, seen
 
 
 def _aligned(x):
@@ -185,7 +281,8 @@ def _aligned(x):
     aligned C-contiguous copy."""
     cdef cnp.ndarray arr = np.asarray(x)
     x = arr
-    if arr.size == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % OPERAND_ALIGN == 0 and arr.flags.c_contiguous):
+    if cnp.PyArray_SIZE(arr) == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % OPERAND_ALIGN == 0
+                                      and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
         return x
     out = aligned_zeros(x.shape, x.dtype)
     out[...] = x
@@ -209,8 +306,7 @@ def row_multiple(int kernel):
     return q4_row_multiple(kernel)
 
 
-def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
-           Py_ssize_t rows, int nthreads=0, bint want_seen=True):
+def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint want_seen=True):
     """Map A (M x K bytes, any strides) through each row of ``tables`` (T x 256) into T
     zero-padded row-major buffers, in one pass over A.
 
@@ -220,67 +316,78 @@ def prep_a(const uint8_t[:, :] src, const uint8_t[:, ::1] tables, Py_ssize_t Kp,
     into the same L1 cache set (a power-of-two stride would alias them); ``seen[v]`` tells
     whether byte value v occurs in A (None when ``want_seen`` is false: the scan is skipped).
     """
-    cdef Py_ssize_t M = src.shape[0], K = src.shape[1], T = tables.shape[0]
-    cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
-    cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
-    if tables.shape[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
+    cdef cnp.ndarray s = _operand(src, 2, cnp.NPY_UINT8, False)
+    cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_UINT8, True)
+    cdef Py_ssize_t M = cnp.PyArray_DIMS(s)[0], K = cnp.PyArray_DIMS(s)[1]
+    cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
+    if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
         raise ValueError("internal error: bad tables, Kp or rows in prep_a")
-    buf = aligned_zeros((T, Mp, lda), np.uint8)
-    seen = np.zeros(256 if want_seen else 1, np.uint8)
-    cdef uint8_t[:, :, ::1] b = buf
-    cdef uint8_t[::1] sv = seen
+    cdef Py_ssize_t Mp = (max(M, 1) + rows - 1) // rows * rows
+    cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
+    cdef cnp.npy_intp dims[3]
+    dims[0] = T
+    dims[1] = Mp
+    dims[2] = lda
+    buf = _aligned_typed(3, dims, cnp.NPY_UINT8)
+    seen = None
+    cdef uint8_t *sv = NULL
+    if want_seen:
+        dims[0] = 256
+        seen = cnp.PyArray_ZEROS(1, dims, cnp.NPY_BOOL, 0)   # the C code stores 0 / 1 bytes
+        sv = <uint8_t *>cnp.PyArray_DATA(seen)
+    cdef const uint8_t *sp = <const uint8_t *>cnp.PyArray_DATA(s)
+    cdef int64_t si = cnp.PyArray_STRIDES(s)[0], sk = cnp.PyArray_STRIDES(s)[1]
+    cdef const uint8_t *tp = <const uint8_t *>cnp.PyArray_DATA(tab)
+    cdef uint8_t *bp = <uint8_t *>cnp.PyArray_DATA(buf)
     if M and K:
         with nogil:
-            q4_prep_a(&src[0, 0], src.strides[0], src.strides[1], M, K, &tables[0, 0], T,
-                      &b[0, 0, 0], Mp * lda, lda, &sv[0] if want_seen else NULL, nthreads)
-    if not want_seen:
-        return buf, None
-    return buf, seen.view(np.bool_)     # 0 / 1 bytes: a view, not a converted copy
+            q4_prep_a(sp, si, sk, M, K, tp, T, bp, Mp * lda, lda, sv, nthreads)
+    return buf, seen
 
 
 def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):
     """int64 column sums of a packed B over all of K."""
-    return _column_sums(packed, Kp, Np, 0, Kp)
-
-
-cdef cnp.ndarray _column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np,
-                              Py_ssize_t k0, Py_ssize_t k1):
-    """int64 column sums of packed B over rows [k0, k1)."""
+    if Kp < 0 or Np < 0 or packed.shape[0] < Kp * Np or Kp % Q4_KALIGN or Np % Q4_PANEL:
+        raise ValueError("internal error: packed operand does not match Kp, Np")
     sums = np.zeros(Np, np.int64)
     cdef int64_t[::1] s = sums
-    cdef Py_ssize_t j, g, q
-    cdef const int8_t *panel
-    cdef int64_t acc
-    with nogil:
-        for j in range(Np):
-            panel = &packed[(j // Q4_PANEL) * Kp * Q4_PANEL + (j % Q4_PANEL) * Q4_KGROUP]
-            acc = 0
-            for g in range(k0 // Q4_KGROUP, k1 // Q4_KGROUP):
-                for q in range(Q4_KGROUP):
-                    acc += panel[g * Q4_GROUP_BYTES + q]
-            s[j] = acc
+    cdef Py_ssize_t j
+    if Np:
+        with nogil:
+            for j in range(Np):
+                s[j] = _panel_column_sum(&packed[0], Kp, j, 0, Kp)
     return sums
 
 
-cdef cnp.ndarray _correction(const int64_t[::1] sums, int64_t offset):
-    """int32 ``offset * sums``: the zero-point correction the driver subtracts.
+cdef inline int64_t _panel_column_sum(const int8_t *packed, Py_ssize_t Kp, Py_ssize_t j,
+                                      Py_ssize_t k0, Py_ssize_t k1) noexcept nogil:
+    """Column j of packed B summed over rows [k0, k1)."""
+    cdef const int8_t *panel = &packed[(j // Q4_PANEL) * Kp * Q4_PANEL + (j % Q4_PANEL) * Q4_KGROUP]
+    cdef int64_t acc = 0
+    cdef Py_ssize_t g, q
+    for g in range(k0 // Q4_KGROUP, k1 // Q4_KGROUP):
+        for q in range(Q4_KGROUP):
+            acc += panel[g * Q4_GROUP_BYTES + q]
+    return acc
+
+
+cdef bint _correction(const int64_t *sums, const int8_t *packed, Py_ssize_t Kp, Py_ssize_t Np,
+                      Py_ssize_t k0, Py_ssize_t k1, int64_t offset, int32_t *corr) noexcept nogil:
+    """int32 ``offset * sums`` into ``corr`` (Np): the zero-point correction the driver subtracts;
+    ``sums`` the column sums of B over all of K, or NULL: summed here from packed B over [k0, k1).
 
     ``|offset * column sum| <= max_product * kchunk < 2**31`` by the caller's K chunk;
-    checked anyway, since a wrapped correction would be a silent wrong answer."""
-    cdef Py_ssize_t j, n = sums.shape[0]
+    checked anyway (returns True when one is outside), since a wrapped correction would be a
+    silent wrong answer."""
+    cdef Py_ssize_t j
     cdef int64_t v
     cdef bint bad = False
-    corr = np.empty(n, np.int32)
-    cdef int32_t[::1] c = corr
-    with nogil:
-        for j in range(n):
-            v = sums[j] * offset
-            if v > 2147483647 or v < -2147483647:
-                bad = True
-            c[j] = <int32_t>v
-    if bad:
-        raise ValueError("internal error: zero-point correction exceeds int32; K chunk too long")
-    return corr
+    for j in range(Np):
+        v = (sums[j] if sums != NULL else _panel_column_sum(packed, Kp, j, k0, k1)) * offset
+        if v > 2147483647 or v < -2147483647:
+            bad = True
+        corr[j] = <int32_t>v
+    return bad
 
 
 def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
@@ -303,60 +410,99 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         raise ValueError("internal error: one or two groups, with matching operand tuples")
     if kchunk <= 0 or kchunk % Q4_KALIGN:
         raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of {Q4_KALIGN}")
+    if M < 0 or N < 0 or Kp <= 0 or Np <= 0 or N > Np:
+        raise ValueError("internal error: bad output or padded shapes")
     cdef const uint8_t *a_ptr[2]
     cdef const int8_t *b_ptr[2]
+    cdef const int64_t *sums_ptr[2]
     cdef const int32_t *corr_ptr[2]
     cdef int shift_arr[2]
-    cdef const uint8_t[:, ::1] av
-    cdef const int8_t[::1] bv
-    cdef int32_t[::1] cv
+    cdef int64_t offset_arr[2]
+    cdef cnp.ndarray av, bv, sv
     cdef Py_ssize_t lda = -1, Mp = -1
-    # operands made elsewhere (not by prep_a / pack_b) may start off a cache line: a copy
-    # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
-    a_bufs = tuple(_aligned(x) for x in a_bufs)
-    packs = tuple(_aligned(x) for x in packs)
+    cdef int g
+    keep = []        # the operands in use (copies made here included) stay alive until the end
     for g in range(ngroups):
-        av = a_bufs[g]
-        bv = packs[g]
+        # operands made elsewhere (not by prep_a / pack_b) may start off a cache line: a copy
+        # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
+        x = a_bufs[g]
+        if not (_fits(x, 2, cnp.NPY_UINT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
+                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % OPERAND_ALIGN == 0):
+            x = _aligned(x)
+        av = _operand(x, 2, cnp.NPY_UINT8, True)
+        x = packs[g]
+        if not (_fits(x, 1, cnp.NPY_INT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
+                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % OPERAND_ALIGN == 0):
+            x = _aligned(x)
+        bv = _operand(x, 1, cnp.NPY_INT8, True)
+        keep.append(av)
+        keep.append(bv)
         if g == 0:
-            Mp, lda = av.shape[0], av.shape[1]
-        if av.shape[0] != Mp or av.shape[1] != lda or lda < Kp or lda % Q4_KALIGN or Mp < M \
-                or bv.shape[0] != Kp * Np:
+            Mp, lda = cnp.PyArray_DIMS(av)[0], cnp.PyArray_DIMS(av)[1]
+        if cnp.PyArray_DIMS(av)[0] != Mp or cnp.PyArray_DIMS(av)[1] != lda or lda < Kp \
+                or lda % Q4_KALIGN or Mp < M or cnp.PyArray_DIMS(bv)[0] != Kp * Np:
             raise ValueError("internal error: operand buffers do not match the packed shapes")
-        a_ptr[g] = &av[0, 0]
-        b_ptr[g] = &bv[0]
+        a_ptr[g] = <const uint8_t *>cnp.PyArray_DATA(av)
+        b_ptr[g] = <const int8_t *>cnp.PyArray_DATA(bv)
         shift_arr[g] = shifts[g]
+        offset_arr[g] = a_offsets[g]
     cdef Py_ssize_t nchunks = (Kp + kchunk - 1) // kchunk
-    single = ngroups == 1 and shifts[0] == 0 and nchunks == 1
-    narrow32 = narrow and nchunks == 1 and not single
-    result = np.empty((M, N), np.int32 if single or narrow32 else np.int64)
+    # the cached column sums serve a single chunk (they cover all of K)
+    for g in range(ngroups):
+        sums_ptr[g] = NULL
+        if offset_arr[g] != 0 and nchunks == 1 and colsums is not None and colsums[g] is not None:
+            sv = _operand(colsums[g], 1, cnp.NPY_INT64, True)
+            if cnp.PyArray_DIMS(sv)[0] != Np:
+                raise ValueError("internal error: column sums do not match the packed shapes")
+            keep.append(sv)
+            sums_ptr[g] = <const int64_t *>cnp.PyArray_DATA(sv)
+    cdef bint single = ngroups == 1 and shift_arr[0] == 0 and nchunks == 1
+    cdef bint narrow32 = narrow and nchunks == 1 and not single
+    cdef cnp.npy_intp dims[2]
+    dims[0] = M
+    dims[1] = N
+    result = cnp.PyArray_EMPTY(2, dims, cnp.NPY_INT32 if single or narrow32 else cnp.NPY_INT64, 0)
     cdef void *out_ptr = cnp.PyArray_DATA(result)
-    cdef Py_ssize_t k0, k1
-    cdef int rc, mode
-    corr_keep = [None, None]
-    for c in range(nchunks):
-        k0 = c * kchunk
-        k1 = min(Kp, k0 + kchunk)
-        mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
-        for g in range(ngroups):
-            corr_ptr[g] = NULL
-            if a_offsets[g] != 0:
-                if nchunks == 1 and colsums is not None and colsums[g] is not None:
-                    sums = colsums[g]
-                else:
-                    sums = _column_sums(packs[g], Kp, Np, k0, k1)
-                corr_keep[g] = _correction(sums, a_offsets[g])
-                cv = corr_keep[g]
-                corr_ptr[g] = &cv[0]
+    cdef Py_ssize_t k0, k1, c
+    cdef int rc = 0, mode
+    cdef bint bad = False
+    cdef bint need_corr = offset_arr[0] != 0 or (ngroups > 1 and offset_arr[1] != 0)
+    cdef int32_t corr_stack[2 * 512]
+    cdef int32_t *corr = corr_stack
+    if need_corr and Np > 512:
+        corr = <int32_t *>malloc(2 * Np * sizeof(int32_t))
+        if corr == NULL:
+            raise MemoryError()
+    try:
         with nogil:
-            rc = q4_gemm_groups(kernel, ngroups, a_ptr, lda, M, Mp, b_ptr, Kp, N, Np, k0, k1,
-                                corr_ptr, shift_arr, mode, out_ptr, N, nthreads, max_product)
-        if rc == -1:
-            raise RuntimeError(f"kernel {KERNELS[kernel]!r} is not usable on this CPU/OS")
-        if rc == -2:
-            raise MemoryError("q4core GEMM could not allocate its per-thread scratch tile")
-        if rc == -3:
-            raise ValueError(f"internal error: product bound {max_product} too large for the AVX2 kernel")
-        if rc == -4:
-            raise ValueError("internal error: operand padding does not fit the kernel's blocking")
+            for c in range(nchunks):
+                k0 = c * kchunk
+                k1 = min(Kp, k0 + kchunk)
+                mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
+                for g in range(ngroups):
+                    corr_ptr[g] = NULL
+                    if offset_arr[g] != 0:
+                        if _correction(sums_ptr[g], b_ptr[g], Kp, Np, k0, k1, offset_arr[g], corr + g * Np):
+                            bad = True
+                            break
+                        corr_ptr[g] = corr + g * Np
+                if bad:
+                    break
+                rc = q4_gemm_groups(kernel, ngroups, a_ptr, lda, M, Mp, b_ptr, Kp, N, Np, k0, k1,
+                                    corr_ptr, shift_arr, mode, out_ptr, N, nthreads, max_product)
+                if rc != 0:
+                    break
+    finally:
+        if corr != corr_stack:
+            free(corr)
+    if bad:
+        raise ValueError("internal error: zero-point correction exceeds int32; K chunk too long")
+    if rc == -1:
+        raise RuntimeError(f"kernel {KERNELS[kernel]!r} is not usable on this CPU/OS")
+    if rc == -2:
+        raise MemoryError("q4core GEMM could not allocate its per-thread scratch tile")
+    if rc == -3:
+        raise ValueError(f"internal error: product bound {max_product} too large for the AVX2 kernel")
+    if rc == -4:
+        raise ValueError("internal error: operand padding does not fit the kernel's blocking")
     return result
