@@ -149,6 +149,128 @@ static inline void q4_store_int32_row(int32_t *restrict o, const int32_t *s0, co
                              + q4_shl32((int32_t)((uint32_t)s1[j] - (uint32_t)c1[j]), h1));
 }
 
+/* The arguments of one q4_gemm_groups call, shared by its threads. */
+typedef struct {
+    q4_tile_fn fn;
+    int kernel, ngroups, mode, fused;
+    const uint8_t *const *A;
+    const int8_t *const *B;
+    const int32_t *const *corr;
+    const int *shift;
+    void *out;
+    int64_t lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles;
+    size_t tile_ints;
+} q4_gemm_job;
+
+/* Output tile t of the call: its K blocks into ``scratch`` (tile_ints int32 per group, or one
+ * tile when fused), then the corrected, shifted store into the output. */
+static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scratch) {
+    const q4_tile_fn fn = job->fn;
+    const int ngroups = job->ngroups, mode = job->mode, fused = job->fused;
+    const uint8_t *const *A = job->A;
+    const int8_t *const *B = job->B;
+    const int32_t *const *corr = job->corr;
+    const int *shift = job->shift;
+    void *out = job->out;
+    const int64_t lda = job->lda, M = job->M, Mp = job->Mp, Kp = job->Kp, N = job->N, Np = job->Np;
+    const int64_t k0 = job->k0, k1 = job->k1, ldo = job->ldo, tiles_n = job->tiles_n;
+    const size_t tile_ints = job->tile_ints;
+    (void)fused;
+    const int64_t i0 = (t / tiles_n) * Q4_MC, j0 = (t % tiles_n) * Q4_NC;
+    const int64_t mrows = Mp - i0 < Q4_MC ? Mp - i0 : Q4_MC;
+    const int64_t ncols = Np - j0 < Q4_NC ? Np - j0 : Q4_NC;
+#if Q4_HAVE_VNNI
+    if (fused) {
+        for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
+            const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
+            const int64_t boff = (j0 / Q4_PANEL) * Kp * Q4_PANEL;
+            q4_tile2_vnni(A[0] + i0 * lda, A[1] + i0 * lda, lda, B[0] + boff, B[1] + boff, Kp,
+                          kb, ke, scratch, Q4_NC, mrows, ncols, kb != k0, shift[0], shift[1]);
+        }
+        const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
+        const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
+        uint32_t cc[Q4_NC];     /* the combined correction, modular like the sums */
+        for (int64_t j = 0; j < jend; j++)
+            cc[j] = ((corr[0] ? (uint32_t)corr[0][j0 + j] : 0u) << shift[0])
+                  + ((corr[1] ? (uint32_t)corr[1][j0 + j] : 0u) << shift[1]);
+        for (int64_t i = 0; i < iend; i++) {
+            const int32_t *s0 = scratch + i * Q4_NC;
+            if (mode == 3) {
+                int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
+                for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
+            } else if (mode == 2) {
+                int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
+                for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
+            } else {
+                int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
+                for (int64_t j = 0; j < jend; j++) o[j] += (int32_t)((uint32_t)s0[j] - cc[j]);
+            }
+        }
+        return;
+    }
+#endif
+    for (int g = 0; g < ngroups; g++) {
+        int32_t *sg = scratch + g * tile_ints;
+        for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
+            const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
+            fn(A[g] + i0 * lda, lda, B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL, Kp, kb, ke,
+               sg, Q4_NC, mrows, ncols, kb != k0);
+        }
+        if (k1 <= k0) memset(sg, 0, sizeof(int32_t) * tile_ints);
+    }
+    const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
+    const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
+    const int32_t *c0 = corr[0] ? corr[0] + j0 : NULL;
+    const int32_t *c1 = ngroups > 1 && corr[1] ? corr[1] + j0 : NULL;
+    for (int64_t i = 0; i < iend; i++) {
+        const int32_t *s0 = scratch + i * Q4_NC;
+        const int32_t *s1 = s0 + tile_ints;
+        if (mode == 0) {
+            int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
+            if (c0) for (int64_t j = 0; j < jend; j++) o[j] = s0[j] - c0[j];
+            else memcpy(o, s0, sizeof(int32_t) * jend);
+            continue;
+        }
+        if (mode == 3) {
+            q4_store_int32_row((int32_t *)out + (i0 + i) * ldo + j0, s0, c0 ? c0 : q4_zero_corr,
+                               shift[0], ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
+                               ngroups > 1 ? shift[1] : 0, jend);
+            continue;
+        }
+        int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
+        q4_store_int64_row(o, s0, c0 ? c0 : q4_zero_corr, shift[0],
+                           ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
+                           ngroups > 1 ? shift[1] : 0, jend, mode == 1);
+    }
+}
+
+/* One thread's share of the call: its scratch tile(s), then output tiles - all of them when
+ * ``team`` is 0 (the caller runs alone, outside any OpenMP region), else those the enclosing
+ * parallel region's work-sharing loop hands it.  Returns 1 when the scratch allocation failed. */
+static inline int q4_gemm_thread(const q4_gemm_job *job, int team) {
+    int32_t *scratch = (int32_t *)aligned_alloc(Q4_CACHE_LINE,
+                                                sizeof(int32_t) * job->tile_ints * (job->fused ? 1 : job->ngroups));
+#if Q4_HAVE_AMX
+    if (job->kernel == Q4_AMX && scratch) q4_amx_thread_begin();
+#endif
+    if (team) {
+        /* every thread must reach the work-sharing loop, even one without scratch */
+#if Q4CORE_OPENMP
+        #pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t t = 0; t < job->ntiles; t++)
+            if (scratch != NULL) q4_gemm_tile(job, t, scratch);
+    } else if (scratch != NULL) {
+        for (int64_t t = 0; t < job->ntiles; t++) q4_gemm_tile(job, t, scratch);
+    }
+#if Q4_HAVE_AMX
+    if (job->kernel == Q4_AMX && scratch) q4_amx_thread_end();
+#endif
+    const int failed = scratch == NULL;
+    free(scratch);
+    return failed;
+}
+
 /* One or two operand pairs ("groups") summed into one output: the FP4 x INT4 products are
  * two int8 GEMMs (exponent groups) whose int32 results are combined as g0 + (g1 << 8).
  * Both groups share M, N, K and the padded shapes; group g reads A[g] (row stride lda) and
@@ -206,94 +328,16 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
                                    Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
+    const q4_gemm_job job = {fn, kernel, ngroups, mode, fused, A, B, corr, shift, out,
+                             lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_ints};
+    /* one thread: no OpenMP region at all (entering one costs more than a small product) */
+    if (nthreads <= 1) {
+        failed = q4_gemm_thread(&job, 0);
+    } else {
 #if Q4CORE_OPENMP
-    #pragma omp parallel num_threads(nthreads) reduction(|:failed)
+        #pragma omp parallel num_threads(nthreads) reduction(|:failed)
 #endif
-    {
-        int32_t *scratch = (int32_t *)aligned_alloc(Q4_CACHE_LINE, sizeof(int32_t) * tile_ints * (fused ? 1 : ngroups));
-        if (scratch == NULL) failed = 1;
-        {
-#if Q4_HAVE_AMX
-            if (kernel == Q4_AMX && scratch) q4_amx_thread_begin();
-#endif
-            /* every thread must reach the work-sharing loop, even one without scratch */
-#if Q4CORE_OPENMP
-            #pragma omp for schedule(dynamic, 1)
-#endif
-            for (int64_t t = 0; t < ntiles; t++) {
-                if (scratch == NULL) continue;
-                const int64_t i0 = (t / tiles_n) * Q4_MC, j0 = (t % tiles_n) * Q4_NC;
-                const int64_t mrows = Mp - i0 < Q4_MC ? Mp - i0 : Q4_MC;
-                const int64_t ncols = Np - j0 < Q4_NC ? Np - j0 : Q4_NC;
-#if Q4_HAVE_VNNI
-                if (fused) {
-                    for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
-                        const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
-                        const int64_t boff = (j0 / Q4_PANEL) * Kp * Q4_PANEL;
-                        q4_tile2_vnni(A[0] + i0 * lda, A[1] + i0 * lda, lda, B[0] + boff, B[1] + boff, Kp,
-                                      kb, ke, scratch, Q4_NC, mrows, ncols, kb != k0, shift[0], shift[1]);
-                    }
-                    const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
-                    const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
-                    uint32_t cc[Q4_NC];     /* the combined correction, modular like the sums */
-                    for (int64_t j = 0; j < jend; j++)
-                        cc[j] = ((corr[0] ? (uint32_t)corr[0][j0 + j] : 0u) << shift[0])
-                              + ((corr[1] ? (uint32_t)corr[1][j0 + j] : 0u) << shift[1]);
-                    for (int64_t i = 0; i < iend; i++) {
-                        const int32_t *s0 = scratch + i * Q4_NC;
-                        if (mode == 3) {
-                            int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
-                            for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
-                        } else if (mode == 2) {
-                            int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
-                            for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
-                        } else {
-                            int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
-                            for (int64_t j = 0; j < jend; j++) o[j] += (int32_t)((uint32_t)s0[j] - cc[j]);
-                        }
-                    }
-                    continue;
-                }
-#endif
-                for (int g = 0; g < ngroups; g++) {
-                    int32_t *sg = scratch + g * tile_ints;
-                    for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
-                        const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
-                        fn(A[g] + i0 * lda, lda, B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL, Kp, kb, ke,
-                           sg, Q4_NC, mrows, ncols, kb != k0);
-                    }
-                    if (k1 <= k0) memset(sg, 0, sizeof(int32_t) * tile_ints);
-                }
-                const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
-                const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
-                const int32_t *c0 = corr[0] ? corr[0] + j0 : NULL;
-                const int32_t *c1 = ngroups > 1 && corr[1] ? corr[1] + j0 : NULL;
-                for (int64_t i = 0; i < iend; i++) {
-                    const int32_t *s0 = scratch + i * Q4_NC;
-                    const int32_t *s1 = s0 + tile_ints;
-                    if (mode == 0) {
-                        int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
-                        if (c0) for (int64_t j = 0; j < jend; j++) o[j] = s0[j] - c0[j];
-                        else memcpy(o, s0, sizeof(int32_t) * jend);
-                        continue;
-                    }
-                    if (mode == 3) {
-                        q4_store_int32_row((int32_t *)out + (i0 + i) * ldo + j0, s0, c0 ? c0 : q4_zero_corr,
-                                           shift[0], ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
-                                           ngroups > 1 ? shift[1] : 0, jend);
-                        continue;
-                    }
-                    int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
-                    q4_store_int64_row(o, s0, c0 ? c0 : q4_zero_corr, shift[0],
-                                       ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
-                                       ngroups > 1 ? shift[1] : 0, jend, mode == 1);
-                }
-            }
-#if Q4_HAVE_AMX
-            if (kernel == Q4_AMX && scratch) q4_amx_thread_end();
-#endif
-            free(scratch);
-        }
+        failed |= q4_gemm_thread(&job, 1);
     }
     return failed ? -2 : 0;
 }

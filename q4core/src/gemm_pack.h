@@ -211,6 +211,25 @@ static inline void q4_pack_b_panel(const uint8_t *src, int64_t sk, int64_t sj, i
         for (int64_t j = 0; j < jend; j++) sums[t * Np + j0 + j] = acc[t][j];
 }
 
+/* q4_pack_b's work item ``it``: four panels (64 columns) with the VBMI loop, else one panel */
+static inline void q4_pack_b_item(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
+                                  int64_t it, int vbmi, const int8_t *tables, int T, int8_t *out,
+                                  int64_t out_stride, int64_t *sums, int64_t Kp, int64_t Np,
+                                  uint8_t *local) {
+#if Q4_HAVE_PACK_VBMI
+    if (vbmi) {
+        const int64_t npanels = Np / Q4_PANEL;
+        const int npan = npanels - 4 * it < 4 ? (int)(npanels - 4 * it) : 4;
+        q4_pack_b_block_vbmi(src, sk, K, N, 64 * it, npan, tables, T, out, out_stride,
+                             sums, Kp, Np, local);
+        return;
+    }
+#else
+    (void)vbmi;
+#endif
+    q4_pack_b_panel(src, sk, sj, K, N, it, tables, T, out, out_stride, sums, Kp, Np, local);
+}
+
 static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t K, int64_t N,
                              const int8_t *tables, int T, int8_t *out, int64_t out_stride,
                              int64_t *sums, int64_t Kp, int64_t Np, uint8_t *seen, int nthreads) {
@@ -223,7 +242,15 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
     const int64_t nitems = (npanels + per_item - 1) / per_item;
     /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD packed bytes per thread */
     nthreads = q4_threads_for_work(nthreads, nitems, Kp * Np * T, Q4_PACK_BYTES_PER_THREAD);
-    (void)nthreads;
+    if (nthreads <= 1) {
+        /* one thread: no OpenMP region; the flags (only ever set to 1) go straight to ``seen`` */
+        uint8_t local[256];
+        uint8_t *flags = seen;
+        if (flags == NULL) { memset(local, 0, sizeof(local)); flags = local; }
+        for (int64_t it = 0; it < nitems; it++)
+            q4_pack_b_item(src, sk, sj, K, N, it, vbmi, tables, T, out, out_stride, sums, Kp, Np, flags);
+        return;
+    }
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)
 #endif
@@ -233,18 +260,34 @@ static inline void q4_pack_b(const uint8_t *src, int64_t sk, int64_t sj, int64_t
 #if Q4CORE_OPENMP
         #pragma omp for schedule(static)
 #endif
-        for (int64_t it = 0; it < nitems; it++) {
-#if Q4_HAVE_PACK_VBMI
-            if (vbmi) {
-                const int npan = npanels - 4 * it < 4 ? (int)(npanels - 4 * it) : 4;
-                q4_pack_b_block_vbmi(src, sk, K, N, 64 * it, npan, tables, T, out, out_stride,
-                                     sums, Kp, Np, local);
-                continue;
-            }
-#endif
-            q4_pack_b_panel(src, sk, sj, K, N, it, tables, T, out, out_stride, sums, Kp, Np, local);
-        }
+        for (int64_t it = 0; it < nitems; it++)
+            q4_pack_b_item(src, sk, sj, K, N, it, vbmi, tables, T, out, out_stride, sums, Kp, Np, local);
         q4_merge_seen(seen, local);
+    }
+}
+
+/* q4_prep_a's row i; ``flags`` (NULL: none) gets a 1 for every byte value the row holds */
+static inline void q4_prep_a_row(const uint8_t *src, int64_t si, int64_t sk, int64_t i, int64_t K,
+                                 const uint8_t *tables, int T, uint8_t *out, int64_t out_stride,
+                                 int64_t lda, int simd, uint8_t *flags) {
+    const uint8_t *row = src + i * si;
+#if Q4_HAVE_PACK_VBMI
+    if (sk == 1 && simd) {
+        q4_prep_a_row_vbmi(row, K, tables, T, out + i * lda, out_stride, flags);
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    if (flags != NULL)
+        for (int64_t k = 0; k < K; k++) flags[row[k * sk]] = 1;
+    for (int t = 0; t < T; t++) {
+        const uint8_t *tab = tables + 256 * t;
+        uint8_t *dst = out + t * out_stride + i * lda;
+        if (sk == 1)
+            for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k]];
+        else
+            for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k * sk]];
     }
 }
 
@@ -253,9 +296,13 @@ static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t
                              int64_t lda, uint8_t *seen, int nthreads) {
     /* clamped (gemm_threads.h), at least Q4_PACK_BYTES_PER_THREAD prepared bytes per thread */
     nthreads = q4_threads_for_work(nthreads, M, M * K * T, Q4_PACK_BYTES_PER_THREAD);
-    (void)nthreads;
     const int simd = q4_pack_simd();
-    (void)simd;
+    if (nthreads <= 1) {
+        /* one thread: no OpenMP region; the flags (only ever set to 1) go straight to ``seen`` */
+        for (int64_t i = 0; i < M; i++)
+            q4_prep_a_row(src, si, sk, i, K, tables, T, out, out_stride, lda, simd, seen);
+        return;
+    }
 #if Q4CORE_OPENMP
     #pragma omp parallel num_threads(nthreads)
 #endif
@@ -265,25 +312,8 @@ static inline void q4_prep_a(const uint8_t *src, int64_t si, int64_t sk, int64_t
 #if Q4CORE_OPENMP
         #pragma omp for schedule(static)
 #endif
-        for (int64_t i = 0; i < M; i++) {
-            const uint8_t *row = src + i * si;
-#if Q4_HAVE_PACK_VBMI
-            if (sk == 1 && simd) {
-                q4_prep_a_row_vbmi(row, K, tables, T, out + i * lda, out_stride, seen ? local : NULL);
-                continue;
-            }
-#endif
-            if (seen != NULL)
-                for (int64_t k = 0; k < K; k++) local[row[k * sk]] = 1;
-            for (int t = 0; t < T; t++) {
-                const uint8_t *tab = tables + 256 * t;
-                uint8_t *dst = out + t * out_stride + i * lda;
-                if (sk == 1)
-                    for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k]];
-                else
-                    for (int64_t k = 0; k < K; k++) dst[k] = tab[row[k * sk]];
-            }
-        }
+        for (int64_t i = 0; i < M; i++)
+            q4_prep_a_row(src, si, sk, i, K, tables, T, out, out_stride, lda, simd, seen ? local : NULL);
         q4_merge_seen(seen, local);
     }
 }
