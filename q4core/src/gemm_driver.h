@@ -159,7 +159,8 @@ typedef struct {
     const int *shift;
     void *out;
     int64_t lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles;
-    size_t tile_ints;
+    int64_t tile_cols;      /* row stride of the scratch tiles (int32s) */
+    size_t tile_ints;       /* int32s per scratch tile */
 } q4_gemm_job;
 
 /* Output tile t of the call: its K blocks into ``scratch`` (tile_ints int32 per group, or one
@@ -175,6 +176,7 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
     const int64_t lda = job->lda, M = job->M, Mp = job->Mp, Kp = job->Kp, N = job->N, Np = job->Np;
     const int64_t k0 = job->k0, k1 = job->k1, ldo = job->ldo, tiles_n = job->tiles_n;
     const size_t tile_ints = job->tile_ints;
+    const int64_t ldc_s = job->tile_cols;     /* the scratch tile's row stride */
     (void)fused;
     const int64_t i0 = (t / tiles_n) * Q4_MC, j0 = (t % tiles_n) * Q4_NC;
     const int64_t mrows = Mp - i0 < Q4_MC ? Mp - i0 : Q4_MC;
@@ -185,7 +187,7 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
             const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
             const int64_t boff = (j0 / Q4_PANEL) * Kp * Q4_PANEL;
             q4_tile2_vnni(A[0] + i0 * lda, A[1] + i0 * lda, lda, B[0] + boff, B[1] + boff, Kp,
-                          kb, ke, scratch, Q4_NC, mrows, ncols, kb != k0, shift[0], shift[1]);
+                          kb, ke, scratch, ldc_s, mrows, ncols, kb != k0, shift[0], shift[1]);
         }
         const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
         const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
@@ -194,7 +196,7 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
             cc[j] = ((corr[0] ? (uint32_t)corr[0][j0 + j] : 0u) << shift[0])
                   + ((corr[1] ? (uint32_t)corr[1][j0 + j] : 0u) << shift[1]);
         for (int64_t i = 0; i < iend; i++) {
-            const int32_t *s0 = scratch + i * Q4_NC;
+            const int32_t *s0 = scratch + i * ldc_s;
             if (mode == 3) {
                 int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
                 for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
@@ -214,7 +216,7 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
         for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
             const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
             fn(A[g] + i0 * lda, lda, B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL, Kp, kb, ke,
-               sg, Q4_NC, mrows, ncols, kb != k0);
+               sg, ldc_s, mrows, ncols, kb != k0);
         }
         if (k1 <= k0) memset(sg, 0, sizeof(int32_t) * tile_ints);
     }
@@ -223,7 +225,7 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
     const int32_t *c0 = corr[0] ? corr[0] + j0 : NULL;
     const int32_t *c1 = ngroups > 1 && corr[1] ? corr[1] + j0 : NULL;
     for (int64_t i = 0; i < iend; i++) {
-        const int32_t *s0 = scratch + i * Q4_NC;
+        const int32_t *s0 = scratch + i * ldc_s;
         const int32_t *s1 = s0 + tile_ints;
         if (mode == 0) {
             int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
@@ -322,14 +324,20 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #endif
     const int64_t tiles_m = (Mp + Q4_MC - 1) / Q4_MC, tiles_n = (Np + Q4_NC - 1) / Q4_NC;
     const int64_t ntiles = tiles_m * tiles_n;
-    const size_t tile_ints = (size_t)Q4_MC * Q4_NC;
+    /* a scratch tile holds the rows and columns a tile can have (fewer than Q4_MC x Q4_NC when
+     * Mp or Np is): on a small product the full tile's 128 KB with its 1 KB row stride (64 rows
+     * in 16 L1 sets) cost more than the arithmetic.  Every kernel writes only rows < mrows and
+     * columns < ncols of its tile, whatever the row stride (gemm_portable.h) */
+    const int64_t tile_rows = Mp > 0 && Mp < Q4_MC ? Mp : Q4_MC;
+    const int64_t tile_cols = Np > 0 && Np < Q4_NC ? Np : Q4_NC;
+    const size_t tile_ints = (size_t)tile_rows * tile_cols;
     int failed = 0;
     /* clamped, and at least Q4_GEMM_MACS_PER_THREAD multiply-accumulates per thread */
     nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
                                    Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
     const q4_gemm_job job = {fn, kernel, ngroups, mode, fused, A, B, corr, shift, out,
-                             lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_ints};
+                             lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_cols, tile_ints};
     /* one thread: no OpenMP region at all (entering one costs more than a small product) */
     if (nthreads <= 1) {
         failed = q4_gemm_thread(&job, 0);
