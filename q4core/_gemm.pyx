@@ -9,7 +9,8 @@ that (offsets, exponent groups) and validates everything before it gets here.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 
@@ -66,7 +67,9 @@ LDA_SKEW = Q4_LDA_SKEW
 #: byte alignment of the operand buffers prep_a / pack_b return: one cache line, one AMX
 #: tile row.  numpy's own large arrays start 16 bytes past a page boundary, which splits
 #: every 64-byte tile row over two cache lines and halved the AMX kernel's speed
-OPERAND_ALIGN = 64
+cdef enum:
+    _ALIGN = 64       # OPERAND_ALIGN as a C constant
+OPERAND_ALIGN = _ALIGN
 
 q4_features()       # detect once at import, under the GIL
 q4_thread_limit()   # likewise: the processor count the thread clamp uses
@@ -154,26 +157,38 @@ cdef extern from "numpy/arrayobject.h":
 # multiply-accumulates (aligned_zeros 1.5 us, prep_a 4.3 us, gemm 5.4 us on Zen 4)
 
 
+cdef void _free_raw(object capsule) noexcept:
+    free(PyCapsule_GetPointer(capsule, NULL))
+
+
 cdef object _aligned_descr(int nd, const cnp.npy_intp *dims, object descr):
     """Zeros of dtype ``descr`` (a numpy dtype) and C shape ``dims``, data on an OPERAND_ALIGN
-    boundary: one zeroed raw byte buffer (the base) and one array on its first aligned byte."""
-    cdef cnp.npy_intp nbytes = (<cnp.dtype>descr).itemsize, rawlen, d
+    boundary: one calloc'd block, owned by a capsule (the array's base), and one array on its
+    first aligned byte."""
+    cdef cnp.npy_intp nbytes = (<cnp.dtype>descr).itemsize, d
     cdef int i
     for i in range(nd):
         d = dims[i]
         if d < 0:
             raise ValueError("negative dimensions are not allowed")
-        if d and nbytes > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - OPERAND_ALIGN) // d:
+        if d and nbytes > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - _ALIGN) // d:
             raise ValueError("array is too big")
         nbytes *= d
-    rawlen = nbytes + OPERAND_ALIGN
-    cdef cnp.ndarray raw = cnp.PyArray_ZEROS(1, &rawlen, cnp.NPY_UINT8, 0)
-    cdef char *data = <char *>cnp.PyArray_DATA(raw)
-    data += (-<Py_ssize_t>(<size_t>data)) % OPERAND_ALIGN
+    cdef char *data
+    cdef cnp.ndarray out
+    cdef char *raw = <char *>calloc(<size_t>nbytes + _ALIGN, 1)
+    if raw == NULL:
+        raise MemoryError()
+    try:
+        capsule = PyCapsule_New(raw, NULL, <PyCapsule_Destructor>_free_raw)
+    except BaseException:
+        free(raw)
+        raise
+    data = raw + (_ALIGN - (<size_t>raw) % _ALIGN) % _ALIGN      # unsigned: C's % of a negative is negative
     Py_INCREF(descr)                      # PyArray_NewFromDescr steals it
-    cdef cnp.ndarray out = _new_from_descr(&PyArray_Type, <cnp.dtype>descr, nd, <cnp.npy_intp *>dims,
+    out = _new_from_descr(&PyArray_Type, <cnp.dtype>descr, nd, <cnp.npy_intp *>dims,
                                            NULL, data, cnp.NPY_ARRAY_CARRAY, NULL)
-    cnp.set_array_base(out, raw)
+    cnp.set_array_base(out, capsule)
     return out
 
 
@@ -281,7 +296,7 @@ def _aligned(x):
     aligned C-contiguous copy."""
     cdef cnp.ndarray arr = np.asarray(x)
     x = arr
-    if cnp.PyArray_SIZE(arr) == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % OPERAND_ALIGN == 0
+    if cnp.PyArray_SIZE(arr) == 0 or ((<size_t>cnp.PyArray_DATA(arr)) % _ALIGN == 0
                                       and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
         return x
     out = aligned_zeros(x.shape, x.dtype)
@@ -427,12 +442,12 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
         x = a_bufs[g]
         if not (_fits(x, 2, cnp.NPY_UINT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
-                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % OPERAND_ALIGN == 0):
+                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % _ALIGN == 0):
             x = _aligned(x)
         av = _operand(x, 2, cnp.NPY_UINT8, True)
         x = packs[g]
         if not (_fits(x, 1, cnp.NPY_INT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
-                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % OPERAND_ALIGN == 0):
+                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % _ALIGN == 0):
             x = _aligned(x)
         bv = _operand(x, 1, cnp.NPY_INT8, True)
         keep.append(av)
