@@ -238,13 +238,13 @@ cdef cnp.ndarray _operand(object x, int nd, int typenum, bint contig):
     if nd == 2 and typenum == cnp.NPY_UINT8 and not contig:
         u2 = x
         return np.asarray(u2)       # the array keeps the memoryview, and with it the buffer, alive
-    # [:, ::1] takes rows with any stride; C reads them 256 bytes (a table) or lda apart
+    # a [:, ::1] view asks the exporter for a C-contiguous buffer: rows are packed
     if nd == 2 and typenum == cnp.NPY_UINT8:
         u2c = x
-        return np.ascontiguousarray(np.asarray(u2c))
+        return np.asarray(u2c)
     if nd == 2 and typenum == cnp.NPY_INT8 and contig:
         s2c = x
-        return np.ascontiguousarray(np.asarray(s2c))
+        return np.asarray(s2c)
     if nd == 1 and typenum == cnp.NPY_INT8 and contig:
         s1c = x
         return np.asarray(s1c)

@@ -933,3 +933,89 @@ def test_scaled_products_beyond_float32_raise_instead_of_returning_inf(scales):
     fits = float(np.finfo(np.float32).max) / 147 / 2
     out = gemm.int4_matmul_scaled(a, b, fits, 1.0)
     assert np.isfinite(out).all() and out[0, 0] == np.float32(147 * fits)
+
+
+# --------------------------------------------------------------------------- entry-point checks
+def test_entry_points_reject_mismatched_operands():
+    """The private entry points check their operands in C (no typed memoryviews on the fast
+    path): every mismatch raises, none reaches the kernels."""
+    from q4core import _gemm
+    rng = np.random.default_rng(31)
+    a = rand_int4(rng, (20, 70), True)
+    b = rand_int4(rng, (70, 30), True)
+    identity = np.arange(256).astype(np.uint8).view(np.int8)[None, :]
+    packed, kp, np_, sums, _ = _gemm.pack_b(b.view(np.uint8), identity)
+    bufs, _ = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp, 16)
+    kid = gemm._KERNEL_ID[FAST[0]] if FAST else 0
+
+    def run(a_buf=bufs[0], m=20, b_buf=packed[0], n=30, kp_=kp, np__=np_, colsums=(sums[0],), offs=(8,)):
+        return _gemm.gemm((a_buf,), m, (b_buf,), n, kp_, np__, gemm._kchunk(225), offs, (0,), 225,
+                          kid, 1, colsums)
+
+    np.testing.assert_array_equal(run(), oracle(a, b))
+    bad = [dict(n=np_ + 1),                                # more output columns than packed
+           dict(m=bufs.shape[1] + 1),                      # more output rows than the buffer
+           dict(kp_=kp + 64),                              # K padding the buffers do not have
+           dict(kp_=-kp, np__=-np_),                       # negative padded shapes
+           dict(b_buf=packed[0][:-16]),                    # packed B too short
+           dict(colsums=(sums[0][:-1],)),                  # column sums too short
+           dict(colsums=(sums[0].astype(np.int32),)),      # column sums of the wrong type
+           dict(a_buf=bufs[0].view(np.int8)),              # A of the wrong type
+           dict(a_buf=bufs[0][:, :64]),                    # A row stride below Kp (a strided view)
+           dict(a_buf=bufs[0].ravel())]                    # A not 2-D
+    for kw in bad:
+        with pytest.raises((ValueError, TypeError)):
+            run(**kw)
+    # a strided A (rows further apart than its width) is copied, not rejected
+    wide = np.zeros((bufs.shape[1], bufs.shape[2] + 64), np.uint8)
+    wide[:, :bufs.shape[2]] = bufs[0]
+    np.testing.assert_array_equal(run(a_buf=wide[:, :bufs.shape[2]]), oracle(a, b))
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a.view(np.uint8), np.zeros((1, 255), np.uint8), kp, 16)
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a.view(np.uint8), np.zeros((3, 256), np.uint8), kp, 16)
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], 64, 16)     # K > Kp
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp, 0)      # rows < 1
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a, gemm._offset_table(True)[None, :], kp, 16)                    # int8, not bytes
+    with pytest.raises(ValueError):
+        _gemm.pack_b(b.view(np.uint8), np.zeros((3, 256), np.int8))
+    with pytest.raises(ValueError):
+        _gemm.pack_b(b.view(np.uint8), np.zeros((1, 256), np.uint8))                  # tables must be int8
+    with pytest.raises(ValueError):
+        _gemm.column_sums(packed[0][:-1], kp, np_)
+
+
+def test_entry_points_take_any_buffer():
+    """Byte sources that are not ndarrays go through the buffer protocol as before (the same
+    bytes as from arrays), strided sources are read with their strides, and a table stack whose
+    rows are not 256 bytes apart is refused as before."""
+    from q4core import _gemm
+    rng = np.random.default_rng(32)
+    a = rng.integers(0, 16, (9, 70)).astype(np.uint8)
+    b = rng.integers(0, 16, (70, 21)).astype(np.uint8)
+    tabs_a = rng.integers(0, 256, (2, 256)).astype(np.uint8)
+    tabs_b = rng.integers(-128, 128, (2, 256)).astype(np.int8)
+    kp = _gemm._round_up(70, _gemm.K_ALIGN)
+    ref_a = _gemm.prep_a(a, tabs_a, kp, 16)
+    ref_b = _gemm.pack_b(b, tabs_b)
+    strided_a = np.zeros((2, 512), np.uint8)
+    strided_a[:, :256] = tabs_a
+    strided_b = np.zeros((2, 512), np.int8)
+    strided_b[:, :256] = tabs_b
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a, strided_a[:, :256], kp, 16)
+    with pytest.raises(ValueError):
+        _gemm.pack_b(b, strided_b[:, :256])
+    for src_a, tab_a, src_b, tab_b in [(memoryview(a), memoryview(tabs_a), memoryview(b), memoryview(tabs_b)),
+                                       (memoryview(a.tobytes()).cast('B', a.shape), tabs_a, b, tabs_b),
+                                       (np.ascontiguousarray(a[:, ::-1])[:, ::-1], tabs_a,
+                                        np.asfortranarray(b), tabs_b)]:
+        got_a = _gemm.prep_a(src_a, tab_a, kp, 16)
+        got_b = _gemm.pack_b(src_b, tab_b)
+        np.testing.assert_array_equal(got_a[0], ref_a[0])
+        np.testing.assert_array_equal(got_a[1], ref_a[1])
+        for x, y in zip(got_b, ref_b):
+            np.testing.assert_array_equal(x, y)
