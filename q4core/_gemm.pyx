@@ -8,6 +8,7 @@ that (offsets, exponent groups) and validates everything before it gets here.
 """
 import numpy as np
 cimport numpy as cnp
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
@@ -165,15 +166,18 @@ cdef object _aligned_descr(int nd, const cnp.npy_intp *dims, object descr):
     """Zeros of dtype ``descr`` (a numpy dtype) and C shape ``dims``, data on an OPERAND_ALIGN
     boundary: one calloc'd block, owned by a capsule (the array's base), and one array on its
     first aligned byte."""
-    cdef cnp.npy_intp nbytes = (<cnp.dtype>descr).itemsize, d
+    cdef cnp.npy_intp itemsize = (<cnp.dtype>descr).itemsize, count = 1, nbytes, d
     cdef int i
-    for i in range(nd):
+    for i in range(nd):         # the element count is bounded too (a zero itemsize leaves nbytes 0)
         d = dims[i]
         if d < 0:
             raise ValueError("negative dimensions are not allowed")
-        if d and nbytes > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - _ALIGN) // d:
+        if d and count > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - _ALIGN) // d:
             raise ValueError("array is too big")
-        nbytes *= d
+        count *= d
+    if itemsize and count > (<cnp.npy_intp>0x7FFFFFFFFFFFFFFF - _ALIGN) // itemsize:
+        raise ValueError("array is too big")
+    nbytes = count * itemsize
     cdef char *data
     cdef cnp.ndarray out
     cdef char *raw = <char *>calloc(<size_t>nbytes + _ALIGN, 1)
@@ -230,6 +234,8 @@ cdef cnp.ndarray _operand(object x, int nd, int typenum, bint contig):
     accepts and rejects exactly what it did (any buffer object; the same errors)."""
     if _fits(x, nd, typenum, contig):
         return <cnp.ndarray>x
+    if x is None:       # a typed memoryview takes None, and C would then read through it
+        raise TypeError("internal error: an operand is None")
     cdef const uint8_t[:, :] u2
     cdef const uint8_t[:, ::1] u2c
     cdef const int8_t[:, ::1] s2c
@@ -362,7 +368,8 @@ def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint wan
 
 def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):
     """int64 column sums of a packed B over all of K."""
-    if Kp < 0 or Np < 0 or packed.shape[0] < Kp * Np or Kp % Q4_KALIGN or Np % Q4_PANEL:
+    if Kp < 0 or Np < 0 or (Np and Kp > PY_SSIZE_T_MAX // Np) or packed.shape[0] < Kp * Np \
+            or Kp % Q4_KALIGN or Np % Q4_PANEL:
         raise ValueError("internal error: packed operand does not match Kp, Np")
     sums = np.zeros(Np, np.int64)
     cdef int64_t[::1] s = sums
@@ -425,7 +432,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         raise ValueError("internal error: one or two groups, with matching operand tuples")
     if kchunk <= 0 or kchunk % Q4_KALIGN:
         raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of {Q4_KALIGN}")
-    if M < 0 or N < 0 or Kp <= 0 or Np <= 0 or N > Np:
+    if M < 0 or N < 0 or Kp <= 0 or Np <= 0 or N > Np or Kp > PY_SSIZE_T_MAX // Np:
         raise ValueError("internal error: bad output or padded shapes")
     cdef const uint8_t *a_ptr[2]
     cdef const int8_t *b_ptr[2]

@@ -168,7 +168,7 @@ cdef int _float_kind(cnp.ndarray x) except -1:
     return size == 8
 
 
-def minmax(cnp.ndarray x, int threads):
+def minmax(cnp.ndarray x not None, int threads):
     """``(max, min, flags)`` of float32/float64 ``x`` (NaN skipped and flagged; +-inf if empty)."""
     cdef int is_f64 = _float_kind(x)
     cdef double hi = -np.inf, lo = np.inf
@@ -184,7 +184,7 @@ def minmax(cnp.ndarray x, int threads):
     return hi, lo, flags
 
 
-def moments(cnp.ndarray x):
+def moments(cnp.ndarray x not None):
     """``(sum(x*x), sum(|x|), max|x|, flags)`` in float64, summed in numpy's pairwise order."""
     cdef int is_f64 = _float_kind(x)
     cdef double sq = 0.0, ab = 0.0, top = 0.0
@@ -204,8 +204,8 @@ cdef inline bint _byte_out(cnp.ndarray out, ptrdiff_t n) noexcept:
             and cnp.PyArray_ITEMSIZE(out) == 1 and cnp.PyArray_SIZE(out) == n)
 
 
-def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, kind1, params1,
-                cnp.ndarray out1, int threads):
+def encode_pair(cnp.ndarray x not None, double scale, kind0, params0, cnp.ndarray out0 not None, kind1, params1,
+                cnp.ndarray out1 not None, int threads):
     """Codes of ``x`` under format 0 into ``out0`` and (``kind1`` not None) format 1 into ``out1``
     at one ``scale``, with ``x``'s max and min, in one pass: ``(max, min, flags)``."""
     cdef q4_plan plan0, plan1
@@ -232,7 +232,7 @@ def encode_pair(cnp.ndarray x, double scale, kind0, params0, cnp.ndarray out0, k
     return hi, lo, flags
 
 
-def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
+def pact_backward(cnp.ndarray x not None, cnp.ndarray g not None, float clip, int threads):
     """``(g * ((x >= 0) - (x >= clip)), np.sum(g * (x >= clip), dtype=np.float64))`` for C-contiguous
     float32 ``x`` and ``g`` of one shape, in one pass (see q4_pact_backward in fused_kernels.h)."""
     for name, a in (("x", x), ("g", g)):
@@ -253,7 +253,7 @@ def pact_backward(cnp.ndarray x, cnp.ndarray g, float clip, int threads):
     return out, total
 
 
-def round_f16(cnp.ndarray x):
+def round_f16(cnp.ndarray x not None):
     """float32 ``x`` (C-contiguous, aligned, native) rounded to the nearest float16 values, as float32 of
     ``x``'s shape (see q4_round_f16 in fused_kernels.h; equals ``x.astype(float16).astype(float32)``)."""
     if _float_kind(x) != 0:
@@ -280,7 +280,7 @@ cdef cnp.ndarray _aligned_zeros_i8(cnp.npy_intp n):
     return arr
 
 
-def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
+def encode_pack_b(cnp.ndarray x not None, double scale, fmt_kind, params):
     """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
     column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
     ``q4core._gemm.pack_b``'s with the identity table (K padded to K_ALIGN, N to the panel width)."""
@@ -306,7 +306,7 @@ def encode_pack_b(cnp.ndarray x, double scale, fmt_kind, params):
     return codes, packed, Kp, Np, sums, flags
 
 
-def rescale(cnp.ndarray acc, double factor, bint exact, int threads):
+def rescale(cnp.ndarray acc not None, double factor, bint exact, int threads):
     """float32 ``acc * factor`` of a C-contiguous int32/int64 ``acc`` (see q4_rescale in fused_kernels.h)."""
     cdef cnp.npy_intp size = cnp.PyArray_ITEMSIZE(acc)
     if not cnp.PyArray_ISSIGNED(acc) or cnp.PyArray_ISBYTESWAPPED(acc) or (size != 4 and size != 8):
@@ -326,7 +326,7 @@ def rescale(cnp.ndarray acc, double factor, bint exact, int threads):
     return out
 
 
-def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, int threads):
+def run(fmt_kind, int op, cnp.ndarray x not None, cnp.ndarray out not None, double scale, params, int threads):
     """Apply ``op`` to the C-contiguous float32/float64 array ``x``, writing ``out``.
 
     ``fmt_kind`` is ``"level"`` with ``params = (qmin, qmax)`` or ``"signmag"`` with
@@ -372,7 +372,7 @@ def run(fmt_kind, int op, cnp.ndarray x, cnp.ndarray out, double scale, params, 
     return flags
 
 
-def unpack(cnp.ndarray packed, cnp.ndarray out, bint is_signed, int threads):
+def unpack(cnp.ndarray packed not None, cnp.ndarray out not None, bint is_signed, int threads):
     """Unpack the last axis of C-contiguous uint8 ``packed`` into ``out`` (n codes per row);
     ``threads`` clamped to [1, num_procs()] as in :func:`run`."""
     if cnp.PyArray_TYPE(packed) != cnp.NPY_UINT8 or cnp.PyArray_ITEMSIZE(out) != 1:

@@ -416,3 +416,16 @@ def test_compiled_makers_refuse_bad_arrays_at_c_level():
     info = _quant.openmp_info()
     info["simd_clones"] = "changed"                     # a fresh dict per call
     assert _quant.openmp_info()["simd_clones"] != "changed"
+
+
+def test_the_compiled_makers_refuse_none_before_reading_it():
+    """Review finding: the C-level checks read a None argument as an array (undefined behaviour)."""
+    from q4core import _quant
+    x, g = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    for call in (lambda: _quant.moments(None), lambda: _quant.minmax(None, 1), lambda: _quant.round_f16(None),
+                 lambda: _quant.rescale(None, 1.0, True, 1), lambda: _quant.pact_backward(None, g, 1.0, 1),
+                 lambda: _quant.pact_backward(x, None, 1.0, 1),
+                 lambda: _quant.unpack(None, np.zeros(8, np.uint8), True, 1),
+                 lambda: _quant.encode_pack_b(None, 0.1, "level", (0, 15))):
+        with pytest.raises(TypeError, match="NoneType"):
+            call()

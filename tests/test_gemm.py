@@ -1019,3 +1019,21 @@ def test_entry_points_take_any_buffer():
         np.testing.assert_array_equal(got_a[1], ref_a[1])
         for x, y in zip(got_b, ref_b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_internal_entry_points_refuse_none_and_overflowing_shapes():
+    """Review findings: a None operand reached C through a typed memoryview (segfault), and Kp * Np could wrap
+    past the length checks; a zero-itemsize dtype let aligned_zeros accept any element count."""
+    from q4core import _gemm
+    t8, tu8 = np.zeros((1, 256), np.int8), np.zeros((1, 256), np.uint8)
+    for call in (lambda: _gemm.pack_b(None, t8), lambda: _gemm.pack_b(np.zeros((3, 3), np.uint8), None),
+                 lambda: _gemm.prep_a(None, tu8, 64, 4), lambda: _gemm.prep_a(np.zeros((3, 3), np.uint8), None, 64, 4)):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(ValueError):
+        _gemm.column_sums(np.zeros(1024, np.int8), 2 ** 62, 64)
+    with pytest.raises(ValueError):
+        _gemm.gemm((np.zeros((0, 2 ** 58), np.uint8),), 0, (np.zeros(0, np.int8),), 16, 2 ** 58, 64, 2 ** 58,
+                   (8,), (0,), 512, 1, 1)
+    with pytest.raises(ValueError, match="too big"):
+        _gemm.aligned_zeros((2 ** 62, 2 ** 62), "S")
