@@ -9,7 +9,7 @@ the same bytes.
 """
 import numpy as np
 
-from ._gemm import OPERAND_ALIGN   # the GEMM's operand alignment (AMX tile rows on one cache line)
+from ._gemm import aligned_zeros   # the GEMM's operand alignment (AMX tile rows on one cache line)
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
@@ -66,7 +66,6 @@ cdef enum:
 # constants of the build, decoded once (openmp_info runs per engine call)
 _OPENMP = bool(Q4CORE_OPENMP)
 _CLONES_NAME = Q4_CLONES_NAME.decode()
-cdef Py_ssize_t _ALIGN = OPERAND_ALIGN
 
 
 def openmp_info():
@@ -267,19 +266,6 @@ def round_f16(cnp.ndarray x not None):
     return out
 
 
-cdef cnp.ndarray _aligned_zeros_i8(cnp.npy_intp n):
-    """``q4core._gemm.aligned_zeros(n, np.int8)`` in C calls: zeros whose data starts on an
-    OPERAND_ALIGN-byte boundary (a view into a slightly larger zeroed buffer, its base)."""
-    cdef cnp.npy_intp nbytes = n + _ALIGN
-    cdef cnp.ndarray raw = cnp.PyArray_ZEROS(1, &nbytes, cnp.NPY_UINT8, 0)
-    cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
-    cdef size_t start = (<size_t>_ALIGN - addr % <size_t>_ALIGN) % <size_t>_ALIGN
-    cdef cnp.ndarray arr = cnp.PyArray_SimpleNewFromData(1, &n, cnp.NPY_INT8,
-                                                         <char *>cnp.PyArray_DATA(raw) + start)
-    cnp.set_array_base(arr, raw)
-    return arr
-
-
 def encode_pack_b(cnp.ndarray x not None, double scale, fmt_kind, params):
     """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
     column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
@@ -294,7 +280,7 @@ def encode_pack_b(cnp.ndarray x not None, double scale, fmt_kind, params):
     cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
     cdef cnp.npy_intp np_ = Np
     cdef cnp.ndarray codes = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), cnp.NPY_UINT8, 0)
-    cdef cnp.ndarray packed = _aligned_zeros_i8(Kp * Np)
+    cdef cnp.ndarray packed = aligned_zeros(Kp * Np, np.int8)
     cdef cnp.ndarray sums = cnp.PyArray_ZEROS(1, &np_, cnp.NPY_INT64, 0)
     cdef unsigned flags = 0
     cdef const void *xp = cnp.PyArray_DATA(x)
