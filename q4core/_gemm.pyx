@@ -142,7 +142,8 @@ def threads_for_work(int requested, int64_t items, int64_t work, int64_t per_thr
     return q4_threads_for_work(requested, items, work, per_thread)
 
 
-def _round_up(n, m):
+cpdef Py_ssize_t _round_up(Py_ssize_t n, Py_ssize_t m) except? -1:
+    """``n`` rounded up to a multiple of ``m`` (> 0); a C call from pack_b and prep_a."""
     return (n + m - 1) // m * m
 
 
@@ -273,8 +274,7 @@ def pack_b(src, tables, int nthreads=0):
     cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_INT8, True)
     cdef Py_ssize_t K = cnp.PyArray_DIMS(s)[0], N = cnp.PyArray_DIMS(s)[1]
     cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
-    cdef Py_ssize_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
-    cdef Py_ssize_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN), Np = _round_up(max(N, 1), Q4_PANEL)
     if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
     cdef cnp.npy_intp dims[2]
@@ -295,6 +295,15 @@ def pack_b(src, tables, int nthreads=0):
         with nogil:
             q4_pack_b(sp, sk, sj, K, N, tp, T, pp, Kp * Np, cs, Kp, Np, sv, nthreads)
     return packed, Kp, Np, sums, seen
+
+
+cdef cnp.ndarray _kernel_buffer(object x, int nd, int typenum):
+    """``x`` as a C-contiguous ndarray of ``nd`` dimensions and type ``typenum`` that C may read as a kernel
+    operand.  Operands made elsewhere (not by prep_a / pack_b) may start off a cache line: they are copied
+    (:func:`_aligned`) - a copy costs one pass over the operand, a misaligned AMX tile load twice the GEMM."""
+    if not (_fits(x, nd, typenum, True) and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % _ALIGN == 0):
+        x = _aligned(x)
+    return _operand(x, nd, typenum, True)
 
 
 def _aligned(x):
@@ -343,7 +352,7 @@ def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint wan
     cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
     if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
         raise ValueError("internal error: bad tables, Kp or rows in prep_a")
-    cdef Py_ssize_t Mp = (max(M, 1) + rows - 1) // rows * rows
+    cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
     cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
     cdef cnp.npy_intp dims[3]
     dims[0] = T
@@ -445,18 +454,8 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     cdef int g
     keep = []        # the operands in use (copies made here included) stay alive until the end
     for g in range(ngroups):
-        # operands made elsewhere (not by prep_a / pack_b) may start off a cache line: a copy
-        # costs one pass over the operand, a misaligned AMX tile load twice the whole GEMM
-        x = a_bufs[g]
-        if not (_fits(x, 2, cnp.NPY_UINT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
-                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % _ALIGN == 0):
-            x = _aligned(x)
-        av = _operand(x, 2, cnp.NPY_UINT8, True)
-        x = packs[g]
-        if not (_fits(x, 1, cnp.NPY_INT8, True) and cnp.PyArray_SIZE(<cnp.ndarray>x) != 0
-                and (<size_t>cnp.PyArray_DATA(<cnp.ndarray>x)) % _ALIGN == 0):
-            x = _aligned(x)
-        bv = _operand(x, 1, cnp.NPY_INT8, True)
+        av = _kernel_buffer(a_bufs[g], 2, cnp.NPY_UINT8)
+        bv = _kernel_buffer(packs[g], 1, cnp.NPY_INT8)
         keep.append(av)
         keep.append(bv)
         if g == 0:
