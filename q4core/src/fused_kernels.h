@@ -107,7 +107,7 @@ static void q4_rescale_##SUF(const I *acc, float *out, ptrdiff_t n, double facto
     }                                                                                             \
 }
 #if Q4CORE_OPENMP
-#define Q4_OMP_FOR _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1)")
+#define Q4_OMP_FOR _Pragma("omp parallel for num_threads(threads) schedule(static)")
 #else
 #define Q4_OMP_FOR
 #endif
@@ -194,7 +194,7 @@ static double q4_pact_backward(const float *x, const float *g, float *out, ptrdi
         return sum;
     }
 #if Q4CORE_OPENMP
-    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+    #pragma omp parallel for num_threads(threads) schedule(static)
 #endif
     for (ptrdiff_t c = 0; c < nbuf; c++) {
         const ptrdiff_t i0 = c * Q4_NP_BUFSIZE, len = n - i0 < Q4_NP_BUFSIZE ? n - i0 : Q4_NP_BUFSIZE;

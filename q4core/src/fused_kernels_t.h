@@ -212,7 +212,7 @@ static unsigned Q4_FN(q4_encode_pair)(const q4_plan *p0, const q4_plan *p1, cons
         return (nan ? Q4_FLAG_NAN : 0u) | (inf ? Q4_FLAG_INF : 0u);
     }
 #if Q4CORE_OPENMP
-    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) \
+    #pragma omp parallel for num_threads(threads) schedule(static) \
         reduction(max:hi) reduction(min:lo) reduction(|:nan, inf)
 #endif
     for (ptrdiff_t c = 0; c < nchunks; c++) {
