@@ -5,6 +5,8 @@ GEMM layers (Linear, Conv2d, Conv1d) run their matrix product through a :class:`
 Convolutions use im2col: the patches form an (N*positions, C*k) matrix times the (C*k, out) weight.
 The input is rounded or quantized once as an image and im2col copies the rounded values or 4-bit levels
 (equal to quantizing the patch matrix, k*k times less work); PACT's gradient is applied to the image.
+im2col and col2im run compiled (:mod:`q4core.nn.im2col`, bit for bit its numpy
+reference) unless the recipe simulates.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from .._validation import check_int
 from .core import Module, Parameter
+from .im2col import col2im2d, im2col2d
 from .qgemm import QuantGemm
 
 __all__ = ["Linear", "Conv2d", "Conv1d", "ReLU", "MaxPool2d", "AvgPool2d", "MaxPool1d", "GlobalAvgPool",
@@ -71,39 +74,12 @@ class Linear(Module):
 
     def backward(self, grad_y):
         g2 = np.ascontiguousarray(grad_y).reshape(-1, self.out_features)
-        gx, gw = self.gemm.backward(g2, self._ctx)
+        gx, gw = self.gemm.backward(g2, self._ctx, input_grad=self.input_grad)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
         self._ctx = None
-        return gx.reshape(*self._lead, self.in_features)
-
-
-def im2col2d(x, kh, kw, stride, padding):
-    """(N, C, H, W) -> patches (N*Ho*Wo, C*kh*kw), rows ordered (n, ho, wo), columns (c, i, j)."""
-    N, C, H, W = x.shape
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    Ho = (H + 2 * padding - kh) // stride + 1
-    Wo = (W + 2 * padding - kw) // stride + 1
-    cols = np.empty((N, Ho, Wo, C, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, :, i, j] = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride].transpose(0, 2, 3, 1)
-    return cols.reshape(N * Ho * Wo, C * kh * kw), Ho, Wo
-
-
-def col2im2d(cols, shape, kh, kw, stride, padding, Ho, Wo):
-    """Adjoint of :func:`im2col2d`: sum the patch gradients back into an (N, C, H, W) array."""
-    N, C, H, W = shape
-    g = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
-    c6 = cols.reshape(N, Ho, Wo, C, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            g[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += c6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-    if padding:
-        g = g[:, :, padding:padding + H, padding:padding + W]
-    return g
+        return None if gx is None else gx.reshape(*self._lead, self.in_features)
 
 
 class Conv2d(Module):
@@ -133,7 +109,8 @@ class Conv2d(Module):
             raise ValueError(f"input {x.shape[2:]} is smaller than the kernel {(self.kh, self.kw)}")
         # round/quantize the image once, then im2col the operand (see QuantGemm.prepare_input)
         self._inp = self.gemm.prepare_input(x)
-        cols, Ho, Wo = im2col2d(self._inp.data, self.kh, self.kw, self.stride, self.padding)
+        fast, threads = self.gemm.fused, self.gemm.layout_threads
+        cols, Ho, Wo = im2col2d(self._inp.data, self.kh, self.kw, self.stride, self.padding, fast, threads)
         w2 = self.weight.data.reshape(self.out_channels, -1).T
         y, self._ctx = self.gemm.forward(None, self.gemm.prepare_weight(w2), inp=self._inp, data=cols)
         if self.bias is not None:
@@ -144,13 +121,16 @@ class Conv2d(Module):
 
     def backward(self, grad_y):
         Ho, Wo = self._out
+        fast, threads = self.gemm.fused, self.gemm.layout_threads
         g2 = np.ascontiguousarray(np.asarray(grad_y).transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
-        gcols, gw = self.gemm.backward(g2, self._ctx, pact=False)
+        gcols, gw = self.gemm.backward(g2, self._ctx, pact=False, input_grad=self.input_grad)
         self.weight.grad += gw.T.reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
-        gx = col2im2d(gcols, self._shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo)
-        gx = self.gemm.pact_backward(gx, self._inp)
+        gx = None
+        if gcols is not None:
+            gx = col2im2d(gcols, self._shape, self.kh, self.kw, self.stride, self.padding, Ho, Wo, fast, threads)
+            gx = self.gemm.pact_backward(gx, self._inp)
         self._ctx = self._inp = None
         return gx
 

@@ -189,6 +189,8 @@ class QuantGemm(Module):
         self._fmt_a = {}
         # the fused makers' thread count, resolved once (None: OMP_NUM_THREADS as it is now)
         self._quant_threads = _quant.resolve_threads(r.threads) if self.fused else None
+        #: threads of the layer's compiled layout kernels (im2col, col2im: q4core.nn.im2col)
+        self.layout_threads = self._quant_threads if self.fused else 1
         self._tops = {}
         self._fmt_fusable = {}
         self._bounds = {}
@@ -517,9 +519,12 @@ class QuantGemm(Module):
             seq.gmax = max(seq.gmax, gmax)
         return sg, gmax
 
-    def backward(self, grad_y, ctx, seq=None, pact=True):
+    def backward(self, grad_y, ctx, seq=None, pact=True, input_grad=True):
         """``dL/dy`` (M, N) -> ``(dL/dx (M, K), dL/dW (K, N))``.
 
+        ``input_grad=False`` (the layer's input is data): ``dL/dx`` is not formed and comes back as None,
+        unless the input has a PACT clip, whose gradient needs it.  Everything else - the gradient's
+        quantization and GradScale - is as with ``True``.
         ``pact``: apply PACT's gradient to ``dL/dx`` here (a plain forward); convolutions pass False and
         call :meth:`pact_backward` on the image-shaped gradient after col2im.  With ``seq``
         (from :meth:`begin_sequence`) the weight gradient is deferred: ``dL/dW`` is returned as None and
@@ -546,10 +551,13 @@ class QuantGemm(Module):
                 operands.quantize(grad_y, spec_w, self.fmt_gw, sg, rng=rng, backend=self.backend)
             if spec_x.scaling == "gradscale" and seq is None:
                 self.gradscale.observe(gmax)
-        w_t, w_t_packed = self._weight_t(ctx.wop)
-        gx = self._product("grad_dx", g_x, w_t, w_t_packed)
-        if pact:
-            gx = self.pact_backward(gx, ctx.inp)
+        if input_grad or (ctx.inp is not None and ctx.inp.clip is not None):
+            w_t, w_t_packed = self._weight_t(ctx.wop)
+            gx = self._product("grad_dx", g_x, w_t, w_t_packed)
+            if pact:
+                gx = self.pact_backward(gx, ctx.inp)
+        else:
+            gx = None
         if seq is not None:
             seq.parts.append((ctx.xop, g_w))
             return gx, None
