@@ -164,6 +164,7 @@ def train(task="digits", recipe="fp32", ablation=None, epochs=5, seed=0, model=N
         raise ValueError(f"with --data the model must be 'mlp', 'cnn' or 'resnet', got {model_name!r}")
     net = build_model(model_name, ds.input_shape, ds.n_classes, seed=seed, **(model_kwargs or {}))
     net.set_policy(config)
+    net.input_grad = False      # the input is data: its first layer skips the dL/dx GEMM nobody reads
     d_bs, d_opt, d_lr = DEFAULTS.get(key, DEFAULTS["npz"])
     # None means the task's default; 0 is an error, not the default
     batch_size = check_int(d_bs if batch_size is None else batch_size, "batch_size", min_value=1)

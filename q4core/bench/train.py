@@ -125,6 +125,7 @@ def _train_step(builder, x, y, optimizer, policy):
     from ..nn import SGD, Adam, softmax_cross_entropy
     model = builder()
     model.set_policy(policy)
+    model.input_grad = False        # as the trainer does: the input is data
     named = list(model.named_parameters())
     opt = SGD(named, lr=0.01) if optimizer == "sgd" else Adam(named, lr=1e-3)
 

@@ -26,9 +26,14 @@ class Module:
     """Base of every layer: ``forward(x)`` caches what ``backward(grad_y)`` needs and returns the
     output; ``backward`` accumulates parameter gradients into ``Parameter.grad`` and returns
     ``dL/dx``.  Children and parameters are found from attributes (lists of modules included),
-    in definition order, and named by attribute path (``"layers.0.weight"``)."""
+    in definition order, and named by attribute path (``"layers.0.weight"``).
+
+    ``input_grad``: whether ``backward`` must return ``dL/dx``.  The trainer sets it False on a model whose
+    input is data; the GEMM layers (Linear, Conv2d) then skip the ``dL/dx`` GEMM (and col2im) and return
+    None, unless PACT needs that gradient for its clip's.  The parameter gradients are the same either way."""
 
     training = True
+    input_grad = True
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -160,6 +165,20 @@ class Sequential(Module):
     def __init__(self, *layers):
         self.layers = list(layers)
 
+    @property
+    def input_grad(self):
+        return self.__dict__.get("_input_grad", True)
+
+    @input_grad.setter
+    def input_grad(self, value):
+        # the first layer with parameters gets the flag: the layers before it (Flatten, Dropout) have none,
+        # so backward can stop where a layer returns None
+        self._input_grad = bool(value)
+        for layer in self.layers:
+            if next(iter(layer.named_parameters()), None) is not None:
+                layer.input_grad = bool(value)
+                break
+
     def forward(self, x):
         for layer in self.layers:
             x = layer.forward(x)
@@ -168,4 +187,6 @@ class Sequential(Module):
     def backward(self, grad_y):
         for layer in reversed(self.layers):
             grad_y = layer.backward(grad_y)
+            if grad_y is None:      # input_grad False: the layers before this one have no parameters
+                return None
         return grad_y
