@@ -56,7 +56,8 @@ cdef extern from "gemm_driver.h" nogil:
                        int64_t M, int64_t Mp, const int8_t *const *B, int64_t Kp,
                        int64_t N, int64_t Np, int64_t k0, int64_t k1,
                        const int32_t *const *corr, const int *shift, int mode,
-                       void *out, int64_t ldo, int nthreads, int64_t max_product)
+                       void *out, int64_t ldo, int nthreads, int64_t max_product,
+                       double factor, int exact)
 
 #: columns of B per packed panel: N is padded to a multiple
 PANEL_COLS = Q4_PANEL
@@ -423,7 +424,7 @@ cdef bint _correction(const int64_t *sums, const int8_t *packed, Py_ssize_t Kp, 
 
 def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, Py_ssize_t Np,
          Py_ssize_t kchunk, tuple a_offsets, tuple shifts, int64_t max_product, int kernel,
-         int nthreads, tuple colsums=None, bint narrow=False):
+         int nthreads, tuple colsums=None, bint narrow=False, tuple scale=None):
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
     One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
@@ -432,6 +433,9 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     ``narrow`` int32 whenever there is one chunk (the chunk bounds every exact entry inside int32:
     half the output bytes of int64).
     ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.
+    ``scale = (factor, exact)``: when the result would be int32 (one chunk), it comes back as float32
+    ``result * factor`` instead, rounded in the store as the engine's rescale rounds it (see q4_scale_row);
+    otherwise the integers as without.
     """
     cdef int ngroups = len(a_bufs)
     if kernel < 0 or kernel >= Q4_NKERNELS:
@@ -479,10 +483,16 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
             sums_ptr[g] = <const int64_t *>cnp.PyArray_DATA(sv)
     cdef bint single = ngroups == 1 and shift_arr[0] == 0 and nchunks == 1
     cdef bint narrow32 = narrow and nchunks == 1 and not single
+    cdef bint scaled = scale is not None and (single or narrow32)
+    cdef double factor = 1.0
+    cdef int exact = 0
+    if scaled:
+        factor, exact = scale[0], bool(scale[1])
     cdef cnp.npy_intp dims[2]
     dims[0] = M
     dims[1] = N
-    result = cnp.PyArray_EMPTY(2, dims, cnp.NPY_INT32 if single or narrow32 else cnp.NPY_INT64, 0)
+    result = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT if scaled else
+                               (cnp.NPY_INT32 if single or narrow32 else cnp.NPY_INT64), 0)
     cdef void *out_ptr = cnp.PyArray_DATA(result)
     cdef Py_ssize_t k0, k1, c
     cdef int rc = 0, mode
@@ -499,7 +509,10 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
             for c in range(nchunks):
                 k0 = c * kchunk
                 k1 = min(Kp, k0 + kchunk)
-                mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
+                if scaled:                      # modes 0 and 3, rescaled in the store
+                    mode = 4 if single else 5
+                else:
+                    mode = 0 if single else (3 if narrow32 else (2 if c == 0 else 1))
                 for g in range(ngroups):
                     corr_ptr[g] = NULL
                     if offset_arr[g] != 0:
@@ -510,7 +523,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
                 if bad:
                     break
                 rc = q4_gemm_groups(kernel, ngroups, a_ptr, lda, M, Mp, b_ptr, Kp, N, Np, k0, k1,
-                                    corr_ptr, shift_arr, mode, out_ptr, N, nthreads, max_product)
+                                    corr_ptr, shift_arr, mode, out_ptr, N, nthreads, max_product, factor, exact)
                 if rc != 0:
                     break
     finally:

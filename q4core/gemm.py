@@ -488,8 +488,9 @@ def _kchunk(max_product):
 # The three products below are shared by the public functions (after validation) and the
 # engine entry points (which trust their operands), so both give the same bits by construction.
 # ``kid`` is a kernel id of the C table or _REFERENCE_ID; ``nthreads`` 0 means the default.
-def _int4_run(a, a_signed, packed, kid, nthreads):
-    """int32 A @ B: ``a`` 2-D int8/uint8 INT4 levels (any strides), ``packed`` a PackedInt4."""
+def _int4_run(a, a_signed, packed, kid, nthreads, scale=None):
+    """int32 A @ B: ``a`` 2-D int8/uint8 INT4 levels (any strides), ``packed`` a PackedInt4.  ``scale``:
+    see :func:`int4_matmul_unchecked`."""
     M, K, N = a.shape[0], a.shape[1], packed.shape[1]
     if kid == _REFERENCE_ID:
         return _to_int32(_ref_product(a.astype(np.int64), packed.as_array().astype(np.int64)), K)
@@ -500,13 +501,13 @@ def _int4_run(a, a_signed, packed, kid, nthreads):
                            _gemm.ROW_MULTIPLES[kid], nthreads, False)
     c = _gemm.gemm((bufs[0],), M, (bpacked,), N, Kp, Np, _kchunk(_INT4_INT4_BOUND),
                    (_INT4_OFFSET if a_signed else 0,), (0,), _INT4_INT4_BOUND, kid, nthreads,
-                   (sums,))
-    if c.dtype == np.int32:      # one K chunk: int32 accumulators provably did not wrap
+                   (sums,), False, scale)
+    if c.dtype != np.int64:      # one K chunk: int32 accumulators provably did not wrap (or float32, scaled)
         return c
     return _to_int32(c, K)
 
 
-def _fp4_int4_run(g, packed, kid, nthreads, narrow=False):
+def _fp4_int4_run(g, packed, kid, nthreads, narrow=False, scale=None):
     """int64 units(G) @ B: ``g`` 2-D uint8 FP4 codes 0..15 (any strides), ``packed`` a PackedInt4;
     ``narrow``: int32 instead when every exact entry provably fits (K * _FP4_ENTRY_BOUND inside int32 and
     K one chunk; see _gemm.gemm)."""
@@ -528,11 +529,11 @@ def _fp4_int4_run(g, packed, kid, nthreads, narrow=False):
     c = _gemm.gemm(tuple(bufs[i] for i in groups), M, (bpacked,) * n, N, Kp, Np,
                    _kchunk(_FP4_INT4_BOUND), tuple(_FP4_LEFT_OFFSETS[i] for i in groups),
                    tuple(_FP4_HI_SHIFT * i for i in groups), _FP4_INT4_BOUND, kid, nthreads,
-                   (sums,) * n, narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX)
+                   (sums,) * n, narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX, scale if narrow else None)
     return c if narrow else c.astype(np.int64, copy=False)
 
 
-def _int4_fp4_run(a, a_signed, g, kid, nthreads, narrow=False):
+def _int4_fp4_run(a, a_signed, g, kid, nthreads, narrow=False, scale=None):
     """int64 A @ units(G): ``a`` 2-D INT4 levels, ``g`` 2-D uint8 FP4 codes 0..15 (any strides);
     ``narrow`` as for :func:`_fp4_int4_run`."""
     M, K, N = a.shape[0], a.shape[1], g.shape[1]
@@ -550,7 +551,8 @@ def _int4_fp4_run(a, a_signed, g, kid, nthreads, narrow=False):
     c = _gemm.gemm((bufs[0],) * n, M, tuple(bpacked[i] for i in groups), N, Kp, Np,
                    _kchunk(_INT4_FP4_BOUND), ((_INT4_OFFSET if a_signed else 0),) * n,
                    tuple(_FP4_HI_SHIFT * i for i in groups), _INT4_FP4_BOUND, kid, nthreads,
-                   tuple(sums[i] for i in groups), narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX)
+                   tuple(sums[i] for i in groups), narrow and K * _FP4_ENTRY_BOUND <= _INT32_MAX,
+                   scale if narrow else None)
     return c if narrow else c.astype(np.int64, copy=False)
 
 
@@ -602,25 +604,32 @@ def _packed_from_layout(codes, layout):
     return packed
 
 
-def int4_matmul_unchecked(a, b_packed, threads=None):
-    """``int4_matmul`` without operand checks: ``a`` int8/uint8 levels, ``b_packed`` a PackedInt4."""
+def int4_matmul_unchecked(a, b_packed, threads=None, scale=None):
+    """``int4_matmul`` without operand checks: ``a`` int8/uint8 levels, ``b_packed`` a PackedInt4.
+
+    ``scale = (factor, exact)`` (the engine's rescale, :func:`q4core.nn.qgemm._rescale`): when a compiled
+    kernel forms the product in one K chunk, it returns the float32 ``product * factor`` rounded as that
+    rescale rounds it, formed in the kernel's store (no int32 result, no pass over it); otherwise the exact
+    integers as without ``scale`` - the caller tells them apart by dtype and rescales those itself.  The
+    same holds for the two FP4 entry points below."""
     packed = _engine_packed(b_packed)
     _engine_inner(a.shape, packed.shape, "a", "b_packed")
     return _int4_run(a, a.dtype.type is np.int8, packed, _engine_kernel_id(),
-                     _engine_threads(threads))
+                     _engine_threads(threads), scale)
 
 
-def fp4_int4_matmul_unchecked(g_codes, b_packed, threads=None):
+def fp4_int4_matmul_unchecked(g_codes, b_packed, threads=None, scale=None):
     """``fp4_int4_matmul`` without operand checks: ``g_codes`` uint8 radix-4 codes, ``b_packed`` packed.
     The same exact integers, as int32 when they provably fit (K <= 34952), else int64."""
     packed = _engine_packed(b_packed)
     _engine_inner(g_codes.shape, packed.shape, "g_codes", "b_packed")
-    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads), narrow=True)
+    return _fp4_int4_run(g_codes, packed, _engine_kernel_id(), _engine_threads(threads), narrow=True,
+                         scale=scale)
 
 
-def int4_fp4_matmul_unchecked(a, g_codes, threads=None):
+def int4_fp4_matmul_unchecked(a, g_codes, threads=None, scale=None):
     """``int4_fp4_matmul`` without operand checks: levels ``a`` (int8/uint8) and codes ``g_codes``.
     The same exact integers, as int32 when they provably fit (K <= 34952), else int64."""
     _engine_inner(a.shape, g_codes.shape, "a", "g_codes")
     return _int4_fp4_run(a, a.dtype.type is np.int8, g_codes, _engine_kernel_id(),
-                         _engine_threads(threads), narrow=True)
+                         _engine_threads(threads), narrow=True, scale=scale)

@@ -90,7 +90,9 @@ def test_the_q4_layer_hands_the_kernels_its_operands():
     operands = bench_layer._integer_operands(layer, *_inputs())
     assert list(operands) == list(PRODUCTS)
     assert {entry: getattr(gemm, entry) for entry in originals} == originals     # wrappers removed
-    (xa, w), (gx, wt), (xt, gw) = (operands[p] for p in PRODUCTS)
+    (xa, w, s_fwd), (gx, wt, s_dx), (xt, gw, s_dw) = (operands[p] for p in PRODUCTS)
+    # the engine has each kernel rescale in its store: a (factor, exact) pair per product
+    assert all(isinstance(s, tuple) and len(s) == 2 and s[0] > 0 for s in (s_fwd, s_dx, s_dw))
     assert xa.dtype == np.uint8 and w.dtype == np.int8        # PACT levels of a ReLU output, signed weight
     np.testing.assert_array_equal(wt, w.T)
     np.testing.assert_array_equal(xt, xa.T)

@@ -58,8 +58,8 @@ def test_breakdown_counts_the_integer_gemms_of_each_workload():
         assert sum(r["fractions"].values()) == pytest.approx(1.0)
         assert all(0 <= r["fractions"][p] <= 1 for p in train.BREAKDOWN_PARTS)
         assert r["calls"]["operand making"] > 0 and r["step_seconds"] > 0
-        # every integer GEMM result is rescaled (the fused engine's rescale is counted too)
-        assert r["calls"]["int32 rescale"] == r["calls"]["integer GEMM"]
+        # the kernels rescale in their store (one K chunk at these sizes): no separate rescale pass is left
+        assert r["calls"]["int32 rescale"] == 0
         # the fp16 first and last layers' three products each, less the first layer's dL/dx (its input is
         # data: input_grad False), float GEMMs timed apart from the integer ones
         assert r["calls"]["float GEMM"] == 5, r["model"]

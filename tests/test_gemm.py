@@ -1037,3 +1037,65 @@ def test_internal_entry_points_refuse_none_and_overflowing_shapes():
                    (8,), (0,), 512, 1, 1)
     with pytest.raises(ValueError, match="too big"):
         _gemm.aligned_zeros((2 ** 62, 2 ** 62), "S")
+
+
+# --------------------------------------------------------------------------- rescale in the kernel's store
+def _engine_rescale(acc, factor, exact):
+    """The engine's rescale written out here: float32 product when exact, else float64 rounded once."""
+    if exact:
+        return acc.astype(np.float32) * np.float32(factor)
+    return (acc.astype(np.float64) * factor).astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(FAST), st.integers(0, 150), st.integers(1, 300), st.integers(0, 300),
+       st.sampled_from(["int", "fp4-left", "fp4-right"]), st.booleans(), st.integers(1, 2),
+       st.integers(0, 2 ** 32 - 1))
+@example("vnni" if "vnni" in FAST else FAST[0], 129, 257, 513, "fp4-left", False, 2, 0)
+def test_scale_rescales_in_the_store_bit_for_bit(kernel, m, k, n, product, exact, threads, seed):
+    """``scale=(factor, exact)`` of the engine entry points: float32 equal to rescaling the exact integers
+    (int32 or int64 when the kernel cannot fuse it), over random shapes, factors and both roundings."""
+    rng = np.random.default_rng(seed)
+    factor = float(rng.uniform(0.5, 2.0) * 10.0 ** rng.integers(-9, 4))
+    a_signed = bool(rng.integers(0, 2))
+    saved = os.environ.get("Q4CORE_KERNEL")
+    os.environ["Q4CORE_KERNEL"] = kernel
+    try:
+        if product == "int":
+            a, b = rand_int4(rng, (m, k), a_signed), rand_int4(rng, (k, n), not a_signed)
+            exact_ints = oracle(a, b)
+            run = lambda s: gemm.int4_matmul_unchecked(a, gemm.pack_int4(b), threads, scale=s)  # noqa: E731
+        elif product == "fp4-left":
+            g, b = rand_fp4(rng, (m, k)), rand_int4(rng, (k, n), a_signed)
+            exact_ints = oracle(units_from_formats(g), b)
+            run = lambda s: gemm.fp4_int4_matmul_unchecked(g, gemm.pack_int4(b), threads, scale=s)  # noqa: E731
+        else:
+            a, g = rand_int4(rng, (m, k), a_signed), rand_fp4(rng, (k, n))
+            exact_ints = oracle(a, units_from_formats(g))
+            run = lambda s: gemm.int4_fp4_matmul_unchecked(a, g, threads, scale=s)  # noqa: E731
+        got = run((factor, exact))
+    finally:
+        if saved is None:
+            del os.environ["Q4CORE_KERNEL"]
+        else:
+            os.environ["Q4CORE_KERNEL"] = saved
+    fp4 = g if product != "int" else None
+    if m == 0 or n == 0 or (fp4 is not None and not fp4.any()):
+        # nothing to fuse (empty, or an all-zero FP4 operand): the exact zeros, as without scale
+        np.testing.assert_array_equal(got, exact_ints)
+        return
+    assert got.dtype == np.float32         # K <= 300 is one chunk: always rescaled in the store
+    assert got.shape == (m, n)
+    assert got.tobytes() == _engine_rescale(exact_ints, factor, exact).tobytes()
+
+
+@pytest.mark.parametrize("kernel", FAST)
+def test_scale_over_several_k_chunks_returns_the_integers(kernel, monkeypatch):
+    """Where K runs in several chunks the kernel cannot rescale in its store: the integers come back."""
+    monkeypatch.setattr(gemm, "_KCHUNK_LIMIT", 64)
+    monkeypatch.setenv("Q4CORE_KERNEL", kernel)
+    rng = np.random.default_rng(5)
+    a, b = rand_int4(rng, (7, 300), True), rand_int4(rng, (300, 9), False)
+    got = gemm.int4_matmul_unchecked(a, gemm.pack_int4(b), 1, scale=(0.25, True))
+    assert got.dtype in (np.int32, np.int64)
+    np.testing.assert_array_equal(got, oracle(a, b))

@@ -17,8 +17,9 @@ alone is both first and last, and must be 4-bit):
    kernels in one forward + backward (the FP4 kernels' work depends on which exponent groups the codes
    use), the right-hand INT4 operand packed once with :func:`q4core.gemm.pack_int4`.  Each product is
    timed twice: through the engine entry points the layer runs (``int4_matmul_unchecked``,
-   ``fp4_int4_matmul_unchecked``, ``int4_fp4_matmul_unchecked``), and through the validated public
-   functions (``int4_matmul``, ``fp4_int4_matmul``, ``int4_fp4_matmul``), which add operand scans.
+   ``fp4_int4_matmul_unchecked``, ``int4_fp4_matmul_unchecked``) with the layer's ``scale`` (the kernel
+   rescales the int32 result in its store, as in the layer), and through the validated public functions
+   (``int4_matmul``, ``fp4_int4_matmul``, ``int4_fp4_matmul``), which add operand scans and return integers.
 
 "Forward beyond its GEMM" is (1) minus the engine-entry forward GEMM, "backward beyond its GEMMs" is (2)
 minus the two engine-entry backward GEMMs: the engine's cost around the kernels it actually calls (the
@@ -62,16 +63,16 @@ ENGINE_GEMMS = {"forward": ("int4_matmul_unchecked", "int4_matmul"),
 @contextlib.contextmanager
 def _captured_gemm_calls():
     """Within the block, every call of an :data:`ENGINE_GEMMS` entry point is recorded as
-    ``(product, copies of its two operands)``; the originals are restored on exit.  (The engine looks the
+    ``(product, copies of its two operands, its scale)``; the originals are restored on exit.  (The engine looks the
     entry points up as attributes of :mod:`q4core.gemm` at each call, so wrapping the attribute sees them.)"""
     from .. import gemm
     calls = []
 
     def wrap(product, fn):
-        def recorded(a, b, threads=None):
+        def recorded(a, b, threads=None, scale=None):
             b_values = b.as_array() if isinstance(b, gemm.PackedInt4) else b
-            calls.append((product, np.array(a, copy=True), np.array(b_values, copy=True)))
-            return fn(a, b, threads=threads)
+            calls.append((product, np.array(a, copy=True), np.array(b_values, copy=True), scale))
+            return fn(a, b, threads=threads, scale=scale)
         return recorded
     with patched((gemm, entry, lambda fn, product=product: wrap(product, fn))
                  for product, (entry, _) in ENGINE_GEMMS.items()):
@@ -100,22 +101,23 @@ def _integer_operands(layer, x, grad):
     with _captured_gemm_calls() as calls:
         layer.forward(x)
         layer.backward(grad)
-    products = [product for product, _, _ in calls]
+    products = [product for product, _, _, _ in calls]
     if products != list(ENGINE_GEMMS):
         raise RuntimeError(f"one forward + backward of the layer called the integer GEMMs {products}; "
                            f"expected exactly {list(ENGINE_GEMMS)}")
-    return {product: (a, b) for product, a, b in calls}
+    return {product: (a, b, scale) for product, a, b, scale in calls}
 
 
 def _gemm_items(operands, threads):
     """Name -> function of the bare GEMMs, on operands prepared (and right-hand INT4 packed) here."""
     from .. import gemm
     items = {}
-    for product, (a, b) in operands.items():
+    for product, (a, b, scale) in operands.items():
         a = np.ascontiguousarray(a)
         b = gemm.pack_int4(b) if product != "grad_dw" else np.ascontiguousarray(b)
         entry, public = (getattr(gemm, name) for name in ENGINE_GEMMS[product])
-        items[f"gemm {product}"] = lambda entry=entry, a=a, b=b: entry(a, b, threads=threads)
+        # with the engine's scale: the kernel rescales in its store, as in the layer
+        items[f"gemm {product}"] = lambda entry=entry, a=a, b=b, s=scale: entry(a, b, threads=threads, scale=s)
         items[f"public gemm {product}"] = lambda public=public, a=a, b=b: public(a, b, threads=threads)
     return items
 

@@ -208,6 +208,7 @@ BREAKDOWN_PARTS = {
                        ("q4core.quant", "encode_packed_weight_unchecked"), ("q4core.quant", "encode_unchecked"),
                        ("q4core.quant", "sawb_clip_unchecked"), ("q4core.quant", "minmax_unchecked"),
                        ("q4core.quant", "encode_gradient_unchecked")),
+    # a pass of its own only where the kernel cannot rescale in its store (several K chunks, simulate)
     "int32 rescale": (("q4core.nn.qgemm", "_rescale"), ("q4core.quant", "rescale_unchecked")),
     # the layers' products of float operands: the fp16 first and last layers of the q4 recipe (float32 BLAS on
     # float16-rounded values) - work the fp32 step has too, which bounds how far below it a q4 step can go

@@ -21,7 +21,8 @@ expression in both paths (:func:`_rescale`).
 Outside ``simulate`` the operands are made by the fused compiled makers of :mod:`q4core.quant`: the
 scale statistic (SAWB moments, max) in one pass and the codes in another - for a weight the codes and
 the GEMM's packed panels together; a gradient on both grids of two-phase rounding and its max |g| in
-one pass; PACT's backward and the rescale of an integer product in one pass each.  They give the
+one pass; PACT's backward in one pass; the rescale of an integer product in the GEMM kernel's
+store (``scale=`` of the ``*_unchecked`` GEMMs), or in one pass where it cannot (several K chunks).  They give the
 same bits as :func:`q4core.recipe.operands.quantize` with :func:`~q4core.recipe.operands.scale_for`,
 :func:`_rescale` and the numpy PACT backward (tested; ``fused = False`` switches back to those).
 
@@ -370,16 +371,20 @@ class QuantGemm(Module):
             return _rescale(a.unit_values() @ b.unit_values(), factor, False)
         exact_f32 = K * self._bound(a) * self._bound(b) < _F32_EXACT
         threads = self.recipe.threads
+        # the fused engine has the kernel rescale in its store (same rounding); float32 comes back then
+        scale = (factor, exact_f32) if self.fused else None
         if self.recipe.simulate:
             acc = a.unit_values() @ b.unit_values()
         elif kind == "int":
             acc = _gemm.int4_matmul_unchecked(a.units, b_packed if b_packed is not None else _gemm.pack_int4(b.units),
-                                              threads=threads)
+                                              threads=threads, scale=scale)
         elif kind == "fp4-left":
             acc = _gemm.fp4_int4_matmul_unchecked(a.units, b_packed if b_packed is not None else
-                                                  _gemm.pack_int4(b.units), threads=threads)
+                                                  _gemm.pack_int4(b.units), threads=threads, scale=scale)
         else:
-            acc = _gemm.int4_fp4_matmul_unchecked(a.units, b.units, threads=threads)
+            acc = _gemm.int4_fp4_matmul_unchecked(a.units, b.units, threads=threads, scale=scale)
+        if scale is not None and acc.dtype.type is np.float32:
+            return acc
         if self.fused and acc.dtype.type in (np.int32, np.int64) and acc.flags.c_contiguous:
             return _quant.rescale_unchecked(acc, factor, exact_f32, self._quant_threads)   # same rounding
         return _rescale(acc, factor, exact_f32)

@@ -149,10 +149,25 @@ static inline void q4_store_int32_row(int32_t *restrict o, const int32_t *s0, co
                              + q4_shl32((int32_t)((uint32_t)s1[j] - (uint32_t)c1[j]), h1));
 }
 
+/* float32 out row = v * factor over n columns, rounded as the engine's rescale (q4_rescale in
+ * fused_kernels.h, q4core.nn.qgemm._rescale): ``exact`` (every |v| < 2**24) multiplies in float32 by
+ * the factor rounded to float32, else in float64 with one rounding to float32.  One multiply per
+ * element: no contraction can change it. */
+static inline void q4_scale_row(float *restrict o, const int32_t *restrict v, int64_t n, double factor,
+                                int exact) {
+    if (exact) {
+        const float f = (float)factor;
+        for (int64_t j = 0; j < n; j++) o[j] = (float)v[j] * f;
+    } else {
+        for (int64_t j = 0; j < n; j++) o[j] = (float)((double)v[j] * factor);
+    }
+}
+
 /* The arguments of one q4_gemm_groups call, shared by its threads. */
 typedef struct {
     q4_tile_fn fn;
-    int kernel, ngroups, mode, fused;
+    int kernel, ngroups, mode, fused, exact;
+    double factor;
     const uint8_t *const *A;
     const int8_t *const *B;
     const int32_t *const *corr;
@@ -192,14 +207,17 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
         const int64_t iend = M - i0 < mrows ? M - i0 : mrows;
         const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
         uint32_t cc[Q4_NC];     /* the combined correction, modular like the sums */
+        int32_t row[Q4_NC];     /* mode 5: the int32 row before its rescale */
         for (int64_t j = 0; j < jend; j++)
             cc[j] = ((corr[0] ? (uint32_t)corr[0][j0 + j] : 0u) << shift[0])
                   + ((corr[1] ? (uint32_t)corr[1][j0 + j] : 0u) << shift[1]);
         for (int64_t i = 0; i < iend; i++) {
             const int32_t *s0 = scratch + i * ldc_s;
-            if (mode == 3) {
-                int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
+            if (mode == 3 || mode == 5) {
+                int32_t *o = mode == 3 ? (int32_t *)out + (i0 + i) * ldo + j0 : row;
                 for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
+                if (mode == 5)
+                    q4_scale_row((float *)out + (i0 + i) * ldo + j0, row, jend, job->factor, job->exact);
             } else if (mode == 2) {
                 int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
                 for (int64_t j = 0; j < jend; j++) o[j] = (int32_t)((uint32_t)s0[j] - cc[j]);
@@ -224,19 +242,24 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
     const int64_t jend = N - j0 < ncols ? N - j0 : ncols;
     const int32_t *c0 = corr[0] ? corr[0] + j0 : NULL;
     const int32_t *c1 = ngroups > 1 && corr[1] ? corr[1] + j0 : NULL;
+    int32_t row[Q4_NC];         /* modes 4 and 5: the int32 row before its rescale */
     for (int64_t i = 0; i < iend; i++) {
         const int32_t *s0 = scratch + i * ldc_s;
         const int32_t *s1 = s0 + tile_ints;
-        if (mode == 0) {
-            int32_t *o = (int32_t *)out + (i0 + i) * ldo + j0;
+        if (mode == 0 || mode == 4) {
+            int32_t *o = mode == 0 ? (int32_t *)out + (i0 + i) * ldo + j0 : row;
             if (c0) for (int64_t j = 0; j < jend; j++) o[j] = s0[j] - c0[j];
             else memcpy(o, s0, sizeof(int32_t) * jend);
+            if (mode == 4)
+                q4_scale_row((float *)out + (i0 + i) * ldo + j0, row, jend, job->factor, job->exact);
             continue;
         }
-        if (mode == 3) {
-            q4_store_int32_row((int32_t *)out + (i0 + i) * ldo + j0, s0, c0 ? c0 : q4_zero_corr,
-                               shift[0], ngroups > 1 ? s1 : NULL, c1 ? c1 : q4_zero_corr,
-                               ngroups > 1 ? shift[1] : 0, jend);
+        if (mode == 3 || mode == 5) {
+            q4_store_int32_row(mode == 3 ? (int32_t *)out + (i0 + i) * ldo + j0 : row, s0,
+                               c0 ? c0 : q4_zero_corr, shift[0], ngroups > 1 ? s1 : NULL,
+                               c1 ? c1 : q4_zero_corr, ngroups > 1 ? shift[1] : 0, jend);
+            if (mode == 5)
+                q4_scale_row((float *)out + (i0 + i) * ldo + j0, row, jend, job->factor, job->exact);
             continue;
         }
         int64_t *o = (int64_t *)out + (i0 + i) * ldo + j0;
@@ -282,6 +305,8 @@ static inline int q4_gemm_thread(const q4_gemm_job *job, int team) {
  *   mode 2: out64  = sum_g (int64) v_g << shift[g]
  *   mode 3: out32  = sum_g v_g << shift[g]    (the caller guarantees that the exact sum fits int32:
  *                                              one K chunk of an FP4 product; half the bytes of mode 2)
+ *   mode 4, 5: float32 out = (the int32 of mode 0, 3) * factor, rounded as q4_scale_row says - the
+ *              engine's rescale in the store, instead of a pass over an int32 result (one K chunk)
  * Returns 0 on success, -1 for an unusable kernel, -2 for out-of-memory,
  * -3 for a product bound the AVX2 kernel cannot take without int16 saturation,
  * -4 for operand padding the kernel cannot step over or a bad group/mode. */
@@ -289,7 +314,8 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
                           int64_t M, int64_t Mp, const int8_t *const *B, int64_t Kp,
                           int64_t N, int64_t Np, int64_t k0, int64_t k1,
                           const int32_t *const *corr, const int *shift, int mode,
-                          void *out, int64_t ldo, int nthreads, int64_t max_product) {
+                          void *out, int64_t ldo, int nthreads, int64_t max_product,
+                          double factor, int exact) {
     q4_tile_fn fn = q4_kernel_fn(kernel);
     if (fn == NULL || !q4_kernel_supported(kernel, q4_features())) return -1;
 #if Q4_HAVE_AVX2
@@ -297,7 +323,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #endif
     if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KALIGN != 0
         || k0 % Q4_KALIGN != 0 || (k1 % Q4_KALIGN != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
-        || mode < 0 || mode > 3 || (mode == 0 && (ngroups != 1 || shift[0] != 0)))
+        || mode < 0 || mode > 5 || ((mode == 0 || mode == 4) && (ngroups != 1 || shift[0] != 0)))
         return -4;
     for (int g = 0; g < ngroups; g++)
         if (shift[g] < 0 || shift[g] > Q4_MAX_SHIFT) return -4;
@@ -308,14 +334,14 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #endif
     /* Two groups on the AVX-512 VNNI kernel: both in one pass over the shared operand, summed
      * as (v0 << s0) + (v1 << s1) in int32 inside the kernel (one scratch tile, one store).  The
-     * modular 32-bit sum is exact when the result of this call fits in int32: always in mode 3
+     * modular 32-bit sum is exact when the result of this call fits in int32: always in modes 3, 5
      * (the caller's guarantee), else when max_product * (k1 - k0) * (2**s0 + 2**s1) does -
      * max_product bounds |a * b| of every stored product, the offset is inside A's range, so
      * |v_g| <= max_product * (k1 - k0). */
     int fused = 0;
 #if Q4_HAVE_VNNI
     if (kernel == Q4_VNNI && ngroups == 2 && mode != 0 && k1 > k0) {
-        if (mode == 3) fused = 1;
+        if (mode == 3 || mode == 5) fused = 1;
         else if (max_product > 0 && max_product <= INT32_MAX / (k1 - k0)) {
             const int64_t v = max_product * (k1 - k0);    /* < 2**31: the shifted sum fits int64 */
             fused = (v << shift[0]) + (v << shift[1]) <= INT32_MAX;
@@ -336,7 +362,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
                                    Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
-    const q4_gemm_job job = {fn, kernel, ngroups, mode, fused, A, B, corr, shift, out,
+    const q4_gemm_job job = {fn, kernel, ngroups, mode, fused, exact, factor, A, B, corr, shift, out,
                              lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_cols, tile_ints};
     /* one thread: no OpenMP region at all (entering one costs more than a small product) */
     if (nthreads <= 1) {
@@ -360,7 +386,7 @@ static inline int q4_gemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, 
     const int32_t *cs[1] = {corr};
     int sh[1] = {shift};
     return q4_gemm_groups(kernel, 1, As, lda, M, Mp, Bs, Kp, N, Np, k0, k1, cs, sh, mode,
-                          out, ldo, nthreads, max_product);
+                          out, ldo, nthreads, max_product, 1.0, 0);
 }
 
 #endif /* Q4_GEMM_DRIVER_H */
