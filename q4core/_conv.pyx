@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled im2col and col2im of a convolution (see :mod:`q4core.nn.im2col`).
+"""Compiled im2col, col2im and the channel-layout copies of a convolution (see :mod:`q4core.nn.im2col`).
 
 Private: call it through :mod:`q4core.nn.im2col`, whose numpy functions are the reference these kernels equal
 bit for bit.  The functions here still check what they rely on (dtype, contiguity, sizes), so a wrong call
@@ -7,7 +7,8 @@ raises instead of reading or writing out of bounds.
 
 Why the results are the reference's bits:
 
-* im2col only moves values (and writes zeros for the padding);
+* im2col and the layout copies only move values (im2col writes zeros for the padding); a layout copy with a
+  bias adds it as one float32 addition per element, as numpy's ``y + bias``;
 * col2im sums float32 values into each pixel in the reference's order.  The reference adds the (i, j) kernel
   offsets one after another, i-major, each as one float32 ``+=`` on a zeroed image.  Here each image's patch
   rows are read once, sequentially, from the last (ho, wo) to the first: a pixel's contributions come from
@@ -188,3 +189,51 @@ cdef void _col2im_image(const float *cols, float *out, float *pad, int64_t C, in
         for c in range(C):
             for y in range(H):
                 memcpy(out + (c * H + y) * W, g + (c * Hp + y + padding) * Wp + padding, W * sizeof(float))
+
+
+cdef extern from "conv_kernels.h" nogil:
+    void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t cols, const float *bias)
+
+
+def channels_first(cnp.ndarray y not None, int64_t N, int64_t Ho, int64_t Wo, object bias, int threads):
+    """float32 ``y`` (N*Ho*Wo, O) [+ float32 ``bias`` (O,)] as a C-contiguous (N, O, Ho, Wo) float32 array
+    (see conv_kernels.h: moves, and one float32 addition per element with a bias)."""
+    _check_f32(y, "y")
+    if cnp.PyArray_NDIM(y) != 2 or N < 0 or Ho < 0 or Wo < 0 or y.shape[0] != N * Ho * Wo:
+        raise ValueError(f"y must be 2-D with N*Ho*Wo = {N * Ho * Wo} rows, got shape {(<object>y).shape}")
+    cdef int64_t O = y.shape[1], HW = Ho * Wo
+    cdef cnp.ndarray b = None
+    if bias is not None:
+        b = <cnp.ndarray?>bias
+        _check_f32(b, "bias")
+        if cnp.PyArray_NDIM(b) != 1 or b.shape[0] != O:
+            raise ValueError(f"bias must have shape {(O,)}, got {(<object>b).shape}")
+    cdef cnp.ndarray out = np.empty((N, O, Ho, Wo), dtype=np.float32)
+    cdef const float *yp = <const float *>cnp.PyArray_DATA(y)
+    cdef const float *bp = NULL if b is None else <const float *>cnp.PyArray_DATA(b)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef int64_t n
+    if out.size == 0:
+        return out
+    with nogil:
+        for n in prange(N, num_threads=max(threads, 1), schedule="static"):
+            q4_transpose_f32(yp + n * HW * O, op + n * O * HW, HW, O, bp)
+    return out
+
+
+def channels_last(cnp.ndarray g not None, int threads):
+    """C-contiguous float32 ``g`` (N, O, Ho, Wo) as a C-contiguous (N*Ho*Wo, O) float32 array."""
+    _check_f32(g, "g")
+    if cnp.PyArray_NDIM(g) != 4:
+        raise ValueError(f"g must be 4-D (N, O, Ho, Wo), got shape {(<object>g).shape}")
+    cdef int64_t N = g.shape[0], O = g.shape[1], HW = g.shape[2] * g.shape[3]
+    cdef cnp.ndarray out = np.empty((N * HW, O), dtype=np.float32)
+    cdef const float *gp = <const float *>cnp.PyArray_DATA(g)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef int64_t n
+    if out.size == 0:
+        return out
+    with nogil:
+        for n in prange(N, num_threads=max(threads, 1), schedule="static"):
+            q4_transpose_f32(gp + n * O * HW, op + n * HW * O, O, HW, NULL)
+    return out

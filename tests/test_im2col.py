@@ -1,5 +1,5 @@
-"""The compiled im2col / col2im (q4core._conv) against their numpy references, bit for bit, and the first
-layer's skipped input gradient."""
+"""The compiled im2col / col2im and channel-layout copies (q4core._conv) against their numpy references, bit
+for bit, and the first layer's skipped input gradient."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -55,6 +55,28 @@ def test_col2im_equals_its_reference_bit_for_bit(geom, threads, seed):
     assert got.tobytes() == np.ascontiguousarray(want).tobytes()
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 9), st.integers(0, 9), st.integers(0, 9), st.booleans(),
+       st.integers(1, 2), st.integers(0, 2 ** 32 - 1))
+def test_channel_layout_copies_equal_their_references(N, Ho, Wo, C, with_bias, threads, seed):
+    """Channels first with the bias added (NaN, Inf, overflow and signed zeros included) and channels last,
+    over shapes that exercise the 4 x 4 blocks and their edges."""
+    rng = np.random.default_rng(seed)
+    y = _values(rng, (N * Ho * Wo, C), np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, np.finfo(np.float32).max], np.float32)
+    mask = rng.random(y.shape) < 0.1
+    y[mask] = rng.choice(special, int(mask.sum()))
+    bias = _values(rng, (C,), np.float32) if with_bias else None
+    got = ic.channels_first(y, N, Ho, Wo, bias, threads=threads)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = ic.channels_first_reference(y, N, Ho, Wo, bias)
+    assert got.shape == want.shape == (N, C, Ho, Wo) and got.tobytes() == want.tobytes()
+    g = _values(rng, (N, C, Ho, Wo), np.float32)
+    got = ic.channels_last(g, threads=threads)
+    want = ic.channels_last_reference(g)
+    assert got.shape == want.shape == (N * Ho * Wo, C) and got.tobytes() == want.tobytes()
+
+
 def test_col2im_corner_values_follow_the_reference():
     """Signed zeros, Inf, NaN and float32 overflow of a pixel's sum, where the order of the terms matters."""
     big = np.finfo(np.float32).max
@@ -86,6 +108,12 @@ def test_the_compiled_kernels_refuse_what_they_cannot_take():
         ic._conv.col2im(np.zeros((4, 9)), 1, 1, 4, 4, 3, 3, 1, 0, 1)
     with pytest.raises(ValueError, match="shape"):
         ic._conv.col2im(np.zeros((5, 9), np.float32), 1, 1, 4, 4, 3, 3, 1, 0, 1)
+    with pytest.raises(ValueError, match="rows"):
+        ic._conv.channels_first(np.zeros((5, 3), np.float32), 1, 2, 2, None, 1)
+    with pytest.raises(ValueError, match="bias"):
+        ic._conv.channels_first(np.zeros((4, 3), np.float32), 1, 2, 2, np.zeros(2, np.float32), 1)
+    with pytest.raises(TypeError, match="float32"):
+        ic._conv.channels_last(np.zeros((1, 2, 2, 2)), 1)
 
 
 def test_non_contiguous_and_other_dtypes_take_the_reference():

@@ -1,14 +1,15 @@
-"""im2col and its adjoint col2im: a convolution as one GEMM.
+"""im2col, its adjoint col2im, and the channel-layout copies of a convolution's GEMM.
 
-A convolution runs as one GEMM of the (N*Ho*Wo, C*kh*kw) patch matrix with the (C*kh*kw, out) weight.  Each
+A convolution runs as one GEMM of the (N*Ho*Wo, C*kh*kw) patch matrix with the (C*kh*kw, out) weight; its
+result has channels last, rows (n, ho, wo), and the layers hold images channels first.  Each
 function here has a numpy reference (``*_reference``) and a compiled twin (:mod:`q4core._conv`) that gives the
 same bits (tested over random geometries and values); the public functions take the compiled path when
-``compiled`` is true and the input suits it (C-contiguous; float32 for col2im; 1-, 4- or 8-byte numeric items
-for im2col), else the reference.  The layers pass
+``compiled`` is true and the input suits it (C-contiguous; float32 for col2im and the layout copies; 1-, 4- or
+8-byte numeric items for im2col), else the reference.  The layers pass
 ``compiled=False`` under ``recipe.simulate``, which stays the numpy reference path throughout.
 
-Why they agree bit for bit: im2col moves values only; col2im adds each pixel's terms in the reference's order
-(see the :mod:`q4core._conv` docstring).
+Why they agree bit for bit: im2col and the layout copies move values only; col2im adds each pixel's terms in
+the reference's order (see the :mod:`q4core._conv` docstring); a bias is one float32 addition per element.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ try:
 except ImportError:  # pragma: no cover - only without a built extension
     _conv = None
 
-__all__ = ["im2col2d", "col2im2d", "im2col2d_reference", "col2im2d_reference", "AVAILABLE"]
+__all__ = ["im2col2d", "col2im2d", "channels_first", "channels_last", "im2col2d_reference",
+           "col2im2d_reference", "channels_first_reference", "channels_last_reference", "AVAILABLE"]
 
 #: whether the compiled kernels are built
 AVAILABLE = _conv is not None
@@ -56,6 +58,20 @@ def col2im2d_reference(cols, shape, kh, kw, stride, padding, Ho, Wo):
     return g
 
 
+def channels_first_reference(y, N, Ho, Wo, bias=None):
+    """The GEMM result ``y`` (N*Ho*Wo, O) [+ ``bias`` (O,)] as a C-contiguous (N, O, Ho, Wo) array."""
+    if bias is not None:
+        y = y + bias
+    return np.ascontiguousarray(y.reshape(N, Ho, Wo, y.shape[1]).transpose(0, 3, 1, 2))
+
+
+def channels_last_reference(g):
+    """An (N, O, Ho, Wo) gradient as the C-contiguous (N*Ho*Wo, O) matrix of the GEMM's rows."""
+    g = np.asarray(g)
+    N, C, Ho, Wo = g.shape
+    return np.ascontiguousarray(g.transpose(0, 2, 3, 1)).reshape(N * Ho * Wo, C)
+
+
 def _compiled(a, compiled, dtypes=(np.float32,)):
     return (compiled and _conv is not None and isinstance(a, np.ndarray) and a.dtype.type in dtypes
             and a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative)
@@ -77,3 +93,17 @@ def col2im2d(cols, shape, kh, kw, stride, padding, Ho, Wo, compiled=True, thread
         N, C, H, W = shape
         return _conv.col2im(cols, N, C, H, W, kh, kw, stride, padding, _threads(threads))
     return col2im2d_reference(cols, shape, kh, kw, stride, padding, Ho, Wo)
+
+
+def channels_first(y, N, Ho, Wo, bias=None, compiled=True, threads=None):
+    """:func:`channels_first_reference` (compiled for C-contiguous float32 ``y`` and ``bias``)."""
+    if _compiled(y, compiled) and y.ndim == 2 and (bias is None or _compiled(bias, compiled)):
+        return _conv.channels_first(y, N, Ho, Wo, bias, _threads(threads))
+    return channels_first_reference(y, N, Ho, Wo, bias)
+
+
+def channels_last(g, compiled=True, threads=None):
+    """:func:`channels_last_reference` (compiled for C-contiguous float32 ``g``)."""
+    if _compiled(g, compiled) and g.ndim == 4:
+        return _conv.channels_last(g, _threads(threads))
+    return channels_last_reference(g)

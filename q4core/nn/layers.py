@@ -5,7 +5,7 @@ GEMM layers (Linear, Conv2d, Conv1d) run their matrix product through a :class:`
 Convolutions use im2col: the patches form an (N*positions, C*k) matrix times the (C*k, out) weight.
 The input is rounded or quantized once as an image and im2col copies the rounded values or 4-bit levels
 (equal to quantizing the patch matrix, k*k times less work); PACT's gradient is applied to the image.
-im2col and col2im run compiled (:mod:`q4core.nn.im2col`, bit for bit its numpy
+im2col, col2im and the channel-layout copies run compiled (:mod:`q4core.nn.im2col`, bit for bit its numpy
 reference) unless the recipe simulates.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validation import check_int
 from .core import Module, Parameter
-from .im2col import col2im2d, im2col2d
+from .im2col import channels_first, channels_last, col2im2d, im2col2d
 from .qgemm import QuantGemm
 
 __all__ = ["Linear", "Conv2d", "Conv1d", "ReLU", "MaxPool2d", "AvgPool2d", "MaxPool1d", "GlobalAvgPool",
@@ -113,16 +113,14 @@ class Conv2d(Module):
         cols, Ho, Wo = im2col2d(self._inp.data, self.kh, self.kw, self.stride, self.padding, fast, threads)
         w2 = self.weight.data.reshape(self.out_channels, -1).T
         y, self._ctx = self.gemm.forward(None, self.gemm.prepare_weight(w2), inp=self._inp, data=cols)
-        if self.bias is not None:
-            y += self.bias.data
         self._shape, self._out = x.shape, (Ho, Wo)
-        N = x.shape[0]
-        return np.ascontiguousarray(y.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2))
+        # channels first, the bias added on the way (one float32 addition per element, as y + bias)
+        return channels_first(y, x.shape[0], Ho, Wo, None if self.bias is None else self.bias.data, fast, threads)
 
     def backward(self, grad_y):
         Ho, Wo = self._out
         fast, threads = self.gemm.fused, self.gemm.layout_threads
-        g2 = np.ascontiguousarray(np.asarray(grad_y).transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
+        g2 = channels_last(np.asarray(grad_y), fast, threads)
         gcols, gw = self.gemm.backward(g2, self._ctx, pact=False, input_grad=self.input_grad)
         self.weight.grad += gw.T.reshape(self.weight.data.shape)
         if self.bias is not None:
