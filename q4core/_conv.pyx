@@ -9,12 +9,10 @@ Why the results are the reference's bits:
 
 * im2col and the layout copies only move values (im2col writes zeros for the padding); a layout copy with a
   bias adds it as one float32 addition per element, as numpy's ``y + bias``;
-* col2im sums float32 values into each pixel in the reference's order.  The reference adds the (i, j) kernel
-  offsets one after another, i-major, each as one float32 ``+=`` on a zeroed image.  Here each image's patch
-  rows are read once, sequentially, from the last (ho, wo) to the first: a pixel's contributions come from
-  ``ho = (y + padding - i) / stride``, which falls as ``i`` rises (and ``wo`` as ``j`` rises), so walking the
-  rows backwards adds them in (i, j) order - the same float32 additions in the same order, no FMA, no
-  reassociation (the build has no -ffast-math).
+* col2im sums float32 values into each pixel in the reference's order: the reference adds the (i, j) kernel
+  offsets one after another, i-major, each as one float32 ``+=`` on a zeroed image, and so does
+  q4_col2im_image (conv_kernels.h), per image, on planes of the transposed patch rows - the same float32
+  additions in the same order, no FMA, no reassociation (the build has no -ffast-math).
 
 Work is split over the images by an OpenMP ``prange``; each image's output depends on that image alone, so
 every thread count gives the same bytes.
@@ -22,11 +20,17 @@ every thread count gives the same bytes.
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 cnp.import_array()
+
+cdef extern from "conv_kernels.h" nogil:
+    void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t cols, const float *bias)
+    void q4_col2im_image(const float *cols, float *out, float *pad, float *colsT, int64_t C, int64_t H,
+                         int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t padding, int64_t Ho,
+                         int64_t Wo)
 
 
 cdef bint _carray(cnp.ndarray a):
@@ -147,6 +151,25 @@ def col2im(cnp.ndarray cols not None, int64_t N, int64_t C, int64_t H, int64_t W
     cdef int64_t n, P = C * (H + 2 * padding) * (W + 2 * padding) if padding else 0
     if out.size == 0:
         return out
+    cdef int team = max(1, min(threads, N))
+    # per thread: the padded image and the transposed patch rows of the image it works on
+    cdef cnp.ndarray pads = np.empty((team, max(P, 1)), dtype=np.float32)
+    cdef cnp.ndarray trans = np.empty((team, max(Ho * Wo * CK, 1)), dtype=np.float32)
+    cdef float *pp = <float *>cnp.PyArray_DATA(pads)
+    cdef float *tp = <float *>cnp.PyArray_DATA(trans)
+    cdef int64_t pstride = max(P, 1), tstride = max(Ho * Wo * CK, 1)
+    cdef int tid
+    with nogil:
+        if team == 1:
+            for n in range(N):
+                q4_col2im_image(cp + n * Ho * Wo * CK, op + n * C * H * W, pp, tp, C, H, W, kh, kw, stride,
+                                padding, Ho, Wo)
+        else:
+            for n in prange(N, num_threads=team, schedule="static"):
+                tid = threadid()
+                q4_col2im_image(cp + n * Ho * Wo * CK, op + n * C * H * W, pp + tid * pstride,
+                                tp + tid * tstride, C, H, W, kh, kw, stride, padding, Ho, Wo)
+    return out
     cdef cnp.ndarray scratch = np.zeros((N, P), dtype=np.float32)   # each image's padded sums
     cdef float *sp = <float *>cnp.PyArray_DATA(scratch)
     with nogil:
@@ -156,43 +179,6 @@ def col2im(cnp.ndarray cols not None, int64_t N, int64_t C, int64_t H, int64_t W
     return out
 
 
-cdef void _col2im_image(const float *cols, float *out, float *pad, int64_t C, int64_t H, int64_t W, int64_t kh,
-                        int64_t kw, int64_t stride, int64_t padding, int64_t Ho, int64_t Wo) noexcept nogil:
-    """One image: rows walked from the last to the first, so each pixel's terms come in (i, j) order.  With
-    padding the sums are formed in ``pad``, a zeroed (C, H + 2 padding, W + 2 padding) scratch image as the
-    reference's, whose interior is then copied out."""
-    cdef int64_t Hp = H + 2 * padding, Wp = W + 2 * padding, ho, wo, c, i, j, y, CK = C * kh * kw
-    cdef const float *row
-    cdef float *dst
-    cdef float *g = pad if padding else out
-    if not padding:
-        memset(out, 0, C * H * W * sizeof(float))
-    for ho in range(Ho - 1, -1, -1):
-        for wo in range(Wo - 1, -1, -1):
-            row = cols + (ho * Wo + wo) * CK
-            for c in range(C):
-                dst = g + (c * Hp + ho * stride) * Wp + wo * stride
-                if kw == 3:
-                    for i in range(kh):
-                        dst[0] = dst[0] + row[0]
-                        dst[1] = dst[1] + row[1]
-                        dst[2] = dst[2] + row[2]
-                        row += 3
-                        dst += Wp
-                else:
-                    for i in range(kh):
-                        for j in range(kw):
-                            dst[j] = dst[j] + row[j]
-                        row += kw
-                        dst += Wp
-    if padding:
-        for c in range(C):
-            for y in range(H):
-                memcpy(out + (c * H + y) * W, g + (c * Hp + y + padding) * Wp + padding, W * sizeof(float))
-
-
-cdef extern from "conv_kernels.h" nogil:
-    void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t cols, const float *bias)
 
 
 def channels_first(cnp.ndarray y not None, int64_t N, int64_t Ho, int64_t Wo, object bias, int threads):

@@ -9,6 +9,7 @@
 #define Q4_CONV_KERNELS_H
 
 #include <stdint.h>
+#include <string.h>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define Q4_CONV_SSE 1
@@ -52,6 +53,43 @@ static void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t c
 #endif
     q4_transpose_edge(a, out, rows, cols, bias, R, rows, 0, cols);    /* the last rows % 4 rows */
     q4_transpose_edge(a, out, rows, cols, bias, 0, R, C, cols);       /* the last cols % 4 columns */
+}
+
+/* col2im of one image: patch gradients ``cols`` (Ho*Wo rows, C*kh*kw) summed into ``out`` (C, H, W).
+ * The reference (q4core.nn.im2col.col2im2d_reference) adds the (i, j) kernel offsets one after another,
+ * i-major, each as one float32 ``+=`` into a zeroed padded image.  Here ``cols`` is first transposed into
+ * ``colsT`` (C*kh*kw, Ho*Wo), so that each (c, i, j) is a contiguous plane; then, channel by channel, the
+ * planes are added in (i, j) order into the zeroed padded image ``pad`` (C, H + 2p, W + 2p; or ``out``
+ * itself without padding) - every pixel receives its terms in the reference's order, one float32 addition
+ * each; the loop over a row is a plain vectorizable elementwise add.  ``pad`` and ``colsT`` are the caller's
+ * scratch. */
+static void q4_col2im_image(const float *cols, float *out, float *pad, float *colsT, int64_t C, int64_t H,
+                            int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t padding, int64_t Ho,
+                            int64_t Wo) {
+    const int64_t HW = Ho * Wo, Hp = H + 2 * padding, Wp = W + 2 * padding;
+    float *g = padding ? pad : out;
+    q4_transpose_f32(cols, colsT, HW, C * kh * kw, NULL);
+    memset(g, 0, sizeof(float) * (size_t)(C * Hp * Wp));
+    for (int64_t c = 0; c < C; c++) {
+        float *plane = g + c * Hp * Wp;
+        for (int64_t i = 0; i < kh; i++) {
+            for (int64_t j = 0; j < kw; j++) {
+                const float *src = colsT + ((c * kh + i) * kw + j) * HW;
+                for (int64_t ho = 0; ho < Ho; ho++) {
+                    float *restrict d = plane + (ho * stride + i) * Wp + j;
+                    const float *restrict sr = src + ho * Wo;
+                    if (stride == 1)
+                        for (int64_t wo = 0; wo < Wo; wo++) d[wo] = d[wo] + sr[wo];
+                    else
+                        for (int64_t wo = 0; wo < Wo; wo++) d[wo * stride] = d[wo * stride] + sr[wo];
+                }
+            }
+        }
+    }
+    if (padding)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t y = 0; y < H; y++)
+                memcpy(out + (c * H + y) * W, g + (c * Hp + y + padding) * Wp + padding, sizeof(float) * (size_t)W);
 }
 
 #endif /* Q4_CONV_KERNELS_H */
