@@ -82,7 +82,8 @@ NUMERICS_SOURCES = ("formats.py", "quant.py", "gemm.py", "scaling.py", "train.py
 #: (test_gemm, test_quant, test_fused_operands, test_bsgemm, test_fuzz, integer == simulated training), and end
 #: to end by recomputing committed runs (:func:`verify`, run by the test suite).  Each cache entry records the
 #: implementation that computed it (:func:`implementation_version`, outside the key) as provenance.
-IMPLEMENTATION_SOURCES = ("_quant.pyx", "_gemm.pyx", "_bsencode.pyx", "_bsgemm.pyx", "_conv.pyx", "src/*.h", "src/*.c")
+IMPLEMENTATION_SOURCES = ("_quant.pyx", "_gemm.pyx", "_bsencode.pyx", "_bsgemm.pyx", "_layout.pyx", "src/*.h",
+                          "src/*.c")
 #: sources that change the numbers of some runs only: (file, recipe field, value or tuple of values; a dotted field
 #: looks into an operand role) - hashed into those runs' identities (simulated FP16 accumulation is used by
 #: accumulator="fp16" recipes alone, the block-scaled formats and layers by the mxfp4 / nvfp4 recipes)

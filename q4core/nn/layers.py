@@ -5,7 +5,7 @@ GEMM layers (Linear, Conv2d, Conv1d) run their matrix product through a :class:`
 Convolutions use im2col: the patches form an (N*positions, C*k) matrix times the (C*k, out) weight.
 The input is rounded or quantized once as an image and im2col copies the rounded values or 4-bit levels
 (equal to quantizing the patch matrix, k*k times less work); PACT's gradient is applied to the image.
-im2col, col2im and the channel-layout copies run compiled (:mod:`q4core.nn.im2col`, bit for bit its numpy
+im2col, col2im and the channel-layout copies run compiled (:mod:`q4core.nn.layout`, bit for bit its numpy
 reference) unless the recipe simulates.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validation import check_int
 from .core import Module, Parameter
-from .im2col import channels_first, channels_last, col2im2d, im2col2d
+from .layout import channels_first, channels_last, col2im2d, im2col2d
 from .qgemm import QuantGemm
 
 __all__ = ["Linear", "Conv2d", "Conv1d", "ReLU", "MaxPool2d", "AvgPool2d", "MaxPool1d", "GlobalAvgPool",

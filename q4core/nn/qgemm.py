@@ -190,7 +190,7 @@ class QuantGemm(Module):
         self._fmt_a = {}
         # the fused makers' thread count, resolved once (None: OMP_NUM_THREADS as it is now)
         self._quant_threads = _quant.resolve_threads(r.threads) if self.fused else None
-        #: threads of the layer's compiled layout kernels (im2col, col2im: q4core.nn.im2col)
+        #: threads of the layer's compiled layout kernels (im2col, col2im, transposes: q4core.nn.layout)
         self.layout_threads = self._quant_threads if self.fused else 1
         self._tops = {}
         self._fmt_fusable = {}
@@ -244,7 +244,7 @@ class QuantGemm(Module):
     def _weight_t(self, wop):
         """The transposed weight operand (packed for the kernels), made once per forward pass."""
         if wop.op_t is None:
-            wop.op_t = wop.op.T
+            wop.op_t = wop.op.transposed(self.fused, self.layout_threads)
             if wop.op.kind == "int" and not self.recipe.simulate:
                 wop.packed_t = self._pack(wop.op_t.units)
         return wop.op_t, wop.packed_t
@@ -453,7 +453,7 @@ class QuantGemm(Module):
                 G = operands.Operand(g0.kind, np.concatenate([g.units for _, g in items]), g0.scale, g0.fmt)
             else:
                 X, G = x0, g0
-            part = self._product("grad_dw", X.T, G)
+            part = self._product("grad_dw", X.transposed(self.fused, self.layout_threads), G)
             total = part if total is None else total + part
         return total
 
@@ -566,7 +566,7 @@ class QuantGemm(Module):
         if seq is not None:
             seq.parts.append((ctx.xop, g_w))
             return gx, None
-        return gx, self._product("grad_dw", ctx.xop.T, g_w)
+        return gx, self._product("grad_dw", ctx.xop.transposed(self.fused, self.layout_threads), g_w)
 
     # ------------------------------------------------------------------ state
     def buffers(self):

@@ -59,7 +59,18 @@ class Operand:
     def T(self):
         """The transposed operand, for the backward GEMMs: C-contiguous units for the integer kernels, a view
         for float GEMMs (BLAS takes transposes as they are)."""
-        units = self.units.T if self.kind == "float" else np.ascontiguousarray(self.units.T)
+        return self.transposed()
+
+    def transposed(self, compiled=False, threads=None):
+        """:attr:`T`, the units of an integer/FP4 operand transposed by the compiled byte transpose when
+        ``compiled`` (:func:`q4core.nn.layout.transposed`: the same bytes, moved in SIMD blocks)."""
+        if self.kind == "float":
+            units = self.units.T
+        elif compiled:
+            from ..nn.layout import transposed
+            units = transposed(self.units, threads=threads)
+        else:
+            units = np.ascontiguousarray(self.units.T)
         return Operand(self.kind, units, self.scale, self.fmt)
 
 

@@ -1,20 +1,20 @@
-/* Channel-layout copies of a convolution's GEMM (q4core._conv): a row-major (rows, cols) float32 block
+/* Channel-layout copies of a convolution's GEMM (q4core._layout): a row-major (rows, cols) float32 block
  * transposed into (cols, rows), with an optional bias[col] added - one float32 addition per element, the
  * same rounding as numpy's ``y + bias``.  Moves and single additions only: the result is the numpy
  * reference's, bit for bit, however the loops are blocked.
  *
  * x86-64: 4 x 4 blocks transposed in SSE registers (baseline x86-64, no target flags needed); elsewhere,
  * and for the edges, the scalar loop. */
-#ifndef Q4_CONV_KERNELS_H
-#define Q4_CONV_KERNELS_H
+#ifndef Q4_LAYOUT_KERNELS_H
+#define Q4_LAYOUT_KERNELS_H
 
 #include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define Q4_CONV_SSE 1
+#include <emmintrin.h>
+#define Q4_LAYOUT_SSE 1
 #else
-#define Q4_CONV_SSE 0
+#define Q4_LAYOUT_SSE 0
 #endif
 
 static inline void q4_transpose_edge(const float *a, float *out, int64_t rows, int64_t cols, const float *bias,
@@ -29,7 +29,7 @@ static inline void q4_transpose_edge(const float *a, float *out, int64_t rows, i
 /* out (cols, rows) = a (rows, cols) transposed [+ bias[col]] */
 static void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t cols, const float *bias) {
     const int64_t R = rows & ~(int64_t)3, C = cols & ~(int64_t)3;
-#if Q4_CONV_SSE
+#if Q4_LAYOUT_SSE
     /* 4 x 4 blocks, row-block outer: each 4-row strip of ``a`` is read once, front to back */
     for (int64_t r = 0; r < R; r += 4) {
         for (int64_t c = 0; c < C; c += 4) {
@@ -55,8 +55,55 @@ static void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t c
     q4_transpose_edge(a, out, rows, cols, bias, 0, R, C, cols);       /* the last cols % 4 columns */
 }
 
+#if Q4_LAYOUT_SSE
+/* one 16 x 16 byte block: rows of ``a`` (stride lda) -> rows of ``out`` (stride ldo), by four rounds of
+ * interleaves (bytes, 16-bit pairs, 32-bit quads, 64-bit halves) */
+static inline void q4_transpose_u8_16x16(const uint8_t *a, int64_t lda, uint8_t *out, int64_t ldo) {
+    __m128i x[16], y[16];
+    for (int k = 0; k < 16; k++) x[k] = _mm_loadu_si128((const __m128i *)(a + k * lda));
+    for (int k = 0; k < 8; k++) {
+        y[2 * k] = _mm_unpacklo_epi8(x[2 * k], x[2 * k + 1]);
+        y[2 * k + 1] = _mm_unpackhi_epi8(x[2 * k], x[2 * k + 1]);
+    }
+    for (int q = 0; q < 4; q++) {              /* rows 4q .. 4q+3 */
+        const __m128i *t = y + 4 * q;
+        x[4 * q] = _mm_unpacklo_epi16(t[0], t[2]);
+        x[4 * q + 1] = _mm_unpackhi_epi16(t[0], t[2]);
+        x[4 * q + 2] = _mm_unpacklo_epi16(t[1], t[3]);
+        x[4 * q + 3] = _mm_unpackhi_epi16(t[1], t[3]);
+    }
+    for (int h = 0; h < 2; h++)                /* rows 8h .. 8h+7 */
+        for (int m = 0; m < 4; m++) {
+            y[8 * h + 2 * m] = _mm_unpacklo_epi32(x[8 * h + m], x[8 * h + 4 + m]);
+            y[8 * h + 2 * m + 1] = _mm_unpackhi_epi32(x[8 * h + m], x[8 * h + 4 + m]);
+        }
+    for (int m = 0; m < 8; m++) {
+        _mm_storeu_si128((__m128i *)(out + (2 * m) * ldo), _mm_unpacklo_epi64(y[m], y[8 + m]));
+        _mm_storeu_si128((__m128i *)(out + (2 * m + 1) * ldo), _mm_unpackhi_epi64(y[m], y[8 + m]));
+    }
+}
+#endif
+
+/* out (cols, rows) = a (rows, cols) transposed, for bytes (the INT4 levels and FP4 codes of the backward
+ * GEMMs' transposed operands): 16 x 16 blocks in SSE registers, the edges byte by byte.  Rows [r0, r1)
+ * only (r0 a multiple of 16): threads take disjoint row ranges, i.e. disjoint column ranges of ``out``. */
+static void q4_transpose_u8(const uint8_t *a, uint8_t *out, int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
+    int64_t R = r0, C = 0;
+#if Q4_LAYOUT_SSE
+    R = r0 + ((r1 - r0) & ~(int64_t)15);
+    C = cols & ~(int64_t)15;
+    for (int64_t r = r0; r < R; r += 16)
+        for (int64_t c = 0; c < C; c += 16)
+            q4_transpose_u8_16x16(a + r * cols + c, cols, out + c * rows + r, rows);
+#endif
+    for (int64_t c = 0; c < cols; c++) {       /* the edges: rows R.. r1 of every column, columns C.. */
+        uint8_t *restrict o = out + c * rows;
+        for (int64_t r = (c < C ? R : r0); r < r1; r++) o[r] = a[r * cols + c];
+    }
+}
+
 /* col2im of one image: patch gradients ``cols`` (Ho*Wo rows, C*kh*kw) summed into ``out`` (C, H, W).
- * The reference (q4core.nn.im2col.col2im2d_reference) adds the (i, j) kernel offsets one after another,
+ * The reference (q4core.nn.layout.col2im2d_reference) adds the (i, j) kernel offsets one after another,
  * i-major, each as one float32 ``+=`` into a zeroed padded image.  Here ``cols`` is first transposed into
  * ``colsT`` (C*kh*kw, Ho*Wo), so that each (c, i, j) is a contiguous plane; then, channel by channel, the
  * planes are added in (i, j) order into the zeroed padded image ``pad`` (C, H + 2p, W + 2p; or ``out``
@@ -92,4 +139,4 @@ static void q4_col2im_image(const float *cols, float *out, float *pad, float *co
                 memcpy(out + (c * H + y) * W, g + (c * Hp + y + padding) * Wp + padding, sizeof(float) * (size_t)W);
 }
 
-#endif /* Q4_CONV_KERNELS_H */
+#endif /* Q4_LAYOUT_KERNELS_H */

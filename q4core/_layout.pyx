@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled im2col, col2im and the channel-layout copies of a convolution (see :mod:`q4core.nn.im2col`).
+"""Compiled im2col, col2im and the channel-layout copies of a convolution (see :mod:`q4core.nn.layout`).
 
-Private: call it through :mod:`q4core.nn.im2col`, whose numpy functions are the reference these kernels equal
+Private: call it through :mod:`q4core.nn.layout`, whose numpy functions are the reference these kernels equal
 bit for bit.  The functions here still check what they rely on (dtype, contiguity, sizes), so a wrong call
 raises instead of reading or writing out of bounds.
 
@@ -11,7 +11,7 @@ Why the results are the reference's bits:
   bias adds it as one float32 addition per element, as numpy's ``y + bias``;
 * col2im sums float32 values into each pixel in the reference's order: the reference adds the (i, j) kernel
   offsets one after another, i-major, each as one float32 ``+=`` on a zeroed image, and so does
-  q4_col2im_image (conv_kernels.h), per image, on planes of the transposed patch rows - the same float32
+  q4_col2im_image (layout_kernels.h), per image, on planes of the transposed patch rows - the same float32
   additions in the same order, no FMA, no reassociation (the build has no -ffast-math).
 
 Work is split over the images by an OpenMP ``prange``; each image's output depends on that image alone, so
@@ -26,8 +26,9 @@ from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
-cdef extern from "conv_kernels.h" nogil:
+cdef extern from "layout_kernels.h" nogil:
     void q4_transpose_f32(const float *a, float *out, int64_t rows, int64_t cols, const float *bias)
+    void q4_transpose_u8(const uint8_t *a, uint8_t *out, int64_t rows, int64_t cols, int64_t r0, int64_t r1)
     void q4_col2im_image(const float *cols, float *out, float *pad, float *colsT, int64_t C, int64_t H,
                          int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t padding, int64_t Ho,
                          int64_t Wo)
@@ -183,7 +184,7 @@ def col2im(cnp.ndarray cols not None, int64_t N, int64_t C, int64_t H, int64_t W
 
 def channels_first(cnp.ndarray y not None, int64_t N, int64_t Ho, int64_t Wo, object bias, int threads):
     """float32 ``y`` (N*Ho*Wo, O) [+ float32 ``bias`` (O,)] as a C-contiguous (N, O, Ho, Wo) float32 array
-    (see conv_kernels.h: moves, and one float32 addition per element with a bias)."""
+    (see layout_kernels.h: moves, and one float32 addition per element with a bias)."""
     _check_f32(y, "y")
     if cnp.PyArray_NDIM(y) != 2 or N < 0 or Ho < 0 or Wo < 0 or y.shape[0] != N * Ho * Wo:
         raise ValueError(f"y must be 2-D with N*Ho*Wo = {N * Ho * Wo} rows, got shape {(<object>y).shape}")
@@ -222,4 +223,29 @@ def channels_last(cnp.ndarray g not None, int threads):
     with nogil:
         for n in prange(N, num_threads=max(threads, 1), schedule="static"):
             q4_transpose_f32(gp + n * O * HW, op + n * HW * O, O, HW, NULL)
+    return out
+
+
+def transpose(cnp.ndarray a not None, int threads):
+    """A C-contiguous 2-D array of 1- or 4-byte items transposed into a new C-contiguous array (the values'
+    bits moved, nothing computed)."""
+    if cnp.PyArray_NDIM(a) != 2 or not _carray(a):
+        raise ValueError("a must be 2-D, aligned, native and C-contiguous")
+    cdef int item = cnp.PyArray_ITEMSIZE(a)
+    if item not in (1, 4) or cnp.PyArray_TYPE(a) == cnp.NPY_OBJECT:
+        raise TypeError(f"a must have 1- or 4-byte numeric items, got {a.dtype}")
+    cdef int64_t rows = a.shape[0], cols = a.shape[1], blocks = (rows + 255) // 256, b
+    cdef cnp.ndarray out = np.empty((cols, rows), dtype=a.dtype)
+    if out.size == 0:
+        return out
+    cdef const char *ap = <const char *>cnp.PyArray_DATA(a)
+    cdef char *op = <char *>cnp.PyArray_DATA(out)
+    with nogil:
+        if item == 4:
+            q4_transpose_f32(<const float *>ap, <float *>op, rows, cols, NULL)   # moves of 32-bit patterns
+        elif threads <= 1 or blocks == 1:
+            q4_transpose_u8(<const uint8_t *>ap, <uint8_t *>op, rows, cols, 0, rows)
+        else:
+            for b in prange(blocks, num_threads=threads, schedule="static"):
+                q4_transpose_u8(<const uint8_t *>ap, <uint8_t *>op, rows, cols, b * 256, min(rows, b * 256 + 256))
     return out

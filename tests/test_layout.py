@@ -1,4 +1,4 @@
-"""The compiled im2col / col2im and channel-layout copies (q4core._conv) against their numpy references, bit
+"""The compiled im2col / col2im and channel-layout copies (q4core._layout) against their numpy references, bit
 for bit, and the first layer's skipped input gradient."""
 import numpy as np
 import pytest
@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from q4core.nn import Conv2d, Linear, Sequential
-from q4core.nn import im2col as ic
+from q4core.nn import layout as ic
 from q4core.recipe import get_recipe
 
-pytestmark = pytest.mark.skipif(not ic.AVAILABLE, reason="q4core._conv is not built")
+pytestmark = pytest.mark.skipif(not ic.AVAILABLE, reason="q4core._layout is not built")
 
 
 @st.composite
@@ -77,6 +77,23 @@ def test_channel_layout_copies_equal_their_references(N, Ho, Wo, C, with_bias, t
     assert got.shape == want.shape == (N * Ho * Wo, C) and got.tobytes() == want.tobytes()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 80), st.integers(0, 80), st.sampled_from([np.int8, np.uint8, np.float32, np.int32]),
+       st.integers(1, 2), st.integers(0, 2 ** 32 - 1))
+def test_transposed_moves_the_bytes(rows, cols, dtype, threads, seed):
+    """The backward GEMMs' transposed operands: 16 x 16 SIMD blocks and their edges, any thread count."""
+    a = _values(np.random.default_rng(seed), (rows, cols), dtype)
+    got = ic.transposed(a, threads=threads)
+    assert got.flags.c_contiguous and got.dtype == a.dtype and got.shape == (cols, rows)
+    assert got.tobytes() == np.ascontiguousarray(a.T).tobytes()
+
+
+def test_transposed_large_and_threaded():
+    a = np.random.default_rng(1).integers(0, 256, (1000, 600)).astype(np.uint8)   # several 256-row blocks
+    for threads in (1, 2):
+        assert np.array_equal(ic.transposed(a, threads=threads), a.T)
+
+
 def _same_values(got, want):
     """Bit for bit, except that NaNs need only be NaN where the reference has NaN: the sign and payload of
     NaN + NaN depend on the operands' order in the add instruction, which neither IEEE 754 nor numpy's own
@@ -111,25 +128,25 @@ def test_col2im_corner_values_follow_the_reference():
 def test_the_compiled_kernels_refuse_what_they_cannot_take():
     x = np.zeros((1, 1, 4, 4), np.float32)
     with pytest.raises(ValueError, match="smaller than the kernel"):
-        ic._conv.im2col(x, 5, 5, 1, 0, 1)
+        ic._layout.im2col(x, 5, 5, 1, 0, 1)
     with pytest.raises(ValueError, match="kernel"):
-        ic._conv.im2col(x, 0, 3, 1, 0, 1)
+        ic._layout.im2col(x, 0, 3, 1, 0, 1)
     with pytest.raises(TypeError, match="1-, 4- or 8-byte"):
-        ic._conv.im2col(x.astype(np.float16), 3, 3, 1, 0, 1)
+        ic._layout.im2col(x.astype(np.float16), 3, 3, 1, 0, 1)
     with pytest.raises(ValueError, match="4-D"):
-        ic._conv.im2col(x[0], 3, 3, 1, 0, 1)
+        ic._layout.im2col(x[0], 3, 3, 1, 0, 1)
     with pytest.raises(ValueError, match="C-contiguous"):
-        ic._conv.im2col(np.zeros((1, 1, 4, 8), np.float32)[..., ::2], 3, 3, 1, 0, 1)
+        ic._layout.im2col(np.zeros((1, 1, 4, 8), np.float32)[..., ::2], 3, 3, 1, 0, 1)
     with pytest.raises(TypeError, match="float32"):
-        ic._conv.col2im(np.zeros((4, 9)), 1, 1, 4, 4, 3, 3, 1, 0, 1)
+        ic._layout.col2im(np.zeros((4, 9)), 1, 1, 4, 4, 3, 3, 1, 0, 1)
     with pytest.raises(ValueError, match="shape"):
-        ic._conv.col2im(np.zeros((5, 9), np.float32), 1, 1, 4, 4, 3, 3, 1, 0, 1)
+        ic._layout.col2im(np.zeros((5, 9), np.float32), 1, 1, 4, 4, 3, 3, 1, 0, 1)
     with pytest.raises(ValueError, match="rows"):
-        ic._conv.channels_first(np.zeros((5, 3), np.float32), 1, 2, 2, None, 1)
+        ic._layout.channels_first(np.zeros((5, 3), np.float32), 1, 2, 2, None, 1)
     with pytest.raises(ValueError, match="bias"):
-        ic._conv.channels_first(np.zeros((4, 3), np.float32), 1, 2, 2, np.zeros(2, np.float32), 1)
+        ic._layout.channels_first(np.zeros((4, 3), np.float32), 1, 2, 2, np.zeros(2, np.float32), 1)
     with pytest.raises(TypeError, match="float32"):
-        ic._conv.channels_last(np.zeros((1, 2, 2, 2)), 1)
+        ic._layout.channels_last(np.zeros((1, 2, 2, 2)), 1)
 
 
 def test_non_contiguous_and_other_dtypes_take_the_reference():
