@@ -171,15 +171,20 @@ def col2im(cnp.ndarray cols not None, int64_t N, int64_t C, int64_t H, int64_t W
                 q4_col2im_image(cp + n * Ho * Wo * CK, op + n * C * H * W, pp + tid * pstride,
                                 tp + tid * tstride, C, H, W, kh, kw, stride, padding, Ho, Wo)
     return out
-    cdef cnp.ndarray scratch = np.zeros((N, P), dtype=np.float32)   # each image's padded sums
-    cdef float *sp = <float *>cnp.PyArray_DATA(scratch)
+
+
+cdef void _transpose_images(cnp.ndarray src, cnp.ndarray out, int64_t N, int64_t rows, int64_t cols,
+                            const float *bias, int threads):
+    """Each of the N (rows, cols) float32 images of ``src`` transposed into ``out`` [+ bias[col]], the images
+    split over the threads."""
+    cdef const float *sp = <const float *>cnp.PyArray_DATA(src)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef int64_t n, size = rows * cols
+    if N * size == 0:
+        return
     with nogil:
         for n in prange(N, num_threads=max(threads, 1), schedule="static"):
-            _col2im_image(cp + n * Ho * Wo * CK, op + n * C * H * W, sp + n * P, C, H, W, kh, kw, stride, padding,
-                          Ho, Wo)
-    return out
-
-
+            q4_transpose_f32(sp + n * size, op + n * size, rows, cols, bias)
 
 
 def channels_first(cnp.ndarray y not None, int64_t N, int64_t Ho, int64_t Wo, object bias, int threads):
@@ -196,15 +201,7 @@ def channels_first(cnp.ndarray y not None, int64_t N, int64_t Ho, int64_t Wo, ob
         if cnp.PyArray_NDIM(b) != 1 or b.shape[0] != O:
             raise ValueError(f"bias must have shape {(O,)}, got {(<object>b).shape}")
     cdef cnp.ndarray out = np.empty((N, O, Ho, Wo), dtype=np.float32)
-    cdef const float *yp = <const float *>cnp.PyArray_DATA(y)
-    cdef const float *bp = NULL if b is None else <const float *>cnp.PyArray_DATA(b)
-    cdef float *op = <float *>cnp.PyArray_DATA(out)
-    cdef int64_t n
-    if out.size == 0:
-        return out
-    with nogil:
-        for n in prange(N, num_threads=max(threads, 1), schedule="static"):
-            q4_transpose_f32(yp + n * HW * O, op + n * O * HW, HW, O, bp)
+    _transpose_images(y, out, N, HW, O, NULL if b is None else <const float *>cnp.PyArray_DATA(b), threads)
     return out
 
 
@@ -215,14 +212,7 @@ def channels_last(cnp.ndarray g not None, int threads):
         raise ValueError(f"g must be 4-D (N, O, Ho, Wo), got shape {(<object>g).shape}")
     cdef int64_t N = g.shape[0], O = g.shape[1], HW = g.shape[2] * g.shape[3]
     cdef cnp.ndarray out = np.empty((N * HW, O), dtype=np.float32)
-    cdef const float *gp = <const float *>cnp.PyArray_DATA(g)
-    cdef float *op = <float *>cnp.PyArray_DATA(out)
-    cdef int64_t n
-    if out.size == 0:
-        return out
-    with nogil:
-        for n in prange(N, num_threads=max(threads, 1), schedule="static"):
-            q4_transpose_f32(gp + n * O * HW, op + n * HW * O, O, HW, NULL)
+    _transpose_images(g, out, N, O, HW, NULL, threads)
     return out
 
 
