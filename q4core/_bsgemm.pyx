@@ -14,6 +14,7 @@ cnp.import_array()
 
 cdef extern from "bsgemm_kernels.h" nogil:
     int Q4_BS_OFFSET, Q4_KALIGN, Q4_PANEL, Q4_NKERNELS
+    int64_t q4_round_up(int64_t n, int64_t m)
     int q4_bsgemm(int kernel, const uint8_t *A, int64_t lda, int64_t M, int64_t Mp,
                   const int8_t *B, int64_t Kp, int64_t N, int64_t Np, int64_t K, int blk,
                   const int32_t *corr, const double *sa, const double *sb, double denom,
@@ -32,10 +33,6 @@ def _tables(values):
     return a_table, np.ascontiguousarray(values, np.int8)[None, :]
 
 
-def _round_up(n, m):
-    return (n + m - 1) // m * m
-
-
 def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, values=INT8_VALUES):
     """The driver's operands (bsgemm_kernels.h): (A buffer uint8 (Mp, lda), packed B int8 (Kp * Np,), Kp, Np,
     offset correction int32 (nkb, Np), A's block scales / 4 float64 (Mp, nkb), B's (nkb, Np), both zero-padded).
@@ -44,9 +41,10 @@ def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, va
     int8 elements themselves (the default table) or E2M1 codes, which the packing maps in the same pass."""
     cdef Py_ssize_t K = a_src.shape[1], N = b_src.shape[1]
     cdef Py_ssize_t nkb = (K + blk - 1) // blk
-    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN)
+    cdef Py_ssize_t Kp = q4_round_up(max(K, 1), Q4_KALIGN)
     a_table, b_table = _tables(values)
-    packs, Kp_b, Np, _, _ = _gemm.pack_b(b_src.view(np.uint8), b_table, nthreads)
+    # its kernels step over K blocks of 16 or 32 k whose AMX tiles start on K_ALIGN: K padded to that
+    packs, Kp_b, Np, _, _ = _gemm.pack_b(b_src.view(np.uint8), b_table, nthreads, Q4_KALIGN)
     a_bufs, _ = _gemm.prep_a(a_src.view(np.uint8), a_table, Kp, row_multiple, nthreads, want_seen=False)
     if Kp_b != Kp:
         raise ValueError("internal error: packed K differs between the operands")

@@ -2,8 +2,8 @@
 """Compiled INT4 / FP4 x INT4 GEMM kernels (private; use :mod:`q4core.gemm`).
 
 The C kernels live in ``q4core/src/gemm_*.h``.  Every kernel computes the exact product of
-an unsigned byte matrix A (row-major, K padded to a multiple of K_ALIGN = 64) and a signed
-byte matrix B packed in PANEL_COLS = 16-column panels; :mod:`q4core.gemm` maps INT4 and FP4 operands onto
+an unsigned byte matrix A (row-major, K padded to a multiple of K_PAD = 4) and a signed
+byte matrix B packed in PANEL_COLS = 16-column panels (K chunks start on multiples of K_ALIGN = 64); :mod:`q4core.gemm` maps INT4 and FP4 operands onto
 that (offsets, exponent groups) and validates everything before it gets here.
 """
 import numpy as np
@@ -42,7 +42,7 @@ cdef extern from "gemm_driver.h" nogil:
         int os_avx, os_avx512, os_amx
         int amx_permission
     # layout constants (gemm_portable.h, gemm_driver.h)
-    int Q4_NKERNELS, Q4_PANEL, Q4_KGROUP, Q4_GROUP_BYTES, Q4_KALIGN, Q4_KC
+    int Q4_NKERNELS, Q4_PANEL, Q4_KGROUP, Q4_GROUP_BYTES, Q4_KPAD, Q4_KALIGN, Q4_KC
     const q4_cpu_features *q4_features()
     const char *q4_kernel_name(int kernel)
     const char *q4_kernel_requires(int kernel)
@@ -61,7 +61,11 @@ cdef extern from "gemm_driver.h" nogil:
 
 #: columns of B per packed panel: N is padded to a multiple
 PANEL_COLS = Q4_PANEL
-#: K is padded to a multiple of this (and every K chunk is one)
+#: K is padded to a multiple of this: one k-group, the step of every kernel but AMX (whose
+#: last k % 64 the driver hands to another kernel, gemm_driver.h)
+K_PAD = Q4_KPAD
+#: every K chunk of :func:`gemm` but the last is a multiple of this (the driver's K blocks and
+#: the AMX tile rows start on it); the last ends at Kp
 K_ALIGN = Q4_KALIGN
 #: row strides of prep_a's buffers that are a multiple of LDA_ALIAS get LDA_SKEW more bytes
 LDA_ALIAS = Q4_LDA_ALIAS
@@ -262,12 +266,13 @@ cdef cnp.ndarray _operand(object x, int nd, int typenum, bint contig):
     raise TypeError("internal error: unsupported operand layout")
 
 
-def pack_b(src, tables, int nthreads=0):
+def pack_b(src, tables, int nthreads=0, Py_ssize_t k_multiple=Q4_KPAD):
     """Map B (K x N bytes, any strides) through each row of ``tables`` (T x 256) into the
     kernel layout: 16-column panels, 4 consecutive k per 32-bit lane (gemm_portable.h).
 
     Returns (packed int8 (T, Kp * Np), Kp, Np, column sums int64 (T, Np), seen bool (256,))
-    with Kp = K rounded up to K_ALIGN and Np = N rounded up to PANEL_COLS (zero padding adds nothing to
+    with Kp = K rounded up to ``k_multiple`` (a multiple of K_PAD: K_PAD itself for :func:`gemm`; the
+    block-scaled driver asks for K_ALIGN) and Np = N rounded up to PANEL_COLS (zero padding adds nothing to
     any product); ``seen[v]`` tells whether byte value v occurs in B.  Column panels are
     spread over ``nthreads`` OpenMP threads (0: the default count).
     """
@@ -275,7 +280,9 @@ def pack_b(src, tables, int nthreads=0):
     cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_INT8, True)
     cdef Py_ssize_t K = cnp.PyArray_DIMS(s)[0], N = cnp.PyArray_DIMS(s)[1]
     cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
-    cdef Py_ssize_t Kp = _round_up(max(K, 1), Q4_KALIGN), Np = _round_up(max(N, 1), Q4_PANEL)
+    if k_multiple <= 0 or k_multiple % Q4_KPAD:
+        raise ValueError(f"internal error: k_multiple {k_multiple} must be a positive multiple of {Q4_KPAD}")
+    cdef Py_ssize_t Kp = _round_up(max(K, 1), k_multiple), Np = _round_up(max(N, 1), Q4_PANEL)
     if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES:
         raise ValueError(f"internal error: tables must be (T, 256) with 1 <= T <= {Q4_MAX_TABLES}")
     cdef cnp.npy_intp dims[2]
@@ -342,19 +349,23 @@ def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint wan
     zero-padded row-major buffers, in one pass over A.
 
     Returns (buffers uint8 (T, Mp, lda), seen bool (256,)): Mp = M rounded up to ``rows``
-    (the kernel's row multiple); the row stride lda is Kp plus LDA_SKEW bytes when Kp is a
-    multiple of LDA_ALIAS, so that the rows a micro-kernel reads together do not all fall
-    into the same L1 cache set (a power-of-two stride would alias them); ``seen[v]`` tells
+    (the kernel's row multiple); the row stride lda is Kp when Kp < 64 (several short rows share
+    a cache line), else Kp rounded up to 64 (rows start on a cache line, one AMX tile row) plus
+    LDA_SKEW bytes when that is a multiple of LDA_ALIAS, so that the rows a micro-kernel reads
+    together do not all fall into the same L1 cache set (a power-of-two stride would alias them); ``seen[v]`` tells
     whether byte value v occurs in A (None when ``want_seen`` is false: the scan is skipped).
     """
     cdef cnp.ndarray s = _operand(src, 2, cnp.NPY_UINT8, False)
     cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_UINT8, True)
     cdef Py_ssize_t M = cnp.PyArray_DIMS(s)[0], K = cnp.PyArray_DIMS(s)[1]
     cdef Py_ssize_t T = cnp.PyArray_DIMS(tab)[0]
-    if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or rows < 1:
+    if cnp.PyArray_DIMS(tab)[1] != 256 or not 1 <= T <= Q4_MAX_TABLES or K > Kp or Kp % Q4_KPAD \
+            or rows < 1:
         raise ValueError("internal error: bad tables, Kp or rows in prep_a")
     cdef Py_ssize_t Mp = _round_up(max(M, 1), rows)
-    cdef Py_ssize_t lda = Kp + Q4_LDA_SKEW if Kp % Q4_LDA_ALIAS == 0 else Kp
+    cdef Py_ssize_t lda = Kp if Kp < Q4_KALIGN else _round_up(Kp, Q4_KALIGN)
+    if lda % Q4_LDA_ALIAS == 0:
+        lda += Q4_LDA_SKEW
     cdef cnp.npy_intp dims[3]
     dims[0] = T
     dims[1] = Mp
@@ -379,7 +390,7 @@ def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint wan
 def column_sums(const int8_t[::1] packed, Py_ssize_t Kp, Py_ssize_t Np):
     """int64 column sums of a packed B over all of K."""
     if Kp < 0 or Np < 0 or (Np and Kp > PY_SSIZE_T_MAX // Np) or packed.shape[0] < Kp * Np \
-            or Kp % Q4_KALIGN or Np % Q4_PANEL:
+            or Kp % Q4_KPAD or Np % Q4_PANEL:
         raise ValueError("internal error: packed operand does not match Kp, Np")
     sums = np.zeros(Np, np.int64)
     cdef int64_t[::1] s = sums
@@ -427,8 +438,8 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
          int nthreads, tuple colsums=None, bint narrow=False, tuple scale=None):
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
-    One or two groups (the FP4 exponent groups).  K is processed in chunks of ``kchunk``
-    (a multiple of K_ALIGN) so that no int32 accumulator can wrap; the chunks are summed in
+    One or two groups (the FP4 exponent groups).  K (padded to Kp, a multiple of K_PAD) is processed
+    in chunks of ``kchunk`` (a multiple of K_ALIGN; the last chunk ends at Kp) so that no int32 accumulator can wrap; the chunks are summed in
     int64.  Returns int32 when there is one group, no shift and one chunk, else int64; with
     ``narrow`` int32 whenever there is one chunk (the chunk bounds every exact entry inside int32:
     half the output bytes of int64).
@@ -445,7 +456,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         raise ValueError("internal error: one or two groups, with matching operand tuples")
     if kchunk <= 0 or kchunk % Q4_KALIGN:
         raise ValueError(f"internal error: K chunk {kchunk} must be a positive multiple of {Q4_KALIGN}")
-    if M < 0 or N < 0 or Kp <= 0 or Np <= 0 or N > Np or Kp > PY_SSIZE_T_MAX // Np:
+    if M < 0 or N < 0 or Kp <= 0 or Np <= 0 or N > Np or Kp % Q4_KPAD or Kp > PY_SSIZE_T_MAX // Np:
         raise ValueError("internal error: bad output or padded shapes")
     cdef const uint8_t *a_ptr[2]
     cdef const int8_t *b_ptr[2]
@@ -465,7 +476,7 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
         if g == 0:
             Mp, lda = cnp.PyArray_DIMS(av)[0], cnp.PyArray_DIMS(av)[1]
         if cnp.PyArray_DIMS(av)[0] != Mp or cnp.PyArray_DIMS(av)[1] != lda or lda < Kp \
-                or lda % Q4_KALIGN or Mp < M or cnp.PyArray_DIMS(bv)[0] != Kp * Np:
+                or lda % Q4_KPAD or Mp < M or cnp.PyArray_DIMS(bv)[0] != Kp * Np:
             raise ValueError("internal error: operand buffers do not match the packed shapes")
         a_ptr[g] = <const uint8_t *>cnp.PyArray_DATA(av)
         b_ptr[g] = <const int8_t *>cnp.PyArray_DATA(bv)

@@ -47,7 +47,8 @@ cdef extern from "fused_kernels.h" nogil:
     void q4_round_f16(const float *x, float *out, ptrdiff_t n)
     unsigned q4_encode_pack_b(const q4_plan *p, const void *x, int64_t K, int64_t N, uint8_t *codes,
                               signed char *packed, int64_t Kp, int64_t *sums)
-    int Q4_PANEL, Q4_KALIGN
+    int Q4_PANEL, Q4_KPAD
+    int64_t q4_round_up(int64_t n, int64_t m)
     void q4_rescale_i32(const int32_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
     void q4_rescale_i64(const int64_t *acc, float *out, ptrdiff_t n, double factor, int exact, int threads)
 
@@ -269,15 +270,15 @@ def round_f16(cnp.ndarray x not None):
 def encode_pack_b(cnp.ndarray x not None, double scale, fmt_kind, params):
     """A 2-D C-contiguous float (K, N) weight -> ``(codes uint8 (K, N), packed int8 (Kp * Np,), Kp, Np,
     column sums int64 (Np,), flags)``: ``fmt_kind`` must be ``"level"``; the packed layout is
-    ``q4core._gemm.pack_b``'s with the identity table (K padded to K_ALIGN, N to the panel width)."""
+    ``q4core._gemm.pack_b``'s with the identity table (K padded to K_PAD, N to the panel width)."""
     cdef q4_plan plan
     cdef int is_f64 = _float_kind(x)
     if x.ndim != 2 or fmt_kind != "level":
         raise ValueError("encode_pack_b takes a 2-D x and a level (integer) format")
     _make_plan(&plan, fmt_kind, params, scale, is_f64)
     cdef int64_t K = x.shape[0], N = x.shape[1]
-    cdef int64_t Kp = (max(K, 1) + Q4_KALIGN - 1) // Q4_KALIGN * Q4_KALIGN
-    cdef int64_t Np = (max(N, 1) + Q4_PANEL - 1) // Q4_PANEL * Q4_PANEL
+    cdef int64_t Kp = q4_round_up(max(K, 1), Q4_KPAD)
+    cdef int64_t Np = q4_round_up(max(N, 1), Q4_PANEL)
     cdef cnp.npy_intp np_ = Np
     cdef cnp.ndarray codes = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), cnp.NPY_UINT8, 0)
     cdef cnp.ndarray packed = aligned_zeros(Kp * Np, np.int8)

@@ -512,7 +512,7 @@ def test_vbmi_packing_equals_scalar_packing(m, k, n, tables, wide, reverse, seed
         b, a = b[::-1], a[::-1]
     tabs_b = rng.integers(-128, 128, (tables, 256)).astype(np.int8)
     tabs_a = rng.integers(0, 256, (tables, 256)).astype(np.uint8)
-    kp = _gemm._round_up(k, _gemm.K_ALIGN)
+    kp = _gemm._round_up(k, _gemm.K_PAD)
     results = []
     for _ in _packings(_gemm):
         results.append((_gemm.pack_b(b, tabs_b), _gemm.prep_a(a, tabs_a, kp, 16),
@@ -525,7 +525,8 @@ def test_vbmi_packing_equals_scalar_packing(m, k, n, tables, wide, reverse, seed
     np.testing.assert_array_equal(pn0[0], pn1[0])
     assert pn0[1] is None and pn1[1] is None
     # and both against the definition
-    packed, _, np_, sums, seen = pb1
+    packed, kp_b, np_, sums, seen = pb1
+    assert kp_b == kp
     for t in range(tables):
         mapped = tabs_b[t][b].astype(np.int64)
         np.testing.assert_array_equal(sums[t, :n], mapped.sum(axis=0))
@@ -677,7 +678,27 @@ def test_kernel_names_come_from_the_c_table():
     assert table[-1]["name"] == "reference" and table[-1]["supported"]
     assert [k["name"] for k in table if k["compiled"] and k["supported"]] + ["reference"] \
         == gemm.available_kernels()
-    assert (_gemm.PANEL_COLS, _gemm.K_ALIGN) == (16, 64)
+    assert (_gemm.PANEL_COLS, _gemm.K_PAD, _gemm.K_ALIGN) == (16, 4, 64)
+
+
+@pytest.mark.parametrize("k, kp, lda", [(1, 4, 4), (16, 16, 16), (33, 36, 36), (63, 64, 64), (64, 64, 64),
+                                        (65, 68, 128), (100, 100, 128), (512, 512, 576), (700, 700, 704)])
+def test_k_is_padded_to_a_k_group(k, kp, lda):
+    """K is padded to a k-group (4), not to the AMX tile row (64): at K = 16 the kernels multiply 16 k, not
+    64 (a 4x saving where a convolution has 16 channels).  A's row stride is Kp below 64 (short rows
+    share a cache line), else Kp rounded up to 64 with the aliasing skew; the fused weight packing agrees."""
+    from q4core import _gemm, _quant, quant
+    from q4core.formats import INT4_SYM
+    rng = np.random.default_rng(k)
+    b = rand_int4(rng, (k, 20), True)
+    packed, kp_b, np_, sums, _ = _gemm.pack_b(b.view(np.uint8), np.arange(256).astype(np.uint8).view(np.int8)[None, :])
+    assert (kp_b, np_, packed.shape) == (kp, 32, (1, kp * 32))
+    bufs, _ = _gemm.prep_a(rand_int4(rng, (5, k), True).view(np.uint8), gemm._offset_table(True)[None, :], kp, 8)
+    assert bufs.shape == (1, 8, lda) and not bufs[0, :, k:].any()
+    w = rng.normal(size=(k, 20)).astype(np.float32)
+    assert _quant.encode_pack_b(w, 0.1, *quant._cached_params(INT4_SYM))[2] == kp
+    with pytest.raises(ValueError, match="k_multiple"):
+        _gemm.pack_b(b.view(np.uint8), np.arange(256).astype(np.uint8).view(np.int8)[None, :], 0, 6)
 
 
 def test_c_enum_follows_the_table(tmp_path):
@@ -766,7 +787,7 @@ def _fused_k_limit(max_product):
     """Largest padded K whose two-group product the driver sums in int32 inside one pass
     (gemm_driver.h: max_product * Kp * (2**0 + 2**8) inside int32)."""
     kp = gemm._INT32_MAX // (max_product * 257)
-    return kp // gemm._gemm.K_ALIGN * gemm._gemm.K_ALIGN
+    return kp // gemm._gemm.K_PAD * gemm._gemm.K_PAD
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -68,7 +68,7 @@ def memory_per_value(shape=(256, 255), seed=0, kinds=None):
     Each row: ``{"kind", "label", "role", "bits", "nominal_bytes" (bits / 8), "nbytes" (of the stored
     array), "values", "bytes_per_value" (nbytes / values)}``.  An odd last axis shows the packing's
     padding (one spare nibble per row); ``int4_gemm_operand`` is the kernel layout of
-    :func:`q4core.gemm.pack_int4` (one int8 lane per value, K padded to 64, N to 16, plus int64 column
+    :func:`q4core.gemm.pack_int4` (one int8 lane per value, K padded to 4, N to 16, plus int64 column
     sums), i.e. what the integer SIMD kernels actually stream.
     """
     shape = tuple(positive_ints(shape, "shape"))

@@ -36,7 +36,8 @@
 #define Q4_MAX_SHIFT 16    /* largest group shift: an int32 sum << 16 stays far inside int64 */
 
 /* the layout facts the kernels rely on, checked where they meet */
-_Static_assert(Q4_GROUP_BYTES == Q4_KALIGN, "one packed k-group row is one K alignment unit");
+_Static_assert(Q4_AMX_TILE_BYTES == Q4_KALIGN, "a K block starts on an AMX A-tile row");
+_Static_assert(Q4_KALIGN % Q4_KPAD == 0, "a K block boundary is a k-group boundary");
 _Static_assert(Q4_AMX_COLS == Q4_PANEL && Q4_AMX_TILE_BYTES == Q4_GROUP_BYTES,
                "an AMX B tile is 16 k-groups of one packed panel");
 _Static_assert(Q4_MC % (2 * Q4_AMX_ROWS) == 0 && Q4_MC % Q4_VNNI_ROWS == 0
@@ -94,6 +95,15 @@ static inline q4_tile_fn q4_kernel_fn(int kernel) {
     return q4_valid_kernel(kernel) ? fns[kernel] : NULL;
 }
 
+/* k each kernel steps over: a k-group (the padding of K), 64 for AMX (one tile row of A) */
+static inline int q4_kernel_kstep(int kernel) {
+    return kernel == Q4_AMX ? Q4_AMX_TILE_BYTES : Q4_KPAD;
+}
+
+/* The kernel for the k % kstep tail of a K range the chosen kernel cannot step over: for AMX the
+ * AVX-512 VNNI kernel (every AMX CPU has it), else the portable one.  Both read the same layout. */
+static inline q4_tile_fn q4_tail_fn(int kernel, q4_tile_fn fn);
+
 /* rows of A (and of the output) each kernel steps over; A must be padded to a multiple */
 static inline int q4_row_multiple(int kernel) {
     return q4_valid_kernel(kernel) ? q4_kernel_rows[kernel] : Q4_PORTABLE_ROWS;
@@ -105,6 +115,13 @@ static inline int q4_row_multiple(int kernel) {
 #undef Q4_X_COMPILED
 #undef Q4_X_FN
 #undef Q4_X_OK
+
+static inline q4_tile_fn q4_tail_fn(int kernel, q4_tile_fn fn) {
+    if (q4_kernel_kstep(kernel) == Q4_KPAD) return fn;
+    if (q4_kernel_compiled(Q4_VNNI) && q4_kernel_supported(Q4_VNNI, q4_features()))
+        return q4_kernel_fn(Q4_VNNI);
+    return q4_tile_portable;
+}
 
 static inline int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
 
@@ -165,7 +182,8 @@ static inline void q4_scale_row(float *restrict o, const int32_t *restrict v, in
 
 /* The arguments of one q4_gemm_groups call, shared by its threads. */
 typedef struct {
-    q4_tile_fn fn;
+    q4_tile_fn fn, tail;    /* tail: the kernel for a last k1 % kstep (q4_tail_fn) */
+    int64_t kstep;
     int kernel, ngroups, mode, fused, exact;
     double factor;
     const uint8_t *const *A;
@@ -231,10 +249,13 @@ static inline void q4_gemm_tile(const q4_gemm_job *job, int64_t t, int32_t *scra
 #endif
     for (int g = 0; g < ngroups; g++) {
         int32_t *sg = scratch + g * tile_ints;
+        const uint8_t *ag = A[g] + i0 * lda;
+        const int8_t *bg = B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL;
         for (int64_t kb = k0; kb < k1; kb += Q4_KC) {
             const int64_t ke = k1 - kb < Q4_KC ? k1 : kb + Q4_KC;
-            fn(A[g] + i0 * lda, lda, B[g] + (j0 / Q4_PANEL) * Kp * Q4_PANEL, Kp, kb, ke,
-               sg, ldc_s, mrows, ncols, kb != k0);
+            const int64_t km = kb + (ke - kb) / job->kstep * job->kstep;   /* what fn steps over */
+            if (km > kb) fn(ag, lda, bg, Kp, kb, km, sg, ldc_s, mrows, ncols, kb != k0);
+            if (ke > km) job->tail(ag, lda, bg, Kp, km, ke, sg, ldc_s, mrows, ncols, km != k0);
         }
         if (k1 <= k0) memset(sg, 0, sizeof(int32_t) * tile_ints);
     }
@@ -321,8 +342,10 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #if Q4_HAVE_AVX2
     if (kernel == Q4_AVX2) fn = q4_avx2_for_product(max_product);
 #endif
-    if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KALIGN != 0
-        || k0 % Q4_KALIGN != 0 || (k1 % Q4_KALIGN != 0 && k1 != k0) || lda < Kp || ngroups < 1 || ngroups > 2
+    /* K chunks start on a K block boundary; only the last may end off one (at Kp) */
+    if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KPAD != 0
+        || k0 % Q4_KALIGN != 0 || k1 < k0 || k1 > Kp || (k1 % Q4_KALIGN != 0 && k1 != Kp && k1 != k0)
+        || lda < Kp || ngroups < 1 || ngroups > 2
         || mode < 0 || mode > 5 || ((mode == 0 || mode == 4) && (ngroups != 1 || shift[0] != 0)))
         return -4;
     for (int g = 0; g < ngroups; g++)
@@ -362,7 +385,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
                                    Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
-    const q4_gemm_job job = {fn, kernel, ngroups, mode, fused, exact, factor, A, B, corr, shift, out,
+    const q4_gemm_job job = {fn, q4_tail_fn(kernel, fn), q4_kernel_kstep(kernel), kernel, ngroups, mode, fused, exact, factor, A, B, corr, shift, out,
                              lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_cols, tile_ints};
     /* one thread: no OpenMP region at all (entering one costs more than a small product) */
     if (nthreads <= 1) {

@@ -2,14 +2,17 @@
  * and CPU (x86-64 without extensions, ARM, ...).  It is the scalar twin of the SIMD kernels.
  *
  * Shared layout (every kernel):
- *   A  row-major uint8, row stride lda, K padded with zeros to a multiple of 64;
+ *   A  row-major uint8, row stride lda >= Kp, K padded with zeros to Kp, a multiple of 4 (one
+ *      k-group: every kernel steps over K in k-groups, so padding to more only adds zeros to
+ *      multiply - 4x the work at K = 16 when it was 64);
  *   B  packed int8 in 16-column panels; panel p starts at B + p * Kp * 16, and inside it the
  *      k-group g (k = 4g .. 4g+3) is 64 bytes: column j's four k-values at bytes 4j .. 4j+3.
  *      This is the operand order of vpdpbusd / vpmaddubsw (4 consecutive k per 32-bit lane)
  *      and exactly the AMX B-tile row layout (K/4 rows of N*4 bytes).
  *   C  int32 tile, row stride ldc; rows [0, mrows) with mrows a multiple of the kernel's
  *      row step (gemm_kernels.h: 4; AVX-512 VNNI 8; AMX 16), columns [0, ncols) with ncols a
- *      multiple of 16; k-range [k0, k1) with k0, k1 multiples of 64.
+ *      multiple of 16; k-range [k0, k1) with k0 a multiple of 64 and k1 one of 4 (the AMX
+ *      kernel steps 64 k at a time: the driver hands a last k1 % 64 to another kernel).
  * C (+)= A[:, k0:k1] @ B[k0:k1, :].  The caller guarantees that no int32 sum can wrap. */
 #ifndef Q4_GEMM_PORTABLE_H
 #define Q4_GEMM_PORTABLE_H
@@ -21,11 +24,15 @@
 #define Q4_PANEL 16                          /* columns of B per packed panel             */
 #define Q4_KGROUP 4                          /* consecutive k in one 32-bit lane          */
 #define Q4_GROUP_BYTES (Q4_PANEL * Q4_KGROUP)  /* bytes of one k-group of a panel (64)      */
-#define Q4_KALIGN 64                         /* K is padded to a multiple of this: one AMX
-                                                A-tile row, and the driver's K blocks start
-                                                on it                                     */
+#define Q4_KPAD Q4_KGROUP                    /* K is padded to a multiple of this          */
+#define Q4_KALIGN 64                         /* the driver's K blocks and the caller's K
+                                                chunks start on multiples of this: one AMX
+                                                A-tile row                                */
 #define Q4_PORTABLE_ROWS 4                   /* rows of the portable register block       */
 #define Q4_HAVE_PORTABLE 1                   /* builds everywhere                         */
+
+/* n rounded up to a multiple of m > 0 (the padded sizes: Kp, Np, Mp) */
+static inline int64_t q4_round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 typedef void (*q4_tile_fn)(const uint8_t *A, int64_t lda, const int8_t *B, int64_t Kp,
                            int64_t k0, int64_t k1, int32_t *C, int64_t ldc,
