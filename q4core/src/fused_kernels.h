@@ -26,6 +26,7 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "gemm_portable.h"
+#include "rescale_rule.h"
 #pragma GCC diagnostic pop
 
 /* x*x summed in float64 must round exactly as numpy's separate multiply and add: no FMA */
@@ -77,19 +78,12 @@ typedef int32_t q4_v8i_f32 __attribute__((vector_size(32)));
 #define Q4_MOMENTS_VECTOR 0       /* no SIMD clones here (no contraction): the scalar lanes are faster */
 #include "fused_kernels_t.h"
 
-/* The rescale after an integer GEMM, y = acc * factor as float32, rounded as the engine's numpy
- * expression rounds it (q4core.nn.qgemm._rescale): ``exact`` (every |acc| < 2**24, so float32 holds
- * it) multiplies in float32 by the factor rounded to float32, else in float64 and rounds once to
- * float32.  One pass instead of numpy's two or three with their temporaries. */
+/* The rescale after an integer GEMM, y = acc * factor as float32, rounded by the engine's rule
+ * (rescale_rule.h).  One pass instead of numpy's two or three with their temporaries. */
 #define Q4_DEFINE_RESCALE(SUF, I)                                                                \
 Q4_CLONES static void q4_rescale_block_##SUF(const I *restrict acc, float *restrict out,          \
                                              ptrdiff_t n, double factor, int exact) {             \
-    if (exact) {                                                                                  \
-        const float f = (float)factor;                                                            \
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)acc[i] * f;                             \
-    } else {                                                                                      \
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)((double)acc[i] * factor);              \
-    }                                                                                             \
+    Q4_RESCALE_LOOP(out, acc, n, factor, exact);                                                  \
 }                                                                                                 \
 static void q4_rescale_##SUF(const I *acc, float *out, ptrdiff_t n, double factor, int exact,     \
                              int threads) {                                                       \

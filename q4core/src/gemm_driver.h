@@ -27,6 +27,7 @@
 #include "gemm_vnni.h"
 #include "gemm_avxvnni.h"
 #include "gemm_amx.h"
+#include "rescale_rule.h"
 
 /* Cache blocking of the driver (each thread owns whole MC x NC output tiles) */
 #define Q4_MC 128    /* output tile rows    (a multiple of every kernel's row step, and of 2 AMX tiles) */
@@ -166,18 +167,11 @@ static inline void q4_store_int32_row(int32_t *restrict o, const int32_t *s0, co
                              + q4_shl32((int32_t)((uint32_t)s1[j] - (uint32_t)c1[j]), h1));
 }
 
-/* float32 out row = v * factor over n columns, rounded as the engine's rescale (q4_rescale in
- * fused_kernels.h, q4core.nn.qgemm._rescale): ``exact`` (every |v| < 2**24) multiplies in float32 by
- * the factor rounded to float32, else in float64 with one rounding to float32.  One multiply per
- * element: no contraction can change it. */
+/* float32 out row = v * factor over n columns, rounded by the engine's rescale rule (rescale_rule.h,
+ * shared with q4_rescale_* in fused_kernels.h) */
 static inline void q4_scale_row(float *restrict o, const int32_t *restrict v, int64_t n, double factor,
                                 int exact) {
-    if (exact) {
-        const float f = (float)factor;
-        for (int64_t j = 0; j < n; j++) o[j] = (float)v[j] * f;
-    } else {
-        for (int64_t j = 0; j < n; j++) o[j] = (float)((double)v[j] * factor);
-    }
+    Q4_RESCALE_LOOP(o, v, n, factor, exact);
 }
 
 /* The arguments of one q4_gemm_groups call, shared by its threads. */
