@@ -41,7 +41,7 @@ def test_memory_per_value_counts_the_real_packed_arrays(shape):
         assert r["nominal_bytes"] == r["bits"] / 8
     if "int4_gemm_operand" in rows:
         k, n = shape
-        kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16    # K padded to a k-group (4), N to 16, int8 lanes + int64 column sums
+        kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16    # K padded to 4, N to 16: int8 lanes + int64 column sums
         assert rows["int4_gemm_operand"]["nbytes"] == kp * np_ + 8 * np_
 
 
