@@ -43,7 +43,8 @@ def operands(a_src, b_src, sa, sb, int blk, int row_multiple, int nthreads=0, va
     cdef Py_ssize_t nkb = (K + blk - 1) // blk
     cdef Py_ssize_t Kp = q4_round_up(max(K, 1), Q4_KALIGN)
     a_table, b_table = _tables(values)
-    # its kernels step over K blocks of 16 or 32 k whose AMX tiles start on K_ALIGN: K padded to that
+    # K padded to K_ALIGN (64), as q4_bsgemm requires: its kernels multiply whole blocks of blk (16 or 32) k,
+    # so the last block must lie inside Kp (a multiple of 4 would not do: K = 20 has two 16-k blocks)
     packs, Kp_b, Np, _, _ = _gemm.pack_b(b_src.view(np.uint8), b_table, nthreads, Q4_KALIGN)
     a_bufs, _ = _gemm.prep_a(a_src.view(np.uint8), a_table, Kp, row_multiple, nthreads, want_seen=False)
     if Kp_b != Kp:

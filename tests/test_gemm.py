@@ -376,6 +376,20 @@ int q4_emu_gemm(const uint8_t *A, int64_t lda, int64_t M, int64_t Mp, const int8
                 int64_t Kp, int64_t N, int64_t Np, const int32_t *corr, int32_t *out) {
     return q4_gemm(Q4_AMX, A, lda, M, Mp, B, Kp, N, Np, 0, Kp, corr, 0, 0, out, N, 1, 0);
 }
+/* one K chunk [k0, k1) into int64 out: mode 2 stores, mode 1 adds */
+int q4_emu_gemm_range(const uint8_t *A, int64_t lda, int64_t M, int64_t Mp, const int8_t *B, int64_t Kp,
+                      int64_t N, int64_t Np, int64_t k0, int64_t k1, const int32_t *corr, int mode,
+                      int64_t *out) {
+    return q4_gemm(Q4_AMX, A, lda, M, Mp, B, Kp, N, Np, k0, k1, corr, mode, 0, out, N, 1, 0);
+}
+/* pretend the CPU lacks AVX-512 VNNI (on = 0), or restore what it reported (on = 1): the AMX kernel's
+ * K tail then runs on the portable kernel */
+void q4_emu_set_vnni(int on) {
+    static int saved = -1;
+    q4_cpu_features *f = (q4_cpu_features *)q4_features();
+    if (saved < 0) saved = f->avx512vnni;
+    f->avx512vnni = on ? saved : 0;
+}
 """
 
 
@@ -388,6 +402,9 @@ def amx_emulated(tmp_path_factory):
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q4_emu_gemm.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, ptr]
     lib.q4_emu_gemm.restype = ctypes.c_int
+    lib.q4_emu_gemm_range.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, i64, i64, ptr, ctypes.c_int, ptr]
+    lib.q4_emu_gemm_range.restype = ctypes.c_int
+    lib.q4_emu_set_vnni.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -417,6 +434,48 @@ def test_amx_kernel_logic_under_emulation(amx_emulated):
                                           out.ctypes.data)
             assert rc == 0
             np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("tail", ["vnni", "portable"])
+def test_amx_k_tails_and_chunks_under_emulation(amx_emulated, tail):
+    """K is padded to 4, and the AMX kernel steps 64 k per tile: the driver gives a last K % 64 to the VNNI
+    kernel, or to the portable one on a CPU without it (forced here).  Products in K chunks (int64, stored then
+    added, as q4core.gemm splits a long K) whose last chunk ends off a multiple of 64, K below 64 (all tail, A's
+    row stride Kp), and the driver's refusal of K ranges that do not fit the layout."""
+    from q4core import _gemm
+    if tail == "vnni" and not gemm.kernel_info()["cpu"]["avx512_vnni"]:
+        pytest.skip("no AVX-512 VNNI here: the tail already runs on the portable kernel")
+    rng = np.random.default_rng(13)
+    identity = np.arange(256).astype(np.uint8).view(np.int8)[None, :]
+    ptr = ctypes.c_void_p
+    amx_emulated.q4_emu_set_vnni(tail == "vnni")
+    try:
+        for (m, k, n, chunk) in [(16, 4, 16, 64), (20, 36, 40, 64), (33, 60, 17, 64), (17, 200, 33, 64),
+                                 (40, 700, 50, 128), (16, 1100, 32, 512), (32, 1100, 48, 1024)]:
+            a = rand_int4(rng, (m, k), True)
+            b = rand_int4(rng, (k, n), False)
+            packed, kp, np_, _, _ = _gemm.pack_b(b.view(np.uint8), identity)
+            bufs, _ = _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp, 16, 1, False)
+            assert kp == -(-k // 4) * 4 and bufs.shape[2] == (kp if kp < 64 else -(-kp // 64) * 64)
+            out = np.zeros((m, n), np.int64)
+            for c, k0 in enumerate(range(0, kp, chunk)):
+                k1 = min(kp, k0 + chunk)
+                corr = np.zeros(np_, np.int32)
+                corr[:n] = 8 * b[k0:k1].astype(np.int64).sum(axis=0)       # the offset's zero-point correction
+                rc = amx_emulated.q4_emu_gemm_range(bufs[0].ctypes.data, bufs.shape[2], m, bufs.shape[1],
+                                                    packed[0].ctypes.data, kp, n, np_, k0, k1,
+                                                    corr.ctypes.data, 2 if c == 0 else 1, out.ctypes.data)
+                assert rc == 0
+            np.testing.assert_array_equal(out, oracle(a, b), err_msg=f"{m}x{k}x{n} chunk {chunk} tail {tail}")
+        # ranges the layout cannot take: past Kp, ending off 64 before Kp, starting off 64, Kp not k-groups
+        a_buf, b_buf = bufs[0], packed[0]
+        for (kp_, k0, k1) in [(kp, 0, kp + 4), (kp, 0, 100), (kp, 4, kp), (kp - 2, 0, kp - 2)]:
+            rc = amx_emulated.q4_emu_gemm_range(a_buf.ctypes.data, a_buf.shape[1], m, a_buf.shape[0],
+                                                b_buf.ctypes.data, kp_, n, np_, k0, k1, ptr(None), 2,
+                                                out.ctypes.data)
+            assert rc == -4, (kp_, k0, k1)
+    finally:
+        amx_emulated.q4_emu_set_vnni(1)
 
 
 @pytest.mark.parametrize("shape,dtype", [((0,), np.uint8), ((1,), np.int8), ((3, 65), np.uint8),
@@ -983,7 +1042,10 @@ def test_entry_points_reject_mismatched_operands():
            dict(colsums=(sums[0].astype(np.int32),)),      # column sums of the wrong type
            dict(a_buf=bufs[0].view(np.int8)),              # A of the wrong type
            dict(a_buf=bufs[0][:, :64]),                    # A row stride below Kp (a strided view)
-           dict(a_buf=bufs[0].ravel())]                    # A not 2-D
+           dict(a_buf=bufs[0].ravel()),                    # A not 2-D
+           dict(kp_=kp + 2, b_buf=np.zeros((kp + 2) * np_, np.int8)),    # Kp not a whole number of k-groups
+           dict(a_buf=np.zeros((bufs.shape[1], kp + 2), np.uint8))]      # A row stride not one either
+    assert kp % 4 == 0 and (kp + 2) * np_ <= packed.shape[1] + 2 * np_
     for kw in bad:
         with pytest.raises((ValueError, TypeError)):
             run(**kw)
@@ -999,6 +1061,10 @@ def test_entry_points_reject_mismatched_operands():
         _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], 64, 16)     # K > Kp
     with pytest.raises(ValueError):
         _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp, 0)      # rows < 1
+    with pytest.raises(ValueError):
+        _gemm.prep_a(a.view(np.uint8), gemm._offset_table(True)[None, :], kp + 2, 16)  # Kp % 4
+    with pytest.raises(ValueError):
+        _gemm.column_sums(packed[0], kp - 2, np_)                                     # Kp % 4
     with pytest.raises(ValueError):
         _gemm.prep_a(a, gemm._offset_table(True)[None, :], kp, 16)                    # int8, not bytes
     with pytest.raises(ValueError):
@@ -1019,7 +1085,7 @@ def test_entry_points_take_any_buffer():
     b = rng.integers(0, 16, (70, 21)).astype(np.uint8)
     tabs_a = rng.integers(0, 256, (2, 256)).astype(np.uint8)
     tabs_b = rng.integers(-128, 128, (2, 256)).astype(np.int8)
-    kp = _gemm._round_up(70, _gemm.K_ALIGN)
+    kp = _gemm._round_up(70, _gemm.K_PAD)
     ref_a = _gemm.prep_a(a, tabs_a, kp, 16)
     ref_b = _gemm.pack_b(b, tabs_b)
     strided_a = np.zeros((2, 512), np.uint8)

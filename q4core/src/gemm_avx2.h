@@ -41,8 +41,8 @@
  * vectors, two broadcast A words and two products take 14 ymm registers, and gcc, given the
  * intrinsics, added a register copy per vpaddw and spilled, which left the kernel front-end
  * bound at ~0.70 of the vpmaddubsw + vpaddw ceiling.  The loop is 22 instructions per k-group
- * (2 loads, 4 broadcasts, 8 vpmaddubsw, 8 vpaddw) plus 4 per 8 groups.  The driver's k-ranges
- * are multiples of 64 (16 groups); the n % 4 tail in intrinsics serves any other caller. */
+ * (2 loads, 4 broadcasts, 8 vpmaddubsw, 8 vpaddw) plus 4 per 8 groups.  K is padded to a k-group
+ * only (gemm_portable.h), so a last span may have n % 4 groups more: those run in intrinsics. */
 __attribute__((target("avx2"), always_inline))
 static inline void q4_avx2_span_groups(const uint8_t *a, int64_t lda, const int8_t *b, int64_t n,
                                        __m256i s[Q4_AVX2_ROWS][2]) {
@@ -80,7 +80,7 @@ static inline void q4_avx2_span_groups(const uint8_t *a, int64_t lda, const int8
         : [end] "r"(end), [n] "r"(n4), [lda] "r"(lda), [lda3] "r"(lda3)
         : "memory", "cc");
     }
-    for (int64_t g = n4; g < n; g++) {      /* not reached from the driver (see above) */
+    for (int64_t g = n4; g < n; g++) {      /* the n % 4 last groups (see above) */
         const __m256i c0 = _mm256_loadu_si256((const __m256i *)(b + g * Q4_GROUP_BYTES));
         const __m256i c1 = _mm256_loadu_si256((const __m256i *)(b + g * Q4_GROUP_BYTES + 32));
         __m256i w[Q4_AVX2_ROWS];

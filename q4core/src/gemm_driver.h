@@ -338,7 +338,7 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
 #endif
     /* K chunks start on a K block boundary; only the last may end off one (at Kp) */
     if (Mp % q4_row_multiple(kernel) != 0 || Np % Q4_PANEL != 0 || Kp % Q4_KPAD != 0
-        || k0 % Q4_KALIGN != 0 || k1 < k0 || k1 > Kp || (k1 % Q4_KALIGN != 0 && k1 != Kp && k1 != k0)
+        || k0 % Q4_KALIGN != 0 || k1 < k0 || k1 > Kp || (k1 % Q4_KALIGN != 0 && k1 != Kp)
         || lda < Kp || ngroups < 1 || ngroups > 2
         || mode < 0 || mode > 5 || ((mode == 0 || mode == 4) && (ngroups != 1 || shift[0] != 0)))
         return -4;

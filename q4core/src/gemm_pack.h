@@ -17,8 +17,9 @@
 #include "gemm_threads.h"
 
 #define Q4_MAX_TABLES 2
-/* prep_a's row stride: Kp, plus Q4_LDA_SKEW bytes when Kp is a multiple of Q4_LDA_ALIAS, so
- * that the rows a micro-kernel reads together do not all map to the same L1 cache set */
+/* prep_a's row stride (q4core/_gemm.pyx): Kp below 64, else Kp rounded up to 64, plus Q4_LDA_SKEW
+ * bytes when that is a multiple of Q4_LDA_ALIAS, so that the rows a micro-kernel reads together do
+ * not all map to the same L1 cache set */
 #define Q4_LDA_ALIAS 512
 #define Q4_LDA_SKEW 64
 

@@ -11,8 +11,9 @@
  *      and exactly the AMX B-tile row layout (K/4 rows of N*4 bytes).
  *   C  int32 tile, row stride ldc; rows [0, mrows) with mrows a multiple of the kernel's
  *      row step (gemm_kernels.h: 4; AVX-512 VNNI 8; AMX 16), columns [0, ncols) with ncols a
- *      multiple of 16; k-range [k0, k1) with k0 a multiple of 64 and k1 one of 4 (the AMX
- *      kernel steps 64 k at a time: the driver hands a last k1 % 64 to another kernel).
+ *      multiple of 16; k-range [k0, k1) with k0 and k1 multiples of 4, and for the AMX kernel,
+ *      which steps 64 k per tile, k1 - k0 a multiple of 64 (the GEMM driver starts its K blocks on
+ *      64 and hands a last k1 % 64 to another kernel).
  * C (+)= A[:, k0:k1] @ B[k0:k1, :].  The caller guarantees that no int32 sum can wrap. */
 #ifndef Q4_GEMM_PORTABLE_H
 #define Q4_GEMM_PORTABLE_H
