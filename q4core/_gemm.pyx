@@ -3,8 +3,9 @@
 
 The C kernels live in ``q4core/src/gemm_*.h``.  Every kernel computes the exact product of
 an unsigned byte matrix A (row-major, K padded to a multiple of K_PAD = 4) and a signed
-byte matrix B packed in PANEL_COLS = 16-column panels (K chunks start on multiples of K_ALIGN = 64); :mod:`q4core.gemm` maps INT4 and FP4 operands onto
-that (offsets, exponent groups) and validates everything before it gets here.
+byte matrix B packed in PANEL_COLS = 16-column panels (K chunks start on multiples of K_ALIGN = 64);
+:mod:`q4core.gemm` maps INT4 and FP4 operands onto that (offsets, exponent groups) and validates
+everything before it gets here.
 """
 import numpy as np
 cimport numpy as cnp
@@ -43,6 +44,7 @@ cdef extern from "gemm_driver.h" nogil:
         int amx_permission
     # layout constants (gemm_portable.h, gemm_driver.h)
     int Q4_NKERNELS, Q4_PANEL, Q4_KGROUP, Q4_GROUP_BYTES, Q4_KPAD, Q4_KALIGN, Q4_KC
+    int64_t q4_round_up(int64_t n, int64_t m)
     const q4_cpu_features *q4_features()
     const char *q4_kernel_name(int kernel)
     const char *q4_kernel_requires(int kernel)
@@ -148,8 +150,9 @@ def threads_for_work(int requested, int64_t items, int64_t work, int64_t per_thr
 
 
 cpdef Py_ssize_t _round_up(Py_ssize_t n, Py_ssize_t m) except? -1:
-    """``n`` rounded up to a multiple of ``m`` (> 0); a C call from pack_b and prep_a."""
-    return (n + m - 1) // m * m
+    """``n`` rounded up to a multiple of ``m`` (> 0): gemm_portable.h's q4_round_up, which the other
+    modules' paddings call too; a C call from pack_b and prep_a, and the tests' view of it."""
+    return q4_round_up(n, m)
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -352,8 +355,8 @@ def prep_a(src, tables, Py_ssize_t Kp, Py_ssize_t rows, int nthreads=0, bint wan
     (the kernel's row multiple); the row stride lda is Kp when Kp < 64 (several short rows share
     a cache line), else Kp rounded up to 64 (rows start on a cache line, one AMX tile row) plus
     LDA_SKEW bytes when that is a multiple of LDA_ALIAS, so that the rows a micro-kernel reads
-    together do not all fall into the same L1 cache set (a power-of-two stride would alias them); ``seen[v]`` tells
-    whether byte value v occurs in A (None when ``want_seen`` is false: the scan is skipped).
+    together do not all fall into the same L1 cache set (a power-of-two stride would alias them);
+    ``seen[v]`` tells whether byte value v occurs in A (None when ``want_seen`` is false: the scan is skipped).
     """
     cdef cnp.ndarray s = _operand(src, 2, cnp.NPY_UINT8, False)
     cdef cnp.ndarray tab = _operand(tables, 2, cnp.NPY_UINT8, True)
@@ -439,8 +442,8 @@ def gemm(tuple a_bufs, Py_ssize_t M, tuple packs, Py_ssize_t N, Py_ssize_t Kp, P
     """Exact ``sum_g ((a_bufs[g] - a_offsets[g]) @ B_g) << shifts[g]`` for the first M x N entries.
 
     One or two groups (the FP4 exponent groups).  K (padded to Kp, a multiple of K_PAD) is processed
-    in chunks of ``kchunk`` (a multiple of K_ALIGN; the last chunk ends at Kp) so that no int32 accumulator can wrap; the chunks are summed in
-    int64.  Returns int32 when there is one group, no shift and one chunk, else int64; with
+    in chunks of ``kchunk`` (a multiple of K_ALIGN; the last chunk ends at Kp) so that no int32
+    accumulator can wrap; the chunks are summed in int64.  Returns int32 when there is one group, no shift and one chunk, else int64; with
     ``narrow`` int32 whenever there is one chunk (the chunk bounds every exact entry inside int32:
     half the output bytes of int64).
     ``colsums[g]`` (int64, Np) are B_g's column sums over all of K, if the caller cached them.

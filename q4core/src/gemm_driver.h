@@ -101,9 +101,14 @@ static inline int q4_kernel_kstep(int kernel) {
     return kernel == Q4_AMX ? Q4_AMX_TILE_BYTES : Q4_KPAD;
 }
 
-/* The kernel for the k % kstep tail of a K range the chosen kernel cannot step over: for AMX the
- * AVX-512 VNNI kernel (every AMX CPU has it), else the portable one.  Both read the same layout. */
-static inline q4_tile_fn q4_tail_fn(int kernel, q4_tile_fn fn);
+/* The kernel for the k % kstep tail of a K range the chosen kernel ``fn`` cannot step over: for AMX
+ * the AVX-512 VNNI kernel (every AMX CPU has it), else the portable one.  Both read the same layout. */
+static inline q4_tile_fn q4_tail_fn(int kernel, q4_tile_fn fn) {
+    if (q4_kernel_kstep(kernel) == Q4_KPAD) return fn;
+    if (q4_kernel_compiled(Q4_VNNI) && q4_kernel_supported(Q4_VNNI, q4_features()))
+        return q4_kernel_fn(Q4_VNNI);
+    return q4_tile_portable;
+}
 
 /* rows of A (and of the output) each kernel steps over; A must be padded to a multiple */
 static inline int q4_row_multiple(int kernel) {
@@ -116,13 +121,6 @@ static inline int q4_row_multiple(int kernel) {
 #undef Q4_X_COMPILED
 #undef Q4_X_FN
 #undef Q4_X_OK
-
-static inline q4_tile_fn q4_tail_fn(int kernel, q4_tile_fn fn) {
-    if (q4_kernel_kstep(kernel) == Q4_KPAD) return fn;
-    if (q4_kernel_compiled(Q4_VNNI) && q4_kernel_supported(Q4_VNNI, q4_features()))
-        return q4_kernel_fn(Q4_VNNI);
-    return q4_tile_portable;
-}
 
 static inline int q4_openmp_enabled(void) { return Q4CORE_OPENMP ? 1 : 0; }
 
@@ -379,8 +377,8 @@ static int q4_gemm_groups(int kernel, int ngroups, const uint8_t *const *A, int6
     nthreads = q4_threads_for_work(nthreads, ntiles, Mp * Np * (k1 - k0) * ngroups,
                                    Q4_GEMM_MACS_PER_THREAD);
     (void)nthreads;
-    const q4_gemm_job job = {fn, q4_tail_fn(kernel, fn), q4_kernel_kstep(kernel), kernel, ngroups, mode, fused, exact, factor, A, B, corr, shift, out,
-                             lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_cols, tile_ints};
+    const q4_gemm_job job = {fn, q4_tail_fn(kernel, fn), q4_kernel_kstep(kernel), kernel, ngroups, mode,
+                             fused, exact, factor, A, B, corr, shift, out, lda, M, Mp, Kp, N, Np, k0, k1, ldo, tiles_n, ntiles, tile_cols, tile_ints};
     /* one thread: no OpenMP region at all (entering one costs more than a small product) */
     if (nthreads <= 1) {
         failed = q4_gemm_thread(&job, 0);
